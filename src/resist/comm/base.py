@@ -1,0 +1,145 @@
+"""The narrow seam between the algorithms and the network (torchft's Manager/ProcessGroup split).
+
+Algorithms see only :class:`Communicator`: a rank, a world size and five collective verbs. Every verb
+counts the bytes this rank sends and receives, under the tag that is active (``"sync"`` by default;
+evaluation and checkpoint traffic is tagged apart so that training communication stays comparable with
+the paper's Table 1).
+
+Byte convention (the same in every implementation, so that the two runtimes report equal figures):
+
+- ``exchange``: exactly the payload of each message, at sender and receiver.
+- ``all_reduce``: a ring all-reduce, ``2 (W-1)/W x nbytes`` sent and as much received per rank.
+- ``broadcast``: the root sends ``(W-1) x nbytes``; every other rank receives ``nbytes``.
+- ``all_gather``: each rank sends ``(W-1) x nbytes`` of its own and receives ``(W-1) x nbytes``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from typing import Iterator, Sequence
+
+import torch
+
+
+class CommError(RuntimeError):
+    """A peer failed, hung past the timeout or broke the protocol; the message names the rank."""
+
+
+class ByteCounter:
+    """Bytes sent and received by one rank, per tag."""
+
+    def __init__(self) -> None:
+        self.sent: dict[str, int] = defaultdict(int)
+        self.received: dict[str, int] = defaultdict(int)
+
+    def add(self, tag: str, sent: float, received: float) -> None:
+        self.sent[tag] += int(round(sent))
+        self.received[tag] += int(round(received))
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        return {"sent": dict(self.sent), "received": dict(self.received)}
+
+
+class Communicator(ABC):
+    """What an algorithm may do with its peers. Implementations: in-process threads, torch.distributed."""
+
+    rank: int
+    world_size: int
+
+    def __init__(self, rank: int, world_size: int) -> None:
+        self.rank = rank
+        self.world_size = world_size
+        self.bytes = ByteCounter()
+        self._tag = "sync"
+
+    # --- accounting -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def tag(self, name: str) -> Iterator[None]:
+        """Count the bytes moved inside the block under ``name`` (e.g. ``"eval"``, ``"control"``)."""
+        previous, self._tag = self._tag, name
+        try:
+            yield
+        finally:
+            self._tag = previous
+
+    def _count(self, sent: float, received: float) -> None:
+        self.bytes.add(self._tag, sent, received)
+
+    # --- verbs ------------------------------------------------------------------------------------
+    def all_reduce(self, tensor: torch.Tensor, average: bool = False) -> None:
+        """Sum (or average) ``tensor`` over all ranks, in place."""
+        w = self.world_size
+        nbytes = tensor.numel() * tensor.element_size()
+        self._count(2 * (w - 1) / w * nbytes, 2 * (w - 1) / w * nbytes)
+        if w > 1:
+            self._all_reduce(tensor)
+        if average:
+            if tensor.is_floating_point():
+                tensor.div_(w)
+            else:
+                tensor.floor_divide_(w)
+
+    def broadcast(self, tensor: torch.Tensor, src: int) -> None:
+        """Copy ``src``'s ``tensor`` into every rank's ``tensor``."""
+        nbytes = tensor.numel() * tensor.element_size()
+        w = self.world_size
+        self._count((w - 1) * nbytes if self.rank == src else 0, 0 if self.rank == src else nbytes)
+        if w > 1:
+            self._broadcast(tensor, src)
+
+    def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's ``tensor`` (same shape and dtype everywhere), in rank order."""
+        nbytes = tensor.numel() * tensor.element_size()
+        w = self.world_size
+        self._count((w - 1) * nbytes, (w - 1) * nbytes)
+        if w == 1:
+            return [tensor.clone()]
+        return self._all_gather(tensor)
+
+    def exchange(
+        self,
+        sends: Sequence[tuple[int, torch.Tensor]],
+        recvs: Sequence[tuple[int, torch.Tensor]],
+    ) -> None:
+        """Point-to-point, batched: send each ``(dst, tensor)``, receive into each ``(src, buffer)``.
+
+        All messages are posted at once and the call returns when all have completed, so any pattern
+        (including both directions between two ranks) cannot deadlock. Messages between one pair of
+        ranks are matched in list order.
+        """
+        for dst, t in sends:
+            if dst == self.rank or not 0 <= dst < self.world_size:
+                raise ValueError(f"rank {self.rank} cannot send to rank {dst}")
+        for src, t in recvs:
+            if src == self.rank or not 0 <= src < self.world_size:
+                raise ValueError(f"rank {self.rank} cannot receive from rank {src}")
+        self._count(
+            sum(t.numel() * t.element_size() for _, t in sends),
+            sum(t.numel() * t.element_size() for _, t in recvs),
+        )
+        if sends or recvs:
+            self._exchange(list(sends), list(recvs))
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            self._barrier()
+
+    # --- what an implementation provides --------------------------------------------------------
+    @abstractmethod
+    def _all_reduce(self, tensor: torch.Tensor) -> None: ...
+
+    @abstractmethod
+    def _broadcast(self, tensor: torch.Tensor, src: int) -> None: ...
+
+    @abstractmethod
+    def _all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]: ...
+
+    @abstractmethod
+    def _exchange(
+        self, sends: list[tuple[int, torch.Tensor]], recvs: list[tuple[int, torch.Tensor]]
+    ) -> None: ...
+
+    @abstractmethod
+    def _barrier(self) -> None: ...

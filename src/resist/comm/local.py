@@ -1,0 +1,150 @@
+"""In-process runtime: W simulated workers as threads of one process.
+
+Each worker runs the same SPMD code as a torch.distributed process would. A single token lets one
+worker compute at a time (a worker gives it up only while it waits in a collective), so the simulation
+behaves like W workers taking turns on one device: no oversubscribed cores, and each worker's compute
+time is measured without interference. Reductions sum in rank order, so results are deterministic.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict, deque
+from typing import Any, Callable
+
+import torch
+
+from .base import CommError, Communicator
+
+
+class LocalGroup:
+    """State shared by the simulated workers of one in-process world."""
+
+    def __init__(self, world_size: int, timeout: float = 1800.0) -> None:
+        if world_size < 1:
+            raise ValueError(f"world size must be >= 1, got {world_size}")
+        self.world_size = world_size
+        self.timeout = timeout
+        self.token = threading.Lock()
+        self.cond = threading.Condition()
+        self.barrier = threading.Barrier(world_size)
+        self.slots: list[Any] = [None] * world_size
+        self.mailboxes: dict[tuple[int, int], deque] = defaultdict(deque)
+        self.failed_rank: int | None = None
+
+    def abort(self, rank: int) -> None:
+        """Wake every waiting worker so that it fails instead of hanging."""
+        with self.cond:
+            if self.failed_rank is None:
+                self.failed_rank = rank
+            self.cond.notify_all()
+        self.barrier.abort()
+
+
+class LocalCommunicator(Communicator):
+    def __init__(self, group: LocalGroup, rank: int) -> None:
+        super().__init__(rank, group.world_size)
+        self.group = group
+
+    def _failure(self) -> CommError:
+        failed = self.group.failed_rank
+        if failed is not None:
+            return CommError(f"rank {self.rank}: peer rank {failed} failed")
+        return CommError(f"rank {self.rank}: timed out after {self.group.timeout:.0f} s waiting for peers")
+
+    def _sync(self) -> None:
+        self.group.token.release()
+        try:
+            self.group.barrier.wait(self.group.timeout)
+        except threading.BrokenBarrierError:
+            raise self._failure() from None
+        finally:
+            self.group.token.acquire()
+
+    def _all_reduce(self, tensor: torch.Tensor) -> None:
+        slots = self.group.slots
+        slots[self.rank] = tensor
+        self._sync()
+        total = slots[0].clone()
+        for t in slots[1:]:
+            total += t
+        self._sync()
+        tensor.copy_(total)
+
+    def _broadcast(self, tensor: torch.Tensor, src: int) -> None:
+        self.group.slots[self.rank] = tensor
+        self._sync()
+        if self.rank != src:
+            tensor.copy_(self.group.slots[src])
+        self._sync()
+
+    def _all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        self.group.slots[self.rank] = tensor
+        self._sync()
+        out = [t.clone() for t in self.group.slots]
+        self._sync()
+        return out
+
+    def _exchange(self, sends, recvs) -> None:
+        g = self.group
+        with g.cond:
+            for dst, t in sends:
+                g.mailboxes[(self.rank, dst)].append(t.detach().clone())
+            g.cond.notify_all()
+        for src, buf in recvs:
+            box = g.mailboxes[(src, self.rank)]
+            g.token.release()
+            try:
+                with g.cond:
+                    ok = g.cond.wait_for(lambda: box or g.failed_rank is not None, g.timeout)
+                    msg = box.popleft() if ok and box else None
+            finally:
+                g.token.acquire()
+            if msg is None:
+                raise self._failure()
+            if msg.shape != buf.shape or msg.dtype != buf.dtype:
+                raise CommError(
+                    f"rank {self.rank}: message from rank {src} is {tuple(msg.shape)} {msg.dtype}, "
+                    f"expected {tuple(buf.shape)} {buf.dtype}"
+                )
+            buf.copy_(msg)
+
+    def _barrier(self) -> None:
+        self._sync()
+
+
+def run_in_process(world_size: int, fn: Callable[[Communicator], Any], timeout: float = 1800.0) -> list:
+    """Run ``fn(comm)`` as ``world_size`` simulated workers; return their results in rank order.
+
+    If any worker raises, the others are woken with a :class:`CommError` and the first worker's own
+    exception is re-raised here.
+    """
+    group = LocalGroup(world_size, timeout)
+    results: list[Any] = [None] * world_size
+    errors: list[BaseException | None] = [None] * world_size
+
+    def worker(rank: int) -> None:
+        comm = LocalCommunicator(group, rank)
+        group.token.acquire()
+        try:
+            results[rank] = fn(comm)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            errors[rank] = exc
+            group.abort(rank)
+        finally:
+            group.token.release()
+
+    if world_size == 1:
+        worker(0)
+    else:
+        threads = [threading.Thread(target=worker, args=(r,), daemon=True, name=f"resist-rank{r}")
+                   for r in range(world_size)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    primary = [e for e in errors if e is not None and not isinstance(e, CommError)]
+    secondary = [e for e in errors if e is not None]
+    if primary or secondary:
+        raise (primary or secondary)[0]
+    return results

@@ -1,0 +1,263 @@
+"""Typed, validated configuration and named presets (SPEC §4, §8).
+
+Every field has a docstring; every bad value raises ``ValueError`` with a one-line message at
+construction. A preset is a plain function over the base config; the CLI takes a preset name plus
+overrides, and the resolved config is written as ``config.json`` into every run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+ALGORITHMS = ("resist", "local_sgd", "data_parallel", "ensemble")
+BN_EVAL_MODES = ("average", "batch", "recalibrate")
+RUNTIMES = ("inprocess", "dist")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "paper_resnet101"
+    """Registry name of the architecture (``resist models`` lists them)."""
+    width: float = 1.0
+    """Channel multiplier: 1.0 is the paper's width; 0.25 trains at CPU scale."""
+    num_classes: int | None = None
+    """Output classes; ``None`` takes the dataset's."""
+    layers: tuple[int, ...] | None = None
+    """Blocks per section, for the generic factories (``paper_resnet``, ``preact_resnet``, ``resnet``)."""
+
+    def __post_init__(self) -> None:
+        if self.layers is not None:
+            self.layers = tuple(self.layers)
+            _check(len(self.layers) == 4 and all(n >= 1 for n in self.layers),
+                   f"layers must be 4 positive block counts, got {self.layers}")
+        _check(self.width > 0, f"model width must be > 0, got {self.width}")
+        _check(self.num_classes is None or self.num_classes >= 1,
+               f"num_classes must be >= 1, got {self.num_classes}")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "cifar10"
+    """``cifar10``, ``cifar100``, ``digits`` (ships with scikit-learn) or ``synthetic`` (tests)."""
+    data_dir: str = "data"
+    """Folder with the dataset files (numpy layout, python-version folder or official tarball)."""
+    download: bool = False
+    """Download the official CIFAR tarball (checksum-verified) when it is not in ``data_dir``."""
+    augment: bool = True
+    """Pad-4 random crop and horizontal flip on training batches."""
+    batch_size: int = 128
+    """Training batch per worker (paper: 128 on CIFAR)."""
+    eval_batch_size: int = 500
+    """Batch size for evaluation (does not change results)."""
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+
+
+@dataclass
+class AlgoConfig:
+    name: str = "resist"
+    """``resist``, ``local_sgd``, ``data_parallel`` or ``ensemble`` (shallow sub-ResNets, never synced)."""
+    workers: int = 4
+    """Number of workers S (one sub-ResNet each)."""
+    local_iters: int = 50
+    """Local SGD steps between synchronizations (paper default 50)."""
+    min_depth: int = 0
+    """Minimum partitioned blocks per sub-ResNet; blocks are shared to reach it (paper §2.6; 0 = off)."""
+    partition: str = "section3"
+    """``section3`` (ResIST) or ``naive`` (every skippable block of every section; Fig. 6 ablation)."""
+    scale_activations: bool = True
+    """Scale partitioned residual branches by c when the whole network runs (§2.6)."""
+    carry_momentum: bool = False
+    """Carry SGD momentum across rounds (averaged with the blocks) instead of restarting it."""
+    warmup_epochs: float = 0.0
+    """ResIST only: epochs of local SGD on the whole (scaled) network before ResIST starts (§2.6)."""
+    bn_eval: str = "average"
+    """Evaluation BatchNorm: ``average`` (running stats averaged over holders), ``batch`` (test-batch
+    statistics, as the paper's code), or ``recalibrate`` (re-estimated on training batches)."""
+    recalib_batches: int = 20
+    """Training batches used by ``bn_eval=recalibrate``."""
+
+    def __post_init__(self) -> None:
+        _check(self.name in ALGORITHMS, f"unknown algorithm {self.name!r}; choose one of: {', '.join(ALGORITHMS)}")
+        _check(self.workers >= 1, f"workers must be >= 1, got {self.workers}")
+        _check(self.local_iters >= 1, f"local_iters must be >= 1, got {self.local_iters}")
+        _check(self.min_depth >= 0, f"min_depth must be >= 0, got {self.min_depth}")
+        _check(self.partition in ("section3", "naive"),
+               f"unknown partition mode {self.partition!r}; choose one of: section3, naive")
+        _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        _check(self.bn_eval in BN_EVAL_MODES,
+               f"unknown bn_eval {self.bn_eval!r}; choose one of: {', '.join(BN_EVAL_MODES)}")
+        _check(self.recalib_batches >= 1, f"recalib_batches must be >= 1, got {self.recalib_batches}")
+
+
+@dataclass
+class OptimConfig:
+    epochs: float = 160.0
+    """Training length in epochs of each worker's shard (paper: 160 on CIFAR)."""
+    lr: float = 0.1
+    """Initial learning rate."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    weight_decay: float = 5e-4
+    """L2 weight decay."""
+    lr_decay_at: tuple[float, ...] = (0.5, 0.75)
+    """Fractions of training at which the learning rate is divided by 10."""
+
+    def __post_init__(self) -> None:
+        self.lr_decay_at = tuple(self.lr_decay_at)
+        _check(self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
+        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _check(all(0 < f < 1 for f in self.lr_decay_at), f"lr_decay_at must lie in (0, 1), got {self.lr_decay_at}")
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    """Seeds the model initialization, the data order, the augmentation and every plan."""
+    max_rounds: int | None = None
+    """Stop after this many rounds (``None``: run all epochs)."""
+    eval_every: int = 10
+    """Evaluate the assembled global model every this many rounds (and at the end)."""
+    runtime: str = "inprocess"
+    """``inprocess`` (workers simulated as threads of one process) or ``dist`` (torch.distributed)."""
+    backend: str | None = None
+    """torch.distributed backend, ``gloo`` or ``nccl``; ``None`` picks nccl when CUDA is available."""
+    device: str = "cpu"
+    """``cpu``, ``cuda`` or ``auto``."""
+    timeout: float = 600.0
+    """Seconds a collective may wait for a peer before the run fails naming it."""
+    out: str = "runs/latest"
+    """Run folder: config.json, metrics.jsonl, summary.json, model.pt."""
+
+    def __post_init__(self) -> None:
+        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        _check(self.max_rounds is None or self.max_rounds >= 1, f"max_rounds must be >= 1, got {self.max_rounds}")
+        _check(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
+        _check(self.runtime in RUNTIMES, f"unknown runtime {self.runtime!r}; choose one of: {', '.join(RUNTIMES)}")
+        _check(self.backend in (None, "gloo", "nccl"), f"unknown backend {self.backend!r}; choose gloo or nccl")
+        _check(self.device in ("cpu", "cuda", "auto"), f"unknown device {self.device!r}; choose cpu, cuda or auto")
+        _check(self.timeout > 0, f"timeout must be > 0, got {self.timeout}")
+
+
+@dataclass
+class Config:
+    """A whole training job."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = set(d) - set(sections)
+        _check(not unknown, f"unknown config section(s): {', '.join(sorted(unknown))}")
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            sub_cls = f.default_factory  # type: ignore[misc]
+            values = d.get(f.name, {})
+            known = {g.name for g in dataclasses.fields(sub_cls)}
+            bad = set(values) - known
+            _check(not bad, f"unknown field(s) in config section {f.name!r}: {', '.join(sorted(bad))}")
+            kwargs[f.name] = sub_cls(**values)
+        return cls(**kwargs)
+
+    def replace(self, **overrides: Any) -> "Config":
+        """A copy with ``section.field`` overrides, e.g. ``replace(**{"algo.workers": 8})``; validated."""
+        d = self.to_dict()
+        for key, value in overrides.items():
+            section, _, name = key.partition(".")
+            _check(section in d and name in d[section], f"unknown config field {key!r}")
+            d[section][name] = value
+        return Config.from_dict(d)
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+# --- presets: functions over the base config ------------------------------------------------------
+
+
+def cifar10_resnet101_paper() -> Config:
+    """Paper Table 2/4 setting: ResNet101, 160 epochs, batch 128 per worker, 50 local iterations."""
+    return Config()
+
+
+def cifar100_resnet101_paper() -> Config:
+    cfg = cifar10_resnet101_paper()
+    cfg.data.dataset = "cifar100"
+    return cfg
+
+
+def cifar10_resnet200_paper() -> Config:
+    """Paper Table 8: ResNet200 on 4 workers."""
+    cfg = cifar10_resnet101_paper()
+    cfg.model.name = "paper_resnet200"
+    return cfg
+
+
+def cifar10_cpu() -> Config:
+    """CPU scale: paper ResNet101 at 1/8 width, 8 epochs; about 30 minutes on 2 cores with 4 workers."""
+    cfg = Config()
+    cfg.model.width = 0.125
+    cfg.optim.epochs = 8
+    cfg.optim.lr = 0.05
+    cfg.run.eval_every = 5
+    return cfg
+
+
+def demo() -> Config:
+    """A few-minute run: a shallow paper-style ResNet at 1/8 width, 4 workers, 1 epoch."""
+    cfg = cifar10_cpu()
+    cfg.model.name = "paper_resnet101"
+    cfg.optim.epochs = 1
+    cfg.algo.local_iters = 10
+    cfg.run.eval_every = 5
+    return cfg
+
+
+def smoke() -> Config:
+    """Seconds: a tiny model on synthetic data (tests, CI, first check of an install)."""
+    cfg = Config()
+    cfg.model.name = "paper_resnet"
+    cfg.model.layers = (1, 1, 4, 1)
+    cfg.model.width = 0.0625
+    cfg.data.dataset = "synthetic"
+    cfg.data.batch_size = 16
+    cfg.optim.epochs = 2
+    cfg.optim.lr = 0.05
+    cfg.algo.local_iters = 4
+    cfg.run.eval_every = 2
+    return cfg
+
+
+PRESETS: dict[str, Callable[[], Config]] = {
+    "cifar10_resnet101_paper": cifar10_resnet101_paper,
+    "cifar100_resnet101_paper": cifar100_resnet101_paper,
+    "cifar10_resnet200_paper": cifar10_resnet200_paper,
+    "cifar10_cpu": cifar10_cpu,
+    "demo": demo,
+    "smoke": smoke,
+}
+
+
+def preset(name: str) -> Config:
+    _check(name in PRESETS, f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return Config.from_dict(PRESETS[name]().to_dict())  # validates what the preset set

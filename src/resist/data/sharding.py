@@ -1,0 +1,85 @@
+"""Deterministic per-worker batches: pure functions of (seed, world size, rank, step), so a run resumed at
+any step sees exactly the batches it would have seen."""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from .augment import augment as _augment
+from .augment import to_float
+from .datasets import ImageArrays
+
+_MOD = 2**63
+
+
+def _mix(*values: int) -> int:
+    """Combine integers into one seed arithmetically (Python's hash() is salted per process for str)."""
+    h = 0
+    for v in values:
+        h = (h * 1_000_003 + int(v)) % _MOD
+    return h
+
+
+def steps_per_epoch(n: int, world_size: int, batch_size: int) -> int:
+    """Full batches per worker per epoch: floor(floor(n / world_size) / batch_size)."""
+    if world_size < 1 or batch_size < 1:
+        raise ValueError(f"world_size and batch_size must be >= 1, got {world_size} and {batch_size}")
+    spe = (n // world_size) // batch_size
+    if spe == 0:
+        raise ValueError(f"dataset of {n} examples is too small for {world_size} workers x batch size "
+                         f"{batch_size}; use fewer workers or a smaller batch")
+    return spe
+
+
+def batch_indices(n: int, world_size: int, rank: int, step: int, batch_size: int, seed: int) -> Tensor:
+    """Indices (int64) of worker ``rank``'s batch at global ``step``.
+
+    Each epoch draws a permutation of range(n) seeded by (seed, epoch), cuts it into ``world_size`` disjoint
+    contiguous shards of floor(n / world_size), and walks ``rank``'s shard in batches; the remainder is dropped.
+    """
+    spe = steps_per_epoch(n, world_size, batch_size)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} out of range for world_size {world_size}")
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    epoch, k = divmod(step, spe)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(_mix(seed, epoch)))
+    start = rank * (n // world_size) + k * batch_size
+    return perm[start:start + batch_size]
+
+
+def batch_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    """A CPU generator for augmenting worker ``rank``'s batch at ``step``."""
+    return torch.Generator().manual_seed(_mix(0xA06, seed, rank, step))  # salt: separate from batch_indices
+
+
+class BatchStream:
+    """Worker ``rank``'s training batches: ``.batch(step)`` -> (x (B, 3, H, W) float32, y (B,) int64).
+
+    x is normalized with ``mean``/``std`` and, if ``augment``, randomly cropped and flipped.
+    """
+
+    def __init__(self, arrays: ImageArrays, mean: Sequence[float], std: Sequence[float], world_size: int,
+                 rank: int, batch_size: int, seed: int, augment: bool = True):
+        self.arrays, self.mean, self.std = arrays, tuple(mean), tuple(std)
+        self.world_size, self.rank, self.batch_size = world_size, rank, batch_size
+        self.seed, self.augment = seed, augment
+        self.steps_per_epoch = steps_per_epoch(len(arrays.y), world_size, batch_size)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} out of range for world_size {world_size}")
+
+    def batch(self, step: int) -> tuple[Tensor, Tensor]:
+        idx = batch_indices(len(self.arrays.y), self.world_size, self.rank, step, self.batch_size, self.seed)
+        x = to_float(self.arrays.x[idx], self.mean, self.std)
+        if self.augment:
+            x = _augment(x, batch_generator(self.seed, self.rank, step))
+        return x, self.arrays.y[idx]
+
+
+def eval_batches(arrays: ImageArrays, mean: Sequence[float], std: Sequence[float],
+                 batch_size: int = 500) -> Iterator[tuple[Tensor, Tensor]]:
+    """All of ``arrays`` in order, normalized, without augmentation; the last batch may be short."""
+    for i in range(0, len(arrays.y), batch_size):
+        yield to_float(arrays.x[i:i + batch_size], mean, std), arrays.y[i:i + batch_size]

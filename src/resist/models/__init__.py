@@ -1,0 +1,111 @@
+"""Model registry (timm style): ``create_model(name, num_classes=10, width=1.0, **kwargs)``.
+
+Factories pass extra kwargs (``stem``, ``layers``, ``block``) through to :class:`ResNet`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from resist.models.resnet import ResNet
+
+__all__ = ["ResNet", "create_model", "list_models", "register_model"]
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register a factory under its function name."""
+    _MODELS[fn.__name__] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+def create_model(name: str, num_classes: int = 10, width: float = 1.0, **kwargs) -> nn.Module:
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
+        raise ValueError(f"width must be a number > 0, got {width!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+    return _MODELS[name](num_classes=num_classes, width=width, **kwargs)
+
+
+# Paper ResNets (Dun et al., SPEC §1): pre-activation basic blocks, no BN-ReLU before the pooling.
+@register_model
+def paper_resnet(num_classes=10, width=1.0, *, layers, **kwargs):
+    return ResNet(
+        layers, "basic", preact=True, num_classes=num_classes, width=width, final_norm=False, **kwargs
+    )
+
+
+@register_model
+def paper_resnet101(num_classes=10, width=1.0, **kwargs):
+    return paper_resnet(num_classes, width, layers=(3, 4, 23, 3), **kwargs)
+
+
+@register_model
+def paper_resnet152(num_classes=10, width=1.0, **kwargs):
+    return paper_resnet(num_classes, width, layers=(3, 4, 36, 3), **kwargs)
+
+
+@register_model
+def paper_resnet200(num_classes=10, width=1.0, **kwargs):
+    return paper_resnet(num_classes, width, layers=(3, 4, 50, 3), **kwargs)
+
+
+# Standard pre-activation ResNets (He et al. 2016, "Identity Mappings"): bottleneck, final BN-ReLU.
+@register_model
+def preact_resnet(num_classes=10, width=1.0, *, layers, block="bottleneck", **kwargs):
+    return ResNet(layers, block, preact=True, num_classes=num_classes, width=width, **kwargs)
+
+
+@register_model
+def preact_resnet50(num_classes=10, width=1.0, **kwargs):
+    return preact_resnet(num_classes, width, layers=(3, 4, 6, 3), **kwargs)
+
+
+@register_model
+def preact_resnet101(num_classes=10, width=1.0, **kwargs):
+    return preact_resnet(num_classes, width, layers=(3, 4, 23, 3), **kwargs)
+
+
+@register_model
+def preact_resnet152(num_classes=10, width=1.0, **kwargs):
+    return preact_resnet(num_classes, width, layers=(3, 8, 36, 3), **kwargs)
+
+
+@register_model
+def preact_resnet200(num_classes=10, width=1.0, **kwargs):
+    return preact_resnet(num_classes, width, layers=(3, 24, 36, 3), **kwargs)
+
+
+# Post-activation ResNets (He et al. 2015): bottleneck, BN-ReLU after the stem conv.
+@register_model
+def resnet(num_classes=10, width=1.0, *, layers, block="bottleneck", **kwargs):
+    return ResNet(layers, block, preact=False, num_classes=num_classes, width=width, **kwargs)
+
+
+@register_model
+def resnet50(num_classes=10, width=1.0, **kwargs):
+    return resnet(num_classes, width, layers=(3, 4, 6, 3), **kwargs)
+
+
+@register_model
+def resnet101(num_classes=10, width=1.0, **kwargs):
+    return resnet(num_classes, width, layers=(3, 4, 23, 3), **kwargs)
+
+
+@register_model
+def resnet152(num_classes=10, width=1.0, **kwargs):
+    return resnet(num_classes, width, layers=(3, 8, 36, 3), **kwargs)
+
+
+@register_model
+def resnet200(num_classes=10, width=1.0, **kwargs):
+    return resnet(num_classes, width, layers=(3, 24, 36, 3), **kwargs)

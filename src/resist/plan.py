@@ -1,0 +1,108 @@
+"""Which blocks each sub-ResNet holds in a round (paper §2.2) and the evaluation scale (§2.6).
+
+Pure Python, no torch: the plan is a function of (seed, round, workers, candidate blocks, min depth), so
+every rank computes the same plan with no communication, and a resumed run sees the same plans.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+PARTITION_MODES = ("section3", "naive")
+
+
+def candidate_blocks(partitionable: Sequence[int], skippable: Sequence[int], mode: str) -> tuple[int, ...]:
+    """The blocks a plan deals out.
+
+    ``"section3"`` (ResIST, §2.2): the non-strided blocks of the third section. ``"naive"`` (the Fig. 6
+    ablation): every block of every section that can be skipped, i.e. whose shortcut is the identity;
+    a block that changes the tensor's shape cannot be dropped from a sub-network.
+    """
+    if mode == "section3":
+        return tuple(partitionable)
+    if mode == "naive":
+        return tuple(skippable)
+    raise ValueError(f"unknown partition mode {mode!r}; choose one of: {', '.join(PARTITION_MODES)}")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One round's decomposition: ``assignments[w]`` are the candidate blocks sub-ResNet ``w`` holds."""
+
+    assignments: tuple[tuple[int, ...], ...]
+    candidates: tuple[int, ...]
+    scale: float
+
+    def holders(self, block: int) -> tuple[int, ...]:
+        """The workers that hold ``block`` this round, in rank order."""
+        return tuple(w for w, held in enumerate(self.assignments) if block in held)
+
+    def skipped(self, worker: int) -> frozenset[int]:
+        """Candidate blocks that ``worker``'s sub-ResNet passes over."""
+        return frozenset(self.candidates) - frozenset(self.assignments[worker])
+
+
+def eval_scale(num_workers: int, num_candidates: int, min_depth: int = 0) -> float:
+    """Residual-branch multiplier c for the whole network (§2.6): blocks per sub-ResNet / P.
+
+    1/S without a minimum depth; ``max(1/S, m/P)`` with one. It is stochastic depth's test-time rule
+    with survival probability c.
+    """
+    if num_candidates == 0:
+        return 1.0
+    return max(1.0 / num_workers, min(min_depth, num_candidates) / num_candidates)
+
+
+def validate(num_workers: int, num_candidates: int, min_depth: int) -> None:
+    if num_workers < 1:
+        raise ValueError(f"number of workers must be >= 1, got {num_workers}")
+    if min_depth < 0:
+        raise ValueError(f"min depth must be >= 0, got {min_depth}")
+    if min_depth > num_candidates:
+        raise ValueError(
+            f"min depth {min_depth} exceeds the {num_candidates} partitionable blocks of this model"
+        )
+
+
+def make_plan(seed: int, round_: int, num_workers: int, candidates: Sequence[int], min_depth: int = 0) -> Plan:
+    """Deal the candidate blocks out to ``num_workers`` sub-ResNets for round ``round_`` (§2.2, Fig. 1).
+
+    A random permutation is dealt round robin, so sizes differ by at most one and no block is shared.
+    With a minimum depth m above P/S, fresh permutations are concatenated until there are S*m slots,
+    cut into S chunks of m, and each chunk is de-duplicated and topped up with random blocks it lacks:
+    every sub-ResNet then holds at least m distinct blocks, some blocks are shared, and since the first
+    permutation lies wholly inside the S*m slots, every block is still held by someone.
+    """
+    cands = tuple(candidates)
+    validate(num_workers, len(cands), min_depth)
+    rng = random.Random(seed * 1_000_003 + round_)
+    p, s = len(cands), num_workers
+
+    def permutation() -> list[int]:
+        perm = list(cands)
+        rng.shuffle(perm)
+        return perm
+
+    if min_depth * s <= p:
+        perm = permutation()
+        chunks = [perm[w::s] for w in range(s)]
+    else:
+        slots: list[int] = []
+        while len(slots) < s * min_depth:
+            slots += permutation()
+        chunks = []
+        for w in range(s):
+            chunk = list(dict.fromkeys(slots[w * min_depth:(w + 1) * min_depth]))
+            for b in permutation():
+                if len(chunk) >= min_depth:
+                    break
+                if b not in chunk:
+                    chunk.append(b)
+            chunks.append(chunk)
+    return Plan(
+        assignments=tuple(tuple(sorted(c)) for c in chunks),
+        candidates=cands,
+        scale=eval_scale(s, p, min_depth),
+    )

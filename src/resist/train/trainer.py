@@ -1,0 +1,215 @@
+"""The training loop every algorithm shares: rounds of ``local_iters`` steps, synchronization,
+periodic evaluation of the assembled global model, metrics (paper Algorithm 1; SPEC §4).
+
+:func:`run_worker` is SPMD: every rank of either runtime runs it with its own communicator.
+:func:`train` sets up the run folder and starts the ranks on the chosen runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..algorithms import ALGORITHMS
+from ..comm import Communicator, run_in_process
+from ..config import Config
+from ..data import BatchStream, Dataset, eval_batches, load_dataset, steps_per_epoch
+from ..io import atomic_write_json, atomic_write_text
+from ..models import create_model
+from ..plan import candidate_blocks, validate
+from .metrics import MetricsWriter
+
+log = logging.getLogger("resist")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss, a failed peer); the message says what to do."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but CUDA is not available; use --device cpu")
+    return torch.device(name)
+
+
+def model_builder(cfg: Config, num_classes: int) -> Callable[[], torch.nn.Module]:
+    """A factory for the architecture on the meta device: workers materialize only what they hold."""
+    extra = {"layers": cfg.model.layers} if cfg.model.layers is not None else {}
+
+    def build() -> torch.nn.Module:
+        with torch.device("meta"):
+            return create_model(cfg.model.name, num_classes=num_classes, width=cfg.model.width, **extra)
+
+    return build
+
+
+@dataclass
+class Schedule:
+    """How many steps and rounds a run has (an epoch is one pass over a worker's shard)."""
+
+    steps_per_epoch: int
+    total_steps: int
+    rounds: int
+
+    @classmethod
+    def of(cls, cfg: Config, n_train: int) -> "Schedule":
+        spe = steps_per_epoch(n_train, cfg.algo.workers, cfg.data.batch_size)
+        total = max(1, math.ceil(cfg.optim.epochs * spe))
+        rounds = math.ceil(total / cfg.algo.local_iters)
+        if cfg.run.max_rounds is not None:
+            rounds = min(rounds, cfg.run.max_rounds)
+        return cls(spe, total, rounds)
+
+
+def num_classes_of(cfg: Config, dataset: Dataset) -> int:
+    n = cfg.model.num_classes or dataset.num_classes
+    if n < dataset.num_classes:
+        raise ValueError(f"num_classes {n} is below the dataset's {dataset.num_classes} classes")
+    return n
+
+
+def check(cfg: Config, dataset: Dataset) -> Schedule:
+    """Everything that can be wrong with a config for this dataset, found before any rank starts."""
+    build = model_builder(cfg, num_classes_of(cfg, dataset))
+    model = build()
+    cands = candidate_blocks(model.partitionable, model.skippable, cfg.algo.partition)
+    validate(cfg.algo.workers, len(cands), cfg.algo.min_depth)
+    return Schedule.of(cfg, len(dataset.train.y))
+
+
+def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | None) -> dict[str, Any]:
+    """One rank's whole training run; returns the run summary (the same on every rank)."""
+    device = resolve_device(cfg.run.device)
+    sched = Schedule.of(cfg, len(dataset.train.y))
+    algo_cls = ALGORITHMS[cfg.algo.name]
+    algo = algo_cls(comm, cfg, model_builder(cfg, num_classes_of(cfg, dataset)), device, sched.steps_per_epoch)
+    algo.start(0)
+    d = cfg.data
+    stream = BatchStream(dataset.train, dataset.mean, dataset.std, comm.world_size, comm.rank,
+                         d.batch_size, cfg.run.seed, augment=d.augment)
+    plain = BatchStream(dataset.train, dataset.mean, dataset.std, comm.world_size, comm.rank,
+                        d.batch_size, cfg.run.seed + 1, augment=False)
+    test = lambda: eval_batches(dataset.test, dataset.mean, dataset.std, d.eval_batch_size)  # noqa: E731
+    recal = lambda: (plain.batch(k) for k in range(cfg.algo.recalib_batches))  # noqa: E731
+    lead = comm.rank == 0
+    writer = MetricsWriter(out / "metrics.jsonl", progress_total=sched.rounds) if lead and out else None
+
+    start = time.perf_counter()
+    parallel_s = 0.0
+    best = -1.0
+    best_time = 0.0
+    acc = None
+    for r in range(sched.rounds):
+        algo.begin_round(r)
+        t0 = time.perf_counter()
+        losses = []
+        first = r * cfg.algo.local_iters
+        for step in range(first, min(first + cfg.algo.local_iters, sched.total_steps)):
+            x, y = stream.batch(step)
+            losses.append(algo.step(x.to(device), y.to(device), algo.lr_at(step, sched.total_steps)))
+        loss = torch.stack(losses).mean().item()
+        compute_s = time.perf_counter() - t0
+        comm.barrier()  # so that the sync time below is communication, not waiting for a slow peer
+        t1 = time.perf_counter()
+        algo.end_round(r)
+        comm_s = time.perf_counter() - t1
+        with comm.tag("control"):
+            row = torch.tensor([loss, compute_s, comm_s, comm.bytes.sent["sync"], comm.bytes.received["sync"]],
+                               dtype=torch.float64)
+            table = torch.stack(comm.all_gather(row))  # (world, 5)
+        if not torch.isfinite(table[:, 0]).all():
+            bad = int((~torch.isfinite(table[:, 0])).nonzero()[0])
+            raise TrainingError(f"loss became {table[bad, 0].item()} on rank {bad} in round {r}; "
+                                f"lower --lr or check the data")
+        parallel_s += float(table[:, 1].max() + table[:, 2].max())
+        last = r == sched.rounds - 1
+        acc = None
+        if (r + 1) % cfg.run.eval_every == 0 or last:
+            acc = algo.evaluate(test, recal)
+            if acc > best:
+                best, best_time = acc, parallel_s
+        if writer:
+            step = min(first + cfg.algo.local_iters, sched.total_steps)
+            writer.write({
+                "round": r, "step": step, "epoch": step / sched.steps_per_epoch,
+                "lr": algo.lr_at(step - 1, sched.total_steps), "loss": float(table[:, 0].mean()),
+                "compute_s": float(table[:, 1].max()), "comm_s": float(table[:, 2].max()),
+                "time_s": parallel_s, "elapsed_s": time.perf_counter() - start,
+                "sent_bytes": [int(v) for v in table[:, 3]], "recv_bytes": [int(v) for v in table[:, 4]],
+                **({"test_acc": acc, "best_acc": best} if acc is not None else {}),
+            }, summary=acc is not None)
+    if writer:
+        writer.close()
+    if out:
+        algo.save_final(out)
+    with comm.tag("control"):
+        totals = torch.stack(comm.all_gather(torch.tensor(
+            [comm.bytes.sent["sync"], comm.bytes.received["sync"],
+             comm.bytes.sent["eval"], comm.bytes.received["eval"]], dtype=torch.float64)))
+    return {
+        "algo": cfg.algo.name, "model": cfg.model.name, "width": cfg.model.width, "workers": comm.world_size,
+        "dataset": dataset.name, "runtime": cfg.run.runtime, "rounds": sched.rounds,
+        "steps": min(sched.rounds * cfg.algo.local_iters, sched.total_steps),
+        "best_acc": best, "final_acc": acc, "time_s": parallel_s, "time_to_best_s": best_time,
+        "elapsed_s": time.perf_counter() - start,
+        "sent_bytes_per_worker": [int(v) for v in totals[:, 0]],
+        "recv_bytes_per_worker": [int(v) for v in totals[:, 1]],
+        "eval_bytes_sent_per_worker": [int(v) for v in totals[:, 2]],
+        "eval_scale": algo.eval_scale(), "scaled_blocks": list(algo.candidates),
+    }
+
+
+def _dist_entry(comm: Communicator, cfg_dict: dict, out: str | None) -> dict[str, Any]:
+    cfg = Config.from_dict(cfg_dict)
+    dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir, download=False)
+    return run_worker(comm, cfg, dataset, Path(out) if out else None)
+
+
+def prepare_run_dir(cfg: Config) -> Path:
+    out = Path(cfg.run.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cfg.dumps() + "\n", out / "config.json")
+    except OSError as e:
+        raise ValueError(f"cannot write the run folder {out}: {e.strerror or e}") from None
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+    return out
+
+
+def train(cfg: Config, dataset: Dataset | None = None) -> dict[str, Any]:
+    """Train as ``cfg`` says; returns the summary, also written to ``RUN/summary.json``."""
+    if dataset is None:
+        dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir, download=cfg.data.download)
+    check(cfg, dataset)
+    out = prepare_run_dir(cfg)
+    log.info("%s: %s on %d workers (%s), %s, run folder %s", cfg.algo.name, cfg.model.name,
+             cfg.algo.workers, cfg.run.runtime, dataset.source, out)
+    if cfg.run.runtime == "inprocess":
+        summary = run_in_process(cfg.algo.workers, lambda comm: run_worker(comm, cfg, dataset, out),
+                                 timeout=cfg.run.timeout)[0]
+    else:
+        from ..comm import spawn
+
+        summary = spawn(cfg.algo.workers, _dist_entry, args=(cfg.to_dict(), str(out)),
+                        backend=cfg.run.backend, timeout=cfg.run.timeout)[0]
+    summary["dataset_source"] = dataset.source
+    atomic_write_json(summary, out / "summary.json")
+    return summary
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """One logger for the package; messages to stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
