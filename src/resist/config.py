@@ -233,6 +233,16 @@ def demo() -> Config:
     return cfg
 
 
+def demo_digits() -> Config:
+    """The demo's offline fallback: scikit-learn's bundled 8x8 digits (upsampled to 16x16)."""
+    cfg = demo()
+    cfg.data.dataset = "digits"
+    cfg.data.batch_size = 32
+    cfg.optim.epochs = 12
+    cfg.run.eval_every = 5
+    return cfg
+
+
 def smoke() -> Config:
     """Seconds: a tiny model on synthetic data (tests, CI, first check of an install)."""
     cfg = Config()
@@ -254,6 +264,7 @@ PRESETS: dict[str, Callable[[], Config]] = {
     "cifar10_resnet200_paper": cifar10_resnet200_paper,
     "cifar10_cpu": cifar10_cpu,
     "demo": demo,
+    "demo_digits": demo_digits,
     "smoke": smoke,
 }
 

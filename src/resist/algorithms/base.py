@@ -31,6 +31,28 @@ def part_module(model: nn.Module, part: Part) -> nn.Module:
     return model.blocks[part] if isinstance(part, int) else getattr(model, part)
 
 
+@torch.no_grad()
+def init_part(model: nn.Module, part: Part, seed: int, device: torch.device | str = "cpu") -> None:
+    """Allocate ``part`` of ``model`` and give it its initialization, drawn on the CPU from a seed of
+    its own: the same on every rank and device, whoever holds the part."""
+    module = part_module(model, part)
+    key = part + 1 if isinstance(part, int) else (0 if part == "stem" else len(model.blocks) + 1)
+    module.to_empty(device="cpu")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed * 7919 + key)
+        for m in module.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+    module.to(device)
+
+
+def init_model(model: nn.Module, seed: int, device: torch.device | str = "cpu") -> nn.Module:
+    """The whole global model as every algorithm initializes it (for references and tests)."""
+    for part in ["stem", "head", *range(len(model.blocks))]:
+        init_part(model, part, seed, device)
+    return model
+
+
 def tensors_of(module: nn.Module) -> list[torch.Tensor]:
     """Parameters (as plain tensors) then buffers, in registration order."""
     return [p.data for p in module.parameters()] + list(module.buffers())
@@ -67,22 +89,12 @@ class Worker:
     def held(self, part: Part) -> bool:
         return not next(self.module(part).parameters()).is_meta
 
-    def part_key(self, part: Part) -> int:
-        return part + 1 if isinstance(part, int) else (0 if part == "stem" else len(self.model.blocks) + 1)
-
     @torch.no_grad()
     def materialize(self, part: Part, init: bool) -> None:
         """Allocate ``part``; with ``init``, fill it with its seeded initialization."""
         module = self.module(part)
         if init:
-            # Initialize on the CPU from a per-part seed: identical on every rank and every device.
-            module.to_empty(device="cpu")
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.cfg.run.seed * 7919 + self.part_key(part))
-                for m in module.modules():
-                    if hasattr(m, "reset_parameters"):
-                        m.reset_parameters()
-            module.to(self.device)
+            init_part(self.model, part, self.cfg.run.seed, self.device)
         else:
             module.to_empty(device=self.device)
         for name, p in module.named_parameters(prefix=self.prefix(part).rstrip(".")):

@@ -91,12 +91,12 @@ class ResIST(Worker):
         sends, recvs, pending = [], [], []
         for b in self.candidates:
             held_by, goes_to = cur[b], nxt[b]
-            if held_by == self.everyone or (held_by == (me,) and me in goes_to):
-                continue  # already averaged, or this rank's own copy is the average
+            if held_by == self.everyone:
+                continue  # averaged by the all-reduce above
             mine = aggregate.pack(self.state_tensors(b)) if me in held_by else None
             if mine is not None:
                 sends += [(dst, f) for dst in goes_to if dst != me for f in mine]
-            if me in goes_to:
+            if me in goes_to and held_by != (me,):  # a sole holder's own copy is already the average
                 bufs = {h: aggregate.empty_like_packed(self.state_tensors(b), self.device)
                         for h in held_by if h != me}
                 recvs += [(h, f) for h, fs in bufs.items() for f in fs]

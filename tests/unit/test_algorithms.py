@@ -1,0 +1,207 @@
+"""The algorithms on the in-process runtime: exact equivalences, aggregation semantics, integration."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from resist.algorithms import ALGORITHMS
+from resist.algorithms.base import init_model, tensors_of
+from resist.comm import run_in_process
+from resist.config import preset
+from resist.data import BatchStream, load_dataset
+from resist.models import create_model
+from resist.train import train
+from resist.train.trainer import Schedule, model_builder
+
+DATA = load_dataset("synthetic", n_train=256, n_test=128, num_classes=4, size=12)
+
+
+def tiny(**over):
+    base = {"data.batch_size": 16, "optim.epochs": 1, "algo.local_iters": 3, "run.eval_every": 100}
+    return preset("smoke").replace(**{**base, **over})
+
+
+def reference_sgd(cfg, restart_every: int | None) -> torch.nn.Module:
+    """Plain single-worker SGD on the full model, written out by hand."""
+    model = init_model(create_model("paper_resnet", num_classes=4, width=cfg.model.width, layers=cfg.model.layers),
+                       cfg.run.seed)
+    sched = Schedule.of(cfg, len(DATA.train.y))
+    stream = BatchStream(DATA.train, DATA.mean, DATA.std, 1, 0, cfg.data.batch_size, cfg.run.seed)
+    o = cfg.optim
+    opt = None
+    for step in range(min(sched.total_steps, sched.rounds * cfg.algo.local_iters)):
+        if opt is None or (restart_every and step % restart_every == 0):
+            opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        decays = sum(step >= -(-f * sched.total_steps // 1) for f in o.lr_decay_at)
+        for g in opt.param_groups:
+            g["lr"] = o.lr * 0.1**decays
+        x, y = stream.batch(step)
+        model.train()
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model
+
+
+def trained_state(cfg, tmp_path):
+    cfg = cfg.replace(**{"run.out": str(tmp_path)})
+    train(cfg, DATA)
+    return torch.load(tmp_path / "model.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("algo", ["resist", "local_sgd", "data_parallel"])
+@pytest.mark.parametrize("carry", [False, True])
+def test_one_worker_equals_plain_sgd_bitwise(algo, carry, tmp_path):
+    cfg = tiny(**{"algo.name": algo, "algo.workers": 1, "algo.carry_momentum": carry, "optim.epochs": 2,
+                  "optim.lr_decay_at": (0.3, 0.7)})
+    restart = None if carry or algo == "data_parallel" else cfg.algo.local_iters
+    ref = reference_sgd(cfg, restart).state_dict()
+    got = trained_state(cfg, tmp_path)
+    assert got.keys() == ref.keys()
+    for k in ref:
+        assert torch.equal(got[k], ref[k]), k
+
+
+def test_momentum_restart_matters(tmp_path):
+    """Guards the test above: restarting momentum and carrying it must give different models."""
+    cfg = tiny(**{"algo.workers": 1, "optim.epochs": 2})
+    a = trained_state(cfg, tmp_path / "a")
+    b = trained_state(cfg.replace(**{"algo.carry_momentum": True}), tmp_path / "b")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def _workers(cfg, fn):
+    """Run ``fn(worker)`` on every rank of an in-process world after ``start(0)``."""
+    sched = Schedule.of(cfg, len(DATA.train.y))
+
+    def body(comm):
+        w = ALGORITHMS[cfg.algo.name](comm, cfg, model_builder(cfg, 4), torch.device("cpu"), sched.steps_per_epoch)
+        w.start(0)
+        return fn(w)
+
+    return run_in_process(cfg.algo.workers, body)
+
+
+@pytest.mark.parametrize("workers,min_depth", [(3, 0), (3, 3), (4, 4)])
+def test_sync_averages_each_block_over_its_holders(workers, min_depth):
+    cfg = tiny(**{"algo.workers": workers, "algo.min_depth": min_depth, "model.layers": (1, 1, 5, 1)})
+
+    def body(w):
+        me = w.comm.rank
+        with torch.no_grad():
+            for part in w.all_parts():
+                if w.held(part):
+                    for t in w.state_tensors(part):
+                        t.fill_(10 * (me + 1) if t.is_floating_point() else 6 * (me + 1))
+        cur, nxt = w.holders(0), w.holders(1)
+        before = dict(w.comm.bytes.sent)
+        w.end_round(0)
+        seen = {}
+        for b in w.candidates:
+            assert w.held(b) == (me in nxt[b]), "holds exactly next round's blocks"
+            if w.held(b):
+                ts = w.state_tensors(b)
+                seen[b] = ([t.flatten()[0].item() for t in ts if t.is_floating_point()],
+                           [t.flatten()[0].item() for t in ts if not t.is_floating_point()])
+        shared = [t.flatten()[0].item() for t in w.state_tensors("stem")]
+        return cur, nxt, seen, shared, w.comm.bytes.sent["sync"] - before.get("sync", 0)
+
+    results = _workers(cfg, body)
+    n = workers
+    for cur, nxt, seen, shared, _ in results:
+        assert shared[0] == pytest.approx(10 * (n + 1) / 2)
+        for b, (floats, ints) in seen.items():
+            h = [r + 1 for r in cur[b]]
+            assert floats == pytest.approx([10 * sum(h) / len(h)] * len(floats))
+            assert ints and ints == [6 * sum(h) // len(h)] * len(ints)  # BN batch counters travel too
+
+
+@pytest.mark.parametrize("workers,min_depth", [(2, 0), (3, 0), (4, 3)])
+def test_bytes_are_shared_all_reduce_plus_blocks_that_change_holder(workers, min_depth):
+    """Peer to peer: a block goes from each holder to each *other* next holder, nothing more (§2.5)."""
+    cfg = tiny(**{"algo.workers": workers, "algo.min_depth": min_depth, "model.layers": (1, 1, 7, 1)})
+
+    def body(w):
+        me, n = w.comm.rank, w.comm.world_size
+        cur, nxt = w.holders(0), w.holders(1)
+        nbytes = lambda part: sum(t.numel() * t.element_size() for t in w.state_tensors(part))  # noqa: E731
+        expect_sent = 2 * (n - 1) / n * sum(nbytes(p) for p in w.shared_parts)
+        expect_recv = expect_sent
+        for b in w.candidates:
+            if me in cur[b]:
+                expect_sent += nbytes(b) * len([d for d in nxt[b] if d != me])
+            if me in nxt[b] and cur[b] != (me,):
+                expect_recv += nbytes(b) * len([h for h in cur[b] if h != me])
+        w.end_round(0)
+        return expect_sent, expect_recv, w.comm.bytes.sent["sync"], w.comm.bytes.received["sync"]
+
+    total_moved = 0
+    for es, er, s, r in _workers(cfg, body):
+        assert s == pytest.approx(es, abs=1) and r == pytest.approx(er, abs=1)
+        total_moved += s
+    assert total_moved > 0
+
+
+def test_worker_holds_only_its_sub_resnet():
+    cfg = tiny(**{"algo.workers": 4, "model.layers": (1, 1, 9, 1)})
+
+    def body(w):
+        held = [b for b in w.candidates if w.held(b)]
+        meta = [b for b in w.candidates if not w.held(b)]
+        return held, meta, w.holders(0)
+
+    for me, (held, meta, holders) in enumerate(_workers(cfg, body)):
+        assert held == [b for b in holders if me in holders[b]]
+        assert len(held) == 2 and len(meta) == 6
+
+
+def test_integration_loss_falls_and_accuracy_above_chance(tmp_path):
+    cfg = tiny(**{"algo.workers": 2, "optim.epochs": 6, "run.eval_every": 4, "run.out": str(tmp_path)})
+    summary = train(cfg, DATA)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] < 0.8 * rows[0]["loss"]
+    assert summary["best_acc"] > 50.0  # 4 classes: chance is 25%
+    assert (tmp_path / "config.json").exists() and (tmp_path / "summary.json").exists()
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    model = create_model("paper_resnet", num_classes=4, width=cfg.model.width, layers=cfg.model.layers)
+    model.load_state_dict(state)
+
+
+@pytest.mark.parametrize("bn_eval", ["average", "batch", "recalibrate"])
+@pytest.mark.parametrize("algo", ["resist", "ensemble"])
+def test_bn_eval_modes_and_ensemble_run(algo, bn_eval, tmp_path):
+    cfg = tiny(**{"algo.name": algo, "algo.workers": 2, "algo.bn_eval": bn_eval, "run.out": str(tmp_path)})
+    summary = train(cfg, DATA)
+    assert 0 <= summary["best_acc"] <= 100
+    if algo == "ensemble":
+        assert summary["sent_bytes_per_worker"] == [0, 0]
+        assert (tmp_path / "member1.pt").exists()
+
+
+def test_warmup_then_resist_scales_and_moves_less(tmp_path):
+    cfg = tiny(**{"algo.workers": 2, "algo.warmup_epochs": 0.5, "optim.epochs": 1})
+    sched = Schedule.of(cfg, len(DATA.train.y))
+
+    def body(w):
+        assert w.full_round(0) and not w.full_round(w.warmup_rounds)
+        assert all(w.held(b) for b in w.candidates)
+        w.begin_round(0)
+        scales = {w.model.blocks[b].residual_scale for b in w.candidates}
+        return scales
+
+    for scales in _workers(cfg, body):
+        assert scales == {0.5}
+
+
+def test_naive_partition_deals_blocks_of_every_section():
+    cfg = tiny(**{"algo.workers": 2, "algo.partition": "naive", "model.layers": (2, 2, 3, 2)})
+    cands = _workers(cfg, lambda w: w.candidates)[0]
+    model = model_builder(cfg, 4)()
+    assert set(cands) == set(model.skippable)
+    assert any(b in model.sections[0] for b in cands) and any(b in model.sections[3] for b in cands)
+    assert tensors_of(model.blocks[0])[0].is_meta
