@@ -20,7 +20,7 @@ import torch
 from ..algorithms import ALGORITHMS
 from ..comm import Communicator, run_in_process
 from ..config import Config
-from ..data import BatchStream, Dataset, eval_batches, load_dataset, steps_per_epoch
+from ..data import BatchStream, Dataset, ImageArrays, eval_batches, load_dataset, steps_per_epoch
 from ..io import atomic_write_json, atomic_write_text
 from ..models import create_model
 from ..plan import candidate_blocks, validate
@@ -98,7 +98,9 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
                          d.batch_size, cfg.run.seed, augment=d.augment)
     plain = BatchStream(dataset.train, dataset.mean, dataset.std, comm.world_size, comm.rank,
                         d.batch_size, cfg.run.seed + 1, augment=False)
-    test = lambda: eval_batches(dataset.test, dataset.mean, dataset.std, d.eval_batch_size)  # noqa: E731
+    test_set = dataset.test if d.eval_limit is None else ImageArrays(dataset.test.x[:d.eval_limit],
+                                                                      dataset.test.y[:d.eval_limit])
+    test = lambda: eval_batches(test_set, dataset.mean, dataset.std, d.eval_batch_size)  # noqa: E731
     recal = lambda: (plain.batch(k) for k in range(cfg.algo.recalib_batches))  # noqa: E731
     lead = comm.rank == 0
     writer = MetricsWriter(out / "metrics.jsonl", progress_total=sched.rounds) if lead and out else None
