@@ -79,6 +79,9 @@ def num_classes_of(cfg: Config, dataset: Dataset) -> int:
 
 def check(cfg: Config, dataset: Dataset) -> Schedule:
     """Everything that can be wrong with a config for this dataset, found before any rank starts."""
+    resolve_device(cfg.run.device)
+    if cfg.run.backend == "nccl" and not torch.cuda.is_available():
+        raise ValueError("backend 'nccl' needs CUDA, which is not available; use --backend gloo")
     build = model_builder(cfg, num_classes_of(cfg, dataset))
     model = build()
     cands = candidate_blocks(model.partitionable, model.skippable, cfg.algo.partition)

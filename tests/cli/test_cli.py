@@ -1,0 +1,149 @@
+"""The commands as a user types them: what they print, what they write, how they fail."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from resist.cli import main
+from resist.config import PRESETS
+
+SMOKE = ["train", "smoke", "--workers", "2", "--max-rounds", "2", "--eval-every", "1"]
+
+
+def run(capsys, *argv):
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_presets_and_models(capsys):
+    rc, out, _ = run(capsys, "presets")
+    assert rc == 0 and all(name in out for name in PRESETS)
+    rc, out, _ = run(capsys, "models")
+    assert rc == 0 and "paper_resnet101" in out.split() and "preact_resnet200" in out.split()
+
+
+def test_config_prints_resolved_overrides(capsys):
+    rc, out, _ = run(capsys, "config", "cifar10_cpu", "--workers", "8", "--min-depth", "4", "--set", "optim.lr=0.2")
+    cfg = json.loads(out)
+    assert rc == 0 and cfg["algo"]["workers"] == 8 and cfg["algo"]["min_depth"] == 4 and cfg["optim"]["lr"] == 0.2
+
+
+@pytest.mark.parametrize("algo", ["resist", "local_sgd", "data_parallel", "ensemble"])
+def test_train_writes_run_folder(capsys, tmp_path, algo):
+    rc, out, _ = run(capsys, *SMOKE, "--algo", algo, "--out", str(tmp_path / "run"))
+    assert rc == 0, out
+    assert f"{algo}: best test accuracy" in out
+    run_dir = tmp_path / "run"
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["algo"]["name"] == algo and cfg["algo"]["workers"] == 2
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [0, 1] and all("test_acc" in r for r in rows)
+    assert len(rows[0]["sent_bytes"]) == 2
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds"] == 2 and summary["workers"] == 2
+    if algo != "ensemble":
+        state = torch.load(run_dir / "model.pt", weights_only=True)
+        assert any(k.startswith("blocks.") for k in state)
+
+
+def test_console_script_runs():
+    proc = subprocess.run([sys.executable, "-m", "resist.cli", "presets"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "smoke" in proc.stdout
+
+
+def test_demo_falls_back_to_digits_offline(capsys, tmp_path, monkeypatch):
+    import resist.data.datasets as ds
+
+    monkeypatch.setattr(ds, "CIFAR10_URL", (tmp_path / "nowhere.tar.gz").as_uri())
+    monkeypatch.delenv("RESIST_DATA_DIR", raising=False)
+    rc, out, err = run(capsys, "demo", "--data-dir", str(tmp_path / "empty"), "--workers", "2",
+                       "--max-rounds", "1", "--out", str(tmp_path / "demo"))
+    assert rc == 0
+    assert "digits" in err and "scikit-learn" in err
+    lines = out.splitlines()
+    assert any(line.startswith("resist ") for line in lines) and any(line.startswith("local_sgd ") for line in lines)
+    assert (tmp_path / "demo" / "table.txt").exists()
+
+
+def _fake_cifar(folder, labels_max=9, shape=(32, 32, 3)):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for k in range(5):
+        np.save(folder / f"train_x_{k:02d}.npy", rng.integers(0, 255, (8, *shape), dtype=np.uint8))
+    np.save(folder / "train_y.npy", np.linspace(0, labels_max, 40).astype(np.uint8))
+    np.save(folder / "test_x.npy", rng.integers(0, 255, (8, *shape), dtype=np.uint8))
+    np.save(folder / "test_y.npy", np.arange(8, dtype=np.uint8))
+    return folder
+
+
+BAD = {
+    "unknown model": (["--model", "resnet7"], "unknown model 'resnet7'"),
+    "unknown algorithm": (["--algo", "gossip"], "unknown algorithm 'gossip'"),
+    "zero workers": (["--workers", "0"], "workers must be >= 1"),
+    "negative workers": (["--workers", "-3"], "workers must be >= 1"),
+    "min depth too high": (["--min-depth", "5"], "min depth 5 exceeds the 3 partitionable blocks"),
+    "zero local iters": (["--local-iters", "0"], "local_iters must be >= 1"),
+    "negative width": (["--width", "-1"], "width must be > 0"),
+    "zero epochs": (["--epochs", "0"], "epochs must be > 0"),
+    "bad bn eval": (["--bn-eval", "magic"], "unknown bn_eval 'magic'"),
+    "bad partition": (["--partition", "halves"], "unknown partition mode 'halves'"),
+    "bad runtime": (["--runtime", "mpi"], "unknown runtime 'mpi'"),
+    "bad layers": (["--layers", "1,2"], "layers must be 4 positive block counts"),
+    "not a number": (["--workers", "four"], "invalid int value: 'four'"),
+    "unknown flag": (["--wrokers", "4"], "unrecognized arguments: --wrokers"),
+    "unknown set field": (["--set", "algo.speed=3"], "unknown config field 'algo.speed'"),
+    "set without value": (["--set", "algo.workers"], "--set takes section.field=value"),
+    "num classes below dataset": (["--num-classes", "2"], "below the dataset's 4 classes"),
+    "too many workers for data": (["--workers", "64", "--batch-size", "64"], "too small"),
+    "cuda without cuda": (["--device", "cuda"], "CUDA is not available"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_one_line_exit_2_no_run_folder(capsys, tmp_path, case):
+    args, message = BAD[case]
+    out_dir = tmp_path / "run"
+    rc, out, err = run(capsys, "train", "smoke", "--out", str(out_dir), *args)
+    assert rc == 2
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert message in err, err
+    assert not (out_dir / "metrics.jsonl").exists() and not (out_dir / "model.pt").exists()
+
+
+def test_unknown_preset(capsys):
+    rc, _, err = run(capsys, "train", "cifar11")
+    assert rc == 2 and "unknown preset 'cifar11'" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "labels", "shape"])
+def test_bad_dataset_files(capsys, tmp_path, damage):
+    data = _fake_cifar(tmp_path / "cifar10", labels_max=12 if damage == "labels" else 9,
+                       shape=(28, 28, 3) if damage == "shape" else (32, 32, 3))
+    if damage == "missing":
+        (data / "test_y.npy").unlink()
+    if damage == "truncated":
+        raw = (data / "train_x_02.npy").read_bytes()
+        (data / "train_x_02.npy").write_bytes(raw[: len(raw) // 2])
+    rc, _, err = run(capsys, "train", "smoke", "--dataset", "cifar10", "--data-dir", str(data),
+                     "--out", str(tmp_path / "run"), "--max-rounds", "1")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_dataset_says_download(capsys, tmp_path):
+    rc, _, err = run(capsys, "train", "smoke", "--dataset", "cifar10", "--data-dir", str(tmp_path / "none"))
+    assert rc == 2 and "--download" in err
+
+
+def test_unwritable_run_folder(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    rc, _, err = run(capsys, "train", "smoke", "--out", str(blocker / "run"))
+    assert rc == 2 and "cannot write the run folder" in err and len(err.strip().splitlines()) == 1
