@@ -1,0 +1,88 @@
+"""torch.distributed runtime: one :class:`Communicator` per process over the default (world) group.
+
+Only this module and :mod:`resist.comm.launch` import ``torch.distributed``. Every verb runs on the
+world group; no sub-groups are ever created. Under NCCL, tensors that live elsewhere (e.g. on the CPU)
+are staged to the current CUDA device and copied back, so callers need not care where a tensor lives.
+Backend errors (timeouts, peers that went away) surface as :class:`CommError` naming this rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+
+from .base import CommError, Communicator
+
+
+class DistCommunicator(Communicator):
+    """A :class:`Communicator` over the already initialized default process group."""
+
+    def __init__(self) -> None:
+        """Every verb, point-to-point included, is bounded by the process group's timeout."""
+        if not dist.is_initialized():
+            raise RuntimeError("DistCommunicator needs an initialized default process group")
+        super().__init__(dist.get_rank(), dist.get_world_size())
+        self.backend = dist.get_backend()
+        if self.backend == "nccl":
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        else:
+            self.device = torch.device("cpu")
+
+    @contextlib.contextmanager
+    def _guard(self, verb: str) -> Iterator[None]:
+        try:
+            yield
+        except RuntimeError as exc:  # DistBackendError and friends are RuntimeErrors
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CommError(f"rank {self.rank}: {verb} failed: {first_line}") from exc
+
+    def _stage(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` itself if the backend can use it as is, else a contiguous copy on its device."""
+        if tensor.device == self.device and tensor.is_contiguous():
+            return tensor
+        return tensor.to(self.device, memory_format=torch.contiguous_format)
+
+    def _all_reduce(self, tensor: torch.Tensor) -> None:
+        staged = self._stage(tensor)
+        with self._guard("all_reduce"):
+            dist.all_reduce(staged, op=dist.ReduceOp.SUM)
+        if staged is not tensor:
+            tensor.copy_(staged)
+
+    def _broadcast(self, tensor: torch.Tensor, src: int) -> None:
+        staged = self._stage(tensor)
+        with self._guard("broadcast"):
+            dist.broadcast(staged, src=src)
+        if staged is not tensor:
+            tensor.copy_(staged)
+
+    def _all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        staged = self._stage(tensor)
+        out = [torch.empty_like(staged) for _ in range(self.world_size)]
+        with self._guard("all_gather"):
+            dist.all_gather(out, staged)
+        if staged.device != tensor.device:
+            out = [t.to(tensor.device) for t in out]
+        return out
+
+    def _exchange(self, sends, recvs) -> None:
+        send_bufs = [(dst, self._stage(t)) for dst, t in sends]
+        recv_bufs = [(src, buf, self._stage(buf)) for src, buf in recvs]
+        ops = [dist.P2POp(dist.isend, t, dst) for dst, t in send_bufs]
+        ops += [dist.P2POp(dist.irecv, staged, src) for src, _, staged in recv_bufs]
+        with self._guard("exchange"):
+            for work in dist.batch_isend_irecv(ops):
+                work.wait()
+        for _, buf, staged in recv_bufs:
+            if staged is not buf:
+                buf.copy_(staged)
+
+    def _barrier(self) -> None:
+        with self._guard("barrier"):
+            if self.backend == "nccl":
+                dist.barrier(device_ids=[self.device.index])
+            else:
+                dist.barrier()
