@@ -150,6 +150,16 @@ class Worker:
         self.optimizer.step()
         return loss.detach()
 
+    def memory_bytes(self) -> int:
+        """Bytes of model state this rank holds now: parameters, gradients, buffers, optimizer state."""
+        tensors = [t for t in self.model.parameters() if not t.is_meta]
+        tensors += [t.grad for t in tensors if t.grad is not None]
+        tensors += [b for b in self.model.buffers() if not b.is_meta]
+        if self.optimizer is not None:
+            tensors += [v for st in self.optimizer.state.values() for v in st.values() if torch.is_tensor(v)]
+        seen = {id(t): t for t in tensors}  # carried momentum appears both in the optimizer and here
+        return sum(t.numel() * t.element_size() for t in seen.values())
+
     def after_backward(self) -> None:
         """Hook between backward and the optimizer step (data parallel all-reduces gradients here)."""
 

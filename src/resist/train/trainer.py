@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import resource
 import sys
 import time
 from dataclasses import dataclass
@@ -113,6 +115,7 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
     best = -1.0
     best_time = 0.0
     acc = None
+    state_bytes = 0
     for r in range(sched.rounds):
         algo.begin_round(r)
         t0 = time.perf_counter()
@@ -123,6 +126,7 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
             losses.append(algo.step(x.to(device), y.to(device), algo.lr_at(step, sched.total_steps)))
         loss = torch.stack(losses).mean().item()
         compute_s = time.perf_counter() - t0
+        state_bytes = max(state_bytes, algo.memory_bytes())
         comm.barrier()  # so that the sync time below is communication, not waiting for a slow peer
         t1 = time.perf_counter()
         algo.end_round(r)
@@ -159,7 +163,8 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
     with comm.tag("control"):
         totals = torch.stack(comm.all_gather(torch.tensor(
             [comm.bytes.sent["sync"], comm.bytes.received["sync"],
-             comm.bytes.sent["eval"], comm.bytes.received["eval"]], dtype=torch.float64)))
+             comm.bytes.sent["eval"], comm.bytes.received["eval"], state_bytes, peak_memory_bytes(device)],
+            dtype=torch.float64)))
     return {
         "algo": cfg.algo.name, "model": cfg.model.name, "width": cfg.model.width, "workers": comm.world_size,
         "dataset": dataset.name, "runtime": cfg.run.runtime, "rounds": sched.rounds,
@@ -169,14 +174,30 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
         "sent_bytes_per_worker": [int(v) for v in totals[:, 0]],
         "recv_bytes_per_worker": [int(v) for v in totals[:, 1]],
         "eval_bytes_sent_per_worker": [int(v) for v in totals[:, 2]],
+        "model_state_bytes_per_worker": [int(v) for v in totals[:, 4]],
+        "peak_memory_bytes_per_worker": [int(v) for v in totals[:, 5]],
+        "peak_memory_kind": "cuda max allocated" if device.type == "cuda" else "process max RSS",
         "eval_scale": algo.eval_scale(), "scaled_blocks": list(algo.candidates),
     }
 
 
-def _dist_entry(comm: Communicator, cfg_dict: dict, out: str | None) -> dict[str, Any]:
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak memory of this worker: CUDA allocations on a GPU, else the process's max resident set
+    (on the in-process runtime all workers share one process, so it is the whole simulation's)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _dist_entry(comm: Communicator, cfg_dict: dict, out: str | None, dataset: Dataset | None) -> dict[str, Any]:
     cfg = Config.from_dict(cfg_dict)
-    dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir, download=False)
+    if dataset is None:
+        dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir, download=False)
     return run_worker(comm, cfg, dataset, Path(out) if out else None)
+
+
+def under_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
 
 
 def prepare_run_dir(cfg: Config) -> Path:
@@ -192,22 +213,37 @@ def prepare_run_dir(cfg: Config) -> Path:
 
 def train(cfg: Config, dataset: Dataset | None = None) -> dict[str, Any]:
     """Train as ``cfg`` says; returns the summary, also written to ``RUN/summary.json``."""
+    given = dataset is not None
     if dataset is None:
         dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir, download=cfg.data.download)
     check(cfg, dataset)
-    out = prepare_run_dir(cfg)
-    log.info("%s: %s on %d workers (%s), %s, run folder %s", cfg.algo.name, cfg.model.name,
-             cfg.algo.workers, cfg.run.runtime, dataset.source, out)
+    torchrun = cfg.run.runtime == "dist" and under_torchrun()
+    if torchrun and int(os.environ["WORLD_SIZE"]) != cfg.algo.workers:
+        raise ValueError(f"torchrun started {os.environ['WORLD_SIZE']} processes but --workers is "
+                         f"{cfg.algo.workers}; make them equal")
+    lead = not torchrun or int(os.environ["RANK"]) == 0
+    out = prepare_run_dir(cfg) if lead else Path(cfg.run.out)
+    if lead:
+        log.info("%s: %s on %d workers (%s), %s, run folder %s", cfg.algo.name, cfg.model.name,
+                 cfg.algo.workers, cfg.run.runtime, dataset.source, out)
     if cfg.run.runtime == "inprocess":
         summary = run_in_process(cfg.algo.workers, lambda comm: run_worker(comm, cfg, dataset, out),
                                  timeout=cfg.run.timeout)[0]
     else:
-        from ..comm import spawn
+        from ..comm import run_from_env, spawn
 
-        summary = spawn(cfg.algo.workers, _dist_entry, args=(cfg.to_dict(), str(out)),
-                        backend=cfg.run.backend, timeout=cfg.run.timeout)[0]
+        # A caller's in-memory dataset (tests, small data) travels to the children; otherwise each
+        # process loads its own copy from disk rather than receiving it through a pipe.
+        shipped = dataset if given else None
+        args = (cfg.to_dict(), str(out), shipped)
+        if torchrun:
+            summary = run_from_env(_dist_entry, args=args, backend=cfg.run.backend, timeout=cfg.run.timeout)
+        else:
+            summary = spawn(cfg.algo.workers, _dist_entry, args=args, backend=cfg.run.backend,
+                            timeout=cfg.run.timeout)[0]
     summary["dataset_source"] = dataset.source
-    atomic_write_json(summary, out / "summary.json")
+    if lead:
+        atomic_write_json(summary, out / "summary.json")
     return summary
 
 
