@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import ALGORITHMS, BN_EVAL_MODES, PRESETS, RUNTIMES, Config, preset
+from .config import ALGORITHMS, BN_EVAL_MODES, PRESETS, RESUMABLE_CHANGES, RUNTIMES, Config, preset
 
 log = logging.getLogger("resist")
 EXIT_USAGE = 2
@@ -56,6 +56,8 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--backend": ("run.backend", str, "gloo or nccl (dist runtime)"),
     "--device": ("run.device", str, "cpu, cuda or auto"),
     "--timeout": ("run.timeout", float, "seconds to wait for a peer before failing"),
+    "--checkpoint-every": ("run.checkpoint_every", int, "checkpoint every this many rounds (default: at each evaluation)"),
+    "--keep-checkpoints": ("run.keep_checkpoints", int, "how many checkpoints to keep"),
     "--out": ("run.out", str, "run folder"),
 }
 TRAIN_SWITCHES: dict[str, tuple[str, bool, str]] = {
@@ -74,10 +76,25 @@ def _typed(text: str) -> Any:
         return text
 
 
+def read_config(path: Path) -> Config:
+    try:
+        return Config.from_dict(json.loads(Path(path).read_text()))
+    except FileNotFoundError:
+        raise UsageError(f"{path} does not exist") from None
+    except (json.JSONDecodeError, TypeError, AttributeError) as e:
+        raise UsageError(f"{path} is not a resist config ({e})") from None
+
+
 def build_config(args: argparse.Namespace) -> Config:
-    cfg = Config.from_dict(json.loads(Path(args.config).read_text())) if args.config else preset(args.preset)
+    resume = getattr(args, "resume", None)
+    if resume:
+        if args.config or args.preset is not None:
+            raise UsageError("--resume takes the run folder's own config; drop the preset / --config")
+        cfg = read_config(Path(resume) / "config.json")
+    else:
+        cfg = read_config(Path(args.config)) if args.config else preset(args.preset or "demo")
     overrides: dict[str, Any] = {}
-    if os.environ.get("RESIST_DATA_DIR"):
+    if os.environ.get("RESIST_DATA_DIR") and not resume:
         overrides["data.data_dir"] = os.environ["RESIST_DATA_DIR"]
     for flag, (key, _, _) in {**TRAIN_FLAGS, **TRAIN_SWITCHES}.items():
         value = getattr(args, flag[2:].replace("-", "_"))
@@ -88,11 +105,17 @@ def build_config(args: argparse.Namespace) -> Config:
         if not sep:
             raise UsageError(f"--set takes section.field=value, got {item!r}")
         overrides[key] = _typed(text)
+    if resume:
+        fixed = sorted(k for k in overrides if k not in RESUMABLE_CHANGES)
+        if fixed:
+            raise UsageError(f"cannot change {', '.join(fixed)} when resuming; only where and how it runs "
+                             f"({', '.join(sorted(RESUMABLE_CHANGES))})")
+        overrides["run.out"] = str(resume)
     return cfg.replace(**overrides)
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("preset", nargs="?", default="demo", help=f"named preset ({', '.join(PRESETS)})")
+    p.add_argument("preset", nargs="?", default=None, help=f"named preset ({', '.join(PRESETS)}); default demo")
     p.add_argument("--config", help="a config.json (e.g. from a run folder) instead of a preset")
     for flag, (_, typ, help_) in TRAIN_FLAGS.items():
         p.add_argument(flag, type=typ, default=None, help=help_)
@@ -102,10 +125,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
+    from .train import checkpoint, train
 
     cfg = build_config(args)
-    summary = train(cfg)
+    resume = bool(args.resume) or (args.auto_resume and checkpoint.latest(Path(cfg.run.out)) is not None)
+    summary = train(cfg, resume=resume)
     print(f"{cfg.algo.name}: best test accuracy {summary['best_acc']:.2f}% in {summary['time_s']:.1f} s "
           f"(parallel-equivalent), {max(summary['sent_bytes_per_worker']) / 1e6:.2f} MB sent per worker; "
           f"run folder {cfg.run.out}")
@@ -138,6 +162,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_comm(args: argparse.Namespace) -> int:
+    from .train.comm_report import format_table, report
+
+    rep = report(args.model, args.num_classes, args.width, args.workers, args.min_depth, rounds=args.rounds,
+                 batch=args.batch, local_iters=args.local_iters, measured=not args.no_measure, layers=args.layers)
+    print(json.dumps(rep, indent=2) if args.json else format_table(rep))
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="resist", description="ResIST: distributed training of ResNets by independent "
                                                  "sub-ResNets (Dun et al.).")
@@ -146,6 +179,9 @@ def make_parser() -> argparse.ArgumentParser:
     sub.required = True
     p = sub.add_parser("train", help="train with a preset plus overrides")
     _add_train_args(p)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    p.add_argument("--auto-resume", action="store_true",
+                   help="resume from --out's latest checkpoint if there is one (for torchrun --max-restarts)")
     p.set_defaults(fn=cmd_train)
     p = sub.add_parser("config", help="print the resolved config of a preset plus overrides")
     _add_train_args(p)
@@ -159,6 +195,19 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rounds", type=int, default=None, help="cut each run short (a quick look)")
     p.add_argument("--runtime", choices=RUNTIMES, default="inprocess")
     p.set_defaults(fn=cmd_demo)
+    p = sub.add_parser("comm", help="bytes per round: paper convention (Table 1), measured, data/pipeline parallel")
+    p.add_argument("--model", default="paper_resnet101", help="registry name ('resist models' lists them)")
+    p.add_argument("--num-classes", type=int, default=100, help="output classes (default 100, as Table 1)")
+    p.add_argument("--layers", type=TRAIN_FLAGS["--layers"][1], default=None, help="blocks per section, e.g. 1,1,4,1")
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier")
+    p.add_argument("--workers", type=int, nargs="+", default=[2, 4, 8], help="worker counts S (default 2 4 8)")
+    p.add_argument("--min-depth", type=int, default=0, help="minimum partitioned blocks per sub-ResNet (Table 1: 4)")
+    p.add_argument("--rounds", type=int, default=3, help="synchronizations measured per worker count")
+    p.add_argument("--batch", type=int, default=128, help="batch per step (data and pipeline parallel)")
+    p.add_argument("--local-iters", type=int, default=50, help="SGD steps per round")
+    p.add_argument("--no-measure", action="store_true", help="skip the measurement on gloo processes")
+    p.add_argument("--json", action="store_true", help="print one JSON object (exact bytes)")
+    p.set_defaults(fn=cmd_comm)
     return parser
 
 

@@ -142,7 +142,11 @@ class RunConfig:
     timeout: float = 600.0
     """Seconds a collective may wait for a peer before the run fails naming it."""
     out: str = "runs/latest"
-    """Run folder: config.json, metrics.jsonl, summary.json, model.pt."""
+    """Run folder: config.json, metrics.jsonl, summary.json, model.pt, checkpoints/."""
+    checkpoint_every: int | None = None
+    """Write a checkpoint every this many rounds (and at the end); ``None``: at every evaluation."""
+    keep_checkpoints: int = 2
+    """How many of the latest checkpoints to keep."""
 
     def __post_init__(self) -> None:
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
@@ -152,6 +156,9 @@ class RunConfig:
         _check(self.backend in (None, "gloo", "nccl"), f"unknown backend {self.backend!r}; choose gloo or nccl")
         _check(self.device in ("cpu", "cuda", "auto"), f"unknown device {self.device!r}; choose cpu, cuda or auto")
         _check(self.timeout > 0, f"timeout must be > 0, got {self.timeout}")
+        _check(self.checkpoint_every is None or self.checkpoint_every >= 1,
+               f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        _check(self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
 
 
 @dataclass
@@ -193,6 +200,19 @@ class Config:
 
     def dumps(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+#: What may differ between a run and its resumption: where and how it runs, not what it computes.
+RESUMABLE_CHANGES = frozenset({
+    "algo.workers", "run.runtime", "run.backend", "run.device", "run.timeout", "run.max_rounds",
+    "run.eval_every", "run.checkpoint_every", "run.keep_checkpoints", "run.out",
+})
+
+
+def differences(a: Config, b: Config) -> list[str]:
+    """``section.field`` names whose values differ between two configs."""
+    da, db = a.to_dict(), b.to_dict()
+    return [f"{sec}.{k}" for sec in da for k in da[sec] if da[sec][k] != db[sec][k]]
 
 
 # --- presets: functions over the base config ------------------------------------------------------

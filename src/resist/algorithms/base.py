@@ -64,6 +64,8 @@ class Worker:
 
     #: Whether the optimizer is rebuilt at every round (momentum restart) unless ``carry_momentum``.
     restarts_optimizer = True
+    #: Whether the run's whole state is the global model (so that a checkpoint can hold it).
+    checkpointable = True
 
     def __init__(self, comm: Communicator, cfg: Config, build_model: Callable[[], nn.Module],
                  device: torch.device, steps_per_epoch: int) -> None:
@@ -184,40 +186,68 @@ class Worker:
         """Who holds each candidate block between rounds (after :meth:`end_round`)."""
         raise NotImplementedError
 
+    def state_names(self, part: Part) -> list[str]:
+        """Names of :meth:`state_tensors` in a checkpoint: state-dict keys, then ``momentum/<param>``."""
+        module, prefix = self.module(part), self.prefix(part)
+        names = [prefix + n for n, _ in module.named_parameters()] + [prefix + n for n, _ in module.named_buffers()]
+        if self.carry:
+            names += ["momentum/" + prefix + n for n, _ in module.named_parameters()]
+        return names
+
     @torch.no_grad()
-    def assemble(self) -> nn.Module | None:
-        """Collective: the whole global model, on rank 0 only (for evaluation and checkpoints)."""
+    def gather_state(self, tag: str = "eval") -> dict[str, torch.Tensor] | None:
+        """Collective: every parameter, BatchNorm buffer and carried momentum of the global model, as
+        one flat dict on rank 0 (``None`` elsewhere). Each part comes from its lowest holder."""
         comm, me = self.comm, self.comm.rank
         holders = self.holders_now()
         sends, recvs, incoming = [], [], {}
-        with comm.tag("eval"):
+        with comm.tag(tag):
             for b in self.candidates:
                 src = holders[b][0]
-                if 0 in holders[b] or (me != src and me != 0):
+                if 0 in holders[b] or me not in (src, 0):
                     continue
                 if me == src:
-                    sends += [(0, f) for f in aggregate.pack(self.weights(b))]
+                    sends += [(0, f) for f in aggregate.pack(self.state_tensors(b))]
                 else:
-                    incoming[b] = aggregate.empty_like_packed(self.weights(b), self.device)
+                    incoming[b] = aggregate.empty_like_packed(self.state_tensors(b), "cpu")
                     recvs += [(src, f) for f in incoming[b]]
             comm.exchange(sends, recvs)
         if me != 0:
             return None
+        state: dict[str, torch.Tensor] = {}
+        for part in self.all_parts():
+            if part in incoming:
+                tensors = [torch.empty_like(t, device="cpu") for t in self.state_tensors(part)]
+                aggregate.unpack(incoming[part], tensors)
+            else:
+                tensors = [t.detach().cpu().clone() for t in self.state_tensors(part)]
+            state.update(zip(self.state_names(part), tensors))
+        return state
+
+    def assemble(self) -> nn.Module | None:
+        """Collective: the whole global model, on rank 0 only (for evaluation and checkpoints), with the
+        partitioned residual branches scaled by c (§2.6)."""
+        state = self.gather_state()
+        if state is None:
+            return None
         full = self.build_model()
         full.to_empty(device=self.device)
-        for part in self.all_parts():
-            target = tensors_of(part_module(full, part))
-            if part in incoming:
-                aggregate.unpack(incoming[part], target)
-            else:
-                for t, s in zip(target, self.weights(part)):
-                    t.copy_(s)
+        full.load_state_dict({k: v for k, v in state.items() if not k.startswith("momentum/")})
         full.set_residual_scale(self.candidates, self.eval_scale())
         return full
 
-    def weights(self, part: Part) -> list[torch.Tensor]:
-        """Parameters and buffers of ``part`` (no momentum)."""
-        return tensors_of(self.module(part))
+    def load_part(self, part: Part, state: dict[str, torch.Tensor]) -> None:
+        """Fill a materialized ``part`` from a :meth:`gather_state` dict (a checkpoint)."""
+        names = self.state_names(part)
+        missing = [n for n in names if n not in state]
+        if missing:
+            raise ValueError(f"checkpoint lacks {missing[0]} (and {len(missing) - 1} more); it is not from this config")
+        with torch.no_grad():
+            for name, t in zip(names, self.state_tensors(part)):
+                if state[name].shape != t.shape:
+                    raise ValueError(f"checkpoint tensor {name} has shape {tuple(state[name].shape)}, "
+                                     f"the model expects {tuple(t.shape)}")
+                t.copy_(state[name])
 
     def evaluate(self, test_batches: Callable[[], Iterable], train_batches: Callable[[], Iterable]) -> float:
         """Collective: test accuracy of the assembled global model, returned on every rank."""

@@ -14,7 +14,10 @@ from .resist import ResIST
 
 class Ensemble(ResIST):
     """Each rank trains the sub-ResNet of the first round's plan on its own shard, with no
-    communication; at evaluation the members' logits are averaged (one all-reduce)."""
+    communication; at evaluation the members' logits are averaged (one all-reduce). The members are
+    not one global model, so ensemble runs write no checkpoints."""
+
+    checkpointable = False
 
     def holders(self, round_: int) -> dict[Part, tuple[int, ...]]:
         return super().holders(self.warmup_rounds)  # the first plan, for ever

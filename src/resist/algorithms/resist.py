@@ -62,9 +62,7 @@ class ResIST(Worker):
         for part in parts:
             self.materialize(part, init=state is None)
             if state is not None:
-                prefix = self.prefix(part)
-                sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-                self.module(part).load_state_dict(sub)
+                self.load_part(part, state)
 
     def begin_round(self, round_: int) -> None:
         assert round_ == self.round, f"rank {self.comm.rank} is at round {self.round}, asked for {round_}"

@@ -7,6 +7,7 @@ periodic evaluation of the assembled global model, metrics (paper Algorithm 1; S
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -21,11 +22,14 @@ import torch
 
 from ..algorithms import ALGORITHMS
 from ..comm import Communicator, run_in_process
-from ..config import Config
+from ..comm import CommError
+from ..config import RESUMABLE_CHANGES, Config, differences
 from ..data import BatchStream, Dataset, ImageArrays, eval_batches, load_dataset, steps_per_epoch
 from ..io import atomic_write_json, atomic_write_text
 from ..models import create_model
 from ..plan import candidate_blocks, validate
+from ..faults import fire, from_env
+from . import checkpoint
 from .metrics import MetricsWriter
 
 log = logging.getLogger("resist")
@@ -91,13 +95,19 @@ def check(cfg: Config, dataset: Dataset) -> Schedule:
     return Schedule.of(cfg, len(dataset.train.y))
 
 
-def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | None) -> dict[str, Any]:
-    """One rank's whole training run; returns the run summary (the same on every rank)."""
+def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | None,
+               resume: dict[str, Any] | str | None = None) -> dict[str, Any]:
+    """One rank's whole training run; returns the run summary (the same on every rank).
+
+    ``resume``: a checkpoint (or its path) to continue from, exactly where it was written.
+    """
     device = resolve_device(cfg.run.device)
     sched = Schedule.of(cfg, len(dataset.train.y))
     algo_cls = ALGORITHMS[cfg.algo.name]
     algo = algo_cls(comm, cfg, model_builder(cfg, num_classes_of(cfg, dataset)), device, sched.steps_per_epoch)
-    algo.start(0)
+    if isinstance(resume, str):
+        resume = checkpoint.load(Path(resume))
+    faults = from_env()
     d = cfg.data
     stream = BatchStream(dataset.train, dataset.mean, dataset.std, comm.world_size, comm.rank,
                          d.batch_size, cfg.run.seed, augment=d.augment)
@@ -108,54 +118,78 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
     test = lambda: eval_batches(test_set, dataset.mean, dataset.std, d.eval_batch_size)  # noqa: E731
     recal = lambda: (plain.batch(k) for k in range(cfg.algo.recalib_batches))  # noqa: E731
     lead = comm.rank == 0
-    writer = MetricsWriter(out / "metrics.jsonl", progress_total=sched.rounds) if lead and out else None
+    ckpt_every = cfg.run.checkpoint_every or cfg.run.eval_every
+    progress = {"parallel_s": 0.0, "elapsed_s": 0.0, "best": -1.0, "best_time": 0.0}
+    rows: list[dict[str, Any]] = []
+    first_round = 0
+    if resume is None:
+        algo.start(0)
+    else:
+        first_round = resume["round"]
+        algo.start(first_round, resume["model"])
+        progress.update(resume["progress"])
+        rows = list(resume["metrics"])
+        if len(resume["bytes"]) == comm.world_size:  # same workers: the byte counts continue exactly
+            for tag, (sent, received) in resume["bytes"][comm.rank].items():
+                comm.bytes.sent[tag], comm.bytes.received[tag] = sent, received
+    writer = None
+    if lead and out:
+        (out / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        writer = MetricsWriter(out / "metrics.jsonl", progress_total=sched.rounds - first_round)
 
-    start = time.perf_counter()
-    parallel_s = 0.0
-    best = -1.0
-    best_time = 0.0
+    start = time.perf_counter() - progress["elapsed_s"]
     acc = None
     state_bytes = 0
-    for r in range(sched.rounds):
+    for r in range(first_round, sched.rounds):
         algo.begin_round(r)
         t0 = time.perf_counter()
         losses = []
         first = r * cfg.algo.local_iters
         for step in range(first, min(first + cfg.algo.local_iters, sched.total_steps)):
+            poisoned = fire(faults, comm.rank, r, step) if faults else False
             x, y = stream.batch(step)
-            losses.append(algo.step(x.to(device), y.to(device), algo.lr_at(step, sched.total_steps)))
+            loss = algo.step(x.to(device), y.to(device), algo.lr_at(step, sched.total_steps))
+            losses.append(loss * float("nan") if poisoned else loss)
         loss = torch.stack(losses).mean().item()
         compute_s = time.perf_counter() - t0
         state_bytes = max(state_bytes, algo.memory_bytes())
         comm.barrier()  # so that the sync time below is communication, not waiting for a slow peer
+        with comm.tag("control"):
+            row = torch.tensor([loss, compute_s], dtype=torch.float64)
+            table = torch.stack(comm.all_gather(row))  # (world, 2)
+        if not torch.isfinite(table[:, 0]).all():
+            bad = int((~torch.isfinite(table[:, 0])).nonzero()[0])
+            last_ckpt = checkpoint.latest(out) if out else None
+            raise TrainingError(f"loss became {table[bad, 0].item()} on rank {bad} in round {r}; lower --lr or "
+                                f"check the data" + (f" (last good checkpoint: {last_ckpt})" if last_ckpt else ""))
         t1 = time.perf_counter()
         algo.end_round(r)
         comm_s = time.perf_counter() - t1
         with comm.tag("control"):
-            row = torch.tensor([loss, compute_s, comm_s, comm.bytes.sent["sync"], comm.bytes.received["sync"]],
-                               dtype=torch.float64)
-            table = torch.stack(comm.all_gather(row))  # (world, 5)
-        if not torch.isfinite(table[:, 0]).all():
-            bad = int((~torch.isfinite(table[:, 0])).nonzero()[0])
-            raise TrainingError(f"loss became {table[bad, 0].item()} on rank {bad} in round {r}; "
-                                f"lower --lr or check the data")
-        parallel_s += float(table[:, 1].max() + table[:, 2].max())
+            row = torch.tensor([comm_s, comm.bytes.sent["sync"], comm.bytes.received["sync"]], dtype=torch.float64)
+            table = torch.cat([table, torch.stack(comm.all_gather(row))], dim=1)  # (world, 5)
+        progress["parallel_s"] += float(table[:, 1].max() + table[:, 2].max())
         last = r == sched.rounds - 1
         acc = None
         if (r + 1) % cfg.run.eval_every == 0 or last:
             acc = algo.evaluate(test, recal)
-            if acc > best:
-                best, best_time = acc, parallel_s
+            if acc > progress["best"]:
+                progress["best"], progress["best_time"] = acc, progress["parallel_s"]
+        step = min(first + cfg.algo.local_iters, sched.total_steps)
+        record = {
+            "round": r, "step": step, "epoch": step / sched.steps_per_epoch,
+            "lr": algo.lr_at(step - 1, sched.total_steps), "loss": float(table[:, 0].mean()),
+            "compute_s": float(table[:, 1].max()), "comm_s": float(table[:, 2].max()),
+            "time_s": progress["parallel_s"], "elapsed_s": time.perf_counter() - start,
+            "sent_bytes": [int(v) for v in table[:, 3]], "recv_bytes": [int(v) for v in table[:, 4]],
+            **({"test_acc": acc, "best_acc": progress["best"]} if acc is not None else {}),
+        }
+        rows.append(record)
         if writer:
-            step = min(first + cfg.algo.local_iters, sched.total_steps)
-            writer.write({
-                "round": r, "step": step, "epoch": step / sched.steps_per_epoch,
-                "lr": algo.lr_at(step - 1, sched.total_steps), "loss": float(table[:, 0].mean()),
-                "compute_s": float(table[:, 1].max()), "comm_s": float(table[:, 2].max()),
-                "time_s": parallel_s, "elapsed_s": time.perf_counter() - start,
-                "sent_bytes": [int(v) for v in table[:, 3]], "recv_bytes": [int(v) for v in table[:, 4]],
-                **({"test_acc": acc, "best_acc": best} if acc is not None else {}),
-            }, summary=acc is not None)
+            writer.write(record, summary=acc is not None)
+        if out and algo.checkpointable and ((r + 1) % ckpt_every == 0 or last):
+            progress["elapsed_s"] = time.perf_counter() - start
+            save_checkpoint(comm, algo, cfg, out, r + 1, progress, rows)
     if writer:
         writer.close()
     if out:
@@ -168,8 +202,9 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
     return {
         "algo": cfg.algo.name, "model": cfg.model.name, "width": cfg.model.width, "workers": comm.world_size,
         "dataset": dataset.name, "runtime": cfg.run.runtime, "rounds": sched.rounds,
-        "steps": min(sched.rounds * cfg.algo.local_iters, sched.total_steps),
-        "best_acc": best, "final_acc": acc, "time_s": parallel_s, "time_to_best_s": best_time,
+        "steps": min(sched.rounds * cfg.algo.local_iters, sched.total_steps), "resumed_at_round": first_round,
+        "best_acc": progress["best"], "final_acc": rows[-1].get("test_acc") if rows else None,
+        "time_s": progress["parallel_s"], "time_to_best_s": progress["best_time"],
         "elapsed_s": time.perf_counter() - start,
         "sent_bytes_per_worker": [int(v) for v in totals[:, 0]],
         "recv_bytes_per_worker": [int(v) for v in totals[:, 1]],
@@ -181,6 +216,20 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
     }
 
 
+def save_checkpoint(comm: Communicator, algo, cfg: Config, out: Path, next_round: int,
+                    progress: dict[str, float], rows: list[dict[str, Any]]) -> None:
+    """Collective: the global state gathered on rank 0 and written there, atomically."""
+    state = algo.gather_state(tag="checkpoint")
+    with comm.tag("control"):
+        counters = comm.all_gather(torch.tensor(
+            [[comm.bytes.sent[t], comm.bytes.received[t]] for t in ("sync", "eval")], dtype=torch.float64))
+    if state is not None:
+        per_rank = [{t: (int(c[i, 0]), int(c[i, 1])) for i, t in enumerate(("sync", "eval"))} for c in counters]
+        checkpoint.save(out, {"round": next_round, "config": cfg.to_dict(), "model": state,
+                              "progress": dict(progress), "metrics": rows, "bytes": per_rank},
+                        keep=cfg.run.keep_checkpoints)
+
+
 def peak_memory_bytes(device: torch.device) -> int:
     """Peak memory of this worker: CUDA allocations on a GPU, else the process's max resident set
     (on the in-process runtime all workers share one process, so it is the whole simulation's)."""
@@ -189,58 +238,88 @@ def peak_memory_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _dist_entry(comm: Communicator, cfg_dict: dict, out: str | None, dataset: Dataset | None) -> dict[str, Any]:
+def _dist_entry(comm: Communicator, cfg_dict: dict, out: str | None, dataset: Dataset | None,
+                resume: str | None) -> dict[str, Any]:
     cfg = Config.from_dict(cfg_dict)
     if dataset is None:
         dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir, download=False)
-    return run_worker(comm, cfg, dataset, Path(out) if out else None)
+    return run_worker(comm, cfg, dataset, Path(out) if out else None, resume)
 
 
 def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
 
 
-def prepare_run_dir(cfg: Config) -> Path:
+def prepare_run_dir(cfg: Config, resuming: bool) -> Path:
     out = Path(cfg.run.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        if not resuming:  # a fresh run must not be mistaken for the one that was here before
+            stale = checkpoint.all_checkpoints(out) + [out / "summary.json", out / "model.pt"]
+            for path in stale + list(out.glob("member*.pt")):
+                path.unlink(missing_ok=True)
         atomic_write_text(cfg.dumps() + "\n", out / "config.json")
     except OSError as e:
         raise ValueError(f"cannot write the run folder {out}: {e.strerror or e}") from None
-    (out / "metrics.jsonl").unlink(missing_ok=True)
     return out
 
 
-def train(cfg: Config, dataset: Dataset | None = None) -> dict[str, Any]:
-    """Train as ``cfg`` says; returns the summary, also written to ``RUN/summary.json``."""
+def resume_point(cfg: Config, run_dir: Path) -> Path:
+    """The checkpoint to continue ``run_dir`` from, after checking it belongs to ``cfg``."""
+    path = checkpoint.latest(run_dir)
+    if path is None:
+        raise ValueError(f"no checkpoint in {checkpoint.folder(run_dir)}; nothing to resume")
+    saved = Config.from_dict(checkpoint.load(path)["config"])
+    changed = [k for k in differences(saved, cfg) if k not in RESUMABLE_CHANGES]
+    if changed:
+        raise ValueError(f"{path} belongs to another config ({', '.join(changed)} differ); "
+                         f"resume with the run's own config or start a new run folder")
+    return path
+
+
+def train(cfg: Config, dataset: Dataset | None = None, resume: bool = False) -> dict[str, Any]:
+    """Train as ``cfg`` says; returns the summary, also written to ``RUN/summary.json``.
+
+    ``resume``: continue from the latest checkpoint in ``cfg.run.out`` (an error if there is none).
+    """
     given = dataset is not None
     if dataset is None:
         dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir, download=cfg.data.download)
     check(cfg, dataset)
+    if resume and not ALGORITHMS[cfg.algo.name].checkpointable:
+        raise ValueError(f"{cfg.algo.name} runs write no checkpoints, so they cannot be resumed")
+    ckpt = resume_point(cfg, Path(cfg.run.out)) if resume else None
     torchrun = cfg.run.runtime == "dist" and under_torchrun()
     if torchrun and int(os.environ["WORLD_SIZE"]) != cfg.algo.workers:
         raise ValueError(f"torchrun started {os.environ['WORLD_SIZE']} processes but --workers is "
                          f"{cfg.algo.workers}; make them equal")
     lead = not torchrun or int(os.environ["RANK"]) == 0
-    out = prepare_run_dir(cfg) if lead else Path(cfg.run.out)
+    out = prepare_run_dir(cfg, resuming=ckpt is not None) if lead else Path(cfg.run.out)
     if lead:
-        log.info("%s: %s on %d workers (%s), %s, run folder %s", cfg.algo.name, cfg.model.name,
-                 cfg.algo.workers, cfg.run.runtime, dataset.source, out)
-    if cfg.run.runtime == "inprocess":
-        summary = run_in_process(cfg.algo.workers, lambda comm: run_worker(comm, cfg, dataset, out),
-                                 timeout=cfg.run.timeout)[0]
-    else:
-        from ..comm import run_from_env, spawn
-
-        # A caller's in-memory dataset (tests, small data) travels to the children; otherwise each
-        # process loads its own copy from disk rather than receiving it through a pipe.
-        shipped = dataset if given else None
-        args = (cfg.to_dict(), str(out), shipped)
-        if torchrun:
-            summary = run_from_env(_dist_entry, args=args, backend=cfg.run.backend, timeout=cfg.run.timeout)
+        log.info("%s: %s on %d workers (%s), %s, run folder %s%s", cfg.algo.name, cfg.model.name,
+                 cfg.algo.workers, cfg.run.runtime, dataset.source, out,
+                 f", resuming from {ckpt.name}" if ckpt else "")
+    try:
+        if cfg.run.runtime == "inprocess":
+            state = checkpoint.load(ckpt) if ckpt else None
+            summary = run_in_process(cfg.algo.workers, lambda comm: run_worker(comm, cfg, dataset, out, state),
+                                     timeout=cfg.run.timeout)[0]
         else:
-            summary = spawn(cfg.algo.workers, _dist_entry, args=args, backend=cfg.run.backend,
-                            timeout=cfg.run.timeout)[0]
+            from ..comm import run_from_env, spawn
+
+            # A caller's in-memory dataset (tests, small data) travels to the children; otherwise each
+            # process loads its own copy from disk rather than receiving it through a pipe.
+            args = (cfg.to_dict(), str(out), dataset if given else None, str(ckpt) if ckpt else None)
+            if torchrun:
+                summary = run_from_env(_dist_entry, args=args, backend=cfg.run.backend, timeout=cfg.run.timeout)
+            else:
+                summary = spawn(cfg.algo.workers, _dist_entry, args=args, backend=cfg.run.backend,
+                                timeout=cfg.run.timeout)[0]
+    except CommError as e:
+        last = checkpoint.latest(out)
+        hint = (f"resume with: resist train --resume {out} (latest checkpoint {last.name})" if last
+                else "no checkpoint was written yet")
+        raise CommError(f"{e}; {hint}") from None
     summary["dataset_source"] = dataset.source
     if lead:
         atomic_write_json(summary, out / "summary.json")

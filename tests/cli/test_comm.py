@@ -1,0 +1,81 @@
+"""``resist comm``: the paper's Table 1 convention, bytes measured on real gloo processes, pipeline
+bytes, and one-line failures (SPEC §7)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from resist.cli import main
+from resist.models import create_model
+from resist.train.comm_report import paper_convention, pipeline_bytes
+
+TINY = ["--model", "paper_resnet", "--layers", "1,1,5,1", "--width", "0.0625", "--num-classes", "10"]
+
+
+def run(capsys, *argv):
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_paper_table1_exactly(capsys):
+    conv = paper_convention("paper_resnet101", 100, 1.0, [2, 4, 8], min_depth=4)
+    assert conv["params"] == {"total": 41_396_900, "shared": 15_422_116, "block": 1_180_672,
+                              "partitionable_blocks": 22}
+    for row, s in zip(conv["rows"], (2, 4, 8)):
+        assert row["local_sgd_bytes"] == 2 * 4 * s * 41_396_900
+        assert row["resist_bytes"] == 2 * 4 * s * (15_422_116 + max(math.ceil(22 / s), 4) * 1_180_672)
+    rc, out, _ = run(capsys, "comm", "--model", "paper_resnet101", "--num-classes", "100", "--workers", "2", "4",
+                     "8", "--min-depth", "4", "--no-measure")
+    assert rc == 0
+    for number in ("0.6624", "1.325", "2.649", "0.4546", "0.7202", "1.289"):
+        assert number in out
+    assert "paper's Table 1" in out and "0.454 / 0.720 / 1.289" in out
+
+
+def test_measured_on_gloo(capsys):
+    rc, out, _ = run(capsys, "comm", *TINY, "--workers", "2", "3", "--rounds", "2", "--json")
+    assert rc == 0
+    rep = json.loads(out)
+    with torch.device("meta"):
+        model = create_model("paper_resnet", num_classes=10, width=0.0625, layers=(1, 1, 5, 1))
+    tensors = list(model.parameters()) + list(model.buffers())
+    by_dtype: dict[torch.dtype, int] = {}
+    for t in tensors:  # one flat buffer per dtype: floats, BatchNorm's int64 batch counters
+        by_dtype[t.dtype] = by_dtype.get(t.dtype, 0) + t.numel() * t.element_size()
+    for row in rep["rows"]:
+        s = row["workers"]
+        local, resist = row["local_sgd"]["measured"], row["resist"]["measured"]
+        assert resist["mean_bytes"] < local["mean_bytes"]
+        ring = sum(round(2 * (s - 1) / s * n) for n in by_dtype.values())  # per rank, each way
+        assert local["sent"] == [[ring] * 2] * s and local["received"] == [[ring] * 2] * s
+        assert local["per_round"] == [2 * s * ring] * 2
+
+
+def test_pipeline_bytes_by_hand():
+    # paper_resnet (1,1,1,1) at width 1/16: channels 4/8/16/32. Parameters: stem 108, blocks 304, 920,
+    # 3632, 14432, head 330 (total 19,726). Half is 9,863; the nearest cut is after block 2 (4,964), whose
+    # output is 16 x 8 x 8 = 1,024 values per sample: 2 x 4 bytes x batch 2 x 1,024 = 16,384 per step.
+    p = pipeline_bytes("paper_resnet", 10, 0.0625, 2, batch=2, local_iters=3, layers=(1, 1, 1, 1))
+    assert p["cuts"] == [4] and p["stage_params"] == [4964, 14762] and p["boundary_numel"] == [1024]
+    assert p["bytes_per_step"] == 16384 and p["bytes"] == 3 * 16384
+    assert pipeline_bytes("paper_resnet101", 100, 1.0, 1)["bytes"] == 0
+    # ResNet101 on 2 stages: cut inside section 3 (256 x 8 x 8 per sample), batch 128, 50 steps.
+    assert pipeline_bytes("paper_resnet101", 100, 1.0, 2)["bytes"] == 2 * 4 * 128 * 256 * 8 * 8 * 50
+
+
+@pytest.mark.parametrize("argv", [
+    ["--model", "no_such_net"],
+    ["--workers", "0"],
+    ["--min-depth", "23"],
+    ["--workers", "2", "x"],
+    ["--model", "paper_resnet"],  # the generic factory needs --layers
+])
+def test_bad_input_is_one_line(capsys, argv):
+    rc, out, err = run(capsys, "comm", *argv, "--no-measure")
+    assert rc == 2 and out == ""
+    assert err.startswith("resist: error: ") and len(err.strip().splitlines()) == 1
