@@ -56,6 +56,7 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--backend": ("run.backend", str, "gloo or nccl (dist runtime)"),
     "--device": ("run.device", str, "cpu, cuda or auto"),
     "--timeout": ("run.timeout", float, "seconds to wait for a peer before failing"),
+    "--master-port": ("run.master_port", int, "rendezvous port for --runtime dist (default: any free port)"),
     "--checkpoint-every": ("run.checkpoint_every", int, "checkpoint every this many rounds (default: at each evaluation)"),
     "--keep-checkpoints": ("run.keep_checkpoints", int, "how many checkpoints to keep"),
     "--out": ("run.out", str, "run folder"),

@@ -141,6 +141,8 @@ class RunConfig:
     """``cpu``, ``cuda`` or ``auto``."""
     timeout: float = 600.0
     """Seconds a collective may wait for a peer before the run fails naming it."""
+    master_port: int | None = None
+    """Rendezvous port of ``--runtime dist`` (``None``: one the OS picks; torchrun sets its own)."""
     out: str = "runs/latest"
     """Run folder: config.json, metrics.jsonl, summary.json, model.pt, checkpoints/."""
     checkpoint_every: int | None = None
@@ -156,6 +158,8 @@ class RunConfig:
         _check(self.backend in (None, "gloo", "nccl"), f"unknown backend {self.backend!r}; choose gloo or nccl")
         _check(self.device in ("cpu", "cuda", "auto"), f"unknown device {self.device!r}; choose cpu, cuda or auto")
         _check(self.timeout > 0, f"timeout must be > 0, got {self.timeout}")
+        _check(self.master_port is None or 0 < self.master_port < 65536,
+               f"master_port must be a TCP port (1-65535), got {self.master_port}")
         _check(self.checkpoint_every is None or self.checkpoint_every >= 1,
                f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         _check(self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
@@ -204,7 +208,7 @@ class Config:
 
 #: What may differ between a run and its resumption: where and how it runs, not what it computes.
 RESUMABLE_CHANGES = frozenset({
-    "algo.workers", "run.runtime", "run.backend", "run.device", "run.timeout", "run.max_rounds",
+    "algo.workers", "run.runtime", "run.backend", "run.device", "run.timeout", "run.max_rounds", "run.master_port",
     "run.eval_every", "run.checkpoint_every", "run.keep_checkpoints", "run.out",
 })
 

@@ -103,6 +103,26 @@ BAD = {
     "num classes below dataset": (["--num-classes", "2"], "below the dataset's 4 classes"),
     "too many workers for data": (["--workers", "64", "--batch-size", "64"], "too small"),
     "cuda without cuda": (["--device", "cuda"], "CUDA is not available"),
+    "nccl without cuda": (["--backend", "nccl"], "needs CUDA"),
+    "unknown backend": (["--backend", "mpi"], "unknown backend 'mpi'"),
+    "unknown device": (["--device", "tpu"], "unknown device 'tpu'"),
+    "zero lr": (["--lr", "0"], "lr must be > 0"),
+    "momentum of one": (["--momentum", "1"], "momentum must be in [0, 1)"),
+    "negative weight decay": (["--weight-decay", "-1"], "weight_decay must be >= 0"),
+    "zero batch": (["--batch-size", "0"], "batch_size must be >= 1"),
+    "zero eval every": (["--eval-every", "0"], "eval_every must be >= 1"),
+    "zero max rounds": (["--max-rounds", "0"], "max_rounds must be >= 1"),
+    "zero timeout": (["--timeout", "0"], "timeout must be > 0"),
+    "negative seed": (["--seed", "-1"], "seed must be >= 0"),
+    "zero recalibration": (["--recalib-batches", "0"], "recalib_batches must be >= 1"),
+    "negative warm-up": (["--warmup-epochs", "-1"], "warmup_epochs must be >= 0"),
+    "zero checkpoint cadence": (["--checkpoint-every", "0"], "checkpoint_every must be >= 1"),
+    "zero kept checkpoints": (["--keep-checkpoints", "0"], "keep_checkpoints must be >= 1"),
+    "decay outside training": (["--set", "optim.lr_decay_at=[1.5]"], "lr_decay_at must lie in (0, 1)"),
+    "zero eval limit": (["--set", "data.eval_limit=0"], "eval_limit must be >= 1"),
+    "zero classes": (["--num-classes", "0"], "num_classes must be >= 1"),
+    "bad port": (["--master-port", "70000"], "master_port must be a TCP port"),
+    "unknown dataset": (["--dataset", "mnist"], "mnist"),
 }
 
 
@@ -147,3 +167,33 @@ def test_unwritable_run_folder(capsys, tmp_path):
     blocker.write_text("not a folder")
     rc, _, err = run(capsys, "train", "smoke", "--out", str(blocker / "run"))
     assert rc == 2 and "cannot write the run folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_port_already_in_use(capsys, tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        rc, _, err = run(capsys, *SMOKE, "--runtime", "dist", "--master-port", str(port), "--out", str(tmp_path / "r"))
+    assert rc == 2 and f"cannot listen on port {port}" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()
+
+
+def test_torchrun_world_size_must_match_workers(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    rc, _, err = run(capsys, *SMOKE, "--runtime", "dist", "--out", str(tmp_path / "r"))
+    assert rc == 2 and "torchrun started 3 processes but --workers is 2" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_config_file_errors(capsys, tmp_path):
+    bad = tmp_path / "c.json"
+    bad.write_text("{not json")
+    rc, _, err = run(capsys, "train", "--config", str(bad))
+    assert rc == 2 and "is not a resist config" in err and len(err.strip().splitlines()) == 1
+    bad.write_text('{"algo": {"workers": 2, "speed": 9}}')
+    rc, _, err = run(capsys, "train", "--config", str(bad))
+    assert rc == 2 and "unknown field(s) in config section 'algo': speed" in err

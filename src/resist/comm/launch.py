@@ -190,8 +190,14 @@ def spawn(world_size: int, fn: Callable, args: tuple = (), backend: str | None =
     if world_size < 1:
         raise ValueError(f"world size must be >= 1, got {world_size}")
     backend = _check_backend(backend, world_size)
-    store = dist.TCPStore("127.0.0.1", master_port or 0, world_size, is_master=True,
-                          wait_for_workers=False, timeout=datetime.timedelta(seconds=timeout))
+    try:
+        store = dist.TCPStore("127.0.0.1", master_port or 0, world_size, is_master=True,
+                              wait_for_workers=False, timeout=datetime.timedelta(seconds=timeout))
+    except (RuntimeError, OSError) as e:
+        if master_port:
+            raise ValueError(f"cannot listen on port {master_port} (already in use?); choose another "
+                             f"--master-port or leave it unset") from None
+        raise CommError(f"cannot start the rendezvous store: {_one_line(e)}") from None
     ctx = mp.get_context("spawn")
     procs: list = []
     conns: list[Connection] = []

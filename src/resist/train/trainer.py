@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import resource
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -88,6 +89,14 @@ def check(cfg: Config, dataset: Dataset) -> Schedule:
     resolve_device(cfg.run.device)
     if cfg.run.backend == "nccl" and not torch.cuda.is_available():
         raise ValueError("backend 'nccl' needs CUDA, which is not available; use --backend gloo")
+    port = cfg.run.master_port
+    if cfg.run.runtime == "dist" and port and not under_torchrun():
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                raise ValueError(f"cannot listen on port {port} (already in use?); choose another "
+                                 f"--master-port or leave it unset") from None
     build = model_builder(cfg, num_classes_of(cfg, dataset))
     model = build()
     cands = candidate_blocks(model.partitionable, model.skippable, cfg.algo.partition)
@@ -314,7 +323,7 @@ def train(cfg: Config, dataset: Dataset | None = None, resume: bool = False) -> 
                 summary = run_from_env(_dist_entry, args=args, backend=cfg.run.backend, timeout=cfg.run.timeout)
             else:
                 summary = spawn(cfg.algo.workers, _dist_entry, args=args, backend=cfg.run.backend,
-                                timeout=cfg.run.timeout)[0]
+                                timeout=cfg.run.timeout, master_port=cfg.run.master_port)[0]
     except CommError as e:
         last = checkpoint.latest(out)
         hint = (f"resume with: resist train --resume {out} (latest checkpoint {last.name})" if last
