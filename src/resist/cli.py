@@ -172,6 +172,38 @@ def cmd_comm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_labels(text: str | None) -> list[str] | None:
+    return None if text is None else [t.strip() for t in text.split(",")]
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .train.plot import default_output, labels_for, plot_runs, read_run
+
+    runs = [read_run(d, need_eval=True) for d in args.run_dirs]
+    out = plot_runs(runs, labels_for(runs, _run_labels(args.labels)), args.out or default_output(args.run_dirs))
+    print(out)
+    return 0
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    from .train.plot import labels_for, read_run
+    from .train.projection import check_link, compare, format_table, notes, project_run
+
+    check_link(args.gbits, args.latency_us)
+    runs = [read_run(d) for d in args.run_dirs]
+    labels = labels_for(runs, _run_labels(args.labels))
+    algos = [r.algo for r in runs]
+    projected = compare([project_run(r.rows, label, args.gbits, args.latency_us, r.algo)
+                         for r, label in zip(runs, labels)])
+    if args.json:
+        print(json.dumps({"projection": True, "gbits": args.gbits, "latency_us": args.latency_us,
+                          "runs": [dict(p.to_dict(), run_dir=str(r.path)) for p, r in zip(projected, runs)],
+                          "notes": notes(projected, args.latency_us, algos)}, indent=2))
+    else:
+        print(format_table(projected, args.latency_us, algos))
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="resist", description="ResIST: distributed training of ResNets by independent "
                                                  "sub-ResNets (Dun et al.).")
@@ -209,6 +241,22 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-measure", action="store_true", help="skip the measurement on gloo processes")
     p.add_argument("--json", action="store_true", help="print one JSON object (exact bytes)")
     p.set_defaults(fn=cmd_comm)
+    p = sub.add_parser("plot", help="test accuracy vs time and vs bytes sent, one line per run (a PNG)")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (with metrics.jsonl)")
+    p.add_argument("--out", default=None, metavar="FILE.png",
+                   help="output file (default RUN_DIR/accuracy.png, or RUN_DIR/../accuracy.png for several runs)")
+    p.add_argument("--labels", default=None, metavar="A,B,...",
+                   help="one legend label per run (default: algo S=workers)")
+    p.set_defaults(fn=cmd_plot)
+    p = sub.add_parser("project", help="PROJECTION of each run's wall-clock time at other link speeds")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (with metrics.jsonl); speed-ups are "
+                   "relative to the first")
+    p.add_argument("--gbits", type=float, nargs="+", default=[1.0, 10.0, 100.0], help="link speeds in Gbit/s "
+                   "(default 1 10 100)")
+    p.add_argument("--latency-us", type=float, default=50.0, help="latency per message in microseconds (default 50)")
+    p.add_argument("--labels", default=None, metavar="A,B,...", help="one label per run (default: algo S=workers)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(fn=cmd_project)
     return parser
 
 

@@ -1,0 +1,221 @@
+"""``resist plot`` and ``resist project``: the PNG, the labels, one-line errors, and the projection
+arithmetic checked by hand on synthetic rows."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import pytest
+
+from resist.cli import main
+from resist.train import projection as pj
+from resist.train.plot import labels_for, read_run
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run(capsys, *argv):
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two tiny run folders, local SGD first (the baseline) and ResIST."""
+    root = tmp_path_factory.mktemp("runs")
+    dirs = {}
+    for algo in ("local_sgd", "resist"):
+        dirs[algo] = root / algo
+        rc = main(["train", "smoke", "--algo", algo, "--workers", "2", "--max-rounds", "3", "--eval-every", "1",
+                   "--out", str(dirs[algo])])
+        assert rc == 0
+    return dirs
+
+
+def one_line_error(rc, err, *needles):
+    assert rc == 2
+    assert err.startswith("resist: error: ") and err.count("\n") == 1, err
+    for needle in needles:
+        assert str(needle) in err, err
+
+
+# --- resist plot ----------------------------------------------------------------------------------
+def test_plot_two_runs_default_output(capsys, runs):
+    rc, out, err = run(capsys, "plot", runs["local_sgd"], runs["resist"])
+    png = runs["resist"].parent / "accuracy.png"
+    assert rc == 0, err
+    assert out.strip() == str(png)
+    data = png.read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 10_000
+
+
+def test_plot_one_run_default_output_and_explicit_out(capsys, runs, tmp_path):
+    rc, out, _ = run(capsys, "plot", runs["resist"])
+    assert rc == 0 and out.strip() == str(runs["resist"] / "accuracy.png")
+    assert (runs["resist"] / "accuracy.png").read_bytes().startswith(PNG_MAGIC)
+    target = tmp_path / "figs" / "mine.png"
+    rc, out, _ = run(capsys, "plot", runs["local_sgd"], runs["resist"], "--out", target, "--labels", "LSGD,ResIST")
+    assert rc == 0 and out.strip() == str(target) and target.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_labels(runs):
+    both = [read_run(runs["local_sgd"]), read_run(runs["resist"])]
+    assert labels_for(both) == ["local_sgd S=2", "resist S=2"]
+    assert labels_for(both, ["a", "b"]) == ["a", "b"]
+    assert labels_for([both[1], both[1]]) == ["resist S=2 (resist)"] * 2  # same algo twice: + folder name
+    with pytest.raises(ValueError, match="2 run folder"):
+        labels_for(both, ["only one"])
+
+
+def test_plot_wrong_number_of_labels(capsys, runs):
+    rc, _, err = run(capsys, "plot", runs["local_sgd"], runs["resist"], "--labels", "a,b,c")
+    one_line_error(rc, err, "--labels")
+
+
+def test_plot_missing_folder(capsys, tmp_path):
+    rc, _, err = run(capsys, "plot", tmp_path / "nope")
+    one_line_error(rc, err, tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    rc, _, err = run(capsys, "plot", tmp_path / "empty")
+    one_line_error(rc, err, tmp_path / "empty", "metrics.jsonl")
+
+
+def _copy(run_dir, dst):
+    shutil.copytree(run_dir, dst, ignore=shutil.ignore_patterns("*.pt", "checkpoints"))
+    return dst
+
+
+def test_plot_no_evaluated_round(capsys, runs, tmp_path):
+    bad = _copy(runs["resist"], tmp_path / "noeval")
+    rows = [json.loads(line) for line in (bad / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        row.pop("test_acc"), row.pop("best_acc")
+    (bad / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rc, _, err = run(capsys, "plot", bad)
+    one_line_error(rc, err, bad / "metrics.jsonl", "no evaluated round")
+    rc, out, _ = run(capsys, "project", bad)  # the projection needs no accuracy
+    assert rc == 0 and "PROJECTION" in out
+
+
+def test_plot_corrupt_line(capsys, runs, tmp_path):
+    bad = _copy(runs["resist"], tmp_path / "corrupt")
+    lines = (bad / "metrics.jsonl").read_text().splitlines()
+    lines[1] = lines[1][: len(lines[1]) // 2]  # a torn write
+    (bad / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    for command in ("plot", "project"):
+        rc, _, err = run(capsys, command, bad)
+        one_line_error(rc, err, bad / "metrics.jsonl", "line 2")
+
+
+def test_plot_without_matplotlib(capsys, runs, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails as if not installed
+    rc, _, err = run(capsys, "plot", runs["resist"], "--out", tmp_path / "x.png")
+    one_line_error(rc, err, "matplotlib", "resist[plot]")
+    assert not (tmp_path / "x.png").exists()
+
+
+# --- the projection, by hand ----------------------------------------------------------------------
+def rows(*rounds, step=4):
+    """Synthetic metrics rows from (compute_s, cumulative sent_bytes per worker) pairs."""
+    out, t = [], 0.0
+    for r, (compute, sent) in enumerate(rounds):
+        t += compute
+        out.append({"round": r, "step": step * (r + 1), "compute_s": compute, "comm_s": 0.0, "time_s": t,
+                    "sent_bytes": list(sent)})
+    return out
+
+
+def test_projection_one_round_by_hand():
+    # compute 1 s + 1e9 bytes at 1 Gbit/s (8 s) + 2(W-1) = 2 messages * 50 us
+    p = pj.project_run(rows((1.0, [1e9, 1e9])), "r", gbits=[1, 10, 100], latency_us=50)
+    assert p.projected_s[1] == pytest.approx(1 + 8 + 2 * 50e-6)
+    assert p.projected_s[10] == pytest.approx(1 + 0.8 + 100e-6)
+    assert p.projected_s[100] == pytest.approx(1 + 0.08 + 100e-6)
+    assert p.compute_s == 1.0 and p.sent_per_round == 1e9 and p.messages_per_round == 2
+    assert pj.projected_round_s(1.0, 1e9, 0, 1.0, 0.0) == pytest.approx(9.0)
+
+
+def test_projection_takes_the_slowest_worker_of_each_round():
+    # round 1: worker 0 sends 1e9, worker 1 2e9 -> 2e9; round 2: +1e9 and +0.5e9 -> 1e9
+    r = rows((1.0, [1e9, 2e9]), (2.0, [2e9, 2.5e9]))
+    assert pj.round_sent(r) == [2e9, 1e9]
+    assert pj.cumulative_sent(r) == [2e9, 2.5e9]
+    p = pj.project_run(r, "r", gbits=[1], latency_us=0)
+    assert p.projected_s[1] == pytest.approx((1 + 16) + (2 + 8))
+    assert p.measured_s == 3.0
+
+
+def test_projection_counter_restart_and_messages():
+    # resumed on 4 workers after 1 round on 2: the counters restart, the totals carry on
+    r = rows((1.0, [100, 100]), (1.0, [50, 60, 70, 80]))
+    assert pj.round_sent(r) == [100, 80]
+    assert pj.cumulative_sent(r) == [100, 180]
+    assert pj.round_messages(r) == [2, 6]  # 2(W-1) per all-reduce
+    assert pj.round_messages(r, "data_parallel") == [2 * 5, 6 * 5]  # 4 steps + the buffers, per round
+    assert pj.round_messages(rows((1.0, [0, 0]))) == [0]  # nothing sent (ensembles): no message
+    recorded = rows((1.0, [10, 10]))
+    recorded[0]["messages"] = 7
+    assert pj.round_messages(recorded) == [7]
+
+
+def test_projection_speedup_relative_to_first():
+    base = pj.project_run(rows((1.0, [1e9, 1e9])), "base", gbits=[1, 100], latency_us=0)  # 9 s, 1.08 s
+    fast = pj.project_run(rows((1.0, [0.25e9, 0.25e9])), "fast", gbits=[1, 100], latency_us=0)  # 3 s, 1.02 s
+    pj.compare([base, fast])
+    assert base.speedup == {1: 1.0, 100: 1.0}
+    assert fast.speedup[1] == pytest.approx(3.0) and fast.speedup[100] == pytest.approx(1.08 / 1.02)
+    table = pj.format_table([base, fast], 0)
+    assert "PROJECTION" in table and "3.00x" in table
+
+
+@pytest.mark.parametrize("gbits,latency", [([0], 50), ([-1], 50), ([1], -1), ([], 50)])
+def test_projection_rejects_bad_links(gbits, latency):
+    with pytest.raises(ValueError):
+        pj.project_run(rows((1.0, [1, 1])), "r", gbits=gbits, latency_us=latency)
+
+
+# --- resist project -------------------------------------------------------------------------------
+def test_project_prints_table(capsys, runs):
+    rc, out, err = run(capsys, "project", runs["local_sgd"], runs["resist"])
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("PROJECTION")
+    header = lines[1]
+    for speed in ("1 Gbit/s", "10 Gbit/s", "100 Gbit/s"):
+        assert f"proj. {speed}" in header
+    assert lines[2].startswith("local_sgd S=2") and lines[3].startswith("resist S=2")
+    assert lines[2].count("(1.00x)") == 3  # the first run is the reference
+    assert "2(W-1)" in out  # the message-count assumption is stated
+
+
+def test_project_json_and_options(capsys, runs):
+    rc, out, _ = run(capsys, "project", runs["local_sgd"], runs["resist"], "--gbits", "1", "25",
+                     "--latency-us", "0", "--labels", "L,R", "--json")
+    assert rc == 0
+    rep = json.loads(out)
+    assert rep["projection"] is True and rep["gbits"] == [1.0, 25.0] and rep["notes"]
+    first, second = rep["runs"]
+    assert [first["label"], second["label"]] == ["L", "R"]
+    rows_ = [json.loads(line) for line in (runs["resist"] / "metrics.jsonl").read_text().splitlines()]
+    compute = sum(r["compute_s"] for r in rows_)
+    prev, sent = [0, 0], 0
+    for r in rows_:  # the slowest worker's bytes of each round
+        sent += max(s - p for s, p in zip(r["sent_bytes"], prev))
+        prev = r["sent_bytes"]
+    assert second["measured_compute_s"] == pytest.approx(compute)
+    assert second["projected"][0]["time_s"] == pytest.approx(compute + sent * 8 / 1e9)
+    assert second["projected"][1]["time_s"] == pytest.approx(compute + sent * 8 / 25e9)
+    for p in first["projected"]:
+        assert p["speedup_vs_first"] == 1.0
+    for g, p in zip([1.0, 25.0], second["projected"]):
+        ref = next(q for q in first["projected"] if q["gbits"] == g)
+        assert p["speedup_vs_first"] == pytest.approx(ref["time_s"] / p["time_s"])
+
+
+@pytest.mark.parametrize("extra,needle", [(["--gbits", "0"], "positive"), (["--latency-us", "-5"], "latency")])
+def test_project_bad_options(capsys, runs, extra, needle):
+    rc, _, err = run(capsys, "project", runs["resist"], *extra)
+    one_line_error(rc, err, needle)
