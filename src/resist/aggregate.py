@@ -43,6 +43,18 @@ def unpack(flats: Sequence[torch.Tensor], tensors: Sequence[torch.Tensor]) -> No
         offsets[t.dtype] = off + t.numel()
 
 
+def views(flats: Sequence[torch.Tensor], tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Views into the flat buffers shaped like ``tensors`` (the layout of :func:`pack`)."""
+    by_dtype = {f.dtype: f for f in flats}
+    offsets = dict.fromkeys(by_dtype, 0)
+    out = []
+    for t in tensors:
+        off = offsets[t.dtype]
+        out.append(by_dtype[t.dtype][off:off + t.numel()].view_as(t))
+        offsets[t.dtype] = off + t.numel()
+    return out
+
+
 @torch.no_grad()
 def mean(copies: Sequence[torch.Tensor]) -> torch.Tensor:
     """Average of the holders' copies, summed in the given (rank) order; integers floor-divide.

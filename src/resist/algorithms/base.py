@@ -80,6 +80,9 @@ class Worker:
         self.carry = cfg.algo.carry_momentum or not self.restarts_optimizer
         self.momentum: dict[str, torch.Tensor] = {}
         self.optimizer: torch.optim.Optimizer | None = None
+        # Every held tensor lives in a flat buffer per dtype of its bucket ("shared", or a block
+        # index), so that synchronization sends and all-reduces those buffers as they are: no copies.
+        self.flats: dict[Part, list[torch.Tensor]] = {}
 
     # --- parts -----------------------------------------------------------------------------------
     def module(self, part: Part) -> nn.Module:
@@ -103,10 +106,34 @@ class Worker:
             if self.carry:
                 self.momentum[name] = torch.zeros_like(p)
 
+    @torch.no_grad()
+    def bucket(self, key: Part, parts: list[Part]) -> None:
+        """Move the state tensors of ``parts`` into one flat buffer per dtype, filed under ``key``;
+        the parameters, buffers and momentum become views into it (as DDP's buckets and apex's flat
+        parameters do)."""
+        slots: list[tuple[Callable[[torch.Tensor], None], torch.Tensor]] = []
+        for part in parts:
+            module = self.module(part)
+            for p in module.parameters():
+                slots.append((lambda v, p=p: setattr(p, "data", v), p.data))
+            for m in module.modules():
+                for n, b in m._buffers.items():
+                    if b is not None:
+                        slots.append((lambda v, m=m, n=n: m._buffers.__setitem__(n, v), b))
+            if self.carry:
+                for n, _ in module.named_parameters(prefix=self.prefix(part).rstrip(".")):
+                    slots.append((lambda v, n=n: self.momentum.__setitem__(n, v), self.momentum[n]))
+        tensors = [t for _, t in slots]
+        flats = aggregate.pack(tensors)
+        for (point, _), view in zip(slots, aggregate.views(flats, tensors)):
+            point(view)
+        self.flats[key] = flats
+
     def release(self, part: Part) -> None:
         module = self.module(part)
         for name, _ in module.named_parameters(prefix=self.prefix(part).rstrip(".")):
             self.momentum.pop(name, None)
+        self.flats.pop(part, None)
         module.to("meta")
 
     def state_tensors(self, part: Part) -> list[torch.Tensor]:

@@ -13,6 +13,8 @@ class LocalSGD(ResIST):
     all parameters and BatchNorm buffers are averaged every ``local_iters`` steps, as one all-reduce
     per dtype. Same data order, seeds, schedule and momentum policy as ResIST."""
 
+    one_bucket = True
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.c = 1.0  # nothing is partitioned, so nothing is scaled

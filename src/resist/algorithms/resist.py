@@ -21,6 +21,9 @@ from .base import Part, Worker
 
 
 class ResIST(Worker):
+    #: Keep every part in the one "shared" bucket (for algorithms in which nothing ever moves).
+    one_bucket = False
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         a = self.cfg.algo
@@ -63,6 +66,12 @@ class ResIST(Worker):
             self.materialize(part, init=state is None)
             if state is not None:
                 self.load_part(part, state)
+        if self.one_bucket:
+            self.bucket("shared", parts)
+        else:
+            self.bucket("shared", self.shared_parts)
+            for b in parts[len(self.shared_parts):]:
+                self.bucket(b, [b])
 
     def begin_round(self, round_: int) -> None:
         assert round_ == self.round, f"rank {self.comm.rank} is at round {self.round}, asked for {round_}"
@@ -77,36 +86,39 @@ class ResIST(Worker):
 
     @torch.no_grad()
     def synchronize(self, cur: dict[Part, tuple[int, ...]], nxt: dict[Part, tuple[int, ...]]) -> None:
-        """Average every part over its holders of this round and deliver it to next round's holders."""
+        """Average every part over its holders of this round and deliver it to next round's holders.
+
+        The flat buffers travel as they are: the all-reduce runs in place, a block with one holder is
+        received straight into its new holder's buffer, and only a block with several holders needs
+        receive buffers and an average.
+        """
         comm, me = self.comm, self.comm.rank
-        common = self.shared_parts + [b for b in self.candidates if cur[b] == self.everyone]
-        tensors = [t for part in common for t in self.state_tensors(part)]
-        flats = aggregate.pack(tensors)
-        for f in flats:
-            comm.all_reduce(f, average=True)
-        aggregate.unpack(flats, tensors)
+        for key in ["shared"] + [b for b in self.candidates if cur[b] == self.everyone and b in self.flats]:
+            for f in self.flats[key]:
+                comm.all_reduce(f, average=True)
 
         sends, recvs, pending = [], [], []
         for b in self.candidates:
             held_by, goes_to = cur[b], nxt[b]
             if held_by == self.everyone:
                 continue  # averaged by the all-reduce above
-            mine = aggregate.pack(self.state_tensors(b)) if me in held_by else None
-            if mine is not None:
-                sends += [(dst, f) for dst in goes_to if dst != me for f in mine]
+            if me in held_by:
+                sends += [(dst, f) for dst in goes_to if dst != me for f in self.flats[b]]
             if me in goes_to and held_by != (me,):  # a sole holder's own copy is already the average
-                bufs = {h: aggregate.empty_like_packed(self.state_tensors(b), self.device)
-                        for h in held_by if h != me}
+                if not self.held(b):
+                    self.materialize(b, init=False)
+                    self.bucket(b, [b])
+                if len(held_by) == 1:
+                    recvs += [(held_by[0], f) for f in self.flats[b]]
+                    continue
+                bufs = {h: [torch.empty_like(f) for f in self.flats[b]] for h in held_by if h != me}
                 recvs += [(h, f) for h, fs in bufs.items() for f in fs]
-                pending.append((b, [mine if h == me else bufs[h] for h in held_by]))
+                pending.append((b, [self.flats[b] if h == me else bufs[h] for h in held_by]))
         comm.exchange(sends, recvs)
 
-        for b in self.candidates:
-            if me in nxt[b] and not self.held(b):
-                self.materialize(b, init=False)
         for b, copies in pending:
-            averaged = [aggregate.mean([c[i] for c in copies]) for i in range(len(copies[0]))]
-            aggregate.unpack(averaged, self.state_tensors(b))
+            for i, target in enumerate(self.flats[b]):
+                target.copy_(aggregate.mean([c[i] for c in copies]))
         for b in self.candidates:
             if me not in nxt[b] and self.held(b):
                 self.release(b)
