@@ -106,25 +106,34 @@ class Worker:
             if self.carry:
                 self.momentum[name] = torch.zeros_like(p)
 
-    @torch.no_grad()
-    def bucket(self, key: Part, parts: list[Part]) -> None:
-        """Move the state tensors of ``parts`` into one flat buffer per dtype, filed under ``key``;
-        the parameters, buffers and momentum become views into it (as DDP's buckets and apex's flat
-        parameters do)."""
+    def _slots(self, parts: list[Part]) -> list[tuple[Callable[[torch.Tensor], None], torch.Tensor]]:
+        """Each state tensor of ``parts`` (in :meth:`state_tensors` order) with a way to replace it."""
         slots: list[tuple[Callable[[torch.Tensor], None], torch.Tensor]] = []
         for part in parts:
             module = self.module(part)
-            for p in module.parameters():
-                slots.append((lambda v, p=p: setattr(p, "data", v), p.data))
+            for m in module.modules():
+                for n, p in m._parameters.items():
+                    if p is not None:
+                        slots.append((lambda v, m=m, n=n, g=p.requires_grad:
+                                      m._parameters.__setitem__(n, nn.Parameter(v, requires_grad=g)), p.data))
             for m in module.modules():
                 for n, b in m._buffers.items():
                     if b is not None:
                         slots.append((lambda v, m=m, n=n: m._buffers.__setitem__(n, v), b))
             if self.carry:
-                for n, _ in module.named_parameters(prefix=self.prefix(part).rstrip(".")):
-                    slots.append((lambda v, n=n: self.momentum.__setitem__(n, v), self.momentum[n]))
+                for n, p in module.named_parameters(prefix=self.prefix(part).rstrip(".")):
+                    slots.append((lambda v, n=n: self.momentum.__setitem__(n, v),
+                                  self.momentum.get(n, torch.empty_like(p, device="meta"))))
+        return slots
+
+    @torch.no_grad()
+    def bucket(self, key: Part, parts: list[Part], fresh: bool = False) -> None:
+        """Put the state tensors of ``parts`` into one flat buffer per dtype, filed under ``key``; the
+        parameters, buffers and momentum become views into it (as DDP's buckets and apex's flat
+        parameters do). ``fresh``: allocate without copying, for a part about to be overwritten."""
+        slots = self._slots(parts)
         tensors = [t for _, t in slots]
-        flats = aggregate.pack(tensors)
+        flats = aggregate.empty_like_packed(tensors, self.device) if fresh else aggregate.pack(tensors)
         for (point, _), view in zip(slots, aggregate.views(flats, tensors)):
             point(view)
         self.flats[key] = flats

@@ -106,8 +106,7 @@ class ResIST(Worker):
                 sends += [(dst, f) for dst in goes_to if dst != me for f in self.flats[b]]
             if me in goes_to and held_by != (me,):  # a sole holder's own copy is already the average
                 if not self.held(b):
-                    self.materialize(b, init=False)
-                    self.bucket(b, [b])
+                    self.bucket(b, [b], fresh=True)  # allocated here, filled by the exchange below
                 if len(held_by) == 1:
                     recvs += [(held_by[0], f) for f in self.flats[b]]
                     continue
