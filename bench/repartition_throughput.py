@@ -15,24 +15,26 @@ call):
   and blocking ``dist.send``/``dist.recv`` (even ranks send first; half duplex). Throughput = bytes sent +
   received by this rank / time. A plain ``dist.all_reduce`` of the same buffer is timed too, its bytes
   counted as the communicator counts them (ring: 2(W-1)/W x size each way), and isend/irecv into a
-  receive buffer allocated for the call (as ResIST receives), which shows the cost of first-touching
-  fresh memory on this machine;
+  receive buffer allocated for the call (whether that costs first touches of fresh pages is up to the
+  allocator; see the local copies);
 - ResIST repartition: the real :class:`resist.algorithms.resist.ResIST` worker (``--model``,
   ``--width``, 10 classes), ``start(0)``, then ``end_round(r)`` for r = 0, 1, ... with no training in
   between. Throughput = bytes the communicator counted for the call (sent + received, this rank) / time;
+- the same all-reduces and messages as this rank's previous ResIST round, replayed with plain ``dist``
+  calls from buffers allocated before the clock starts (the traffic alone, no library work);
 - local SGD's ``end_round`` (one all-reduce of the whole model), for reference.
 
 Inside both ``end_round`` calls the time is split (by wrapping, in this process only) into: wire time of
-the all-reduce and of the exchange (the backend calls; this includes waiting for a peer that is still
-packing), averaging after the all-reduce, ``aggregate.pack``/``unpack``/``mean``/``empty_like_packed``
-copies, ``materialize``/``bucket``/``release`` of blocks, and the rest (Python bookkeeping, frees). Beside it,
+the all-reduce and of the exchange (the backend calls; this includes waiting for a slower peer),
+averaging after the all-reduce, ``aggregate.pack``/``unpack``/``mean``/``empty_like_packed`` copies,
+``materialize``/``bucket``/``release`` of blocks, and the rest (Python bookkeeping, frees). Beside it,
 local copies with no network: the whole model packed as ``aggregate.pack`` does (fresh buffers) and
 into buffers allocated once.
 
 Per rank the median over repetitions is taken; tables show the mean over ranks of those medians (and
 the per-rank spread in the JSON).
 
-    python bench/repartition_throughput.py [--workers 2 4] [--width 1.0] [--size-mb 32] [--reps 12] [--quick]
+    python bench/repartition_throughput.py [--workers 2 4] [--width 1.0] [--size-mb 32] [--reps 15] [--quick]
 """
 
 from __future__ import annotations
@@ -321,11 +323,12 @@ def _git(*args: str) -> str:
 
 
 def _library_state() -> dict:
-    """Which library is measured: the commit, and a fingerprint of uncommitted changes under src/."""
+    """Which library is measured: the commit, the tree of src/ in it (what a later commit that leaves
+    src/ alone keeps), and a fingerprint of uncommitted changes under src/."""
     import hashlib
 
     diff = _git("diff", "HEAD", "--", "src")
-    return {"commit": _git("rev-parse", "HEAD"),
+    return {"commit": _git("rev-parse", "HEAD"), "src_tree": _git("rev-parse", "HEAD:src"),
             "src_diff_sha1": hashlib.sha1(diff.encode()).hexdigest()[:10] if diff else None}
 
 
@@ -333,7 +336,7 @@ def _describe_library(start: dict, end: dict) -> str:
     text = start["commit"][:10] or "?"
     if start["src_diff_sha1"]:
         text += f" plus uncommitted changes in src/ (diff sha1 {start['src_diff_sha1']})"
-    if end != start:
+    if (end["src_tree"], end["src_diff_sha1"]) != (start["src_tree"], start["src_diff_sha1"]):
         text += " -- the library changed during the run, results may mix versions"
     return text
 
@@ -367,7 +370,7 @@ def main() -> None:
     ap.add_argument("--model", default="paper_resnet101")
     ap.add_argument("--width", type=float, default=1.0)
     ap.add_argument("--size-mb", type=float, default=32.0, help="raw buffer per message, decimal MB")
-    ap.add_argument("--reps", type=int, default=12)
+    ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--target", type=float, default=0.70)
     ap.add_argument("--quick", action="store_true", help="width 0.5, 16 MB, 4 repetitions (about a minute)")

@@ -55,11 +55,12 @@ def _git(*args: str) -> str:
 
 
 def _library_state() -> dict:
-    """Which library is measured: the commit, and a fingerprint of uncommitted changes under src/."""
+    """Which library is measured: the commit, the tree of src/ in it (what a later commit that leaves
+    src/ alone keeps), and a fingerprint of uncommitted changes under src/."""
     import hashlib
 
     diff = _git("diff", "HEAD", "--", "src")
-    return {"commit": _git("rev-parse", "HEAD"),
+    return {"commit": _git("rev-parse", "HEAD"), "src_tree": _git("rev-parse", "HEAD:src"),
             "src_diff_sha1": hashlib.sha1(diff.encode()).hexdigest()[:10] if diff else None}
 
 
@@ -67,7 +68,7 @@ def _describe_library(start: dict, end: dict) -> str:
     text = start["commit"][:10] or "?"
     if start["src_diff_sha1"]:
         text += f" plus uncommitted changes in src/ (diff sha1 {start['src_diff_sha1']})"
-    if end != start:
+    if (end["src_tree"], end["src_diff_sha1"]) != (start["src_tree"], start["src_diff_sha1"]):
         text += " -- the library changed during the run, results may mix versions"
     return text
 
