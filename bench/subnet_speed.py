@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -76,12 +77,14 @@ def main() -> None:
         })
     env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
            "python": platform.python_version(), "machine": platform.machine(),
-           "processor": platform.processor() or "unknown", "threads": torch.get_num_threads()}
+           "processor": platform.processor() or "unknown", "threads": torch.get_num_threads(),
+           "load_average_1min": os.getloadavg()[0]}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "subnet_speed.json").write_text(json.dumps({"args": vars(args), "env": env, "rows": rows}, indent=2))
     lines = [f"# Sub-ResNet step time vs the whole model\n",
              f"`python bench/subnet_speed.py --model {args.model} --width {args.width} --batch {args.batch} "
-             f"--reps {args.reps}` on {env['machine']} CPU, {env['threads']} threads, torch {env['torch']}, "
+             f"--reps {args.reps}` on {env['machine']} CPU, {env['threads']} threads (1-minute load average "
+             f"{env['load_average_1min']:.1f} at the start), torch {env['torch']}, "
              f"{env['date']}. Forward+backward of one batch, median of {args.reps} interleaved repetitions; "
              "sub-ResNet = worker 0's blocks in round 0 of seed 0.\n",
              "| config | partitioned blocks held | median step | time / full | FLOPs / full |",

@@ -56,7 +56,8 @@ def run_demo(args: argparse.Namespace) -> list[dict]:
         })
         rows.append(train(cfg, dataset if args.runtime == "inprocess" else None))
     text = (f"{base.model.name} at width {base.model.width}, {args.workers} workers, "
-            f"{base.optim.epochs:g} epoch(s) of {dataset.name} ({dataset.source})\n" + table(rows) +
+            f"{base.optim.epochs:g} epoch(s) of {dataset.name} ({dataset.source}), test accuracy on "
+            f"{base.data.eval_limit or len(dataset.test.y):,} test images\n" + table(rows) +
             "\ntimes are parallel-equivalent: per round, the slowest worker's compute plus the synchronization")
     print(text)
     atomic_write_text(text + "\n", Path(args.out) / "table.txt")
