@@ -51,6 +51,8 @@ from pathlib import Path
 
 import torch
 
+from benchutil import describe_library, library_state  # noqa: E402  (bench/ is on sys.path)
+
 OUT = Path(__file__).resolve().parents[1] / "docs" / "results"
 RAW = ("exchange", "isend_irecv", "send_recv", "all_reduce", "isend_irecv_fresh")
 LOCAL = ("pack_fresh", "pack_into")
@@ -311,36 +313,6 @@ def _summarize(ranks: list[dict]) -> dict:
     return res
 
 
-def _git(*args: str) -> str:
-    """Read-only git query about the library measured (empty if git is unavailable)."""
-    import subprocess
-
-    try:
-        return subprocess.run(["git", *args], cwd=OUT.parents[1], capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def _library_state() -> dict:
-    """Which library is measured: the commit, the tree of src/ in it (what a later commit that leaves
-    src/ alone keeps), and a fingerprint of uncommitted changes under src/."""
-    import hashlib
-
-    diff = _git("diff", "HEAD", "--", "src")
-    return {"commit": _git("rev-parse", "HEAD"), "src_tree": _git("rev-parse", "HEAD:src"),
-            "src_diff_sha1": hashlib.sha1(diff.encode()).hexdigest()[:10] if diff else None}
-
-
-def _describe_library(start: dict, end: dict) -> str:
-    text = start["commit"][:10] or "?"
-    if start["src_diff_sha1"]:
-        text += f" plus uncommitted changes in src/ (diff sha1 {start['src_diff_sha1']})"
-    if (end["src_tree"], end["src_diff_sha1"]) != (start["src_tree"], start["src_diff_sha1"]):
-        text += " -- the library changed during the run, results may mix versions"
-    return text
-
-
 def first_touch(sizes_mb=(16, 64), reps=8) -> list[dict]:
     """One thread, no peers: GB/s of filling a freshly allocated buffer vs a kept one (best of ``reps``)."""
     threads = torch.get_num_threads()
@@ -385,7 +357,7 @@ def main() -> None:
     spec = {"model": args.model, "width": args.width, "size_mb": args.size_mb, "reps": args.reps,
             "warmup": args.warmup}
     results, threads = {}, None
-    t_start, load_start, lib_start = time.perf_counter(), os.getloadavg(), _library_state()
+    t_start, load_start, lib_start = time.perf_counter(), os.getloadavg(), library_state()
     for w in args.workers:
         t0 = time.perf_counter()
         ranks = spawn(w, _rank, (spec,), backend="gloo", timeout=600)
@@ -400,7 +372,7 @@ def main() -> None:
               f"local SGD {s['local_sgd']['GBps']:.2f} [{results[w]['wall_s']:.0f}s]", flush=True)
 
     touch = first_touch()
-    env = {"library_start": lib_start, "library_end": _library_state(),
+    env = {"library_start": lib_start, "library_end": library_state(),
            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "torch": torch.__version__,
            "python": platform.python_version(), "machine": platform.machine(),
@@ -421,7 +393,7 @@ def main() -> None:
              f"average {load[0]:.1f} at the start, {load[1]:.1f} at the end), "
              f"{env['threads_per_rank']} torch thread(s) per rank, gloo over loopback, torch {env['torch']}, "
              f"python {env['python']}, {env['date']}; total {env['total_wall_s']:.0f} s; library at commit "
-             f"{_describe_library(env['library_start'], env['library_end'])}.\n",
+             f"{describe_library(env['library_start'], env['library_end'])}.\n",
              f"Every rank times each variant after a barrier, the variants interleaved (order shuffled) over "
              f"{args.reps} repetitions (after {args.warmup} warm-up). Throughput = bytes this rank sent + "
              "received / time (all-reduces counted as a ring, 2(W-1)/W x size each way, as the "

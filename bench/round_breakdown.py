@@ -39,38 +39,10 @@ from resist.data import load_dataset
 from resist.train import trainer
 from resist.train.metrics import read_metrics
 
+from benchutil import describe_library, library_state  # noqa: E402  (bench/ is on sys.path)
+
 OUT = Path(__file__).resolve().parents[1] / "docs" / "results"
 PARTS = ("wall_s", "compute_s", "comm_s", "overhead_s")
-
-
-def _git(*args: str) -> str:
-    """Read-only git query about the library measured (empty if git is unavailable)."""
-    import subprocess
-
-    try:
-        return subprocess.run(["git", *args], cwd=OUT.parents[1], capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def _library_state() -> dict:
-    """Which library is measured: the commit, the tree of src/ in it (what a later commit that leaves
-    src/ alone keeps), and a fingerprint of uncommitted changes under src/."""
-    import hashlib
-
-    diff = _git("diff", "HEAD", "--", "src")
-    return {"commit": _git("rev-parse", "HEAD"), "src_tree": _git("rev-parse", "HEAD:src"),
-            "src_diff_sha1": hashlib.sha1(diff.encode()).hexdigest()[:10] if diff else None}
-
-
-def _describe_library(start: dict, end: dict) -> str:
-    text = start["commit"][:10] or "?"
-    if start["src_diff_sha1"]:
-        text += f" plus uncommitted changes in src/ (diff sha1 {start['src_diff_sha1']})"
-    if (end["src_tree"], end["src_diff_sha1"]) != (start["src_tree"], start["src_diff_sha1"]):
-        text += " -- the library changed during the run, results may mix versions"
-    return text
 
 
 def breakdown(rows: list[dict]) -> dict:
@@ -142,7 +114,7 @@ def main() -> None:
         data = {"data.dataset": "synthetic"}
 
     runs = []
-    t_start, load_start, lib_start = time.perf_counter(), os.getloadavg(), _library_state()
+    t_start, load_start, lib_start = time.perf_counter(), os.getloadavg(), library_state()
     with tempfile.TemporaryDirectory(prefix="round_breakdown_") as tmp:
         for rep in range(args.repeats):
             for w in args.workers:
@@ -188,7 +160,7 @@ def main() -> None:
                           "eval_round_extra_s": statistics.fmean(r["eval_round_extra_s"] for r in sel),
                           "data_prep_pct_of_compute": 100 * prep_s * args.local_iters / mean["compute_s"]})
 
-    env = {"library_start": lib_start, "library_end": _library_state(),
+    env = {"library_start": lib_start, "library_end": library_state(),
            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "torch": torch.__version__,
            "python": platform.python_version(), "machine": platform.machine(),
@@ -213,7 +185,7 @@ def main() -> None:
              f"average {load[0]:.1f} at the start, {load[1]:.1f} at the end), torch threads "
              f"per rank: {threads}; gloo over loopback, torch {env['torch']}, python {env['python']}, "
              f"{env['date']}; total {env['total_wall_s']:.0f} s; library at commit "
-             f"{_describe_library(env['library_start'], env['library_end'])}.\n",
+             f"{describe_library(env['library_start'], env['library_end'])}.\n",
              f"`resist.train.train` on the dist runtime (real gloo processes): paper_resnet101 at width "
              f"{args.width:g}, {source}, batch {args.batch} per worker, {args.local_iters} local steps per "
              f"round, {args.rounds} rounds, evaluation ({args.eval_limit} test images) only after the last "
