@@ -139,8 +139,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_presets(args: argparse.Namespace) -> int:
     for name, fn in PRESETS.items():
-        doc = (fn.__doc__ or "").strip().splitlines()
-        print(f"{name:28s} {doc[0] if doc else ''}")
+        summary = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())
+        print(f"{name:26s} {summary}")
     return 0
 
 
