@@ -80,6 +80,13 @@ class PreActBottleneck(nn.Module):
         return shortcut + self.residual_scale * out
 
 
+def _post_act_projection(in_ch: int, out_ch: int, stride: int) -> nn.Module | None:
+    """Post-activation shortcut: conv1x1 + BN where the shape changes, else the identity (None)."""
+    if not _needs_projection(in_ch, out_ch, stride):
+        return None
+    return nn.Sequential(conv1x1(in_ch, out_ch, stride), nn.BatchNorm2d(out_ch))
+
+
 class BasicBlock(nn.Module):
     """Post-activation basic block: conv3x3-BN-ReLU-conv3x3-BN, add, ReLU (He et al. 2015, Fig. 2)."""
 
@@ -92,11 +99,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, out_ch)
         self.bn2 = nn.BatchNorm2d(out_ch)
-        self.shortcut = (
-            nn.Sequential(conv1x1(in_ch, out_ch, stride), nn.BatchNorm2d(out_ch))
-            if _needs_projection(in_ch, out_ch, stride)
-            else None
-        )
+        self.shortcut = _post_act_projection(in_ch, out_ch, stride)
         self.residual_scale = 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -121,11 +124,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = conv1x1(planes, out_ch)
         self.bn3 = nn.BatchNorm2d(out_ch)
-        self.shortcut = (
-            nn.Sequential(conv1x1(in_ch, out_ch, stride), nn.BatchNorm2d(out_ch))
-            if _needs_projection(in_ch, out_ch, stride)
-            else None
-        )
+        self.shortcut = _post_act_projection(in_ch, out_ch, stride)
         self.residual_scale = 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
