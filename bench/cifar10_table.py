@@ -1,12 +1,19 @@
-"""ResIST vs local SGD vs data parallel on real CIFAR-10 (paper Tables 2 and 4, scaled down).
+"""Real CIFAR-10 results (paper Tables 2, 4 and 7, Figs. 6 and 7, scaled down), through the released CLI.
 
-Runs the released trainer for every (workers, algorithm, seed), or tabulates run folders that exist
-already (``--tabulate``), and writes docs/results/NAME.{md,json}: best test accuracy (mean and spread
-over seeds), parallel-equivalent time to the best accuracy and to a common target (local SGD's best
-minus 1 point, per worker count), and bytes sent per worker.
+Every run is one ``resist train PRESET ...`` process (``python -m resist.cli``, taking the library next to
+this script), writing its own run folder; a folder that already holds a finished run with the same
+config is reused, so an interrupted suite continues where it stopped. Then the tables are written to
+docs/results/NAME.{md,json}:
 
-    python bench/cifar10_table.py --data-dir ../shared/data/cifar10 --workers 2 4 --seeds 0 1 \\
-        --preset cifar10_cpu --runs runs/table --name cifar10_table
+* ``main``: ResIST vs local SGD vs data parallel for every worker count and seed: best test accuracy
+  (mean ± standard deviation over seeds), parallel-equivalent time to the best accuracy and to a common
+  target (local SGD's mean best minus 1 point, per worker count), and MB sent per worker.
+* ``ablations`` (Fig. 6, Fig. 7, Table 7): ResIST with naive partitioning of every block, without
+  activation scaling, on the post-activation model, with a minimum depth; a local-iteration sweep for
+  ResIST and local SGD; independently trained shallow ensembles.
+
+    python bench/cifar10_table.py --data-dir ../shared/data/cifar10 --suite main ablations \\
+        --workers 2 4 --seeds 0 1 --ablation-seeds 0 --runs runs/cifar10 --name cifar10
 """
 
 from __future__ import annotations
@@ -16,33 +23,102 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from resist.config import preset
-from resist.train import read_metrics, train
+from benchutil import OUT, ROOT, describe_library, library_state
 
-OUT = Path(__file__).resolve().parents[1] / "docs" / "results"
 ALGOS = ("resist", "local_sgd", "data_parallel")
 
 
-def time_to(rows: list[dict], target: float) -> float | None:
-    """Parallel-equivalent seconds until the first evaluation at or above ``target``."""
-    for r in rows:
-        if "test_acc" in r and r["test_acc"] >= target:
-            return r["time_s"]
-    return None
+@dataclass
+class Spec:
+    """One run: its folder name, the table it belongs to, its row label and its CLI flags."""
+
+    name: str
+    suite: str
+    label: str
+    workers: int
+    seed: int
+    flags: list[str]
 
 
-def collect(run_dir: Path) -> dict:
+def main_specs(workers: list[int], seeds: list[int]) -> list[Spec]:
+    return [Spec(f"{algo}_w{w}_s{seed}", "main", algo, w, seed, ["--algo", algo, "--workers", str(w), "--seed", str(seed)])
+            for w in workers for seed in seeds for algo in ALGOS]
+
+
+# (label, workers, flags): the paper ran the design ablations with 2 sub-ResNets and the minimum-depth
+# one with 8 (Fig. 6); 4 is the most this CPU suite affords.
+ABLATIONS = [
+    ("naive partition (all blocks)", 2, ["--partition", "naive"]),
+    ("no activation scaling", 2, ["--no-scale"]),
+    ("post-activation ResNet101", 2, ["--model", "paper_resnet101_post"]),
+    ("minimum depth 8", 4, ["--min-depth", "8"]),
+    ("shallow ensemble", 2, ["--algo", "ensemble"]),
+    ("shallow ensemble", 4, ["--algo", "ensemble"]),
+    ("local iters 10", 2, ["--local-iters", "10"]),
+    ("local iters 100", 2, ["--local-iters", "100"]),
+    ("local SGD, local iters 10", 2, ["--algo", "local_sgd", "--local-iters", "10"]),
+    ("local SGD, local iters 100", 2, ["--algo", "local_sgd", "--local-iters", "100"]),
+]
+
+
+def ablation_specs(seeds: list[int]) -> list[Spec]:
+    specs = []
+    for seed in seeds:
+        for label, w, flags in ABLATIONS:
+            name = "abl_" + "".join(c if c.isalnum() else "_" for c in label).strip("_") + f"_w{w}_s{seed}"
+            algo = [] if "--algo" in flags else ["--algo", "resist"]
+            specs.append(Spec(name, "ablations", label, w, seed, [*algo, "--workers", str(w), "--seed", str(seed), *flags]))
+    return specs
+
+
+def run(spec: Spec, preset: str, data_dir: str, runs: Path, extra: list[str]) -> Path:
+    """Train ``spec`` with the CLI unless its folder already holds that finished run."""
+    out = runs / spec.name
+    argv = [sys.executable, "-m", "resist.cli", "train", preset, *spec.flags, "--data-dir", data_dir,
+            "--out", str(out), *extra]
+    record = " ".join(["resist", *argv[3:]])
+    done = out / "summary.json"
+    if done.is_file() and (out / "command.txt").is_file() and (out / "command.txt").read_text() == record:
+        print(f"[suite] reusing {out}", flush=True)
+        return out
+    print(f"[suite] {record}", flush=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"cifar10_table: {record} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    (out / "command.txt").write_text(record)
+    (out / "wall_s.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
+    return out
+
+
+def collect(spec: Spec, run_dir: Path) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     cfg = json.loads((run_dir / "config.json").read_text())
-    return {"dir": str(run_dir), "algo": summary["algo"], "workers": summary["workers"], "seed": cfg["run"]["seed"],
-            "best_acc": summary["best_acc"], "time_to_best_s": summary["time_to_best_s"], "time_s": summary["time_s"],
-            "sent_mb": max(summary["sent_bytes_per_worker"]) / 1e6, "rows": read_metrics(run_dir / "metrics.jsonl"),
-            "epochs": cfg["optim"]["epochs"], "width": cfg["model"]["width"], "model": cfg["model"]["name"]}
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    wall = run_dir / "wall_s.txt"
+    return {"name": spec.name, "suite": spec.suite, "label": spec.label, "dir": str(run_dir),
+            "command": (run_dir / "command.txt").read_text(), "algo": summary["algo"], "workers": summary["workers"],
+            "seed": cfg["run"]["seed"], "best_acc": summary["best_acc"], "final_acc": summary["final_acc"],
+            "time_to_best_s": summary["time_to_best_s"], "time_s": summary["time_s"],
+            "wall_s": float(wall.read_text()) if wall.is_file() else None,
+            "sent_mb": max(summary["sent_bytes_per_worker"]) / 1e6,
+            "curve": [(r["time_s"], r["test_acc"]) for r in rows if r.get("test_acc") is not None],
+            "config": cfg}
+
+
+def time_to(curve: list, target: float) -> float | None:
+    """Parallel-equivalent seconds until the first evaluation at or above ``target``."""
+    return next((t for t, acc in curve if acc >= target), None)
 
 
 def spread(values: list[float]) -> str:
@@ -52,9 +128,9 @@ def spread(values: list[float]) -> str:
     return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {statistics.stdev(values):.2f}"
 
 
-def table(runs: list[dict]) -> list[str]:
+def main_table(runs: list[dict]) -> list[str]:
     lines = ["| workers | algorithm | seeds | best test acc (%) | time to best (s) | time to target (s) | "
-             "MB sent / worker |", "|---|---|---|---|---|---|---|"]
+             "MB sent / worker | wall time (s) |", "|---|---|---|---|---|---|---|---|"]
     for w in sorted({r["workers"] for r in runs}):
         ref = [r["best_acc"] for r in runs if r["workers"] == w and r["algo"] == "local_sgd"]
         target = statistics.fmean(ref) - 1.0 if ref else None
@@ -62,61 +138,94 @@ def table(runs: list[dict]) -> list[str]:
             group = [r for r in runs if r["workers"] == w and r["algo"] == algo]
             if not group:
                 continue
-            reached = [t for t in (time_to(r["rows"], target) for r in group) if t is not None] if ref else []
+            reached = [t for t in (time_to(r["curve"], target) for r in group) if t is not None] if ref else []
             to_target = ("-" if not ref else spread(reached) if len(reached) == len(group)
-                         else f"{len(reached)}/{len(group)} reached")
+                         else f"{spread(reached)} ({len(reached)}/{len(group)} reached)")
             lines.append(
                 f"| {w} | {algo} | {len(group)} | {spread([r['best_acc'] for r in group])} | "
                 f"{spread([r['time_to_best_s'] for r in group])} | {to_target} | "
-                f"{spread([r['sent_mb'] for r in group])} |")
+                f"{spread([r['sent_mb'] for r in group])} | {spread([r['wall_s'] for r in group if r['wall_s']])} |")
         if target is not None:
-            lines.append(f"| {w} | *target* | | local SGD's best - 1 = {target:.2f} | | | |")
+            lines.append(f"| {w} | *target* | | local SGD's best - 1 = {target:.2f} | | | | |")
+    return lines
+
+
+def ablation_table(runs: list[dict], reference: list[dict]) -> list[str]:
+    """One row per variant, with the main suite's ResIST / local SGD at the same worker count and seeds
+    as the reference it differs from."""
+    lines = ["| variant | workers | seeds | best test acc (%) | vs. reference (points) | time to best (s) | "
+             "MB sent / worker |", "|---|---|---|---|---|---|---|"]
+    seen: list[tuple[str, int]] = []
+    for r in runs:
+        if (r["label"], r["workers"]) not in seen:
+            seen.append((r["label"], r["workers"]))
+    for label, w in seen:
+        group = [r for r in runs if (r["label"], r["workers"]) == (label, w)]
+        base_algo = "local_sgd" if group[0]["algo"] == "local_sgd" else "resist"
+        base = {r["seed"]: r["best_acc"] for r in reference if r["algo"] == base_algo and r["workers"] == w}
+        deltas = [r["best_acc"] - base[r["seed"]] for r in group if r["seed"] in base]
+        lines.append(f"| {label} | {w} | {len(group)} | {spread([r['best_acc'] for r in group])} | "
+                     f"{spread(deltas) if deltas else '-'} ({base_algo}) | "
+                     f"{spread([r['time_to_best_s'] for r in group])} | {spread([r['sent_mb'] for r in group])} |")
     return lines
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", default=os.environ.get("RESIST_DATA_DIR", "data"))
     ap.add_argument("--preset", default="cifar10_cpu")
+    ap.add_argument("--suite", nargs="+", choices=("main", "ablations"), default=["main"])
     ap.add_argument("--workers", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--algos", nargs="+", default=list(ALGOS), choices=ALGOS)
-    ap.add_argument("--epochs", type=float, default=None, help="override the preset's epochs")
-    ap.add_argument("--runs", default="runs/table", help="folder for the run folders")
-    ap.add_argument("--tabulate", nargs="*", default=None, metavar="RUN_DIR",
-                    help="only tabulate these existing run folders")
-    ap.add_argument("--name", default="cifar10_table")
+    ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--runs", default="runs/cifar10", help="folder for the run folders")
+    ap.add_argument("--only-existing", action="store_true", help="tabulate the finished runs; train nothing")
+    ap.add_argument("--name", default="cifar10")
+    ap.add_argument("extra", nargs="*", help="more `resist train` flags for every run, after --")
     args = ap.parse_args()
+    if not Path(args.data_dir).is_dir():
+        raise SystemExit(f"cifar10_table: data folder {args.data_dir} does not exist; pass --data-dir or set RESIST_DATA_DIR")
 
-    if args.tabulate is not None:
-        runs = [collect(Path(d)) for d in args.tabulate]
-        command = "python bench/cifar10_table.py --tabulate " + " ".join(args.tabulate)
-    else:
-        runs = []
-        for w in args.workers:
-            for seed in args.seeds:
-                for algo in args.algos:
-                    out = Path(args.runs) / f"{algo}_w{w}_s{seed}"
-                    over = {"algo.name": algo, "algo.workers": w, "run.seed": seed, "run.out": str(out),
-                            "data.data_dir": args.data_dir}
-                    if args.epochs is not None:
-                        over["optim.epochs"] = args.epochs
-                    train(preset(args.preset).replace(**over))
-                    runs.append(collect(out))
-        command = (f"python bench/cifar10_table.py --preset {args.preset} --workers {' '.join(map(str, args.workers))} "
-                   f"--seeds {' '.join(map(str, args.seeds))}" + (f" --epochs {args.epochs:g}" if args.epochs else ""))
+    specs = (main_specs(args.workers, args.seeds) if "main" in args.suite else []) + \
+        (ablation_specs(args.ablation_seeds) if "ablations" in args.suite else [])
+    runs_dir = Path(args.runs)
+    start = library_state()
+    results = []
+    for spec in specs:
+        if args.only_existing:
+            out = runs_dir / spec.name
+            if not (out / "summary.json").is_file():
+                continue
+        else:
+            out = run(spec, args.preset, args.data_dir, runs_dir, args.extra)
+        results.append(collect(spec, out))
+    if not results:
+        raise SystemExit(f"cifar10_table: no finished runs under {runs_dir}")
     env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
-           "python": platform.python_version(), "machine": platform.machine(), "cores": os.cpu_count()}
-    first = runs[0]
-    lines = [f"# CIFAR-10: ResIST vs local SGD vs data parallel ({args.name})\n",
-             f"`{command}` — {first['model']} at width {first['width']}, {first['epochs']:g} epoch(s), "
-             f"{env['machine']} CPU with {env['cores']} cores, torch {env['torch']}, {env['date']}. Times are "
-             "parallel-equivalent seconds (per round, the slowest worker's compute plus the synchronization); "
-             "accuracy is on the whole CIFAR-10 test set; mean ± standard deviation over seeds.\n", *table(runs)]
+           "python": platform.python_version(), "machine": platform.machine(), "cores": os.cpu_count(),
+           "library": describe_library(start, library_state())}
+    main_runs = [r for r in results if r["suite"] == "main"]
+    abl_runs = [r for r in results if r["suite"] == "ablations"]
+    cfg = results[0]["config"]
+    lines = [f"# CIFAR-10 ({args.name})\n",
+             f"Preset `{args.preset}`: {cfg['model']['name']} at width {cfg['model']['width']}, "
+             f"{cfg['optim']['epochs']:g} epoch(s), {cfg['algo']['local_iters']} local steps per round, "
+             f"batch {cfg['data']['batch_size']} per worker, lr {cfg['optim']['lr']}. {env['machine']} CPU with "
+             f"{env['cores']} cores, torch {env['torch']}, Python {env['python']}, library {env['library']}, "
+             f"{env['date']}. In-process runtime; times are parallel-equivalent seconds (per round, the slowest "
+             "worker's compute plus the synchronization, each measured while that worker alone held the "
+             "cores); accuracy is on the whole CIFAR-10 test set; mean ± standard deviation over seeds. "
+             "Each run's exact command is in the JSON beside this file.\n"]
+    if main_runs:
+        lines += ["## Main comparison\n", *main_table(main_runs), ""]
+    if abl_runs:
+        lines += ["## Ablations\n", *ablation_table(abl_runs, main_runs), ""]
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{args.name}.json").write_text(json.dumps({"env": env, "command": command, "runs": [
-        {k: v for k, v in r.items() if k != "rows"} for r in runs]}, indent=2))
-    (OUT / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    body = {"env": env, "preset": args.preset, "runs": [{k: v for k, v in r.items() if k != "config"} for r in results]}
+    tmp = OUT / f".{args.name}.json.tmp"
+    tmp.write_text(json.dumps(body, indent=2))
+    tmp.replace(OUT / f"{args.name}.json")
+    (OUT / f"{args.name}_tables.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -193,3 +193,23 @@ def test_backend_is_checked():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="needs CUDA"):
             spawn(2, _raises, backend="nccl")
+
+
+def _busy_then_reduce(comm, busy_s):
+    # Rank 1 holds the device for busy_s before each collective; rank 0 only waits for it.
+    for _ in range(2):
+        if comm.rank == 1:
+            time.sleep(busy_s)
+        comm.all_reduce(torch.ones(3))
+    comm.exchange([(1 - comm.rank, torch.ones(2))], [(1 - comm.rank, torch.empty(2))])
+    return comm.idle_s
+
+
+def test_in_process_idle_time_is_the_wait_for_peers():
+    """Parallel-equivalent time subtracts idle_s: a rank that waits in a collective while a simulated
+    peer computes must see that wait as idle, or data parallel would be charged its peers' compute."""
+    idle = run_in_process(2, lambda comm: _busy_then_reduce(comm, 0.2), timeout=60)
+    assert idle[0] >= 0.35  # two waits of 0.2 s for rank 1
+    assert idle[1] < idle[0] - 0.3
+    procs = spawn(2, _busy_then_reduce, args=(0.05,), backend="gloo", timeout=60)
+    assert procs == [0.0, 0.0]  # real processes run side by side: nothing to subtract

@@ -53,6 +53,11 @@ class Communicator(ABC):
         self.world_size = world_size
         self.bytes = ByteCounter()
         self._tag = "sync"
+        self.idle_s = 0.0
+        """Seconds this rank spent off the device while simulated peers computed on it (in-process
+        runtime). Real processes run side by side, so there it stays 0. Parallel-equivalent time is
+        wall time minus this: without it a rank that syncs every step (data parallel) would be charged
+        its peers' compute as well as its own."""
 
     # --- accounting -------------------------------------------------------------------------------
     @contextlib.contextmanager

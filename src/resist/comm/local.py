@@ -8,9 +8,11 @@ time is measured without interference. Reductions sum in rank order, so results 
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 from collections import defaultdict, deque
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -52,14 +54,23 @@ class LocalCommunicator(Communicator):
             return CommError(f"rank {self.rank}: peer rank {failed} failed")
         return CommError(f"rank {self.rank}: timed out after {self.group.timeout:.0f} s waiting for peers")
 
-    def _sync(self) -> None:
+    @contextlib.contextmanager
+    def _off_device(self) -> Iterator[None]:
+        """Give the token to the peers while waiting for them; the wait counts as idle time."""
+        t0 = time.perf_counter()
         self.group.token.release()
         try:
-            self.group.barrier.wait(self.group.timeout)
-        except threading.BrokenBarrierError:
-            raise self._failure() from None
+            yield
         finally:
             self.group.token.acquire()
+            self.idle_s += time.perf_counter() - t0
+
+    def _sync(self) -> None:
+        with self._off_device():
+            try:
+                self.group.barrier.wait(self.group.timeout)
+            except threading.BrokenBarrierError:
+                raise self._failure() from None
 
     def _all_reduce(self, tensor: torch.Tensor) -> None:
         slots = self.group.slots
@@ -93,13 +104,9 @@ class LocalCommunicator(Communicator):
             g.cond.notify_all()
         for src, buf in recvs:
             box = g.mailboxes[(src, self.rank)]
-            g.token.release()
-            try:
-                with g.cond:
-                    ok = g.cond.wait_for(lambda: box or g.failed_rank is not None, g.timeout)
-                    msg = box.popleft() if ok and box else None
-            finally:
-                g.token.acquire()
+            with self._off_device(), g.cond:
+                ok = g.cond.wait_for(lambda: box or g.failed_rank is not None, g.timeout)
+                msg = box.popleft() if ok and box else None
             if msg is None:
                 raise self._failure()
             if msg.shape != buf.shape or msg.dtype != buf.dtype:

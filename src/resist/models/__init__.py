@@ -59,6 +59,12 @@ def paper_resnet200(num_classes=10, width=1.0, **kwargs):
     return paper_resnet(num_classes, width, layers=(3, 4, 50, 3), **kwargs)
 
 
+@register_model
+def paper_resnet101_post(num_classes=10, width=1.0, **kwargs):
+    """The paper ResNet101 with post-activation basic blocks: the architecture ablation of Fig. 6."""
+    return ResNet((3, 4, 23, 3), "basic", preact=False, num_classes=num_classes, width=width, **kwargs)
+
+
 # Standard pre-activation ResNets (He et al. 2016, "Identity Mappings"): bottleneck, final BN-ReLU.
 @register_model
 def preact_resnet(num_classes=10, width=1.0, *, layers, block="bottleneck", **kwargs):

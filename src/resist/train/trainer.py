@@ -151,7 +151,7 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
     state_bytes = 0
     for r in range(first_round, sched.rounds):
         algo.begin_round(r)
-        t0 = time.perf_counter()
+        t0, idle0 = time.perf_counter(), comm.idle_s
         losses = []
         first = r * cfg.algo.local_iters
         for step in range(first, min(first + cfg.algo.local_iters, sched.total_steps)):
@@ -160,7 +160,7 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
             loss = algo.step(x.to(device), y.to(device), algo.lr_at(step, sched.total_steps))
             losses.append(loss * float("nan") if poisoned else loss)
         loss = torch.stack(losses).mean().item()
-        compute_s = time.perf_counter() - t0
+        compute_s = time.perf_counter() - t0 - (comm.idle_s - idle0)
         state_bytes = max(state_bytes, algo.memory_bytes())
         comm.barrier()  # so that the sync time below is communication, not waiting for a slow peer
         with comm.tag("control"):
@@ -171,9 +171,9 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
             last_ckpt = checkpoint.latest(out) if out else None
             raise TrainingError(f"loss became {table[bad, 0].item()} on rank {bad} in round {r}; lower --lr or "
                                 f"check the data" + (f" (last good checkpoint: {last_ckpt})" if last_ckpt else ""))
-        t1 = time.perf_counter()
+        t1, idle1 = time.perf_counter(), comm.idle_s
         algo.end_round(r)
-        comm_s = time.perf_counter() - t1
+        comm_s = time.perf_counter() - t1 - (comm.idle_s - idle1)
         with comm.tag("control"):
             row = torch.tensor([comm_s, comm.bytes.sent["sync"], comm.bytes.received["sync"]], dtype=torch.float64)
             table = torch.cat([table, torch.stack(comm.all_gather(row))], dim=1)  # (world, 5)
