@@ -102,8 +102,6 @@ BAD = {
     "set without value": (["--set", "algo.workers"], "--set takes section.field=value"),
     "num classes below dataset": (["--num-classes", "2"], "below the dataset's 4 classes"),
     "too many workers for data": (["--workers", "64", "--batch-size", "64"], "too small"),
-    "cuda without cuda": (["--device", "cuda"], "CUDA is not available"),
-    "nccl without cuda": (["--backend", "nccl"], "needs CUDA"),
     "unknown backend": (["--backend", "mpi"], "unknown backend 'mpi'"),
     "unknown device": (["--device", "tpu"], "unknown device 'tpu'"),
     "zero lr": (["--lr", "0"], "lr must be > 0"),
@@ -124,6 +122,9 @@ BAD = {
     "bad port": (["--master-port", "70000"], "master_port must be a TCP port"),
     "unknown dataset": (["--dataset", "mnist"], "mnist"),
 }
+if not torch.cuda.is_available():
+    BAD["cuda without cuda"] = (["--device", "cuda"], "CUDA is not available")
+    BAD["nccl without cuda"] = (["--backend", "nccl"], "needs CUDA")
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
@@ -135,6 +136,17 @@ def test_bad_input_one_line_exit_2_no_run_folder(capsys, tmp_path, case):
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert message in err, err
     assert not (out_dir / "metrics.jsonl").exists() and not (out_dir / "model.pt").exists()
+
+
+def test_more_nccl_ranks_than_gpus(capsys, tmp_path, monkeypatch):
+    """Caught before any process starts, on a machine made to look like it has one GPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    out_dir = tmp_path / "run"
+    rc, _, err = run(capsys, "train", "smoke", "--out", str(out_dir), "--runtime", "dist", "--backend", "nccl",
+                     "--workers", "2")
+    assert rc == 2 and "needs one GPU per rank: 2 workers, 1 GPUs" in err and len(err.strip().splitlines()) == 1
+    assert not out_dir.exists()
 
 
 def test_unknown_preset(capsys):

@@ -58,9 +58,10 @@ def _all_verbs(comm, root):
     comm.broadcast(t, src=root)
     out["bcast"] = t
     out["gather"] = comm.all_gather(torch.tensor([r, r * r], dtype=torch.int32))
-    buf = torch.empty(3, dtype=torch.float64)
-    comm.exchange([((r + 1) % w, torch.full((3,), r + 0.5, dtype=torch.float64))], [((r - 1) % w, buf)])
-    out["ring"] = buf
+    if w > 1:  # a rank never sends to itself
+        buf = torch.empty(3, dtype=torch.float64)
+        comm.exchange([((r + 1) % w, torch.full((3,), r + 0.5, dtype=torch.float64))], [((r - 1) % w, buf)])
+        out["ring"] = buf
     with comm.tag("eval"):
         t = torch.ones(7, dtype=torch.float16)
         comm.all_reduce(t)
@@ -213,3 +214,13 @@ def test_in_process_idle_time_is_the_wait_for_peers():
     assert idle[1] < idle[0] - 0.3
     procs = spawn(2, _busy_then_reduce, args=(0.05,), backend="gloo", timeout=60)
     assert procs == [0.0, 0.0]  # real processes run side by side: nothing to subtract
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.timeout(120)
+def test_verbs_match_in_process_on_nccl():
+    """NCCL takes one GPU per rank: the verbs on as many ranks as there are GPUs (at most 4)."""
+    world_size = min(torch.cuda.device_count(), 4)
+    local = run_in_process(world_size, lambda comm: _all_verbs(comm, world_size - 1), timeout=60)
+    procs = spawn(world_size, _all_verbs, args=(world_size - 1,), backend="nccl", timeout=60)
+    _assert_same(local, procs)

@@ -53,3 +53,26 @@ def test_inprocess_equals_gloo(tmp_path, one_thread, algo, workers, min_depth):
     assert s_local["sent_bytes_per_worker"] == s_dist["sent_bytes_per_worker"]
     assert s_local["recv_bytes_per_worker"] == s_dist["recv_bytes_per_worker"]
     assert s_local["model_state_bytes_per_worker"] == s_dist["model_state_bytes_per_worker"]
+
+
+GPUS = torch.cuda.device_count()
+
+
+@pytest.mark.skipif(GPUS == 0, reason="needs CUDA")
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("algo", ["resist", "local_sgd", "data_parallel"])
+def test_inprocess_equals_nccl(tmp_path, monkeypatch, algo):
+    """NCCL takes one GPU per rank, so the world is as large as the GPUs allow (2 where there are 2+).
+    cuDNN may pick other kernels in another process, so equal up to rounding (relative to each tensor's
+    scale) rather than bitwise; TF32 is off (the spawned ranks inherit the variable)."""
+    monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")
+    workers = min(GPUS, 2)
+    over = {"algo.name": algo, "algo.workers": workers, "run.device": "cuda", "run.backend": "nccl"}
+    local, s_local = final_model(tmp_path, "inprocess", **over)
+    dist, s_dist = final_model(tmp_path, "dist", **over)
+    rel = {k: ((local[k].double() - dist[k].double()).abs().max() / local[k].double().abs().max().clamp_min(1e-6)).item()
+           for k in local if local[k].is_floating_point()}
+    worst = max(rel, key=rel.get)
+    print(f"worst relative difference {rel[worst]:.2e} in {worst}")
+    assert rel[worst] <= 1e-3, (worst, rel[worst])
+    assert s_local["sent_bytes_per_worker"] == s_dist["sent_bytes_per_worker"]

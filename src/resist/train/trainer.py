@@ -89,6 +89,11 @@ def check(cfg: Config, dataset: Dataset) -> Schedule:
     resolve_device(cfg.run.device)
     if cfg.run.backend == "nccl" and not torch.cuda.is_available():
         raise ValueError("backend 'nccl' needs CUDA, which is not available; use --backend gloo")
+    gpus = torch.cuda.device_count()
+    if (cfg.run.runtime == "dist" and cfg.run.backend == "nccl" and not under_torchrun()
+            and cfg.algo.workers > gpus):  # under torchrun the ranks may span nodes
+        raise ValueError(f"backend 'nccl' needs one GPU per rank: {cfg.algo.workers} workers, {gpus} GPUs here; "
+                         "use fewer --workers, --backend gloo, or --runtime inprocess")
     port = cfg.run.master_port
     if cfg.run.runtime == "dist" and port and not under_torchrun():
         with socket.socket() as probe:
