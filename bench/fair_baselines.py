@@ -1,0 +1,172 @@
+"""Are our baselines as fast as PyTorch's own? Local SGD vs PostLocalSGDOptimizer + PeriodicModelAverager,
+data parallel vs DistributedDataParallel, side by side on the same config, data and machine.
+
+A slow baseline would flatter ResIST, so ours must take no more than 1.05x PyTorch's time and reach the
+same accuracy. Ours run through the released CLI (``resist train --runtime dist``); PyTorch's run here
+on processes started the same way (gloo on 127.0.0.1, one compute thread per rank), with the same model
+class, initial seed, batches (our BatchStream), SGD hyper-parameters and number of steps. Time is the
+training loop only (no start-up, no evaluation): for ours the run's parallel-equivalent time (per round,
+the slowest rank's compute plus the synchronization), for PyTorch's the slowest rank's wall time from a
+barrier before the first step to a barrier after the last. Configurations are interleaved over
+repetitions so that machine noise hits them alike; medians are reported.
+
+Matched semantics: local SGD averages every ``local_iters`` steps and carries momentum across rounds
+(PeriodicModelAverager with ``warmup_steps = local_iters - 1`` averages after steps L, 2L, ...; ours with
+``--carry-momentum``); ours also averages BatchNorm buffers, PyTorch's only parameters. Data parallel:
+DDP's defaults (bucketed all-reduce overlapped with backward, buffers broadcast from rank 0 every step).
+
+    python bench/fair_baselines.py --data-dir ../shared/data/cifar10 [--rounds 4 --local-iters 25 --reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from benchutil import OUT, ROOT, describe_library, library_state
+from resist.comm import find_free_port
+from resist.data import load_dataset
+from resist.data.datasets import ImageArrays
+from resist.data.sharding import BatchStream, eval_batches
+from resist.models import create_model
+
+
+def _torch_rank(rank: int, kind: str, a: dict, port: int, result: str) -> None:
+    """One rank of PyTorch's implementation: ``kind`` is ``post_local_sgd`` or ``ddp``."""
+    from torch.distributed.algorithms.model_averaging.averagers import PeriodicModelAverager
+    from torch.distributed.algorithms.model_averaging.utils import average_parameters
+    from torch.distributed.optim import PostLocalSGDOptimizer
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=a["workers"])
+    data = load_dataset("cifar10", a["data_dir"])
+    torch.manual_seed(a["seed"])
+    model = create_model(a["model"], num_classes=10, width=a["width"])
+    stream = BatchStream(data.train, data.mean, data.std, a["workers"], rank, a["batch"], a["seed"])
+    opt = torch.optim.SGD(model.parameters(), lr=a["lr"], momentum=a["momentum"], weight_decay=a["wd"])
+    if kind == "ddp":
+        net = DistributedDataParallel(model)
+    else:
+        net = model
+        opt = PostLocalSGDOptimizer(opt, PeriodicModelAverager(period=a["local_iters"], warmup_steps=a["local_iters"] - 1))
+    dist.barrier()
+    t0 = time.perf_counter()
+    for step in range(a["rounds"] * a["local_iters"]):
+        x, y = stream.batch(step)  # inside the timed loop, as in ours
+        net.train()
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    dist.barrier()
+    elapsed = torch.tensor([time.perf_counter() - t0])
+    dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+    if kind != "ddp":  # the ranks' BatchNorm statistics differ: evaluate the averaged model with rank 0's
+        average_parameters(model.parameters(), dist.group.WORLD)
+    if rank == 0:
+        model.eval()
+        correct = total = 0
+        with torch.no_grad():
+            for x, y in eval_batches(ImageArrays(data.test.x[:a["eval_limit"]], data.test.y[:a["eval_limit"]]),
+                                     data.mean, data.std):
+                correct += (model(x).argmax(1) == y).sum().item()
+                total += len(y)
+        Path(result).write_text(json.dumps({"time_s": elapsed.item(), "acc": 100.0 * correct / total}))
+    dist.destroy_process_group()
+
+
+def run_torch(kind: str, a: dict) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        result = Path(tmp) / "result.json"
+        mp.spawn(_torch_rank, args=(kind, a, find_free_port(), str(result)), nprocs=a["workers"], join=True)
+        return json.loads(result.read_text())
+
+
+def run_ours(algo: str, a: dict) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        argv = [sys.executable, "-m", "resist.cli", "train", "cifar10_cpu", "--runtime", "dist", "--backend", "gloo",
+                "--algo", algo, "--workers", str(a["workers"]), "--model", a["model"], "--width", str(a["width"]),
+                "--local-iters", str(a["local_iters"]), "--max-rounds", str(a["rounds"]), "--eval-every", "1000000",
+                "--lr", str(a["lr"]), "--momentum", str(a["momentum"]), "--weight-decay", str(a["wd"]),
+                "--batch-size", str(a["batch"]), "--seed", str(a["seed"]), "--carry-momentum",
+                "--set", "optim.lr_decay_at=[]", "--set", f"data.eval_limit={a['eval_limit']}",
+                "--data-dir", a["data_dir"], "--out", tmp]
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"fair_baselines: {' '.join(argv[3:])} failed: {proc.stderr.strip()[-500:]}")
+        summary = json.loads((Path(tmp) / "summary.json").read_text())
+        return {"time_s": summary["time_s"], "acc": summary["final_acc"]}
+
+
+PAIRS = [("local_sgd", "post_local_sgd"), ("data_parallel", "ddp")]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data-dir", default=os.environ.get("RESIST_DATA_DIR", "data"))
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--model", default="paper_resnet101")
+    ap.add_argument("--width", type=float, default=0.125)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--local-iters", type=int, default=25)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--eval-limit", type=int, default=2000)
+    ap.add_argument("--name", default="fair_baselines")
+    args = ap.parse_args()
+    if not Path(args.data_dir).is_dir():
+        raise SystemExit(f"fair_baselines: data folder {args.data_dir} does not exist; pass --data-dir")
+    a = {"data_dir": args.data_dir, "workers": args.workers, "model": args.model, "width": args.width,
+         "batch": args.batch, "local_iters": args.local_iters, "rounds": args.rounds, "lr": args.lr,
+         "momentum": 0.9, "wd": 5e-4, "seed": 0, "eval_limit": args.eval_limit}
+    start = library_state()
+    results: dict[str, list[dict]] = {name: [] for pair in PAIRS for name in pair}
+    for rep in range(args.reps):
+        for ours, theirs in PAIRS:
+            for name in ((ours, theirs) if rep % 2 == 0 else (theirs, ours)):
+                r = run_ours(name, a) if name == ours else run_torch(name, a)
+                results[name].append(r)
+                print(f"[rep {rep}] {name}: {r['time_s']:.2f} s, {r['acc']:.2f}%", flush=True)
+    med = {n: statistics.median(r["time_s"] for r in rs) for n, rs in results.items()}
+    env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
+           "python": platform.python_version(), "machine": platform.machine(), "cores": os.cpu_count(),
+           "library": describe_library(start, library_state())}
+    lines = ["# Our baselines vs PyTorch's own implementations\n",
+             f"`python bench/fair_baselines.py --workers {args.workers} --model {args.model} --width {args.width} "
+             f"--batch {args.batch} --local-iters {args.local_iters} --rounds {args.rounds} --lr {args.lr} "
+             f"--reps {args.reps} --eval-limit {args.eval_limit}` on {env['machine']} CPU with {env['cores']} cores, "
+             f"torch {env['torch']}, library {env['library']}, {env['date']}. {args.workers} gloo processes on "
+             f"127.0.0.1, one compute thread each, {args.rounds * args.local_iters} SGD steps of real CIFAR-10 "
+             f"(constant lr {args.lr}, momentum 0.9, weight decay 5e-4); accuracy on the first "
+             f"{args.eval_limit} test images. Median training time over {args.reps} interleaved repetitions.\n",
+             "| ours | time (s) | acc (%) | PyTorch | time (s) | acc (%) | ours / PyTorch time |",
+             "|---|---|---|---|---|---|---|"]
+    for ours, theirs in PAIRS:
+        acc = {n: statistics.fmean(r["acc"] for r in results[n]) for n in (ours, theirs)}
+        lines.append(f"| {ours} | {med[ours]:.2f} | {acc[ours]:.2f} | {theirs} | {med[theirs]:.2f} | {acc[theirs]:.2f} | "
+                     f"{med[ours] / med[theirs]:.3f} |")
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{args.name}.json").write_text(json.dumps({"args": vars(args), "env": env, "results": results}, indent=2))
+    (OUT / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
