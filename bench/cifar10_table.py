@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from benchutil import OUT, ROOT, describe_library, library_state
+from resist.train.projection import compare, project_run
 
 ALGOS = ("resist", "local_sgd", "data_parallel")
 
@@ -114,7 +115,7 @@ def collect(spec: Spec, run_dir: Path) -> dict:
             "wall_s": float(wall.read_text()) if wall.is_file() else None,
             "sent_mb": max(summary["sent_bytes_per_worker"]) / 1e6,
             "curve": [(r["time_s"], r["test_acc"]) for r in rows if r.get("test_acc") is not None],
-            "config": cfg}
+            "config": cfg, "rows": rows}
 
 
 def time_to(curve: list, target: float) -> float | None:
@@ -171,6 +172,25 @@ def ablation_table(runs: list[dict], reference: list[dict]) -> list[str]:
     return lines
 
 
+def projection_table(runs: list[dict], gbits=(1.0, 10.0, 100.0), latency_us: float = 50.0) -> list[str]:
+    """PROJECTION, not a measurement (``resist project``): each run's measured compute time plus the bytes
+    its slowest worker sent over a link of ``gbits``, with ``latency_us`` per message; speed-up over local
+    SGD with the same workers and seed."""
+    lines = ["| workers | seed | algorithm | measured (s) | " + " | ".join(f"{g:g} Gbit/s (s, speed-up)" for g in gbits)
+             + " |", "|---|---|---|---|" + "---|" * len(gbits)]
+    for w in sorted({r["workers"] for r in runs}):
+        for seed in sorted({r["seed"] for r in runs if r["workers"] == w}):
+            group = sorted((r for r in runs if (r["workers"], r["seed"]) == (w, seed)),
+                           key=lambda r: ("local_sgd", "resist", "data_parallel").index(r["algo"]))
+            if not group or group[0]["algo"] != "local_sgd":
+                continue
+            proj = compare([project_run(r["rows"], r["algo"], gbits, latency_us, r["algo"]) for r in group])
+            for r, pr in zip(group, proj):
+                lines.append(f"| {w} | {seed} | {r['algo']} | {pr.measured_s:.1f} | " + " | ".join(
+                    f"{pr.projected_s[g]:.1f} ({pr.speedup[g]:.2f}x)" for g in gbits) + " |")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", default=os.environ.get("RESIST_DATA_DIR", "data"))
@@ -221,8 +241,14 @@ def main() -> None:
         lines += ["## Main comparison\n", *main_table(main_runs), ""]
     if abl_runs:
         lines += ["## Ablations\n", *ablation_table(abl_runs, main_runs), ""]
+    if main_runs:
+        lines += ["## PROJECTION (not a measurement): whole runs on 1, 10 and 100 Gbit/s links\n",
+                  "Measured compute time plus each round's bytes (slowest worker) over the link, 50 us per "
+                  "message (`resist project`; its notes state the assumptions). Speed-up over local SGD "
+                  "with the same workers and seed.\n", *projection_table(main_runs), ""]
     OUT.mkdir(parents=True, exist_ok=True)
-    body = {"env": env, "preset": args.preset, "runs": [{k: v for k, v in r.items() if k != "config"} for r in results]}
+    body = {"env": env, "preset": args.preset,
+            "runs": [{k: v for k, v in r.items() if k not in ("config", "rows")} for r in results]}
     tmp = OUT / f".{args.name}.json.tmp"
     tmp.write_text(json.dumps(body, indent=2))
     tmp.replace(OUT / f"{args.name}.json")
