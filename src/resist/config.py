@@ -243,9 +243,9 @@ def cifar10_resnet200_paper() -> Config:
 
 def cifar10_cpu() -> Config:
     """CPU scale (the results tables): paper ResNet101 at 1/8 width (0.65 M parameters), 1 epoch of
-    CIFAR-10, 25 local steps per round, evaluated every 2 rounds on the whole test set. In-process on
-    this project's 2-core machine a run takes about 3 (ResIST), 4 (local SGD) and 7 (data parallel)
-    minutes of wall time at 2 or 4 workers."""
+    CIFAR-10, 25 local steps per round, lr 0.05 decayed at 50% and 75%, evaluated every 2 rounds on the
+    whole test set. In-process on one core of this project's CPU machine a run takes about 4 (ResIST)
+    to 6 (local SGD, data parallel) minutes of wall time."""
     cfg = Config()
     cfg.model.width = 0.125
     cfg.optim.epochs = 1
@@ -256,11 +256,11 @@ def cifar10_cpu() -> Config:
 
 
 def cifar10_cpu_long() -> Config:
-    """``cifar10_cpu`` for 4 epochs: each run within about 30 minutes on 2 cores (data parallel, the
-    slowest, about 26 minutes of wall time)."""
+    """``cifar10_cpu`` for 8 epochs: each run within about 30 minutes on this project's 2 cores (from the
+    1-epoch runs' wall times: data parallel, the slowest, about 2.8 minutes an epoch)."""
     cfg = cifar10_cpu()
-    cfg.optim.epochs = 4
-    cfg.run.eval_every = 4
+    cfg.optim.epochs = 8
+    cfg.run.eval_every = 8
     return cfg
 
 
