@@ -4,7 +4,8 @@ data parallel vs DistributedDataParallel, side by side on the same config, data 
 A slow baseline would flatter ResIST, so ours must take no more than 1.05x PyTorch's time and reach the
 same accuracy. Ours run through the released CLI (``resist train --runtime dist``); PyTorch's run here
 on processes started the same way (gloo on 127.0.0.1, one compute thread per rank), with the same model
-class, initial seed, batches (our BatchStream), SGD hyper-parameters and number of steps. Time is the
+class and seed (ours seeds each part of the model separately, so the initial weights differ but follow
+the same distributions), batches (our BatchStream), SGD hyper-parameters and number of steps. Time is the
 training loop only (no start-up, no evaluation): for ours the run's parallel-equivalent time (per round,
 the slowest rank's compute plus the synchronization), for PyTorch's the slowest rank's wall time from a
 barrier before the first step to a barrier after the last. Configurations are interleaved over
@@ -114,6 +115,11 @@ def run_ours(algo: str, a: dict) -> dict:
         return {"time_s": summary["time_s"], "acc": summary["final_acc"]}
 
 
+def _spread(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {statistics.stdev(values):.2f}"
+
+
 PAIRS = [("local_sgd", "post_local_sgd"), ("data_parallel", "ddp")]
 
 
@@ -128,20 +134,21 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--eval-limit", type=int, default=2000)
+    ap.add_argument("--eval-limit", type=int, default=10000)
     ap.add_argument("--name", default="fair_baselines")
     args = ap.parse_args()
     if not Path(args.data_dir).is_dir():
         raise SystemExit(f"fair_baselines: data folder {args.data_dir} does not exist; pass --data-dir")
     a = {"data_dir": args.data_dir, "workers": args.workers, "model": args.model, "width": args.width,
          "batch": args.batch, "local_iters": args.local_iters, "rounds": args.rounds, "lr": args.lr,
-         "momentum": 0.9, "wd": 5e-4, "seed": 0, "eval_limit": args.eval_limit}
+         "momentum": 0.9, "wd": 5e-4, "eval_limit": args.eval_limit}
     start = library_state()
     results: dict[str, list[dict]] = {name: [] for pair in PAIRS for name in pair}
     for rep in range(args.reps):
+        a["seed"] = rep  # a new seed (initial weights, batch order, augmentation) per repetition, shared by all
         for ours, theirs in PAIRS:
             for name in ((ours, theirs) if rep % 2 == 0 else (theirs, ours)):
-                r = run_ours(name, a) if name == ours else run_torch(name, a)
+                r = {"seed": rep, **(run_ours(name, a) if name == ours else run_torch(name, a))}
                 results[name].append(r)
                 print(f"[rep {rep}] {name}: {r['time_s']:.2f} s, {r['acc']:.2f}%", flush=True)
     med = {n: statistics.median(r["time_s"] for r in rs) for n, rs in results.items()}
@@ -155,12 +162,14 @@ def main() -> None:
              f"torch {env['torch']}, library {env['library']}, {env['date']}. {args.workers} gloo processes on "
              f"127.0.0.1, one compute thread each, {args.rounds * args.local_iters} SGD steps of real CIFAR-10 "
              f"(constant lr {args.lr}, momentum 0.9, weight decay 5e-4); accuracy on the first "
-             f"{args.eval_limit} test images. Median training time over {args.reps} interleaved repetitions.\n",
+             f"{args.eval_limit} test images. Repetition k uses seed k for everything random, in both "
+             f"implementations; median training time and mean ± standard deviation of accuracy over "
+             f"{args.reps} interleaved repetitions.\n",
              "| ours | time (s) | acc (%) | PyTorch | time (s) | acc (%) | ours / PyTorch time |",
              "|---|---|---|---|---|---|---|"]
     for ours, theirs in PAIRS:
-        acc = {n: statistics.fmean(r["acc"] for r in results[n]) for n in (ours, theirs)}
-        lines.append(f"| {ours} | {med[ours]:.2f} | {acc[ours]:.2f} | {theirs} | {med[theirs]:.2f} | {acc[theirs]:.2f} | "
+        acc = {n: _spread([r["acc"] for r in results[n]]) for n in (ours, theirs)}
+        lines.append(f"| {ours} | {med[ours]:.2f} | {acc[ours]} | {theirs} | {med[theirs]:.2f} | {acc[theirs]} | "
                      f"{med[ours] / med[theirs]:.3f} |")
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{args.name}.json").write_text(json.dumps({"args": vars(args), "env": env, "results": results}, indent=2))
