@@ -15,6 +15,8 @@ Matched semantics: local SGD averages every ``local_iters`` steps and carries mo
 (PeriodicModelAverager with ``warmup_steps = local_iters - 1`` averages after steps L, 2L, ...; ours with
 ``--carry-momentum``); ours also averages BatchNorm buffers, PyTorch's only parameters. Data parallel:
 DDP's defaults (bucketed all-reduce overlapped with backward, buffers broadcast from rank 0 every step).
+PyTorch's models are evaluated as PyTorch leaves them (rank 0's BatchNorm statistics) and, apart, with
+the statistics averaged over the ranks as ours are.
 
     python bench/fair_baselines.py --data-dir ../shared/data/cifar10 [--rounds 4 --local-iters 25 --reps 3]
 """
@@ -77,18 +79,27 @@ def _torch_rank(rank: int, kind: str, a: dict, port: int, result: str) -> None:
     dist.barrier()
     elapsed = torch.tensor([time.perf_counter() - t0])
     dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
-    if kind != "ddp":  # the ranks' BatchNorm statistics differ: evaluate the averaged model with rank 0's
+    if kind != "ddp":  # a no-op when the steps are a multiple of L (the averager has just averaged)
         average_parameters(model.parameters(), dist.group.WORLD)
+    test = ImageArrays(data.test.x[:a["eval_limit"]], data.test.y[:a["eval_limit"]])
+    acc = {"acc": _accuracy(model, test, data) if rank == 0 else None}  # PyTorch's: rank 0's BatchNorm statistics
+    for b in model.buffers():  # ours: BatchNorm statistics averaged over the ranks
+        if b.is_floating_point():
+            dist.all_reduce(b)
+            b /= a["workers"]
+    acc["acc_bn_averaged"] = _accuracy(model, test, data) if rank == 0 else None
     if rank == 0:
-        model.eval()
-        correct = total = 0
-        with torch.no_grad():
-            for x, y in eval_batches(ImageArrays(data.test.x[:a["eval_limit"]], data.test.y[:a["eval_limit"]]),
-                                     data.mean, data.std):
-                correct += (model(x).argmax(1) == y).sum().item()
-                total += len(y)
-        Path(result).write_text(json.dumps({"time_s": elapsed.item(), "acc": 100.0 * correct / total}))
+        Path(result).write_text(json.dumps({"time_s": elapsed.item(), **acc}))
     dist.destroy_process_group()
+
+
+def _accuracy(model, test, data) -> float:
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for x, y in eval_batches(test, data.mean, data.std):
+            correct += (model(x).argmax(1) == y).sum().item()
+    return 100.0 * correct / len(test.y)
 
 
 def run_torch(kind: str, a: dict) -> dict:
@@ -150,7 +161,9 @@ def main() -> None:
             for name in ((ours, theirs) if rep % 2 == 0 else (theirs, ours)):
                 r = {"seed": rep, **(run_ours(name, a) if name == ours else run_torch(name, a))}
                 results[name].append(r)
-                print(f"[rep {rep}] {name}: {r['time_s']:.2f} s, {r['acc']:.2f}%", flush=True)
+                print(f"[rep {rep}] {name}: {r['time_s']:.2f} s, {r['acc']:.2f}%"
+                      + (f" ({r['acc_bn_averaged']:.2f}% with BN statistics averaged)" if "acc_bn_averaged" in r else ""),
+                      flush=True)
     med = {n: statistics.median(r["time_s"] for r in rs) for n, rs in results.items()}
     env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
            "python": platform.python_version(), "machine": platform.machine(), "cores": os.cpu_count(),
@@ -165,11 +178,12 @@ def main() -> None:
              f"{args.eval_limit} test images. Repetition k uses seed k for everything random, in both "
              f"implementations; median training time and mean ± standard deviation of accuracy over "
              f"{args.reps} interleaved repetitions.\n",
-             "| ours | time (s) | acc (%) | PyTorch | time (s) | acc (%) | ours / PyTorch time |",
-             "|---|---|---|---|---|---|---|"]
+             "| ours | time (s) | acc (%) | PyTorch | time (s) | acc (%) | acc, BN statistics averaged (%) | "
+             "ours / PyTorch time |", "|---|---|---|---|---|---|---|---|"]
     for ours, theirs in PAIRS:
         acc = {n: _spread([r["acc"] for r in results[n]]) for n in (ours, theirs)}
-        lines.append(f"| {ours} | {med[ours]:.2f} | {acc[ours]} | {theirs} | {med[theirs]:.2f} | {acc[theirs]} | "
+        bn = _spread([r["acc_bn_averaged"] for r in results[theirs]])
+        lines.append(f"| {ours} | {med[ours]:.2f} | {acc[ours]} | {theirs} | {med[theirs]:.2f} | {acc[theirs]} | {bn} | "
                      f"{med[ours] / med[theirs]:.3f} |")
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{args.name}.json").write_text(json.dumps({"args": vars(args), "env": env, "results": results}, indent=2))
