@@ -167,13 +167,13 @@ def main() -> None:
     med = {n: statistics.median(r["time_s"] for r in rs) for n, rs in results.items()}
     env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
            "python": platform.python_version(), "machine": platform.machine(), "cores": os.cpu_count(),
-           "library": describe_library(start, library_state())}
+           "cores_used": len(os.sched_getaffinity(0)), "library": describe_library(start, library_state())}
     lines = ["# Our baselines vs PyTorch's own implementations\n",
              f"`python bench/fair_baselines.py --workers {args.workers} --model {args.model} --width {args.width} "
              f"--batch {args.batch} --local-iters {args.local_iters} --rounds {args.rounds} --lr {args.lr} "
              f"--reps {args.reps} --eval-limit {args.eval_limit}` on {env['machine']} CPU with {env['cores']} cores, "
              f"torch {env['torch']}, library {env['library']}, {env['date']}. {args.workers} gloo processes on "
-             f"127.0.0.1, one compute thread each, {args.rounds * args.local_iters} SGD steps of real CIFAR-10 "
+             f"127.0.0.1 sharing {env['cores_used']} core(s), one compute thread each, {args.rounds * args.local_iters} SGD steps of real CIFAR-10 "
              f"(constant lr {args.lr}, momentum 0.9, weight decay 5e-4); accuracy on the first "
              f"{args.eval_limit} test images. Repetition k uses seed k for everything random, in both "
              f"implementations; median training time and mean ± standard deviation of accuracy over "
