@@ -205,3 +205,38 @@ def test_naive_partition_deals_blocks_of_every_section():
     assert set(cands) == set(model.skippable)
     assert any(b in model.sections[0] for b in cands) and any(b in model.sections[3] for b in cands)
     assert tensors_of(model.blocks[0])[0].is_meta
+
+
+def test_data_parallel_buckets_do_not_change_the_result(tmp_path, monkeypatch):
+    """Gradients as views of many small buckets, each all-reduced as soon as backward completes it,
+    give bit for bit the model of one bucket reduced after backward."""
+    from resist.algorithms.local_sgd import DataParallel
+
+    cfg = tiny(**{"algo.name": "data_parallel", "algo.workers": 3, "optim.epochs": 1})
+    one = trained_state(cfg, tmp_path / "one")
+    monkeypatch.setattr(DataParallel, "BUCKET_BYTES", 512)
+    many = trained_state(cfg, tmp_path / "many")
+    assert one.keys() == many.keys()
+    for k in one:
+        assert torch.equal(one[k], many[k]), k
+
+
+def test_data_parallel_starts_buckets_in_order(monkeypatch):
+    """Buckets reach the communicator in bucket order on every rank, whatever order backward fills them."""
+    from resist.algorithms.local_sgd import DataParallel
+
+    monkeypatch.setattr(DataParallel, "BUCKET_BYTES", 512)
+    cfg = tiny(**{"algo.name": "data_parallel", "algo.workers": 2})
+
+    def body(w):
+        w.begin_round(0)
+        seen = []
+        start = w.comm.all_reduce_async
+        w.comm.all_reduce_async = lambda t, average=False: seen.append(t.data_ptr()) or start(t, average)
+        for k in reversed(range(len(w._buckets))):  # fill the last bucket first
+            for _ in range(w._sizes[k]):
+                w._ready(k)
+        w.after_backward()
+        return seen == [b.data_ptr() for b in w._buckets] and len(seen) > 1
+
+    assert _workers(cfg, body) == [True, True]

@@ -64,6 +64,7 @@ class Worker:
 
     #: Whether the optimizer is rebuilt at every round (momentum restart) unless ``carry_momentum``.
     restarts_optimizer = True
+    grads_in_place = False  # True where gradients are views of buffers that must outlive a step
     #: Whether the run's whole state is the global model (so that a checkpoint can hold it).
     checkpointable = True
 
@@ -182,7 +183,7 @@ class Worker:
             g["lr"] = lr
         self.model.train()
         loss = F.cross_entropy(self.model(x), y)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=not self.grads_in_place)
         loss.backward()
         self.after_backward()
         self.optimizer.step()

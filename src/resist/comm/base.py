@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -40,6 +40,18 @@ class ByteCounter:
 
     def snapshot(self) -> dict[str, dict[str, int]]:
         return {"sent": dict(self.sent), "received": dict(self.received)}
+
+
+class Pending:
+    """A started collective: ``wait()`` finishes it (once)."""
+
+    def __init__(self, finish: Callable[[], None]) -> None:
+        self._finish: Callable[[], None] | None = finish
+
+    def wait(self) -> None:
+        if self._finish is not None:
+            finish, self._finish = self._finish, None
+            finish()
 
 
 class Communicator(ABC):
@@ -85,6 +97,13 @@ class Communicator(ABC):
                 tensor.div_(w)
             else:
                 tensor.floor_divide_(w)
+
+    def all_reduce_async(self, tensor: torch.Tensor, average: bool = False) -> "Pending":
+        """Start :meth:`all_reduce`; ``tensor`` holds the result once the returned handle's ``wait()``
+        has returned. Every rank must start its all-reduces in the same order. This default runs the
+        all-reduce inside ``wait()``; a runtime with real asynchronous collectives overlaps it with
+        whatever the caller does meanwhile (data parallel: the rest of the backward pass)."""
+        return Pending(lambda: self.all_reduce(tensor, average))
 
     def broadcast(self, tensor: torch.Tensor, src: int) -> None:
         """Copy ``src``'s ``tensor`` into every rank's ``tensor``."""

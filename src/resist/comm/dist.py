@@ -14,7 +14,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-from .base import CommError, Communicator
+from .base import CommError, Communicator, Pending
 
 
 class DistCommunicator(Communicator):
@@ -51,6 +51,26 @@ class DistCommunicator(Communicator):
             dist.all_reduce(staged, op=dist.ReduceOp.SUM)
         if staged is not tensor:
             tensor.copy_(staged)
+
+    def all_reduce_async(self, tensor: torch.Tensor, average: bool = False) -> Pending:
+        w = self.world_size
+        if w == 1:
+            return super().all_reduce_async(tensor, average)
+        nbytes = tensor.numel() * tensor.element_size()
+        self._count(2 * (w - 1) / w * nbytes, 2 * (w - 1) / w * nbytes)
+        staged = self._stage(tensor)
+        with self._guard("all_reduce"):
+            work = dist.all_reduce(staged, op=dist.ReduceOp.SUM, async_op=True)
+
+        def finish() -> None:
+            with self._guard("all_reduce"):
+                work.wait()
+            if staged is not tensor:
+                tensor.copy_(staged)
+            if average:
+                tensor.div_(w) if tensor.is_floating_point() else tensor.floor_divide_(w)
+
+        return Pending(finish)
 
     def _broadcast(self, tensor: torch.Tensor, src: int) -> None:
         staged = self._stage(tensor)
