@@ -87,16 +87,24 @@ class Communicator(ABC):
     # --- verbs ------------------------------------------------------------------------------------
     def all_reduce(self, tensor: torch.Tensor, average: bool = False) -> None:
         """Sum (or average) ``tensor`` over all ranks, in place."""
+        self._count_all_reduce(tensor)
+        if self.world_size > 1:
+            self._all_reduce(tensor)
+        if average:
+            self._divide(tensor)
+
+    def _count_all_reduce(self, tensor: torch.Tensor) -> None:
+        """A ring all-reduce moves 2 (W-1)/W of the tensor each way."""
         w = self.world_size
         nbytes = tensor.numel() * tensor.element_size()
         self._count(2 * (w - 1) / w * nbytes, 2 * (w - 1) / w * nbytes)
-        if w > 1:
-            self._all_reduce(tensor)
-        if average:
-            if tensor.is_floating_point():
-                tensor.div_(w)
-            else:
-                tensor.floor_divide_(w)
+
+    def _divide(self, tensor: torch.Tensor) -> None:
+        """A sum over the ranks into their mean (integers floor-divide)."""
+        if tensor.is_floating_point():
+            tensor.div_(self.world_size)
+        else:
+            tensor.floor_divide_(self.world_size)
 
     def all_reduce_async(self, tensor: torch.Tensor, average: bool = False) -> "Pending":
         """Start :meth:`all_reduce`; ``tensor`` holds the result once the returned handle's ``wait()``

@@ -53,11 +53,9 @@ class DistCommunicator(Communicator):
             tensor.copy_(staged)
 
     def all_reduce_async(self, tensor: torch.Tensor, average: bool = False) -> Pending:
-        w = self.world_size
-        if w == 1:
+        if self.world_size == 1:
             return super().all_reduce_async(tensor, average)
-        nbytes = tensor.numel() * tensor.element_size()
-        self._count(2 * (w - 1) / w * nbytes, 2 * (w - 1) / w * nbytes)
+        self._count_all_reduce(tensor)
         staged = self._stage(tensor)
         with self._guard("all_reduce"):
             work = dist.all_reduce(staged, op=dist.ReduceOp.SUM, async_op=True)
@@ -68,7 +66,7 @@ class DistCommunicator(Communicator):
             if staged is not tensor:
                 tensor.copy_(staged)
             if average:
-                tensor.div_(w) if tensor.is_floating_point() else tensor.floor_divide_(w)
+                self._divide(tensor)
 
         return Pending(finish)
 
