@@ -50,9 +50,9 @@ class Spec:
     flags: list[str]
 
 
-def main_specs(workers: list[int], seeds: list[int]) -> list[Spec]:
+def main_specs(workers: list[int], seeds: list[int], algos=ALGOS) -> list[Spec]:
     return [Spec(f"{algo}_w{w}_s{seed}", "main", algo, w, seed, ["--algo", algo, "--workers", str(w), "--seed", str(seed)])
-            for w in workers for seed in seeds for algo in ALGOS]
+            for w in workers for seed in seeds for algo in algos]
 
 
 # (label, workers, flags), most telling first: a suite cut short still has the design ablations. The
@@ -83,23 +83,36 @@ def ablation_specs(seeds: list[int]) -> list[Spec]:
 
 
 def run(spec: Spec, preset: str, data_dir: str, runs: Path, extra: list[str]) -> Path:
-    """Train ``spec`` with the CLI unless its folder already holds that finished run."""
+    """Train ``spec`` with the CLI unless its folder already holds that finished run; a run of the same
+    command that was interrupted continues from its latest checkpoint (``resist train --resume``)."""
     out = runs / spec.name
     argv = [sys.executable, "-m", "resist.cli", "train", preset, *spec.flags, "--data-dir", data_dir,
             "--out", str(out), *extra]
     record = " ".join(["resist", *argv[3:]])
-    done = out / "summary.json"
+    done, started, wall = out / "summary.json", out / "command.pending", out / "wall_s.txt"
     if done.is_file() and (out / "command.txt").is_file() and (out / "command.txt").read_text() == record:
         print(f"[suite] reusing {out}", flush=True)
         return out
-    print(f"[suite] {record}", flush=True)
+    before = 0.0
+    if started.is_file() and started.read_text() == record and list((out / "checkpoints").glob("round_*.pt")):
+        argv = [*argv[:4], "--resume", str(out)]
+        before = float(wall.read_text()) if wall.is_file() else 0.0
+        print(f"[suite] resuming {out}", flush=True)
+    else:
+        print(f"[suite] {record}", flush=True)
+        out.mkdir(parents=True, exist_ok=True)
+        started.write_text(record)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     t0 = time.perf_counter()
-    proc = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate()
+    finally:  # wall time so far, also when this suite is stopped: a resumed run adds to it
+        wall.parent.mkdir(parents=True, exist_ok=True)
+        wall.write_text(f"{before + time.perf_counter() - t0:.1f}\n")
     if proc.returncode != 0:
-        raise SystemExit(f"cifar10_table: {record} failed: {proc.stderr.strip().splitlines()[-1:]}")
+        raise SystemExit(f"cifar10_table: {record} failed: {err.strip().splitlines()[-1:]}")
     (out / "command.txt").write_text(record)
-    (out / "wall_s.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
     return out
 
 
@@ -198,6 +211,7 @@ def main() -> None:
     ap.add_argument("--suite", nargs="+", choices=("main", "ablations"), default=["main"])
     ap.add_argument("--workers", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--algos", nargs="+", choices=ALGOS, default=list(ALGOS), help="algorithms of the main suite")
     ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--runs", default="runs/cifar10", help="folder for the run folders")
     ap.add_argument("--only-existing", action="store_true", help="tabulate the finished runs; train nothing")
@@ -207,7 +221,7 @@ def main() -> None:
     if not Path(args.data_dir).is_dir():
         raise SystemExit(f"cifar10_table: data folder {args.data_dir} does not exist; pass --data-dir or set RESIST_DATA_DIR")
 
-    specs = (main_specs(args.workers, args.seeds) if "main" in args.suite else []) + \
+    specs = (main_specs(args.workers, args.seeds, args.algos) if "main" in args.suite else []) + \
         (ablation_specs(args.ablation_seeds) if "ablations" in args.suite else [])
     runs_dir = Path(args.runs)
     start = library_state()

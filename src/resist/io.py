@@ -1,4 +1,5 @@
-"""Files that are either whole or absent: write to a temporary file beside the target, then rename."""
+"""Files that are either whole or absent: write to a temporary file beside the target, fsync it, rename,
+then fsync the directory (so that the rename survives a crash too)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,18 @@ def _atomic(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable: until the directory is synced, a crash can lose the new entry."""
+    if os.name != "posix":  # Windows cannot open a directory for fsync; its rename is journaled
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_save(obj: Any, path: Path) -> None:

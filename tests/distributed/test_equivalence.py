@@ -1,6 +1,13 @@
 """The two runtimes agree: the same seed and config give the same global model in-process and on
 real gloo processes (parameters and BatchNorm buffers), for ResIST with and without min-depth sharing,
-local SGD and data parallel."""
+local SGD and data parallel.
+
+What holds, and is tested exactly: at 2 workers the two runtimes are bitwise equal for any number of
+rounds (a sum of two numbers is the same in either order). At 3+ workers gloo's ring sums in another
+order than the in-process rank order, so after one round the models agree to the last bits of float32
+(1e-6 here); training then amplifies such a difference like any other last-bit change (1 vs 2 compute
+threads alone does the same), so no bound is claimed for longer runs. Byte counts are equal always.
+"""
 
 from __future__ import annotations
 
@@ -41,7 +48,8 @@ CASES = [
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("algo,workers,min_depth", CASES)
 def test_inprocess_equals_gloo(tmp_path, one_thread, algo, workers, min_depth):
-    over = {"algo.name": algo, "algo.workers": workers, "algo.min_depth": min_depth}
+    over = {"algo.name": algo, "algo.workers": workers, "algo.min_depth": min_depth,
+            "run.max_rounds": 3 if workers == 2 else 1}
     local, s_local = final_model(tmp_path, "inprocess", **over)
     dist, s_dist = final_model(tmp_path, "dist", **over)
     assert local.keys() == dist.keys()
@@ -49,7 +57,7 @@ def test_inprocess_equals_gloo(tmp_path, one_thread, algo, workers, min_depth):
     if workers == 2:
         assert worst == 0.0  # a sum of two is the same in any order: bitwise
     else:
-        assert worst <= 1e-6  # gloo's ring sums in another order than rank order
+        assert worst <= 1e-6  # one round: gloo's ring sums in another order than rank order
     assert s_local["sent_bytes_per_worker"] == s_dist["sent_bytes_per_worker"]
     assert s_local["recv_bytes_per_worker"] == s_dist["recv_bytes_per_worker"]
     assert s_local["model_state_bytes_per_worker"] == s_dist["model_state_bytes_per_worker"]

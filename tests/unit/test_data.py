@@ -393,6 +393,18 @@ def test_augment_crop_and_flip_together():
                    for view in (padded[i, :, r:r + 8, c:c + 8], padded[i, :, r:r + 8, c:c + 8].flip(-1)))
 
 
+def test_training_batches_pad_with_black_pixels_not_the_mean_colour():
+    """The crop's border is pixel value 0 (normalized: -mean/std), as in the standard CIFAR recipe."""
+    white = ImageArrays(torch.full((64, 8, 8, 3), 255, dtype=torch.uint8), torch.zeros(64, dtype=torch.int64))
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
+    x, _ = BatchStream(white, mean, std, world_size=1, rank=0, batch_size=64, seed=0).batch(0)
+    black = torch.tensor([(0 - m) / s for m, s in zip(mean, std)]).view(1, 3, 1, 1)
+    full = torch.tensor([(1 - m) / s for m, s in zip(mean, std)]).view(1, 3, 1, 1)
+    is_black = torch.isclose(x, black.expand_as(x))
+    assert (is_black | torch.isclose(x, full.expand_as(x))).all()  # no third (mean-colour) value
+    assert is_black.any() and not is_black.all()
+
+
 # ----------------------------------------------------------------------------------------- sharding
 
 def test_steps_per_epoch():

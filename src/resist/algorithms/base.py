@@ -207,7 +207,8 @@ class Worker:
         # momentum lives in ``self.momentum`` and survives the rebuild.
         self.optimizer = self.new_optimizer()
 
-    def end_round(self, round_: int) -> None:
+    def end_round(self, round_: int, final: bool = False) -> None:
+        """Synchronize after ``round_`` (``final``: the last round of the run)."""
         raise NotImplementedError
 
     def start(self, round_: int, state: dict[str, torch.Tensor] | None = None) -> None:

@@ -7,6 +7,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from ..io import atomic_save
 from .base import Part
 from .evaluation import predict, recalibrate
 from .resist import ResIST
@@ -25,7 +26,7 @@ class Ensemble(ResIST):
     def full_round(self, round_: int) -> bool:
         return False
 
-    def end_round(self, round_: int) -> None:
+    def end_round(self, round_: int, final: bool = False) -> None:
         self.round = round_ + 1
 
     def evaluate(self, test_batches: Callable[[], Iterable], train_batches: Callable[[], Iterable]) -> float:
@@ -41,5 +42,4 @@ class Ensemble(ResIST):
         """Each member's own weights: ``member{rank}.pt`` holds the state dict of the parts it has
         (the registry's model loads it with ``strict=False``) and the blocks it skips."""
         state = {k: v for k, v in self.model.state_dict().items() if not v.is_meta}
-        torch.save({"state_dict": state, "skip": sorted(self.model.skip)},
-                   Path(out_dir) / f"member{self.comm.rank}.pt")
+        atomic_save({"state_dict": state, "skip": sorted(self.model.skip)}, Path(out_dir) / f"member{self.comm.rank}.pt")

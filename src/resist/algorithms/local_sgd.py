@@ -90,7 +90,7 @@ class DataParallel(LocalSGD):
         self._missing = list(self._sizes)
 
     @torch.no_grad()
-    def end_round(self, round_: int) -> None:
+    def end_round(self, round_: int, final: bool = False) -> None:
         buffers = [b for b in self.model.buffers() if not b.is_meta]
         flats = aggregate.pack(buffers)
         for f in flats:

@@ -32,6 +32,7 @@ class ResIST(Worker):
         self.warmup_rounds = math.ceil(a.warmup_epochs * self.steps_per_epoch / a.local_iters)
         self._plan = lru_cache(maxsize=4)(self._make_plan)
         self.round = 0
+        self.holding: dict[Part, tuple[int, ...]] = {}  # who holds each block now, between rounds
 
     # --- who holds what -------------------------------------------------------------------------
     def _make_plan(self, round_: int) -> Plan:
@@ -48,7 +49,7 @@ class ResIST(Worker):
         return {b: plan.holders(b) for b in self.candidates}
 
     def holders_now(self) -> dict[Part, tuple[int, ...]]:
-        return self.holders(self.round)
+        return self.holding
 
     def train_scale(self, round_: int) -> float:
         """Residual multiplier while training: 1 for a sub-ResNet, c for the whole network (§2.6)."""
@@ -60,7 +61,7 @@ class ResIST(Worker):
     # --- the round ------------------------------------------------------------------------------
     def start(self, round_: int, state: dict[str, torch.Tensor] | None = None) -> None:
         self.round = round_
-        holders = self.holders(round_)
+        holders = self.holding = self.holders(round_)
         parts = self.shared_parts + [b for b in self.candidates if self.comm.rank in holders[b]]
         for part in parts:
             self.materialize(part, init=state is None)
@@ -80,8 +81,14 @@ class ResIST(Worker):
         self.model.set_residual_scale(self.candidates, self.train_scale(round_))
         super().begin_round(round_)
 
-    def end_round(self, round_: int) -> None:
-        self.synchronize(self.holders(round_), self.holders(round_ + 1))
+    def end_round(self, round_: int, final: bool = False) -> None:
+        """Average and repartition. After the ``final`` round no block goes to the holders of a round
+        that never runs: each is only averaged over its current holders (nothing moves for a block
+        with one holder)."""
+        cur = self.holders(round_)
+        nxt = cur if final else self.holders(round_ + 1)
+        self.synchronize(cur, nxt)
+        self.holding = nxt
         self.round = round_ + 1
 
     @torch.no_grad()

@@ -29,10 +29,15 @@ class LocalGroup:
         self.timeout = timeout
         self.token = threading.Lock()
         self.cond = threading.Condition()
-        self.barrier = threading.Barrier(world_size)
+        self.arrived = 0  # workers waiting at the current barrier
+        self.generation = 0  # barriers passed so far
         self.slots: list[Any] = [None] * world_size
         self.mailboxes: dict[tuple[int, int], deque] = defaultdict(deque)
         self.failed_rank: int | None = None
+        self.last_handoff = time.monotonic()
+        """When the token last changed hands. The simulated workers compute one after another, so a
+        rank waiting in a collective waits for the sum of its peers' compute; only a stretch with no
+        handoff at all (a peer stuck while computing, or every rank waiting) is a stall."""
 
     def abort(self, rank: int) -> None:
         """Wake every waiting worker so that it fails instead of hanging."""
@@ -40,7 +45,6 @@ class LocalGroup:
             if self.failed_rank is None:
                 self.failed_rank = rank
             self.cond.notify_all()
-        self.barrier.abort()
 
 
 class LocalCommunicator(Communicator):
@@ -52,25 +56,45 @@ class LocalCommunicator(Communicator):
         failed = self.group.failed_rank
         if failed is not None:
             return CommError(f"rank {self.rank}: peer rank {failed} failed")
-        return CommError(f"rank {self.rank}: timed out after {self.group.timeout:.0f} s waiting for peers")
+        return CommError(f"rank {self.rank}: timed out: no simulated worker made progress for "
+                         f"{self.group.timeout:.0f} s")
 
     @contextlib.contextmanager
     def _off_device(self) -> Iterator[None]:
         """Give the token to the peers while waiting for them; the wait counts as idle time."""
         t0 = time.perf_counter()
+        self.group.last_handoff = time.monotonic()
         self.group.token.release()
         try:
             yield
         finally:
             self.group.token.acquire()
+            self.group.last_handoff = time.monotonic()
             self.idle_s += time.perf_counter() - t0
 
+    def _wait(self, ready: Callable[[], bool]) -> bool:
+        """With ``group.cond`` held: wait until ``ready()``; False on a peer's failure or a stall of
+        ``timeout`` seconds without a token handoff (never merely because the peers compute long)."""
+        g = self.group
+        while not ready():
+            if g.failed_rank is not None:
+                return False
+            left = g.timeout - (time.monotonic() - g.last_handoff)
+            if left <= 0:
+                return False
+            g.cond.wait(left)
+        return True
+
     def _sync(self) -> None:
-        with self._off_device():
-            try:
-                self.group.barrier.wait(self.group.timeout)
-            except threading.BrokenBarrierError:
-                raise self._failure() from None
+        g = self.group
+        with self._off_device(), g.cond:
+            generation = g.generation
+            g.arrived += 1
+            if g.arrived == g.world_size:
+                g.arrived, g.generation = 0, g.generation + 1
+                g.cond.notify_all()
+            elif not self._wait(lambda: g.generation != generation):
+                raise self._failure()
 
     def _all_reduce(self, tensor: torch.Tensor) -> None:
         slots = self.group.slots
@@ -105,8 +129,7 @@ class LocalCommunicator(Communicator):
         for src, buf in recvs:
             box = g.mailboxes[(src, self.rank)]
             with self._off_device(), g.cond:
-                ok = g.cond.wait_for(lambda: box or g.failed_rank is not None, g.timeout)
-                msg = box.popleft() if ok and box else None
+                msg = box.popleft() if self._wait(lambda: bool(box)) else None
             if msg is None:
                 raise self._failure()
             if msg.shape != buf.shape or msg.dtype != buf.dtype:

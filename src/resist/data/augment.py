@@ -1,4 +1,8 @@
-"""Batched tensor preprocessing: uint8 HWC -> normalized float CHW, and random crop + flip."""
+"""Batched tensor preprocessing: uint8 HWC -> normalized float CHW, and random crop + flip.
+
+Augmentation runs in pixel space, before normalization, so the 4-pixel padding of the crop is black
+(0), as in the standard CIFAR recipe; padding after normalization would make it the mean colour.
+"""
 from __future__ import annotations
 
 from typing import Sequence
@@ -10,7 +14,12 @@ from torch import Tensor
 
 def to_float(x_uint8_hwc: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float32, scaled to [0, 1] then normalized per channel."""
-    x = x_uint8_hwc.permute(0, 3, 1, 2).to(torch.float32) / 255
+    return normalize(x_uint8_hwc.permute(0, 3, 1, 2), mean, std)
+
+
+def normalize(x_uint8_chw: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """(B, 3, H, W) uint8 -> (B, 3, H, W) float32, scaled to [0, 1] then normalized per channel."""
+    x = x_uint8_chw.to(torch.float32) / 255
     mean = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     std = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     return ((x - mean) / std).contiguous()
@@ -19,7 +28,7 @@ def to_float(x_uint8_hwc: Tensor, mean: Sequence[float], std: Sequence[float]) -
 def augment(x: Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True) -> Tensor:
     """Random crop with zero padding ``pad`` and random horizontal flip, independently per sample.
 
-    ``x`` is (B, C, H, W). All randomness comes from ``generator`` (drawn in a fixed order: row offsets,
+    ``x`` is (B, C, H, W) of any dtype; pass raw pixels (uint8) so that the padding is black. All randomness comes from ``generator`` (drawn in a fixed order: row offsets,
     column offsets, flips), so the same generator state gives the same output.
     """
     b, _, h, w = x.shape

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from .augment import augment as _augment
-from .augment import to_float
+from .augment import normalize, to_float
 from .datasets import ImageArrays
 
 _MOD = 2**63
@@ -58,7 +58,8 @@ def batch_generator(seed: int, rank: int, step: int) -> torch.Generator:
 class BatchStream:
     """Worker ``rank``'s training batches: ``.batch(step)`` -> (x (B, 3, H, W) float32, y (B,) int64).
 
-    x is normalized with ``mean``/``std`` and, if ``augment``, randomly cropped and flipped.
+    If ``augment``, each image is randomly cropped (4-pixel black padding) and flipped in pixel space;
+    then x is normalized with ``mean``/``std``.
     """
 
     def __init__(self, arrays: ImageArrays, mean: Sequence[float], std: Sequence[float], world_size: int,
@@ -72,10 +73,10 @@ class BatchStream:
 
     def batch(self, step: int) -> tuple[Tensor, Tensor]:
         idx = batch_indices(len(self.arrays.y), self.world_size, self.rank, step, self.batch_size, self.seed)
-        x = to_float(self.arrays.x[idx], self.mean, self.std)
+        x = self.arrays.x[idx].permute(0, 3, 1, 2)  # (B, 3, H, W) uint8: augment pads with black pixels
         if self.augment:
             x = _augment(x, batch_generator(self.seed, self.rank, step))
-        return x, self.arrays.y[idx]
+        return normalize(x, self.mean, self.std), self.arrays.y[idx]
 
 
 def eval_batches(arrays: ImageArrays, mean: Sequence[float], std: Sequence[float],

@@ -177,13 +177,13 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
             raise TrainingError(f"loss became {table[bad, 0].item()} on rank {bad} in round {r}; lower --lr or "
                                 f"check the data" + (f" (last good checkpoint: {last_ckpt})" if last_ckpt else ""))
         t1, idle1 = time.perf_counter(), comm.idle_s
-        algo.end_round(r)
+        last = r == sched.rounds - 1
+        algo.end_round(r, final=last)
         comm_s = time.perf_counter() - t1 - (comm.idle_s - idle1)
         with comm.tag("control"):
             row = torch.tensor([comm_s, comm.bytes.sent["sync"], comm.bytes.received["sync"]], dtype=torch.float64)
             table = torch.cat([table, torch.stack(comm.all_gather(row))], dim=1)  # (world, 5)
         progress["parallel_s"] += float(table[:, 1].max() + table[:, 2].max())
-        last = r == sched.rounds - 1
         acc = None
         if (r + 1) % cfg.run.eval_every == 0 or last:
             acc = algo.evaluate(test, recal)
@@ -211,7 +211,8 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
     with comm.tag("control"):
         totals = torch.stack(comm.all_gather(torch.tensor(
             [comm.bytes.sent["sync"], comm.bytes.received["sync"],
-             comm.bytes.sent["eval"], comm.bytes.received["eval"], state_bytes, peak_memory_bytes(device)],
+             comm.bytes.sent["eval"], comm.bytes.received["eval"], state_bytes, peak_memory_bytes(device),
+             comm.bytes.sent["checkpoint"], comm.bytes.received["checkpoint"]],
             dtype=torch.float64)))
     return {
         "algo": cfg.algo.name, "model": cfg.model.name, "width": cfg.model.width, "workers": comm.world_size,
@@ -222,7 +223,11 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
         "elapsed_s": time.perf_counter() - start,
         "sent_bytes_per_worker": [int(v) for v in totals[:, 0]],
         "recv_bytes_per_worker": [int(v) for v in totals[:, 1]],
+        # Assembling the global model on rank 0 is not training traffic: reported apart, never in the above.
         "eval_bytes_sent_per_worker": [int(v) for v in totals[:, 2]],
+        "eval_bytes_recv_per_worker": [int(v) for v in totals[:, 3]],
+        "checkpoint_bytes_sent_per_worker": [int(v) for v in totals[:, 6]],
+        "checkpoint_bytes_recv_per_worker": [int(v) for v in totals[:, 7]],
         "model_state_bytes_per_worker": [int(v) for v in totals[:, 4]],
         "peak_memory_bytes_per_worker": [int(v) for v in totals[:, 5]],
         "peak_memory_kind": "cuda max allocated" if device.type == "cuda" else "process max RSS",
@@ -236,9 +241,9 @@ def save_checkpoint(comm: Communicator, algo, cfg: Config, out: Path, next_round
     state = algo.gather_state(tag="checkpoint")
     with comm.tag("control"):
         counters = comm.all_gather(torch.tensor(
-            [[comm.bytes.sent[t], comm.bytes.received[t]] for t in ("sync", "eval")], dtype=torch.float64))
+            [[comm.bytes.sent[t], comm.bytes.received[t]] for t in ("sync", "eval", "checkpoint")], dtype=torch.float64))
     if state is not None:
-        per_rank = [{t: (int(c[i, 0]), int(c[i, 1])) for i, t in enumerate(("sync", "eval"))} for c in counters]
+        per_rank = [{t: (int(c[i, 0]), int(c[i, 1])) for i, t in enumerate(("sync", "eval", "checkpoint"))} for c in counters]
         checkpoint.save(out, {"round": next_round, "config": cfg.to_dict(), "model": state,
                               "progress": dict(progress), "metrics": rows, "bytes": per_rank},
                         keep=cfg.run.keep_checkpoints)
