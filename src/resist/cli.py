@@ -126,11 +126,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import checkpoint, train
+    from .train import train
 
     cfg = build_config(args)
-    resume = bool(args.resume) or (args.auto_resume and checkpoint.latest(Path(cfg.run.out)) is not None)
-    summary = train(cfg, resume=resume)
+    summary = train(cfg, resume=True if args.resume else "auto" if args.auto_resume else False)
     print(f"{cfg.algo.name}: best test accuracy {summary['best_acc']:.2f}% in {summary['time_s']:.1f} s "
           f"(parallel-equivalent), {max(summary['sent_bytes_per_worker']) / 1e6:.2f} MB sent per worker; "
           f"run folder {cfg.run.out}")

@@ -74,13 +74,52 @@ def test_keeps_last_k_checkpoints_loadable_weights_only(tmp_path):
     assert not list((tmp_path / "checkpoints").glob("*.tmp"))
 
 
-def test_resume_with_other_worker_count(tmp_path, faults):
-    faults("raise:rank=0:round=4")
-    with pytest.raises(InjectedFault):
-        train(cfg_for(tmp_path), DATA)
-    faults("")
-    summary = train(cfg_for(tmp_path, **{"algo.workers": 3}), DATA, resume=True)
-    assert summary["workers"] == 3 and summary["resumed_at_round"] == 4 and 0 <= summary["best_acc"] <= 100
+def _rows(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("before,after,stop", [(2, 4, 6), (4, 2, 3)])
+def test_resume_with_other_worker_count_keeps_the_schedule_in_epochs(tmp_path, before, after, stop):
+    """Stopped after 1 of 2 epochs, resumed with another worker count: exactly the remaining epoch is
+    trained, with the learning rate of an uninterrupted run at every round, and the evaluation scale of
+    the new worker count."""
+    over = {"optim.epochs": 2, "run.max_rounds": None, "run.eval_every": 100}
+    whole = train(cfg_for(tmp_path / "whole", **{**over, "algo.workers": after}), DATA)
+    train(cfg_for(tmp_path / "cut", **{**over, "algo.workers": before, "run.max_rounds": stop}), DATA)
+    resumed = train(cfg_for(tmp_path / "cut", **{**over, "algo.workers": after}), DATA, resume=True)
+    ref = {r["round"]: r for r in _rows(tmp_path / "whole")}
+    cont = _rows(tmp_path / "cut")[stop:]
+    assert cont and cont[0]["epoch"] > 1.0 and cont[-1]["epoch"] == 2.0
+    for r in cont:
+        assert (r["epoch"], r["lr"], r["step"]) == (ref[r["round"]]["epoch"], ref[r["round"]]["lr"], ref[r["round"]]["step"])
+    assert resumed["epochs_trained"] == 2.0 == whole["epochs_trained"]
+    assert resumed["resume"] == {"workers_before": before, "epochs_before": 1.0, "resumed_at_epoch": 1.0,
+                                 "epochs_after": 1.0}
+    assert resumed["eval_scale"] == whole["eval_scale"] and resumed["workers"] == after
+
+
+def test_resume_point_between_round_boundaries_says_so():
+    from resist.train.trainer import Schedule, resume_point_in
+
+    cfg2, cfg4 = (cfg_for("x", **{"optim.epochs": 2, "run.max_rounds": None, "algo.workers": w}) for w in (2, 4))
+    saved = {"config": cfg2.to_dict(), "round": 5}  # 10 of 12 steps per epoch: 0.833 epochs
+    point = resume_point_in(saved, cfg4, Schedule.of(cfg4, len(DATA.train.y)), len(DATA.train.y))
+    assert point.epochs_before == pytest.approx(10 / 12) and point.round == 2 and point.epoch == pytest.approx(4 / 6)
+    assert "instead of 2" in point.note and "trained twice" in point.note
+    same = resume_point_in(saved, cfg2, Schedule.of(cfg2, len(DATA.train.y)), len(DATA.train.y))
+    assert same.round == 5 and same.note is None
+
+
+def test_progress_bar_total_is_never_negative(tmp_path, monkeypatch):
+    from resist.train import metrics
+
+    totals = []
+    real = metrics.MetricsWriter.__init__
+    monkeypatch.setattr(metrics.MetricsWriter, "__init__",
+                        lambda self, path, progress_total=None: totals.append(progress_total) or real(self, path))
+    train(cfg_for(tmp_path, **{"run.max_rounds": 4}), DATA)
+    train(cfg_for(tmp_path, **{"run.max_rounds": 2}), DATA, resume=True)  # already past the end
+    assert totals == [4, 0]
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, faults):
@@ -194,3 +233,20 @@ def test_resume_ensemble_refused(capsys, tmp_path):
     assert main(["train", "smoke", "--algo", "ensemble", "--max-rounds", "1", "--out", str(out)]) == 0
     capsys.readouterr()
     _one_line_2(capsys, ["train", "--resume", str(out)], "cannot be resumed")
+
+
+def test_rank0_decides_where_every_rank_resumes(tmp_path):
+    """Multi-node auto-resume: ranks that see no checkpoint themselves follow rank 0's round, and a rank
+    that cannot read rank 0's run folder fails saying so, rather than starting afresh."""
+    from resist.comm import run_in_process
+    from resist.train.trainer import agree_on_resume
+
+    train(cfg_for(tmp_path / "run", **{"run.max_rounds": 4}), DATA)
+    latest = checkpoint.latest(tmp_path / "run")
+    paths = run_in_process(3, lambda comm: agree_on_resume(comm, tmp_path / "run", str(latest) if comm.rank == 0 else None))
+    assert paths == [str(latest)] * 3
+    assert run_in_process(2, lambda comm: agree_on_resume(comm, tmp_path / "run", None)) == [None, None]
+    elsewhere = tmp_path / "node2"  # another node's view of the run folder: empty
+    with pytest.raises(ValueError, match="rank 1 cannot read .*storage that every node reads"):
+        run_in_process(2, lambda comm: agree_on_resume(
+            comm, tmp_path / "run" if comm.rank == 0 else elsewhere, str(latest) if comm.rank == 0 else None))

@@ -31,11 +31,24 @@ def save(run_dir: Path, payload: dict[str, Any], keep: int) -> Path:
     """Write ``checkpoints/round_NNNNNN.pt`` (NNNNNN = the round to resume at) and prune to ``keep``."""
     d = folder(run_dir)
     d.mkdir(parents=True, exist_ok=True)
-    path = d / f"round_{payload['round']:06d}.pt"
+    path = path_for(run_dir, payload["round"])
     atomic_save({"format": FORMAT, "version": VERSION, **payload}, path)
     for old in sorted(all_checkpoints(run_dir))[:-keep]:
         old.unlink(missing_ok=True)
     return path
+
+
+def path_for(run_dir: Path, round_: int) -> Path:
+    """The checkpoint from which round ``round_`` starts."""
+    return folder(run_dir) / f"round_{round_:06d}.pt"
+
+
+def round_of(path: Path) -> int:
+    """The round a checkpoint file resumes at, from its name."""
+    found = _NAME.search(Path(path).name)
+    if not found:
+        raise ValueError(f"{path} is not named like a checkpoint (round_NNNNNN.pt)")
+    return int(found.group(1))
 
 
 def all_checkpoints(run_dir: Path) -> list[Path]:

@@ -109,6 +109,48 @@ def check(cfg: Config, dataset: Dataset) -> Schedule:
     return Schedule.of(cfg, len(dataset.train.y))
 
 
+@dataclass
+class ResumePoint:
+    """Where a checkpoint's run continues in this run's schedule (see :func:`resume_point_in`)."""
+
+    round: int
+    """The first round to train."""
+    epochs_before: float
+    """Epochs each worker's shard had been trained for when the checkpoint was written."""
+    epoch: float
+    """The epoch at which ``round`` begins in this schedule (equal to ``epochs_before`` when exact)."""
+    workers_before: int
+    note: str | None = None
+    """One line for the log when the worker count changed."""
+
+
+def resume_point_in(saved: dict[str, Any], cfg: Config, sched: Schedule, n_train: int) -> ResumePoint:
+    """Map a checkpoint's progress onto this run's schedule.
+
+    With the same worker count the run continues at the checkpoint's round. With another, steps per
+    epoch change (each worker's shard is n / S), so progress carries over by epochs seen: the run
+    continues at the round boundary nearest to that epoch (at most half a round off), and the schedule
+    of learning-rate decays, being in fractions of the epochs, stays at the same epochs.
+    """
+    old = Config.from_dict(saved["config"])
+    old_sched = Schedule.of(old.replace(**{"run.max_rounds": None}), n_train)
+    done = saved.get("epoch")
+    if done is None:  # checkpoints written before the epoch was recorded
+        done = min(saved["round"] * old.algo.local_iters, old_sched.total_steps) / old_sched.steps_per_epoch
+    if old.algo.workers == cfg.algo.workers:
+        return ResumePoint(saved["round"], done, done, old.algo.workers)
+    iters, spe = cfg.algo.local_iters, sched.steps_per_epoch
+    full_rounds = math.ceil(sched.total_steps / iters)
+    r = min(full_rounds, max(0, round(done * spe / iters)))
+    at = min(r * iters, sched.total_steps) / spe
+    note = (f"resuming with {cfg.algo.workers} workers instead of {old.algo.workers}: {done:.4g} of "
+            f"{cfg.optim.epochs:g} epochs were trained; continuing at round {r} of {full_rounds}, epoch {at:.4g}")
+    if abs(at - done) > 1e-9:
+        note += (f" (a round boundary of the new schedule, so {abs(at - done):.3g} epochs are "
+                 f"{'skipped' if at > done else 'trained twice'})")
+    return ResumePoint(r, done, at, old.algo.workers, note)
+
+
 def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | None,
                resume: dict[str, Any] | str | None = None) -> dict[str, Any]:
     """One rank's whole training run; returns the run summary (the same on every rank).
@@ -136,10 +178,14 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
     progress = {"parallel_s": 0.0, "elapsed_s": 0.0, "best": -1.0, "best_time": 0.0}
     rows: list[dict[str, Any]] = []
     first_round = 0
+    point = None
     if resume is None:
         algo.start(0)
     else:
-        first_round = resume["round"]
+        point = resume_point_in(resume, cfg, sched, len(dataset.train.y))
+        first_round = point.round
+        if lead and point.note:
+            log.info("%s", point.note)
         algo.start(first_round, resume["model"])
         progress.update(resume["progress"])
         rows = list(resume["metrics"])
@@ -149,7 +195,7 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
     writer = None
     if lead and out:
         (out / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-        writer = MetricsWriter(out / "metrics.jsonl", progress_total=sched.rounds - first_round)
+        writer = MetricsWriter(out / "metrics.jsonl", progress_total=max(0, sched.rounds - first_round))
 
     start = time.perf_counter() - progress["elapsed_s"]
     acc = None
@@ -203,7 +249,7 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
             writer.write(record, summary=acc is not None)
         if out and algo.checkpointable and ((r + 1) % ckpt_every == 0 or last):
             progress["elapsed_s"] = time.perf_counter() - start
-            save_checkpoint(comm, algo, cfg, out, r + 1, progress, rows)
+            save_checkpoint(comm, algo, cfg, out, r + 1, step / sched.steps_per_epoch, progress, rows)
     if writer:
         writer.close()
     if out:
@@ -214,10 +260,17 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
              comm.bytes.sent["eval"], comm.bytes.received["eval"], state_bytes, peak_memory_bytes(device),
              comm.bytes.sent["checkpoint"], comm.bytes.received["checkpoint"]],
             dtype=torch.float64)))
+    end_epoch = min(sched.rounds * cfg.algo.local_iters, sched.total_steps) / sched.steps_per_epoch
     return {
         "algo": cfg.algo.name, "model": cfg.model.name, "width": cfg.model.width, "workers": comm.world_size,
         "dataset": dataset.name, "runtime": cfg.run.runtime, "rounds": sched.rounds,
         "steps": min(sched.rounds * cfg.algo.local_iters, sched.total_steps), "resumed_at_round": first_round,
+        # Epochs each worker's shard was trained for, before and after the last resume (the worker
+        # count may differ between them); their sum is what the whole run trained.
+        "epochs_trained": (point.epochs_before if point else 0.0) + end_epoch - (point.epoch if point else 0.0),
+        "resume": None if point is None else {
+            "workers_before": point.workers_before, "epochs_before": point.epochs_before,
+            "resumed_at_epoch": point.epoch, "epochs_after": end_epoch - point.epoch},
         "best_acc": progress["best"], "final_acc": rows[-1].get("test_acc") if rows else None,
         "time_s": progress["parallel_s"], "time_to_best_s": progress["best_time"],
         "elapsed_s": time.perf_counter() - start,
@@ -235,7 +288,7 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
     }
 
 
-def save_checkpoint(comm: Communicator, algo, cfg: Config, out: Path, next_round: int,
+def save_checkpoint(comm: Communicator, algo, cfg: Config, out: Path, next_round: int, epoch: float,
                     progress: dict[str, float], rows: list[dict[str, Any]]) -> None:
     """Collective: the global state gathered on rank 0 and written there, atomically."""
     state = algo.gather_state(tag="checkpoint")
@@ -244,7 +297,7 @@ def save_checkpoint(comm: Communicator, algo, cfg: Config, out: Path, next_round
             [[comm.bytes.sent[t], comm.bytes.received[t]] for t in ("sync", "eval", "checkpoint")], dtype=torch.float64))
     if state is not None:
         per_rank = [{t: (int(c[i, 0]), int(c[i, 1])) for i, t in enumerate(("sync", "eval", "checkpoint"))} for c in counters]
-        checkpoint.save(out, {"round": next_round, "config": cfg.to_dict(), "model": state,
+        checkpoint.save(out, {"round": next_round, "epoch": epoch, "config": cfg.to_dict(), "model": state,
                               "progress": dict(progress), "metrics": rows, "bytes": per_rank},
                         keep=cfg.run.keep_checkpoints)
 
@@ -262,7 +315,30 @@ def _dist_entry(comm: Communicator, cfg_dict: dict, out: str | None, dataset: Da
     cfg = Config.from_dict(cfg_dict)
     if dataset is None:
         dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir, download=False)
+    if out:
+        resume = agree_on_resume(comm, Path(out), resume)
     return run_worker(comm, cfg, dataset, Path(out) if out else None, resume)
+
+
+def agree_on_resume(comm: Communicator, out: Path, resume: str | None) -> str | None:
+    """Collective: rank 0 alone decides whether and where the run resumes, and every rank follows.
+
+    Under torchrun each process decides for itself before any communication exists, and a node that
+    cannot see rank 0's run folder would start afresh beside ranks that resume. Rank 0's choice is
+    broadcast as a round; every rank then reads that checkpoint, so the run folder must be on storage
+    that every node reads (a rank that cannot read it fails, saying so)."""
+    chosen = torch.tensor([-1], dtype=torch.int64)
+    if comm.rank == 0 and resume:
+        chosen[0] = checkpoint.round_of(Path(resume))
+    with comm.tag("control"):
+        comm.broadcast(chosen, 0)
+    if chosen[0] < 0:
+        return None
+    path = checkpoint.path_for(out, int(chosen[0]))
+    if not path.is_file():
+        raise ValueError(f"rank {comm.rank} cannot read {path}, from which rank 0 resumes; put the run "
+                         f"folder on storage that every node reads")
+    return str(path)
 
 
 def under_torchrun() -> bool:
@@ -296,23 +372,26 @@ def resume_point(cfg: Config, run_dir: Path) -> Path:
     return path
 
 
-def train(cfg: Config, dataset: Dataset | None = None, resume: bool = False) -> dict[str, Any]:
+def train(cfg: Config, dataset: Dataset | None = None, resume: bool | str = False) -> dict[str, Any]:
     """Train as ``cfg`` says; returns the summary, also written to ``RUN/summary.json``.
 
-    ``resume``: continue from the latest checkpoint in ``cfg.run.out`` (an error if there is none).
+    ``resume``: continue from the latest checkpoint in ``cfg.run.out`` (an error if there is none);
+    ``"auto"``: continue if there is one (under torchrun, if rank 0 sees one), else start afresh.
     """
     given = dataset is not None
     if dataset is None:
         dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir, download=cfg.data.download)
     check(cfg, dataset)
-    if resume and not ALGORITHMS[cfg.algo.name].checkpointable:
+    if resume is True and not ALGORITHMS[cfg.algo.name].checkpointable:
         raise ValueError(f"{cfg.algo.name} runs write no checkpoints, so they cannot be resumed")
-    ckpt = resume_point(cfg, Path(cfg.run.out)) if resume else None
     torchrun = cfg.run.runtime == "dist" and under_torchrun()
     if torchrun and int(os.environ["WORLD_SIZE"]) != cfg.algo.workers:
         raise ValueError(f"torchrun started {os.environ['WORLD_SIZE']} processes but --workers is "
                          f"{cfg.algo.workers}; make them equal")
     lead = not torchrun or int(os.environ["RANK"]) == 0
+    if resume == "auto":  # resume if there is a checkpoint; under torchrun rank 0 decides for all
+        resume = lead and checkpoint.latest(Path(cfg.run.out)) is not None
+    ckpt = resume_point(cfg, Path(cfg.run.out)) if resume and lead else None
     out = prepare_run_dir(cfg, resuming=ckpt is not None) if lead else Path(cfg.run.out)
     if lead:
         log.info("%s: %s on %d workers (%s), %s, run folder %s%s", cfg.algo.name, cfg.model.name,
