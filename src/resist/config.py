@@ -56,7 +56,8 @@ class DataConfig:
     batch_size: int = 128
     """Training batch per worker (paper: 128 on CIFAR)."""
     eval_batch_size: int = 500
-    """Batch size for evaluation (does not change results)."""
+    """Batch size for evaluation. It changes results under ``bn_eval=batch``, where each test batch is
+    normalized with its own statistics; with ``average`` and ``recalibrate`` it only changes speed."""
     eval_limit: int | None = None
     """Evaluate on the first this many test images only (a quick look); ``None``: the whole test set."""
 
@@ -98,6 +99,8 @@ class AlgoConfig:
         _check(self.partition in ("section3", "naive"),
                f"unknown partition mode {self.partition!r}; choose one of: section3, naive")
         _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        _check(self.warmup_epochs == 0 or self.name == "resist",
+               f"warmup_epochs is ResIST's local-SGD warm-up; {self.name} has none: drop --warmup-epochs")
         _check(self.bn_eval in BN_EVAL_MODES,
                f"unknown bn_eval {self.bn_eval!r}; choose one of: {', '.join(BN_EVAL_MODES)}")
         _check(self.recalib_batches >= 1, f"recalib_batches must be >= 1, got {self.recalib_batches}")

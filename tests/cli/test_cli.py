@@ -114,6 +114,8 @@ BAD = {
     "negative seed": (["--seed", "-1"], "seed must be >= 0"),
     "zero recalibration": (["--recalib-batches", "0"], "recalib_batches must be >= 1"),
     "negative warm-up": (["--warmup-epochs", "-1"], "warmup_epochs must be >= 0"),
+    "warm-up without ResIST": (["--algo", "local_sgd", "--warmup-epochs", "1"], "local_sgd has none"),
+    "warm-up of an ensemble": (["--algo", "ensemble", "--warmup-epochs", "1"], "ensemble has none"),
     "zero checkpoint cadence": (["--checkpoint-every", "0"], "checkpoint_every must be >= 1"),
     "zero kept checkpoints": (["--keep-checkpoints", "0"], "keep_checkpoints must be >= 1"),
     "decay outside training": (["--set", "optim.lr_decay_at=[1.5]"], "lr_decay_at must lie in (0, 1)"),

@@ -37,6 +37,37 @@ def test_paper_table1_exactly(capsys):
     assert "paper's Table 1" in out and "0.454 / 0.720 / 1.289" in out
 
 
+def expected_resist_bytes(model, s: int, rounds: int, way: str) -> list[list[int]]:
+    """[rank][round] bytes from the plan (§2.5): the shared layers' ring all-reduce, one flat buffer per
+    dtype, plus each block from each holder to each *other* holder of the next round."""
+    from resist.plan import candidate_blocks, make_plan
+
+    cands = candidate_blocks(model.partitionable, model.skippable, "section3")
+
+    def nbytes(module):
+        return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+
+    shared = [model.stem, model.head] + [model.blocks[i] for i in range(len(model.blocks)) if i not in cands]
+    by_dtype: dict[torch.dtype, int] = {}
+    for t in [t for m in shared for t in [*m.parameters(), *m.buffers()]]:
+        by_dtype[t.dtype] = by_dtype.get(t.dtype, 0) + t.numel() * t.element_size()
+    ring = sum(round(2 * (s - 1) / s * n) for n in by_dtype.values())
+    out = []
+    for me in range(s):
+        row = []
+        for r in range(rounds):
+            cur, nxt = make_plan(0, r, s, cands, 0), make_plan(0, r + 1, s, cands, 0)
+            moved = 0
+            for b in cands:
+                if way == "sent" and me in cur.holders(b):
+                    moved += nbytes(model.blocks[b]) * len([d for d in nxt.holders(b) if d != me])
+                if way == "received" and me in nxt.holders(b) and cur.holders(b) != (me,):
+                    moved += nbytes(model.blocks[b]) * len([h for h in cur.holders(b) if h != me])
+            row.append(ring + moved)
+        out.append(row)
+    return out
+
+
 def test_measured_on_gloo(capsys):
     rc, out, _ = run(capsys, "comm", *TINY, "--workers", "2", "3", "--rounds", "2", "--json")
     assert rc == 0
@@ -50,7 +81,8 @@ def test_measured_on_gloo(capsys):
     for row in rep["rows"]:
         s = row["workers"]
         local, resist = row["local_sgd"]["measured"], row["resist"]["measured"]
-        assert resist["mean_bytes"] < local["mean_bytes"]
+        assert resist["sent"] == expected_resist_bytes(model, s, 2, "sent")
+        assert resist["received"] == expected_resist_bytes(model, s, 2, "received")
         ring = sum(round(2 * (s - 1) / s * n) for n in by_dtype.values())  # per rank, each way
         assert local["sent"] == [[ring] * 2] * s and local["received"] == [[ring] * 2] * s
         assert local["per_round"] == [2 * s * ring] * 2

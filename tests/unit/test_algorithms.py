@@ -172,30 +172,130 @@ def test_integration_loss_falls_and_accuracy_above_chance(tmp_path):
     model.load_state_dict(state)
 
 
+def _plain_batches(cfg, n):
+    stream = BatchStream(DATA.train, DATA.mean, DATA.std, cfg.algo.workers, 0, cfg.data.batch_size,
+                         cfg.run.seed + 1, augment=False)
+    return [stream.batch(k) for k in range(n)]
+
+
 @pytest.mark.parametrize("bn_eval", ["average", "batch", "recalibrate"])
-@pytest.mark.parametrize("algo", ["resist", "ensemble"])
-def test_bn_eval_modes_and_ensemble_run(algo, bn_eval, tmp_path):
-    cfg = tiny(**{"algo.name": algo, "algo.workers": 2, "algo.bn_eval": bn_eval, "run.out": str(tmp_path)})
+def test_bn_eval_modes_match_a_hand_evaluation_of_the_saved_model(bn_eval, tmp_path):
+    """The reported accuracy is the saved model's under the chosen BatchNorm mode, computed here by hand;
+    and the three modes normalize with different statistics."""
+    from resist.algorithms.evaluation import predict, recalibrate
+
+    cfg = tiny(**{"algo.workers": 2, "algo.bn_eval": bn_eval, "run.out": str(tmp_path)})
     summary = train(cfg, DATA)
-    assert 0 <= summary["best_acc"] <= 100
-    if algo == "ensemble":
-        assert summary["sent_bytes_per_worker"] == [0, 0]
-        assert (tmp_path / "member1.pt").exists()
+    model = create_model("paper_resnet", num_classes=4, width=cfg.model.width, layers=cfg.model.layers)
+    model.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    model.set_residual_scale(summary["scaled_blocks"], summary["eval_scale"])
+    stats = [b.clone() for b in model.buffers()]
+    if bn_eval == "recalibrate":
+        recalibrate(model, _plain_batches(cfg, cfg.algo.recalib_batches), "cpu")
+        assert any(not torch.equal(a, b) for a, b in zip(stats, model.buffers()))
+    test = [(DATA.test.x[i:i + 500], DATA.test.y[i:i + 500]) for i in range(0, len(DATA.test.y), 500)]
+    from resist.data import to_float
+    logits, labels = predict(model, [(to_float(x, DATA.mean, DATA.std), y) for x, y in test], bn_eval, "cpu")
+    expected = 100.0 * (logits.argmax(1) == labels).double().mean().item()
+    assert summary["final_acc"] == expected
+    if bn_eval == "batch":  # test-batch statistics leave the running ones alone
+        assert all(torch.equal(a, b) for a, b in zip(stats, model.buffers()))
 
 
-def test_warmup_then_resist_scales_and_moves_less(tmp_path):
-    cfg = tiny(**{"algo.workers": 2, "algo.warmup_epochs": 0.5, "optim.epochs": 1})
-    sched = Schedule.of(cfg, len(DATA.train.y))
+def test_bn_eval_modes_give_different_predictions(tmp_path):
+    cfg = tiny(**{"algo.workers": 2, "run.out": str(tmp_path)})
+    train(cfg, DATA)
+    from resist.algorithms.evaluation import predict, recalibrate
+    from resist.data import to_float
+
+    def logits(mode):
+        model = create_model("paper_resnet", num_classes=4, width=cfg.model.width, layers=cfg.model.layers)
+        model.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+        if mode == "recalibrate":
+            recalibrate(model, _plain_batches(cfg, 3), "cpu")
+        return predict(model, [(to_float(DATA.test.x, DATA.mean, DATA.std), DATA.test.y)],
+                       "batch" if mode == "batch" else "average", "cpu")[0]
+
+    a, b, r = logits("average"), logits("batch"), logits("recalibrate")
+    assert not torch.allclose(a, b) and not torch.allclose(a, r) and not torch.allclose(b, r)
+
+
+@pytest.mark.parametrize("bn_eval", ["average", "recalibrate"])
+def test_ensemble_accuracy_is_that_of_the_members_average_logits(bn_eval, tmp_path):
+    from resist.algorithms.evaluation import predict, recalibrate
+    from resist.data import to_float
+
+    cfg = tiny(**{"algo.name": "ensemble", "algo.workers": 2, "algo.bn_eval": bn_eval, "run.out": str(tmp_path)})
+    summary = train(cfg, DATA)
+    assert summary["sent_bytes_per_worker"] == [0, 0]
+    x = to_float(DATA.test.x, DATA.mean, DATA.std)
+    total = 0
+    for rank in range(2):
+        member = torch.load(tmp_path / f"member{rank}.pt", weights_only=True)
+        model = create_model("paper_resnet", num_classes=4, width=cfg.model.width, layers=cfg.model.layers)
+        model.load_state_dict(member["state_dict"], strict=False)
+        model.skip = frozenset(member["skip"])
+        if bn_eval == "recalibrate":
+            stream = BatchStream(DATA.train, DATA.mean, DATA.std, 2, rank, cfg.data.batch_size, cfg.run.seed + 1,
+                                 augment=False)
+            recalibrate(model, [stream.batch(k) for k in range(cfg.algo.recalib_batches)], "cpu")
+        total = total + predict(model, [(x, DATA.test.y)], "average", "cpu")[0]
+    expected = 100.0 * ((total / 2).argmax(1) == DATA.test.y).double().mean().item()
+    assert summary["final_acc"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_ensemble_members_start_from_their_own_initialization():
+    cfg = tiny(**{"algo.name": "ensemble", "algo.workers": 3})
+    stems = _workers(cfg, lambda w: [t.clone() for t in tensors_of(w.module("stem")) if t.is_floating_point()][0])
+    assert not torch.equal(stems[0], stems[1]) and not torch.equal(stems[1], stems[2])
+    again = _workers(cfg, lambda w: [t.clone() for t in tensors_of(w.module("stem")) if t.is_floating_point()][0])
+    assert all(torch.equal(a, b) for a, b in zip(stems, again))  # still a pure function of the seed
+
+
+def test_recalibrating_an_ensemble_member_for_evaluation_leaves_its_statistics_alone():
+    cfg = tiny(**{"algo.name": "ensemble", "algo.workers": 2, "algo.bn_eval": "recalibrate"})
+
+    def body(w):
+        w.begin_round(0)
+        x, y = _plain_batches(cfg, 1)[0]
+        w.step(x, y, 0.05)
+        before = [b.clone() for b in w.model.buffers() if not b.is_meta]
+        w.evaluate(lambda: iter([(x, y)]), lambda: iter(_plain_batches(cfg, 2)))
+        after = [b for b in w.model.buffers() if not b.is_meta]
+        return all(torch.equal(a, b) for a, b in zip(before, after))
+
+    assert _workers(cfg, body) == [True, True]
+
+
+def _sent_per_round(out):
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    totals = [max(r["sent_bytes"]) for r in rows]
+    return [b - a for a, b in zip([0] + totals, totals)]
+
+
+def test_warmup_trains_the_whole_scaled_network_then_resist_moves_less(tmp_path):
+    """Warm-up rounds are local SGD on the whole network, residual branches scaled by c (§2.6): each
+    sends exactly local SGD's bytes; the rounds after it send exactly a plain ResIST run's."""
+    cfg = tiny(**{"algo.workers": 2, "algo.warmup_epochs": 0.5, "optim.epochs": 2})
 
     def body(w):
         assert w.full_round(0) and not w.full_round(w.warmup_rounds)
         assert all(w.held(b) for b in w.candidates)
         w.begin_round(0)
-        scales = {w.model.blocks[b].residual_scale for b in w.candidates}
-        return scales
+        return w.warmup_rounds, {w.model.blocks[b].residual_scale for b in w.candidates}
 
-    for scales in _workers(cfg, body):
-        assert scales == {0.5}
+    (warm, scales), _ = _workers(cfg, body)
+    assert scales == {0.5} and 0 < warm
+    warmed = _sent_per_round(trained(cfg, tmp_path / "warm"))
+    lsgd = _sent_per_round(trained(cfg.replace(**{"algo.name": "local_sgd", "algo.warmup_epochs": 0}), tmp_path / "l"))
+    plain = _sent_per_round(trained(cfg.replace(**{"algo.warmup_epochs": 0}), tmp_path / "r"))
+    assert warmed[:warm] == lsgd[:warm]
+    assert warmed[warm:] == plain[warm:] and max(warmed[warm:-1]) < min(lsgd)
+
+
+def trained(cfg, out):
+    train(cfg.replace(**{"run.out": str(out)}), DATA)
+    return out
 
 
 def test_naive_partition_deals_blocks_of_every_section():

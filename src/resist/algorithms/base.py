@@ -84,6 +84,8 @@ class Worker:
         # Every held tensor lives in a flat buffer per dtype of its bucket ("shared", or a block
         # index), so that synchronization sends and all-reduces those buffers as they are: no copies.
         self.flats: dict[Part, list[torch.Tensor]] = {}
+        #: Seed of the parts' initialization: the run's, so that every rank creates any part identically.
+        self.init_seed = cfg.run.seed
 
     # --- parts -----------------------------------------------------------------------------------
     def module(self, part: Part) -> nn.Module:
@@ -100,7 +102,7 @@ class Worker:
         """Allocate ``part``; with ``init``, fill it with its seeded initialization."""
         module = self.module(part)
         if init:
-            init_part(self.model, part, self.cfg.run.seed, self.device)
+            init_part(self.model, part, self.init_seed, self.device)
         else:
             module.to_empty(device=self.device)
         for name, p in module.named_parameters(prefix=self.prefix(part).rstrip(".")):

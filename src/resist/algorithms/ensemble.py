@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
 
 from ..io import atomic_save
+from ..seeds import mix
 from .base import Part
 from .evaluation import predict, recalibrate
 from .resist import ResIST
@@ -20,6 +22,11 @@ class Ensemble(ResIST):
 
     checkpointable = False
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Independently trained members start independently (Table 7): a seed of each member's own.
+        self.init_seed = mix(0xE45E, self.cfg.run.seed, self.comm.rank) % 2**32
+
     def holders(self, round_: int) -> dict[Part, tuple[int, ...]]:
         return super().holders(self.warmup_rounds)  # the first plan, for ever
 
@@ -31,9 +38,11 @@ class Ensemble(ResIST):
 
     def evaluate(self, test_batches: Callable[[], Iterable], train_batches: Callable[[], Iterable]) -> float:
         bn_eval = self.cfg.algo.bn_eval
-        if bn_eval == "recalibrate":
-            recalibrate(self.model, train_batches(), self.device)
-        logits, labels = predict(self.model, test_batches(), bn_eval, self.device)
+        model = self.model
+        if bn_eval == "recalibrate":  # on a copy: training goes on with the member's own statistics
+            model = copy.deepcopy(self.model)
+            recalibrate(model, train_batches(), self.device)
+        logits, labels = predict(model, test_batches(), bn_eval, self.device)
         with self.comm.tag("eval"):
             self.comm.all_reduce(logits, average=True)
         return 100.0 * (logits.argmax(1) == labels).double().mean().item()

@@ -7,20 +7,10 @@ from typing import Iterator, Sequence
 import torch
 from torch import Tensor
 
+from ..seeds import mix as _mix
 from .augment import augment as _augment
 from .augment import normalize, to_float
 from .datasets import ImageArrays
-
-_MOD = 2**63
-
-
-def _mix(*values: int) -> int:
-    """Combine integers into one seed arithmetically (Python's hash() is salted per process for str)."""
-    h = 0
-    for v in values:
-        h = (h * 1_000_003 + int(v)) % _MOD
-    return h
-
 
 def steps_per_epoch(n: int, world_size: int, batch_size: int) -> int:
     """Full batches per worker per epoch: floor(floor(n / world_size) / batch_size)."""
