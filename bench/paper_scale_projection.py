@@ -13,10 +13,17 @@ two measurements of this project together:
   per-round bytes are ``local_iters`` times those of a 1-step round (BatchNorm buffers, about 0.1% of
   them, are thereby over-counted).
 
-projected round = local_iters x step time + bytes x 8 / link + messages x latency, with the message
-count of ``resist project`` (2 (W-1) per all-reduce; ResIST's point-to-point messages uncounted).
+projected round = local_iters x step time + bytes x 8 / link + messages x latency, as ``resist project``
+computes it: bytes are, per worker, the larger of sent and received (the slowest worker's), and messages
+are those the communicator counted (2 (W-1) per all-reduce; per point-to-point exchange the larger of
+its sends and receives).
 
-    python bench/paper_scale_projection.py [--workers 2 4 8] [--local-iters 50]
+With a minimum depth m (default 4, the paper's Table 1 convention; it changes nothing at 2 and 4
+workers, and at 8 gives each sub-ResNet 4 blocks instead of 3), a sub-ResNet may hold a number of blocks
+that the GPU bench did not time; its step time is then interpolated linearly in the blocks held between
+the two nearest measured configurations, and the table says so.
+
+    python bench/paper_scale_projection.py [--workers 2 4 8] [--local-iters 50] [--min-depth 4]
 """
 
 from __future__ import annotations
@@ -33,22 +40,39 @@ from benchutil import OUT, describe_library, library_state
 from resist.config import preset
 from resist.data import load_dataset
 from resist.train import read_metrics, train
-from resist.train.projection import allreduce_messages, round_sent
+from resist.plan import candidate_blocks, make_plan
+from resist.train.projection import round_bytes, round_messages
+from resist.train.trainer import model_builder
 
 ALGOS = ("local_sgd", "resist", "data_parallel")
 
 
-def sent_per_round(algo: str, workers: int, rounds: int) -> float:
-    """Mean bytes the slowest worker sent per 1-step round of the full-width paper ResNet101."""
+def per_round(algo: str, workers: int, rounds: int, min_depth: int) -> tuple[float, float, int]:
+    """Mean bytes (max over workers of max(sent, received)) and messages per 1-step round of the
+    full-width paper ResNet101, and the partitioned blocks worker 0 holds in round 0."""
     data = load_dataset("synthetic", n_train=64 * workers, n_test=8, num_classes=10, size=32)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = preset("smoke").replace(**{
             "model.name": "paper_resnet101", "model.layers": None, "model.width": 1.0, "algo.name": algo,
-            "algo.workers": workers, "algo.local_iters": 1, "data.batch_size": 2, "run.max_rounds": rounds,
-            "run.eval_every": 10**6, "run.out": tmp})
+            "algo.workers": workers, "algo.local_iters": 1, "algo.min_depth": min_depth if algo == "resist" else 0,
+            "data.batch_size": 2, "run.max_rounds": rounds + 1, "run.eval_every": 10**6, "run.out": tmp})
         train(cfg, data)
-        sent = round_sent(read_metrics(Path(tmp) / "metrics.jsonl"))
-    return sum(sent) / len(sent)
+        rows = read_metrics(Path(tmp) / "metrics.jsonl")[:-1]  # the last round sends nothing onward
+        nbytes, msgs = round_bytes(rows), round_messages(rows, algo)
+    model = model_builder(cfg, 10)()
+    cands = candidate_blocks(model.partitionable, model.skippable, "section3")
+    held = len(make_plan(0, 0, workers, cands, cfg.algo.min_depth).assignments[0]) if algo == "resist" else len(cands)
+    return sum(nbytes) / len(nbytes), sum(msgs) / len(msgs), held
+
+
+def step_time(measured: dict[int, float], blocks: int) -> tuple[float, bool]:
+    """GPU seconds per step of a sub-ResNet holding ``blocks`` partitioned blocks: measured, or linearly
+    interpolated between the nearest measured block counts (second value True)."""
+    if blocks in measured:
+        return measured[blocks], False
+    lo = max(b for b in measured if b < blocks)
+    hi = min(b for b in measured if b > blocks)
+    return measured[lo] + (measured[hi] - measured[lo]) * (blocks - lo) / (hi - lo), True
 
 
 def main() -> None:
@@ -57,42 +81,44 @@ def main() -> None:
     ap.add_argument("--local-iters", type=int, default=50)
     ap.add_argument("--gbits", type=float, nargs="+", default=[1.0, 10.0, 100.0])
     ap.add_argument("--latency-us", type=float, default=50.0)
+    ap.add_argument("--min-depth", type=int, default=4, help="ResIST's minimum depth (default 4, as Table 1)")
     ap.add_argument("--rounds", type=int, default=4, help="1-step rounds counted per configuration")
     ap.add_argument("--gpu-json", default=str(OUT / "subnet_speed_gpu.json"))
     args = ap.parse_args()
     gpu = json.loads(Path(args.gpu_json).read_text())
-    step_s = {r["config"]: r["median_s"] for r in gpu["rows"]}
-    missing = [s for s in args.workers if f"S={s}" not in step_s]
-    if missing:
-        raise SystemExit(f"paper_scale_projection: {args.gpu_json} has no sub-ResNet time for S={missing}; "
-                         "rerun bench/subnet_speed.py --device cuda with those --workers")
+    by_blocks = {r["blocks_held"]: r["median_s"] for r in gpu["rows"]}  # partitioned blocks held -> step seconds
     start = library_state()
     L, lat = args.local_iters, args.latency_us * 1e-6
     rows = []
     for w in args.workers:
         for algo in ALGOS:
-            sent = sent_per_round(algo, w, args.rounds) * (L if algo == "data_parallel" else 1)
-            compute = L * (step_s[f"S={w}"] if algo == "resist" else step_s["full"])
-            msgs = allreduce_messages(w) * (L if algo == "data_parallel" else 1)
-            proj = {g: compute + sent * 8 / (g * 1e9) + msgs * lat for g in args.gbits}
-            rows.append({"workers": w, "algo": algo, "compute_s": compute, "sent_bytes": sent, "messages": msgs,
+            nbytes, msgs, held = per_round(algo, w, args.rounds, args.min_depth)
+            per_step = L if algo == "data_parallel" else 1  # its gradients are all-reduced every step
+            step, interpolated = step_time(by_blocks, held)
+            compute = L * step
+            proj = {g: compute + per_step * nbytes * 8 / (g * 1e9) + per_step * msgs * lat for g in args.gbits}
+            rows.append({"workers": w, "algo": algo, "blocks_held": held, "step_interpolated": interpolated,
+                         "compute_s": compute, "bytes": per_step * nbytes, "messages": per_step * msgs,
                          "round_s": proj})
             print(rows[-1], flush=True)
     env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
            "library": describe_library(start, library_state()), "gpu": gpu["env"].get("device")}
     lines = ["# PROJECTION (not a measurement): paper-scale rounds on 1, 10 and 100 Gbit/s links\n",
-             f"`python bench/paper_scale_projection.py --workers {' '.join(map(str, args.workers))} --local-iters {L}` "
+             f"`python bench/paper_scale_projection.py --workers {' '.join(map(str, args.workers))} --local-iters {L} "
+             f"--min-depth {args.min_depth}` "
              f"({env['date']}, library {env['library']}). Compute: {L} steps at the per-step times measured on one "
              f"{env['gpu']} ([subnet_speed_gpu.md](subnet_speed_gpu.md), batch 128, full-width paper ResNet101); "
-             f"bytes: sent per round by the slowest worker, counted by the library on real rounds of the full-width "
-             f"model; {args.latency_us:g} us per message. Time per round in seconds, and speed-up over local SGD "
-             "with the same workers.\n",
-             "| workers | algorithm | compute / round (s) | MB sent / worker / round | "
-             + " | ".join(f"{g:g} Gbit/s" for g in args.gbits) + " |", "|---|---|---|---|" + "---|" * len(args.gbits)]
+             f"bytes: per round, the slowest worker's larger direction (sent or received), counted by the library on "
+             f"real rounds of the full-width model; messages as the communicator counted them, {args.latency_us:g} us "
+             f"each; ResIST with minimum depth {args.min_depth}. Time per round in seconds, and speed-up over local "
+             "SGD with the same workers. A step time marked * is interpolated between measured sub-ResNet sizes.\n",
+             "| workers | algorithm | blocks held | compute / round (s) | MB / worker / round | messages / round | "
+             + " | ".join(f"{g:g} Gbit/s" for g in args.gbits) + " |", "|---|---|---|---|---|---|" + "---|" * len(args.gbits)]
     for r in rows:
         base = next(x for x in rows if x["workers"] == r["workers"] and x["algo"] == "local_sgd")
-        lines.append(f"| {r['workers']} | {r['algo']} | {r['compute_s']:.2f} | {r['sent_bytes'] / 1e6:.1f} | " + " | ".join(
-            f"{r['round_s'][g]:.2f} ({base['round_s'][g] / r['round_s'][g]:.2f}x)" for g in args.gbits) + " |")
+        lines.append(f"| {r['workers']} | {r['algo']} | {r['blocks_held']} | {r['compute_s']:.2f}"
+                     f"{'*' if r['step_interpolated'] else ''} | {r['bytes'] / 1e6:.1f} | {r['messages']:.0f} | " + " | ".join(
+                         f"{r['round_s'][g]:.2f} ({base['round_s'][g] / r['round_s'][g]:.2f}x)" for g in args.gbits) + " |")
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "paper_scale_projection.json").write_text(json.dumps({"args": vars(args), "env": env, "rows": rows}, indent=2))
     (OUT / "paper_scale_projection.md").write_text("\n".join(lines) + "\n")

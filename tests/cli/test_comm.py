@@ -1,5 +1,5 @@
 """``resist comm``: the paper's Table 1 convention, bytes measured on real gloo processes, pipeline
-bytes, and one-line failures (SPEC §7)."""
+bytes, and one-line failures (paper §2.3, Table 1)."""
 
 from __future__ import annotations
 

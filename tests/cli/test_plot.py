@@ -219,3 +219,15 @@ def test_project_json_and_options(capsys, runs):
 def test_project_bad_options(capsys, runs, extra, needle):
     rc, _, err = run(capsys, "project", runs["resist"], *extra)
     one_line_error(rc, err, needle)
+
+
+def test_projection_charges_the_busier_direction_and_counted_messages():
+    from resist.train.projection import project_run
+
+    rows = [{"round": 0, "step": 1, "compute_s": 1.0, "time_s": 1.0, "sent_bytes": [10**9, 0],
+             "recv_bytes": [0, 3 * 10**9], "messages": 7},
+            {"round": 1, "step": 2, "compute_s": 1.0, "time_s": 2.0, "sent_bytes": [2 * 10**9, 10**9],
+             "recv_bytes": [3 * 10**9, 3 * 10**9], "messages": 0}]
+    p = project_run(rows, "x", gbits=[8.0], latency_us=1000.0)
+    # round 0: rank 1 received 3 GB -> 3 s at 8 Gbit/s, + 7 ms; round 1: rank 0 received 3 GB more -> 3 s
+    assert p.projected_s[8.0] == pytest.approx(1 + 3 + 0.007 + 1 + 3)

@@ -130,19 +130,26 @@ def test_bytes_are_shared_all_reduce_plus_blocks_that_change_holder(workers, min
         me, n = w.comm.rank, w.comm.world_size
         cur, nxt = w.holders(0), w.holders(1)
         nbytes = lambda part: sum(t.numel() * t.element_size() for t in w.state_tensors(part))  # noqa: E731
+        flats = len(w.flats["shared"])  # one flat buffer per dtype: floats, BatchNorm's int64 counters
         expect_sent = 2 * (n - 1) / n * sum(nbytes(p) for p in w.shared_parts)
         expect_recv = expect_sent
+        sends = recvs = 0
         for b in w.candidates:
             if me in cur[b]:
                 expect_sent += nbytes(b) * len([d for d in nxt[b] if d != me])
+                sends += flats * len([d for d in nxt[b] if d != me])
             if me in nxt[b] and cur[b] != (me,):
                 expect_recv += nbytes(b) * len([h for h in cur[b] if h != me])
+                recvs += flats * len([h for h in cur[b] if h != me])
         w.end_round(0)
-        return expect_sent, expect_recv, w.comm.bytes.sent["sync"], w.comm.bytes.received["sync"]
+        expect_messages = flats * 2 * (n - 1) + max(sends, recvs)  # ring steps, then one batched exchange
+        return (expect_sent, expect_recv, w.comm.bytes.sent["sync"], w.comm.bytes.received["sync"],
+                expect_messages, w.comm.bytes.messages["sync"])
 
     total_moved = 0
-    for es, er, s, r in _workers(cfg, body):
+    for es, er, s, r, em, m in _workers(cfg, body):
         assert s == pytest.approx(es, abs=1) and r == pytest.approx(er, abs=1)
+        assert m == em
         total_moved += s
     assert total_moved > 0
 

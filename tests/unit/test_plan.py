@@ -1,4 +1,4 @@
-"""Properties of the sub-ResNet plan (paper §2.2, SPEC §2-3); no torch needed."""
+"""Properties of the sub-ResNet plan (paper §2.2, §2.6); no torch needed."""
 
 import sys
 

@@ -174,7 +174,7 @@ class Worker:
         return opt
 
     def lr_at(self, step: int, total_steps: int) -> float:
-        """Step decay: the learning rate divided by 10 at each fraction in ``lr_decay_at`` (SPEC §4)."""
+        """Step decay: the learning rate divided by 10 at each fraction in ``lr_decay_at`` (paper §5)."""
         passed = sum(step >= math.ceil(f * total_steps) for f in self.cfg.optim.lr_decay_at)
         return self.cfg.optim.lr * 0.1**passed
 

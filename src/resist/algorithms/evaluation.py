@@ -1,4 +1,4 @@
-"""Test accuracy of a whole network, with the three BatchNorm choices of SPEC §4 / §9."""
+"""Test accuracy of a whole network, with the three BatchNorm choices (§2.6 and the paper's code: running statistics, test-batch statistics, recalibration)."""
 
 from __future__ import annotations
 

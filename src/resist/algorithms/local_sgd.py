@@ -1,4 +1,4 @@
-"""Baselines on the same machinery as ResIST (SPEC §5): local SGD and data parallel."""
+"""Baselines on the same machinery as ResIST (paper §2.4): local SGD and data parallel."""
 
 from __future__ import annotations
 

@@ -11,6 +11,9 @@ Byte convention (the same in every implementation, so that the two runtimes repo
 - ``all_reduce``: a ring all-reduce, ``2 (W-1)/W x nbytes`` sent and as much received per rank.
 - ``broadcast``: the root sends ``(W-1) x nbytes``; every other rank receives ``nbytes``.
 - ``all_gather``: each rank sends ``(W-1) x nbytes`` of its own and receives ``(W-1) x nbytes``.
+
+Messages (what a link's latency is paid for, per rank): a ring all-reduce takes ``2 (W-1)`` sequential
+steps; an ``exchange`` posts its messages at once, so it pays for the larger of its sends and receives.
 """
 
 from __future__ import annotations
@@ -28,15 +31,17 @@ class CommError(RuntimeError):
 
 
 class ByteCounter:
-    """Bytes sent and received by one rank, per tag."""
+    """Bytes sent and received by one rank, per tag, and the messages that each pays a latency for."""
 
     def __init__(self) -> None:
         self.sent: dict[str, int] = defaultdict(int)
         self.received: dict[str, int] = defaultdict(int)
+        self.messages: dict[str, int] = defaultdict(int)
 
-    def add(self, tag: str, sent: float, received: float) -> None:
+    def add(self, tag: str, sent: float, received: float, messages: int = 0) -> None:
         self.sent[tag] += int(round(sent))
         self.received[tag] += int(round(received))
+        self.messages[tag] += messages
 
     def snapshot(self) -> dict[str, dict[str, int]]:
         return {"sent": dict(self.sent), "received": dict(self.received)}
@@ -81,8 +86,8 @@ class Communicator(ABC):
         finally:
             self._tag = previous
 
-    def _count(self, sent: float, received: float) -> None:
-        self.bytes.add(self._tag, sent, received)
+    def _count(self, sent: float, received: float, messages: int = 0) -> None:
+        self.bytes.add(self._tag, sent, received, messages)
 
     # --- verbs ------------------------------------------------------------------------------------
     def all_reduce(self, tensor: torch.Tensor, average: bool = False) -> None:
@@ -97,7 +102,7 @@ class Communicator(ABC):
         """A ring all-reduce moves 2 (W-1)/W of the tensor each way."""
         w = self.world_size
         nbytes = tensor.numel() * tensor.element_size()
-        self._count(2 * (w - 1) / w * nbytes, 2 * (w - 1) / w * nbytes)
+        self._count(2 * (w - 1) / w * nbytes, 2 * (w - 1) / w * nbytes, 2 * (w - 1))
 
     def _divide(self, tensor: torch.Tensor) -> None:
         """A sum over the ranks into their mean (integers floor-divide)."""
@@ -150,6 +155,7 @@ class Communicator(ABC):
         self._count(
             sum(t.numel() * t.element_size() for _, t in sends),
             sum(t.numel() * t.element_size() for _, t in recvs),
+            max(len(sends), len(recvs)),
         )
         if sends or recvs:
             self._exchange(list(sends), list(recvs))

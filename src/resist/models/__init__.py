@@ -36,7 +36,7 @@ def create_model(name: str, num_classes: int = 10, width: float = 1.0, **kwargs)
     return _MODELS[name](num_classes=num_classes, width=width, **kwargs)
 
 
-# Paper ResNets (Dun et al., SPEC §1): pre-activation basic blocks, no BN-ReLU before the pooling.
+# Paper ResNets (Dun et al., §2.1): pre-activation basic blocks, no BN-ReLU before the pooling.
 @register_model
 def paper_resnet(num_classes=10, width=1.0, *, layers, **kwargs):
     return ResNet(

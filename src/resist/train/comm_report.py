@@ -1,15 +1,15 @@
 """Communication per round of ResIST and its baselines: the paper's convention and the real bytes.
 
-``resist comm`` prints, per worker count S (SPEC §7, paper Table 1 and Fig. 4):
+``resist comm`` prints, per worker count S (paper §2.3, Table 1 and Fig. 4):
 
 - the **paper convention**: 2 (send and receive) x 4 bytes x the parameters every worker holds, in
   decimal GB. Local SGD: every worker holds the whole model. ResIST: every worker is counted as
   holding the shared layers plus max(ceil(P/S), m) of the P partitionable blocks. Parameters only,
   no BatchNorm buffers, as the paper counts;
-- the bytes the runtime **really moves** in one synchronization (SPEC §4, §5): S gloo processes build
+- the bytes the runtime **really moves** in one synchronization (paper §2.3, §2.5): S gloo processes build
   the ResIST and local SGD workers and synchronize a few rounds; the communicator counts every message
   (BatchNorm buffers included; an all-reduce counted as a ring, see :mod:`resist.comm.base`);
-- **data parallel** (SPEC §5): every one of the ``local_iters`` steps all-reduces all gradients,
+- **data parallel** (paper §2.4): every one of the ``local_iters`` steps all-reduces all gradients,
   counted by the same convention;
 - **GPipe-style pipeline model parallel** (paper Fig. 4): the model cut into S contiguous stages of
   about equal parameter count; every step, each stage boundary carries the activation forward and its
@@ -58,7 +58,7 @@ def _check_workers(workers: Sequence[int]) -> None:
 
 def param_counts(model_name: str, num_classes: int, width: float = 1.0,
                  layers: Sequence[int] | None = None) -> dict[str, int]:
-    """Total, shared and per-block parameters and the number P of partitionable blocks (SPEC §1, §2)."""
+    """Total, shared and per-block parameters and the number P of partitionable blocks (paper §2.1, §2.2)."""
     model = _meta_model(model_name, num_classes, width, layers)
     sizes = [_numel(model.blocks[b]) for b in model.partitionable]
     total = _numel(model)
@@ -69,7 +69,7 @@ def param_counts(model_name: str, num_classes: int, width: float = 1.0,
 
 def paper_convention(model_name: str, num_classes: int, width: float, workers: Sequence[int],
                      min_depth: int = 0, layers: Sequence[int] | None = None) -> dict[str, Any]:
-    """Bytes per round by the paper's convention (SPEC §7, Table 1), per worker count.
+    """Bytes per round by the paper's convention (paper §2.3, Table 1), per worker count.
 
     Local SGD: 2 x 4 x S x all parameters. ResIST: 2 x 4 x S x (shared + k x block) with
     k = max(ceil(P/S), m) blocks per worker.
@@ -117,7 +117,7 @@ def _measure_rank(comm, model_name: str, num_classes: int, width: float, layers,
 def measure(model_name: str, num_classes: int, width: float, workers: Sequence[int], min_depth: int = 0,
             rounds: int = 3, layers: Sequence[int] | None = None, timeout: float = 600.0) -> dict[str, Any]:
     """Bytes the runtime moves per synchronization, counted at the communicator on S real gloo
-    processes (SPEC §4, §7), for ResIST and local SGD.
+    processes (paper §2.3, §2.5), for ResIST and local SGD.
 
     Per worker count and algorithm: ``sent`` / ``received`` [rank][round] in bytes, ``per_round`` (the
     total over ranks of sent + received) and ``mean_bytes`` (its mean over the rounds).
@@ -238,7 +238,7 @@ def format_table(rep: dict[str, Any]) -> str:
         table.append(cells)
     widths = [max(len(row[j]) for row in table) for j in range(len(header))]
     lines += ["", *("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in table), ""]
-    lines += ["local SGD, ResIST: paper convention (SPEC §7): 2 x 4 bytes x the parameters each worker holds",
+    lines += ["local SGD, ResIST: paper convention (Table 1): 2 x 4 bytes x the parameters each worker holds",
               "  (ResIST: shared + max(ceil(P/S), m) blocks), no BatchNorm buffers."]
     if measured:
         lines += [f"measured: bytes the runtime moved per synchronization on S gloo processes, mean of "

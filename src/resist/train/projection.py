@@ -3,23 +3,18 @@ at ``L`` Gbit/s with a fixed latency per message, from what its ``metrics.jsonl`
 
 For every round::
 
-    projected round time = compute_s + sent * 8 / (L * 1e9) + messages * latency
+    projected round time = compute_s + bytes * 8 / (L * 1e9) + messages * latency
 
 - ``compute_s``: the slowest worker's measured local-training seconds that round (on the machine
   that ran it; kept as measured).
-- ``sent``: the bytes the slowest worker sent that round (the largest increase of any worker's
-  cumulative ``sent_bytes``; only synchronization traffic is counted there, not evaluation or the
-  trainer's own bookkeeping).
-- ``messages``: an estimate, because ``metrics.jsonl`` does not record how many messages were sent
-  (a row's ``messages`` field is used where present). A ring all-reduce over ``W`` workers takes
-  ``2 (W-1)`` sequential steps, each paying the latency once, so a round counts ``2 (W-1)`` per
-  all-reduce: one all-reduce per synchronization (ResIST's shared parts; local SGD's whole model) and,
-  for data parallel, one more per SGD step of the round (its gradient all-reduce). Rounds that sent
-  nothing (ensembles) count none. ResIST's point-to-point block messages are not counted: only
-  their byte total is recorded and the number of messages cannot be recovered from it. The
-  implementation packs tensors by dtype, so an integer BatchNorm counter adds a second, tiny
-  all-reduce per synchronization; that is not counted either. With the default 50 us latency these
-  omissions are small next to the compute time, but they make the latency term a lower bound.
+- ``bytes``: per worker, the larger of what it sent and what it received that round (a full-duplex
+  link carries both at once, so the busier direction sets the time); the round is charged the largest
+  over workers. Only synchronization traffic is counted, not evaluation or checkpoints.
+- ``messages``: the sequential messages of the worker that sent the most, as the communicator counted
+  them (a row's ``messages``): ``2 (W-1)`` per ring all-reduce, and for a batched point-to-point
+  exchange the larger of its sends and receives (they are posted at once). Rows written before the
+  count existed fall back to an estimate: ``2 (W-1)`` per all-reduce, one per synchronization and, for
+  data parallel, one per SGD step, with point-to-point messages uncounted (a lower bound).
 
 The projected run time is the sum over its rounds; the speed-up of a run is the first run's
 projected time divided by its own, at the same link speed.
@@ -59,17 +54,33 @@ def cumulative_sent(rows: Sequence[Mapping[str, Any]]) -> list[int]:
     return out
 
 
-def round_sent(rows: Sequence[Mapping[str, Any]]) -> list[int]:
-    """Bytes the slowest worker sent in each round: the largest increase of any worker's cumulative
-    ``sent_bytes`` over the row before (from zero for the first row and after a counter restart)."""
-    out: list[int] = []
+def _per_round(rows: Sequence[Mapping[str, Any]], key: str) -> list[list[int]]:
+    """Each worker's increase of the cumulative ``key`` over the row before (from zero for the first row
+    and after a counter restart)."""
+    out: list[list[int]] = []
     prev: Sequence[int] | None = None
     for row in rows:
-        sent = row["sent_bytes"]
-        base = [0] * len(sent) if prev is None or _restarted(prev, sent) else prev
-        out.append(max((s - b for s, b in zip(sent, base)), default=0))
-        prev = sent
+        now = row[key]
+        base = [0] * len(now) if prev is None or _restarted(prev, now) else prev
+        out.append([s - b for s, b in zip(now, base)])
+        prev = now
     return out
+
+
+def round_sent(rows: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Bytes the slowest worker sent in each round: the largest increase of any worker's cumulative
+    ``sent_bytes``."""
+    return [max(r, default=0) for r in _per_round(rows, "sent_bytes")]
+
+
+def round_bytes(rows: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Bytes that set each round's link time: per worker the larger of sent and received, then the
+    largest over workers (rows without ``recv_bytes`` count what was sent)."""
+    sent = _per_round(rows, "sent_bytes")
+    if not all("recv_bytes" in row for row in rows):
+        return [max(r, default=0) for r in sent]
+    recv = _per_round(rows, "recv_bytes")
+    return [max((max(s, r) for s, r in zip(ss, rr)), default=0) for ss, rr in zip(sent, recv)]
 
 
 def _restarted(prev: Sequence[int], sent: Sequence[int]) -> bool:
@@ -86,9 +97,10 @@ def round_steps(rows: Sequence[Mapping[str, Any]]) -> list[int]:
 
 
 def round_messages(rows: Sequence[Mapping[str, Any]], algo: str | None = None) -> list[int]:
-    """Estimated sequential messages of the slowest worker in each round (see the module docstring)."""
+    """Sequential messages of the worker that sent the most in each round: as counted (``messages``), or
+    estimated for older rows (see the module docstring)."""
     out = []
-    for row, nbytes, steps in zip(rows, round_sent(rows), round_steps(rows)):
+    for row, nbytes, steps in zip(rows, round_bytes(rows), round_steps(rows)):
         if "messages" in row:
             out.append(int(row["messages"]))
         elif nbytes == 0:
@@ -113,7 +125,7 @@ class RunProjection:
     workers: int
     compute_s: float  # measured, summed over rounds
     measured_s: float  # measured parallel-equivalent time (compute + synchronization on this machine)
-    sent_per_round: float  # mean bytes the slowest worker sent per round
+    sent_per_round: float  # mean per round of max over workers of max(sent, received)
     messages_per_round: float  # mean estimated messages per round
     projected_s: dict[float, float] = field(default_factory=dict)  # link Gbit/s -> projected seconds
     speedup: dict[float, float] = field(default_factory=dict)  # link Gbit/s -> first run's time / this
@@ -134,7 +146,7 @@ def project_run(rows: Sequence[Mapping[str, Any]], label: str, gbits: Sequence[f
     check_link(gbits, latency_us)
     if not rows:
         raise ValueError(f"{label}: no rounds to project")
-    sent, msgs = round_sent(rows), round_messages(rows, algo)
+    sent, msgs = round_bytes(rows), round_messages(rows, algo)
     compute = [float(r["compute_s"]) for r in rows]
     latency_s = latency_us * 1e-6
     n = len(rows)
@@ -169,11 +181,11 @@ def notes(runs: Sequence[RunProjection], latency_us: float, algos: Sequence[str 
     """The assumptions behind the numbers, printed under the table and stored in the JSON."""
     out = [
         "compute: measured local-training seconds (slowest worker each round, summed), on the machine that ran it",
-        "projected round time = compute + bytes the slowest worker sent that round * 8 / (L * 1e9) "
-        f"+ messages * {latency_us:g} us",
-        "messages: an estimate (not recorded in metrics.jsonl): 2(W-1) ring steps per all-reduce, one all-reduce "
-        "per synchronization (plus one per SGD step for data parallel); ResIST's point-to-point block messages "
-        "are not counted (only their bytes are recorded), so the latency term is a lower bound",
+        "projected round time = compute + max over workers of max(bytes sent, bytes received) that round "
+        f"* 8 / (L * 1e9) + messages * {latency_us:g} us",
+        "messages: counted by the communicator (2(W-1) ring steps per all-reduce; per point-to-point exchange the "
+        "larger of its sends and receives), or for runs recorded before that, estimated without ResIST's "
+        "point-to-point messages (a lower bound)",
     ]
     if "data_parallel" in algos:
         out.append("data parallel: its per-step gradient all-reduces ran inside the measured compute time, "
@@ -191,7 +203,7 @@ def format_table(runs: Sequence[RunProjection], latency_us: float, algos: Sequen
     gbits = list(runs[0].projected_s) if runs else []
     title = (f"PROJECTION (not a measurement): wall-clock time on links of {', '.join(f'{g:g}' for g in gbits)} "
              f"Gbit/s with {latency_us:g} us per message")
-    head = ["run", "rounds", "compute s", "measured s", "sent/worker/round", "msgs/round"]
+    head = ["run", "rounds", "compute s", "measured s", "bytes/worker/round", "msgs/round"]
     head += [f"proj. {g:g} Gbit/s" for g in gbits]
     body = []
     for r in runs:

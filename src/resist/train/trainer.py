@@ -1,5 +1,5 @@
 """The training loop every algorithm shares: rounds of ``local_iters`` steps, synchronization,
-periodic evaluation of the assembled global model, metrics (paper Algorithm 1; SPEC §4).
+periodic evaluation of the assembled global model, metrics (paper Algorithm 1, §2.3 and §5).
 
 :func:`run_worker` is SPMD: every rank of either runtime runs it with its own communicator.
 :func:`train` sets up the run folder and starts the ranks on the chosen runtime.
@@ -201,6 +201,7 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
     acc = None
     state_bytes = 0
     for r in range(first_round, sched.rounds):
+        messages0 = comm.bytes.messages["sync"]
         algo.begin_round(r)
         t0, idle0 = time.perf_counter(), comm.idle_s
         losses = []
@@ -227,8 +228,9 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
         algo.end_round(r, final=last)
         comm_s = time.perf_counter() - t1 - (comm.idle_s - idle1)
         with comm.tag("control"):
-            row = torch.tensor([comm_s, comm.bytes.sent["sync"], comm.bytes.received["sync"]], dtype=torch.float64)
-            table = torch.cat([table, torch.stack(comm.all_gather(row))], dim=1)  # (world, 5)
+            row = torch.tensor([comm_s, comm.bytes.sent["sync"], comm.bytes.received["sync"],
+                                comm.bytes.messages["sync"] - messages0], dtype=torch.float64)
+            table = torch.cat([table, torch.stack(comm.all_gather(row))], dim=1)  # (world, 6)
         progress["parallel_s"] += float(table[:, 1].max() + table[:, 2].max())
         acc = None
         if (r + 1) % cfg.run.eval_every == 0 or last:
@@ -242,6 +244,7 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
             "compute_s": float(table[:, 1].max()), "comm_s": float(table[:, 2].max()),
             "time_s": progress["parallel_s"], "elapsed_s": time.perf_counter() - start,
             "sent_bytes": [int(v) for v in table[:, 3]], "recv_bytes": [int(v) for v in table[:, 4]],
+            "messages": int(table[:, 5].max()),  # this round's, of the worker that sent the most
             **({"test_acc": acc, "best_acc": progress["best"]} if acc is not None else {}),
         }
         rows.append(record)
