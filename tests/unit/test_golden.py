@@ -1,0 +1,76 @@
+"""Golden tests: today's behaviour of every algorithm, pinned bit for bit (torchtitan's golden loss
+files; torchft regenerates its JSON fixtures with an environment flag). Each case trains a fixed tiny
+config and compares a digest of the final weights and buffers and the exact byte counters with
+tests/golden/algorithms.json. A change that alters them on purpose regenerates the file with
+``RESIST_UPDATE_GOLDEN=1 python -m pytest tests/unit/test_golden.py`` and says why in its commit."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from resist.config import preset
+from resist.data import load_dataset
+from resist.train import train
+
+DATA = load_dataset("synthetic", n_train=256, n_test=64, num_classes=4, size=12)
+FILE = Path(__file__).parent.parent / "golden" / "algorithms.json"
+UPDATE = os.environ.get("RESIST_UPDATE_GOLDEN") == "1"
+
+CASES = {
+    "resist": {},
+    "resist_min_depth": {"algo.min_depth": 2},
+    "resist_carry_momentum": {"algo.carry_momentum": True},
+    "resist_warmup": {"algo.warmup_epochs": 0.5},
+    "local_sgd": {"algo.name": "local_sgd"},
+    "data_parallel": {"algo.name": "data_parallel"},
+    "ensemble": {"algo.name": "ensemble"},
+}
+
+
+def digest(state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def run_case(name: str, out: Path) -> dict:
+    cfg = preset("smoke").replace(**{
+        "model.layers": (1, 1, 5, 1), "data.batch_size": 16, "optim.epochs": 2, "algo.local_iters": 3,
+        "algo.workers": 3, "run.eval_every": 3, "run.out": str(out), **CASES[name]})
+    summary = train(cfg, DATA)
+    if name == "ensemble":
+        state = {f"member{r}/{k}": v for r in range(3)
+                 for k, v in torch.load(out / f"member{r}.pt", weights_only=True)["state_dict"].items()}
+    else:
+        state = torch.load(out / "model.pt", weights_only=True)
+    keys = ["sent_bytes_per_worker", "recv_bytes_per_worker", "eval_bytes_sent_per_worker",
+            "eval_bytes_recv_per_worker", "checkpoint_bytes_sent_per_worker", "checkpoint_bytes_recv_per_worker",
+            "best_acc"]
+    return {"digest": digest(state), **{k: summary[k] for k in keys}}
+
+
+@pytest.fixture(scope="module")
+def golden():
+    saved = json.loads(FILE.read_text()) if FILE.is_file() else {}
+    yield saved
+    if UPDATE:
+        FILE.parent.mkdir(parents=True, exist_ok=True)
+        FILE.write_text(json.dumps(saved, indent=1, sort_keys=True) + "\n")
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_behaviour_is_pinned(name, golden, tmp_path):
+    got = run_case(name, tmp_path)
+    if UPDATE:
+        golden[name] = got
+        return
+    assert name in golden, f"no golden entry for {name}; regenerate with RESIST_UPDATE_GOLDEN=1"
+    assert got == golden[name]
