@@ -129,9 +129,8 @@ def _install_probe(comm) -> _Probe:
 def _rank(comm, spec: dict) -> dict:
     import torch.distributed as dist
 
-    from resist.algorithms import ALGORITHMS
     from resist.config import preset
-    from resist.train.trainer import model_builder
+    from resist.train.trainer import build_algorithm
 
     w, me = comm.world_size, comm.rank
     nxt, prv = (me + 1) % w, (me - 1) % w
@@ -199,18 +198,18 @@ def _rank(comm, spec: dict) -> dict:
     workers, build_s = {}, {}
     for algo in SYNC:
         t0 = time.perf_counter()
-        wk = workers[algo] = ALGORITHMS[algo](comm, cfg, model_builder(cfg, 10), torch.device("cpu"), 1)
+        wk = workers[algo] = build_algorithm(comm, cfg, 10, torch.device("cpu"), 1)
         wk.start(0)
         build_s[algo] = time.perf_counter() - t0
         for method in ("materialize", "bucket", "release"):
-            if hasattr(wk, method):
-                setattr(wk, method, probe.wrap(getattr(wk, method), method))
-    held = {a: sum(t.numel() * t.element_size() for t in wk.model.parameters() if not t.is_meta)
+            setattr(wk.store, method, probe.wrap(getattr(wk.store, method), method))
+    held = {a: sum(t.numel() * t.element_size() for t in wk.store.model.parameters() if not t.is_meta)
             for a, wk in workers.items()}
 
     # Local copies: the whole model packed into fresh buffers (what aggregate.pack does) and into buffers
     # allocated once (torch.cat(out=)): the difference is the cost of first-touching fresh memory.
-    whole = [t for part in workers["local_sgd"].all_parts() for t in workers["local_sgd"].state_tensors(part)]
+    store = workers["local_sgd"].store
+    whole = [t for part in store.all_parts() for t in store.state_tensors(part)]
     whole_bytes = sum(t.numel() * t.element_size() for t in whole)
     kept = [torch.zeros(k, dtype=dt) for dt, k in aggregate.layout(whole)]
 
@@ -225,6 +224,7 @@ def _rank(comm, spec: dict) -> dict:
            "phases": {a: [] for a in SYNC}}
     names = list(RAW) + list(SYNC) + list(REPLAY) + list(LOCAL)
     last_pattern = []
+    rounds = dict.fromkeys(workers, 0)
     for rep in range(spec["warmup"] + spec["reps"]):
         keep = rep >= spec["warmup"]
         order = list(names)
@@ -246,7 +246,8 @@ def _rank(comm, spec: dict) -> dict:
                 before = comm.bytes.sent["sync"] + comm.bytes.received["sync"]
                 probe.reset()
                 t0 = time.perf_counter()
-                workers[name].end_round(workers[name].round)
+                workers[name].end_round(rounds[name])
+                rounds[name] += 1
                 dt = time.perf_counter() - t0
                 moved = comm.bytes.sent["sync"] + comm.bytes.received["sync"] - before
                 phases = dict(probe.t)

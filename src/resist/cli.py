@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import ALGORITHMS, BN_EVAL_MODES, PRESETS, RESUMABLE_CHANGES, RUNTIMES, Config, preset
+from .config import PRESETS, RESUMABLE_CHANGES, Config, preset
+from .registry import ALGORITHMS, BACKENDS, BN_EVAL_MODES, DATASETS, DEVICES, PARTITIONS, RUNTIMES
 
 log = logging.getLogger("resist")
 EXIT_USAGE = 2
@@ -34,7 +35,7 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--workers": ("algo.workers", int, "number of workers S"),
     "--local-iters": ("algo.local_iters", int, "SGD steps between synchronizations"),
     "--min-depth": ("algo.min_depth", int, "minimum partitioned blocks per sub-ResNet"),
-    "--partition": ("algo.partition", str, "section3 (ResIST) or naive (every block)"),
+    "--partition": ("algo.partition", str, f"one of {', '.join(PARTITIONS)} (section3: ResIST's; naive: every block)"),
     "--warmup-epochs": ("algo.warmup_epochs", float, "local SGD epochs before ResIST"),
     "--bn-eval": ("algo.bn_eval", str, f"one of {', '.join(BN_EVAL_MODES)}"),
     "--recalib-batches": ("algo.recalib_batches", int, "batches for --bn-eval recalibrate"),
@@ -42,7 +43,7 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--width": ("model.width", float, "channel multiplier"),
     "--num-classes": ("model.num_classes", int, "output classes (default: the dataset's)"),
     "--layers": ("model.layers", lambda s: tuple(int(v) for v in s.split(",")), "blocks per section, e.g. 1,1,4,1"),
-    "--dataset": ("data.dataset", str, "cifar10, cifar100, digits or synthetic"),
+    "--dataset": ("data.dataset", str, f"one of {', '.join(DATASETS)}"),
     "--data-dir": ("data.data_dir", str, "folder with the dataset files"),
     "--batch-size": ("data.batch_size", int, "training batch per worker"),
     "--epochs": ("optim.epochs", float, "training epochs"),
@@ -53,8 +54,8 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--max-rounds": ("run.max_rounds", int, "stop after this many rounds"),
     "--eval-every": ("run.eval_every", int, "evaluate every this many rounds"),
     "--runtime": ("run.runtime", str, f"one of {', '.join(RUNTIMES)}"),
-    "--backend": ("run.backend", str, "gloo or nccl (dist runtime)"),
-    "--device": ("run.device", str, "cpu, cuda or auto"),
+    "--backend": ("run.backend", str, f"one of {', '.join(BACKENDS)} (dist runtime)"),
+    "--device": ("run.device", str, f"one of {', '.join(DEVICES)}"),
     "--timeout": ("run.timeout", float, "seconds to wait for a peer before failing"),
     "--master-port": ("run.master_port", int, "rendezvous port for --runtime dist (default: any free port)"),
     "--checkpoint-every": ("run.checkpoint_every", int, "checkpoint every this many rounds (default: at each evaluation)"),

@@ -12,9 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-ALGORITHMS = ("resist", "local_sgd", "data_parallel", "ensemble")
-BN_EVAL_MODES = ("average", "batch", "recalibrate")
-RUNTIMES = ("inprocess", "dist")
+from .registry import ALGORITHMS, BACKENDS, BN_EVAL_MODES, DATASETS, DEVICES, PARTITIONS, RUNTIMES
 
 
 def _check(ok: bool, message: str) -> None:
@@ -96,8 +94,8 @@ class AlgoConfig:
         _check(self.workers >= 1, f"workers must be >= 1, got {self.workers}")
         _check(self.local_iters >= 1, f"local_iters must be >= 1, got {self.local_iters}")
         _check(self.min_depth >= 0, f"min_depth must be >= 0, got {self.min_depth}")
-        _check(self.partition in ("section3", "naive"),
-               f"unknown partition mode {self.partition!r}; choose one of: section3, naive")
+        _check(self.partition in PARTITIONS,
+               f"unknown partition mode {self.partition!r}; choose one of: {', '.join(PARTITIONS)}")
         _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         _check(self.warmup_epochs == 0 or self.name == "resist",
                f"warmup_epochs is ResIST's local-SGD warm-up; {self.name} has none: drop --warmup-epochs")
@@ -158,8 +156,9 @@ class RunConfig:
         _check(self.max_rounds is None or self.max_rounds >= 1, f"max_rounds must be >= 1, got {self.max_rounds}")
         _check(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
         _check(self.runtime in RUNTIMES, f"unknown runtime {self.runtime!r}; choose one of: {', '.join(RUNTIMES)}")
-        _check(self.backend in (None, "gloo", "nccl"), f"unknown backend {self.backend!r}; choose gloo or nccl")
-        _check(self.device in ("cpu", "cuda", "auto"), f"unknown device {self.device!r}; choose cpu, cuda or auto")
+        _check(self.backend is None or self.backend in BACKENDS,
+               f"unknown backend {self.backend!r}; choose one of: {', '.join(BACKENDS)}")
+        _check(self.device in DEVICES, f"unknown device {self.device!r}; choose one of: {', '.join(DEVICES)}")
         _check(self.timeout > 0, f"timeout must be > 0, got {self.timeout}")
         _check(self.master_port is None or 0 < self.master_port < 65536,
                f"master_port must be a TCP port (1-65535), got {self.master_port}")

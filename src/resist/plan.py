@@ -10,6 +10,8 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
+from .seeds import mix
+
 PARTITION_MODES = ("section3", "naive")
 
 
@@ -77,7 +79,7 @@ def make_plan(seed: int, round_: int, num_workers: int, candidates: Sequence[int
     """
     cands = tuple(candidates)
     validate(num_workers, len(cands), min_depth)
-    rng = random.Random(seed * 1_000_003 + round_)
+    rng = random.Random(mix(seed, round_))
     p, s = len(cands), num_workers
 
     def permutation() -> list[int]:

@@ -8,14 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from resist.algorithms import ALGORITHMS
-from resist.algorithms.base import init_model, tensors_of
+from resist.algorithms.parts import init_model, tensors_of
 from resist.comm import run_in_process
 from resist.config import preset
 from resist.data import BatchStream, load_dataset
 from resist.models import create_model
 from resist.train import train
-from resist.train.trainer import Schedule, model_builder
+from resist.train.optim import make_optimizer, train_step
+from resist.train.trainer import Schedule, build_algorithm, model_builder
 
 DATA = load_dataset("synthetic", n_train=256, n_test=128, num_classes=4, size=12)
 
@@ -80,7 +80,7 @@ def _workers(cfg, fn):
     sched = Schedule.of(cfg, len(DATA.train.y))
 
     def body(comm):
-        w = ALGORITHMS[cfg.algo.name](comm, cfg, model_builder(cfg, 4), torch.device("cpu"), sched.steps_per_epoch)
+        w = build_algorithm(comm, cfg, 4, torch.device("cpu"), sched.steps_per_epoch)
         w.start(0)
         return fn(w)
 
@@ -94,21 +94,21 @@ def test_sync_averages_each_block_over_its_holders(workers, min_depth):
     def body(w):
         me = w.comm.rank
         with torch.no_grad():
-            for part in w.all_parts():
-                if w.held(part):
-                    for t in w.state_tensors(part):
+            for part in w.store.all_parts():
+                if w.store.held(part):
+                    for t in w.store.state_tensors(part):
                         t.fill_(10 * (me + 1) if t.is_floating_point() else 6 * (me + 1))
         cur, nxt = w.holders(0), w.holders(1)
         before = dict(w.comm.bytes.sent)
         w.end_round(0)
         seen = {}
-        for b in w.candidates:
-            assert w.held(b) == (me in nxt[b]), "holds exactly next round's blocks"
-            if w.held(b):
-                ts = w.state_tensors(b)
+        for b in w.store.candidates:
+            assert w.store.held(b) == (me in nxt[b]), "holds exactly next round's blocks"
+            if w.store.held(b):
+                ts = w.store.state_tensors(b)
                 seen[b] = ([t.flatten()[0].item() for t in ts if t.is_floating_point()],
                            [t.flatten()[0].item() for t in ts if not t.is_floating_point()])
-        shared = [t.flatten()[0].item() for t in w.state_tensors("stem")]
+        shared = [t.flatten()[0].item() for t in w.store.state_tensors("stem")]
         return cur, nxt, seen, shared, w.comm.bytes.sent["sync"] - before.get("sync", 0)
 
     results = _workers(cfg, body)
@@ -129,12 +129,12 @@ def test_bytes_are_shared_all_reduce_plus_blocks_that_change_holder(workers, min
     def body(w):
         me, n = w.comm.rank, w.comm.world_size
         cur, nxt = w.holders(0), w.holders(1)
-        nbytes = lambda part: sum(t.numel() * t.element_size() for t in w.state_tensors(part))  # noqa: E731
-        flats = len(w.flats["shared"])  # one flat buffer per dtype: floats, BatchNorm's int64 counters
-        expect_sent = 2 * (n - 1) / n * sum(nbytes(p) for p in w.shared_parts)
+        nbytes = lambda part: sum(t.numel() * t.element_size() for t in w.store.state_tensors(part))  # noqa: E731
+        flats = len(w.store.flats["shared"])  # one flat buffer per dtype: floats, BatchNorm's int64 counters
+        expect_sent = 2 * (n - 1) / n * sum(nbytes(p) for p in w.store.shared_parts)
         expect_recv = expect_sent
         sends = recvs = 0
-        for b in w.candidates:
+        for b in w.store.candidates:
             if me in cur[b]:
                 expect_sent += nbytes(b) * len([d for d in nxt[b] if d != me])
                 sends += flats * len([d for d in nxt[b] if d != me])
@@ -158,8 +158,8 @@ def test_worker_holds_only_its_sub_resnet():
     cfg = tiny(**{"algo.workers": 4, "model.layers": (1, 1, 9, 1)})
 
     def body(w):
-        held = [b for b in w.candidates if w.held(b)]
-        meta = [b for b in w.candidates if not w.held(b)]
+        held = [b for b in w.store.candidates if w.store.held(b)]
+        meta = [b for b in w.store.candidates if not w.store.held(b)]
         return held, meta, w.holders(0)
 
     for me, (held, meta, holders) in enumerate(_workers(cfg, body)):
@@ -253,9 +253,9 @@ def test_ensemble_accuracy_is_that_of_the_members_average_logits(bn_eval, tmp_pa
 
 def test_ensemble_members_start_from_their_own_initialization():
     cfg = tiny(**{"algo.name": "ensemble", "algo.workers": 3})
-    stems = _workers(cfg, lambda w: [t.clone() for t in tensors_of(w.module("stem")) if t.is_floating_point()][0])
+    stems = _workers(cfg, lambda w: [t.clone() for t in tensors_of(w.store.module("stem")) if t.is_floating_point()][0])
     assert not torch.equal(stems[0], stems[1]) and not torch.equal(stems[1], stems[2])
-    again = _workers(cfg, lambda w: [t.clone() for t in tensors_of(w.module("stem")) if t.is_floating_point()][0])
+    again = _workers(cfg, lambda w: [t.clone() for t in tensors_of(w.store.module("stem")) if t.is_floating_point()][0])
     assert all(torch.equal(a, b) for a, b in zip(stems, again))  # still a pure function of the seed
 
 
@@ -265,10 +265,12 @@ def test_recalibrating_an_ensemble_member_for_evaluation_leaves_its_statistics_a
     def body(w):
         w.begin_round(0)
         x, y = _plain_batches(cfg, 1)[0]
-        w.step(x, y, 0.05)
-        before = [b.clone() for b in w.model.buffers() if not b.is_meta]
-        w.evaluate(lambda: iter([(x, y)]), lambda: iter(_plain_batches(cfg, 2)))
-        after = [b for b in w.model.buffers() if not b.is_meta]
+        train_step(w.store.model, make_optimizer(w.store, cfg.optim), x, y, 0.05, w.after_backward)
+        before = [b.clone() for b in w.store.model.buffers() if not b.is_meta]
+        from resist.train.optim import Accuracy
+
+        w.evaluate(Accuracy(lambda: iter([(x, y)]), lambda: iter(_plain_batches(cfg, 2)), "recalibrate", "cpu"))
+        after = [b for b in w.store.model.buffers() if not b.is_meta]
         return all(torch.equal(a, b) for a, b in zip(before, after))
 
     assert _workers(cfg, body) == [True, True]
@@ -286,10 +288,10 @@ def test_warmup_trains_the_whole_scaled_network_then_resist_moves_less(tmp_path)
     cfg = tiny(**{"algo.workers": 2, "algo.warmup_epochs": 0.5, "optim.epochs": 2})
 
     def body(w):
-        assert w.full_round(0) and not w.full_round(w.warmup_rounds)
-        assert all(w.held(b) for b in w.candidates)
+        assert w.holders(0)[w.store.candidates[0]] == (0, 1) and w.warmup_rounds < 10
+        assert all(w.store.held(b) for b in w.store.candidates)
         w.begin_round(0)
-        return w.warmup_rounds, {w.model.blocks[b].residual_scale for b in w.candidates}
+        return w.warmup_rounds, {w.store.model.blocks[b].residual_scale for b in w.store.candidates}
 
     (warm, scales), _ = _workers(cfg, body)
     assert scales == {0.5} and 0 < warm
@@ -307,7 +309,7 @@ def trained(cfg, out):
 
 def test_naive_partition_deals_blocks_of_every_section():
     cfg = tiny(**{"algo.workers": 2, "algo.partition": "naive", "model.layers": (2, 2, 3, 2)})
-    cands = _workers(cfg, lambda w: w.candidates)[0]
+    cands = _workers(cfg, lambda w: w.store.candidates)[0]
     model = model_builder(cfg, 4)()
     assert set(cands) == set(model.skippable)
     assert any(b in model.sections[0] for b in cands) and any(b in model.sections[3] for b in cands)
@@ -317,7 +319,7 @@ def test_naive_partition_deals_blocks_of_every_section():
 def test_data_parallel_buckets_do_not_change_the_result(tmp_path, monkeypatch):
     """Gradients as views of many small buckets, each all-reduced as soon as backward completes it,
     give bit for bit the model of one bucket reduced after backward."""
-    from resist.algorithms.local_sgd import DataParallel
+    from resist.algorithms.data_parallel import DataParallel
 
     cfg = tiny(**{"algo.name": "data_parallel", "algo.workers": 3, "optim.epochs": 1})
     one = trained_state(cfg, tmp_path / "one")
@@ -330,7 +332,7 @@ def test_data_parallel_buckets_do_not_change_the_result(tmp_path, monkeypatch):
 
 def test_data_parallel_starts_buckets_in_order(monkeypatch):
     """Buckets reach the communicator in bucket order on every rank, whatever order backward fills them."""
-    from resist.algorithms.local_sgd import DataParallel
+    from resist.algorithms.data_parallel import DataParallel
 
     monkeypatch.setattr(DataParallel, "BUCKET_BYTES", 512)
     cfg = tiny(**{"algo.name": "data_parallel", "algo.workers": 2})

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from resist.algorithms.base import init_model
+from resist.algorithms.parts import init_model
 from resist.config import preset
 from resist.data import BatchStream, load_dataset
 from resist.models import create_model

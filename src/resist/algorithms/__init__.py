@@ -1,15 +1,14 @@
-"""The training algorithms; they reach peers only through :class:`resist.comm.Communicator`."""
+"""The training algorithms; they reach peers only through :class:`resist.comm.Communicator`.
 
-from .base import Worker
+Which names exist is :data:`resist.registry.ALGORITHMS`; :func:`resist.registry.algorithm_class` builds one.
+"""
+
+from .base import Algorithm, Evaluator
+from .data_parallel import DataParallel
 from .ensemble import Ensemble
-from .local_sgd import DataParallel, LocalSGD
+from .local_sgd import LocalSGD
+from .parts import PartStore, init_model, init_part
 from .resist import ResIST
 
-ALGORITHMS: dict[str, type[Worker]] = {
-    "resist": ResIST,
-    "local_sgd": LocalSGD,
-    "data_parallel": DataParallel,
-    "ensemble": Ensemble,
-}
-
-__all__ = ["ALGORITHMS", "DataParallel", "Ensemble", "LocalSGD", "ResIST", "Worker"]
+__all__ = ["Algorithm", "DataParallel", "Ensemble", "Evaluator", "LocalSGD", "PartStore", "ResIST",
+           "init_model", "init_part"]

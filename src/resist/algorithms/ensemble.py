@@ -1,54 +1,66 @@
-"""Shallow ensembles (paper Table 7): the round-0 sub-ResNets trained independently, never synced."""
+"""Shallow ensembles (paper Appendix A.2, Table 7): the first round's sub-ResNets trained independently."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
+from torch import nn
 
+from ..comm import Communicator
+from ..config import AlgoConfig
 from ..io import atomic_save
+from ..plan import make_plan
 from ..seeds import mix
-from .base import Part
-from .evaluation import predict, recalibrate
-from .resist import ResIST
+from .base import Algorithm, Evaluator, make_store
+from .parts import Part
 
 
-class Ensemble(ResIST):
-    """Each rank trains the sub-ResNet of the first round's plan on its own shard, with no
-    communication; at evaluation the members' logits are averaged (one all-reduce). The members are
-    not one global model, so ensemble runs write no checkpoints."""
+class Ensemble(Algorithm):
+    """Each rank trains the sub-ResNet of the first round's plan on its own shard, from an
+    initialization of its own, with no communication; at evaluation the members' logits are averaged
+    (one all-reduce). The members are not one global model, so ensemble runs write no checkpoints."""
 
     checkpointable = False
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        # Independently trained members start independently (Table 7): a seed of each member's own.
-        self.init_seed = mix(0xE45E, self.cfg.run.seed, self.comm.rank) % 2**32
+    def __init__(self, comm: Communicator, build_model: Callable[[], nn.Module], device: torch.device,
+                 cfg: AlgoConfig, seed: int, warmup_rounds: int = 0) -> None:
+        self.comm = comm
+        # Independently trained members start independently: a seed of each member's own.
+        self.store = make_store(comm, build_model, device, cfg, cfg.carry_momentum,
+                                mix(0xE45E, seed, comm.rank) % 2**32)
+        plan = make_plan(seed, 0, comm.world_size, self.store.candidates, cfg.min_depth)
+        self.holding = {b: plan.holders(b) for b in self.store.candidates}
 
-    def holders(self, round_: int) -> dict[Part, tuple[int, ...]]:
-        return super().holders(self.warmup_rounds)  # the first plan, for ever
+    def start(self, round_: int, state: dict[str, torch.Tensor] | None = None) -> None:
+        store = self.store
+        mine = [b for b in store.candidates if self.comm.rank in self.holding[b]]
+        store.start(store.shared_parts + mine, state)
+        store.bucket("shared", store.shared_parts)
+        for b in mine:
+            store.bucket(b, [b])
+        store.model.skip = frozenset(b for b in store.candidates if b not in mine)
 
-    def full_round(self, round_: int) -> bool:
-        return False
+    def begin_round(self, round_: int) -> None:
+        pass
 
     def end_round(self, round_: int, final: bool = False) -> None:
-        self.round = round_ + 1
+        pass
 
-    def evaluate(self, test_batches: Callable[[], Iterable], train_batches: Callable[[], Iterable]) -> float:
-        bn_eval = self.cfg.algo.bn_eval
-        model = self.model
-        if bn_eval == "recalibrate":  # on a copy: training goes on with the member's own statistics
-            model = copy.deepcopy(self.model)
-            recalibrate(model, train_batches(), self.device)
-        logits, labels = predict(model, test_batches(), bn_eval, self.device)
+    def holders_now(self) -> dict[Part, tuple[int, ...]]:
+        return self.holding
+
+    def evaluate(self, evaluator: Evaluator) -> float:
+        """Collective: the score of the members' averaged outputs, on every rank."""
+        logits, labels = evaluator.predict(self.store.model)
         with self.comm.tag("eval"):
             self.comm.all_reduce(logits, average=True)
-        return 100.0 * (logits.argmax(1) == labels).double().mean().item()
+        return evaluator.score(logits, labels)
 
     def save_final(self, out_dir: Path) -> None:
         """Each member's own weights: ``member{rank}.pt`` holds the state dict of the parts it has
         (the registry's model loads it with ``strict=False``) and the blocks it skips."""
-        state = {k: v for k, v in self.model.state_dict().items() if not v.is_meta}
-        atomic_save({"state_dict": state, "skip": sorted(self.model.skip)}, Path(out_dir) / f"member{self.comm.rank}.pt")
+        state = {k: v for k, v in self.store.model.state_dict().items() if not v.is_meta}
+        atomic_save({"state_dict": state, "skip": sorted(self.store.model.skip)},
+                    Path(out_dir) / f"member{self.comm.rank}.pt")

@@ -5,86 +5,74 @@ deals it) for ``local_iters`` steps. Then, decentralized (§2.5, Fig. 3): layers
 all-reduced as one flat buffer per dtype, and each partitioned block goes straight from this round's
 holders to next round's holders in one batched point-to-point exchange; a receiver averages the
 holders' copies in rank order. A block kept by the same single holder moves nothing. BatchNorm running
-statistics (and carried momentum) travel with their block.
+statistics (and carried momentum) travel with their block. An optional warm-up (§2.6) first trains the
+whole network, its partitioned branches scaled by c, as local SGD.
 """
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
+from typing import Callable
 
 import torch
+from torch import nn
 
 from .. import aggregate
+from ..comm import Communicator
+from ..config import AlgoConfig
 from ..plan import Plan, eval_scale, make_plan
-from .base import Part, Worker
+from .base import Algorithm, make_store
+from .parts import Part, all_reduce_flats
 
 
-class ResIST(Worker):
-    #: Keep every part in the one "shared" bucket (for algorithms in which nothing ever moves).
-    one_bucket = False
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        a = self.cfg.algo
-        self.everyone = tuple(range(self.comm.world_size))
-        self.c = eval_scale(self.comm.world_size, len(self.candidates), a.min_depth) if a.scale_activations else 1.0
-        self.warmup_rounds = math.ceil(a.warmup_epochs * self.steps_per_epoch / a.local_iters)
-        self._plan = lru_cache(maxsize=4)(self._make_plan)
+class ResIST(Algorithm):
+    def __init__(self, comm: Communicator, build_model: Callable[[], nn.Module], device: torch.device,
+                 cfg: AlgoConfig, seed: int, warmup_rounds: int = 0) -> None:
+        self.comm, self.cfg, self.seed, self.warmup_rounds = comm, cfg, seed, warmup_rounds
+        self.store = make_store(comm, build_model, device, cfg, cfg.carry_momentum, seed)
+        self.everyone = tuple(range(comm.world_size))
+        n = len(self.store.candidates)
+        self.c = eval_scale(comm.world_size, n, cfg.min_depth) if cfg.scale_activations else 1.0
+        self.plan = lru_cache(maxsize=4)(self._plan)
         self.round = 0
         self.holding: dict[Part, tuple[int, ...]] = {}  # who holds each block now, between rounds
 
-    # --- who holds what -------------------------------------------------------------------------
-    def _make_plan(self, round_: int) -> Plan:
-        return make_plan(self.cfg.run.seed, round_, self.comm.world_size, self.candidates, self.cfg.algo.min_depth)
-
-    def full_round(self, round_: int) -> bool:
-        """Rounds in which every rank trains the whole network (local-SGD warm-up, §2.6)."""
-        return round_ < self.warmup_rounds
+    def _plan(self, round_: int) -> Plan:
+        return make_plan(self.seed, round_, self.comm.world_size, self.store.candidates, self.cfg.min_depth)
 
     def holders(self, round_: int) -> dict[Part, tuple[int, ...]]:
-        if self.full_round(round_):
-            return {b: self.everyone for b in self.candidates}
-        plan = self._plan(round_)
-        return {b: plan.holders(b) for b in self.candidates}
+        """Who trains each candidate block in ``round_``: everyone during the warm-up, else the plan."""
+        if round_ < self.warmup_rounds:
+            return {b: self.everyone for b in self.store.candidates}
+        plan = self.plan(round_)
+        return {b: plan.holders(b) for b in self.store.candidates}
 
     def holders_now(self) -> dict[Part, tuple[int, ...]]:
         return self.holding
 
-    def train_scale(self, round_: int) -> float:
-        """Residual multiplier while training: 1 for a sub-ResNet, c for the whole network (§2.6)."""
-        return self.c if self.full_round(round_) else 1.0
-
     def eval_scale(self) -> float:
         return self.c
 
-    # --- the round ------------------------------------------------------------------------------
     def start(self, round_: int, state: dict[str, torch.Tensor] | None = None) -> None:
-        self.round = round_
+        store, self.round = self.store, round_
         holders = self.holding = self.holders(round_)
-        parts = self.shared_parts + [b for b in self.candidates if self.comm.rank in holders[b]]
-        for part in parts:
-            self.materialize(part, init=state is None)
-            if state is not None:
-                self.load_part(part, state)
-        if self.one_bucket:
-            self.bucket("shared", parts)
-        else:
-            self.bucket("shared", self.shared_parts)
-            for b in parts[len(self.shared_parts):]:
-                self.bucket(b, [b])
+        mine = [b for b in store.candidates if self.comm.rank in holders[b]]
+        store.start(store.shared_parts + mine, state)
+        store.bucket("shared", store.shared_parts)
+        for b in mine:
+            store.bucket(b, [b])
 
     def begin_round(self, round_: int) -> None:
         assert round_ == self.round, f"rank {self.comm.rank} is at round {self.round}, asked for {round_}"
         holders = self.holders(round_)
-        self.model.skip = frozenset(b for b in self.candidates if self.comm.rank not in holders[b])
-        self.model.set_residual_scale(self.candidates, self.train_scale(round_))
-        super().begin_round(round_)
+        model = self.store.model
+        model.skip = frozenset(b for b in self.store.candidates if self.comm.rank not in holders[b])
+        # A sub-ResNet trains unscaled; the whole network (warm-up) with its branches scaled by c (§2.6).
+        model.set_residual_scale(self.store.candidates, self.c if round_ < self.warmup_rounds else 1.0)
 
     def end_round(self, round_: int, final: bool = False) -> None:
         """Average and repartition. After the ``final`` round no block goes to the holders of a round
-        that never runs: each is only averaged over its current holders (nothing moves for a block
-        with one holder)."""
+        that never runs: each is only averaged over its current holders."""
         cur = self.holders(round_)
         nxt = cur if final else self.holders(round_ + 1)
         self.synchronize(cur, nxt)
@@ -99,32 +87,33 @@ class ResIST(Worker):
         received straight into its new holder's buffer, and only a block with several holders needs
         receive buffers and an average.
         """
-        comm, me = self.comm, self.comm.rank
-        for key in ["shared"] + [b for b in self.candidates if cur[b] == self.everyone and b in self.flats]:
-            for f in self.flats[key]:
-                comm.all_reduce(f, average=True)
+        comm, store, me = self.comm, self.store, self.comm.rank
+        all_reduce_flats(comm, store.flats["shared"])
+        for b in store.candidates:
+            if cur[b] == self.everyone and b in store.flats:
+                all_reduce_flats(comm, store.flats[b])
 
         sends, recvs, pending = [], [], []
-        for b in self.candidates:
+        for b in store.candidates:
             held_by, goes_to = cur[b], nxt[b]
             if held_by == self.everyone:
                 continue  # averaged by the all-reduce above
             if me in held_by:
-                sends += [(dst, f) for dst in goes_to if dst != me for f in self.flats[b]]
+                sends += [(dst, f) for dst in goes_to if dst != me for f in store.flats[b]]
             if me in goes_to and held_by != (me,):  # a sole holder's own copy is already the average
-                if not self.held(b):
-                    self.bucket(b, [b], fresh=True)  # allocated here, filled by the exchange below
+                if not store.held(b):
+                    store.bucket(b, [b], fresh=True)  # allocated here, filled by the exchange below
                 if len(held_by) == 1:
-                    recvs += [(held_by[0], f) for f in self.flats[b]]
+                    recvs += [(held_by[0], f) for f in store.flats[b]]
                     continue
-                bufs = {h: [torch.empty_like(f) for f in self.flats[b]] for h in held_by if h != me}
+                bufs = {h: [torch.empty_like(f) for f in store.flats[b]] for h in held_by if h != me}
                 recvs += [(h, f) for h, fs in bufs.items() for f in fs]
-                pending.append((b, [self.flats[b] if h == me else bufs[h] for h in held_by]))
+                pending.append((b, [store.flats[b] if h == me else bufs[h] for h in held_by]))
         comm.exchange(sends, recvs)
 
         for b, copies in pending:
-            for i, target in enumerate(self.flats[b]):
+            for i, target in enumerate(store.flats[b]):
                 target.copy_(aggregate.mean([c[i] for c in copies]))
-        for b in self.candidates:
-            if me not in nxt[b] and self.held(b):
-                self.release(b)
+        for b in store.candidates:
+            if me not in nxt[b] and store.held(b):
+                store.release(b)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "synthetic", "digits")
+from ..registry import DATASETS
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"

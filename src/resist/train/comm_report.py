@@ -91,9 +91,8 @@ def paper_convention(model_name: str, num_classes: int, width: float, workers: S
 def _measure_rank(comm, model_name: str, num_classes: int, width: float, layers, min_depth: int,
                   rounds: int) -> dict[str, list[tuple[int, int]]]:
     """One rank of :func:`measure`: (sent, received) ``sync`` bytes of each round, per algorithm."""
-    from ..algorithms import ALGORITHMS
     from ..config import preset
-    from .trainer import model_builder
+    from .trainer import build_algorithm
 
     out = {}
     for algo in ("resist", "local_sgd"):
@@ -101,7 +100,7 @@ def _measure_rank(comm, model_name: str, num_classes: int, width: float, layers,
             "algo.name": algo, "algo.workers": comm.world_size, "algo.min_depth": min_depth,
             "model.name": model_name, "model.width": width, "model.num_classes": num_classes,
             "model.layers": layers})
-        worker = ALGORITHMS[algo](comm, cfg, model_builder(cfg, num_classes), torch.device("cpu"), 1)
+        worker = build_algorithm(comm, cfg, num_classes, torch.device("cpu"), 1)
         worker.start(0)
         per_round = []
         for r in range(rounds):

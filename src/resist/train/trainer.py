@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..algorithms import ALGORITHMS
+from ..algorithms import Algorithm
 from ..comm import Communicator, run_in_process
 from ..comm import CommError
 from ..config import RESUMABLE_CHANGES, Config, differences
@@ -29,9 +29,11 @@ from ..data import BatchStream, Dataset, ImageArrays, eval_batches, load_dataset
 from ..io import atomic_write_json, atomic_write_text
 from ..models import create_model
 from ..plan import candidate_blocks, validate
+from ..registry import algorithm_class
 from ..faults import fire, from_env
 from . import checkpoint
 from .metrics import MetricsWriter
+from .optim import Accuracy, lr_at, make_optimizer, train_step
 
 log = logging.getLogger("resist")
 
@@ -57,6 +59,14 @@ def model_builder(cfg: Config, num_classes: int) -> Callable[[], torch.nn.Module
             return create_model(cfg.model.name, num_classes=num_classes, width=cfg.model.width, **extra)
 
     return build
+
+
+def build_algorithm(comm: Communicator, cfg: Config, num_classes: int, device: torch.device,
+                    steps_per_epoch: int) -> Algorithm:
+    """This rank's algorithm object, from the registry, given the parts of the config it needs."""
+    warmup_rounds = math.ceil(cfg.algo.warmup_epochs * steps_per_epoch / cfg.algo.local_iters)
+    return algorithm_class(cfg.algo.name)(comm, model_builder(cfg, num_classes), device, cfg.algo, cfg.run.seed,
+                                          warmup_rounds)
 
 
 @dataclass
@@ -159,8 +169,8 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
     """
     device = resolve_device(cfg.run.device)
     sched = Schedule.of(cfg, len(dataset.train.y))
-    algo_cls = ALGORITHMS[cfg.algo.name]
-    algo = algo_cls(comm, cfg, model_builder(cfg, num_classes_of(cfg, dataset)), device, sched.steps_per_epoch)
+    algo = build_algorithm(comm, cfg, num_classes_of(cfg, dataset), device, sched.steps_per_epoch)
+    store = algo.store
     if isinstance(resume, str):
         resume = checkpoint.load(Path(resume))
     faults = from_env()
@@ -173,6 +183,7 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
                                                                       dataset.test.y[:d.eval_limit])
     test = lambda: eval_batches(test_set, dataset.mean, dataset.std, d.eval_batch_size)  # noqa: E731
     recal = lambda: (plain.batch(k) for k in range(cfg.algo.recalib_batches))  # noqa: E731
+    evaluator = Accuracy(test, recal, cfg.algo.bn_eval, device)
     lead = comm.rank == 0
     ckpt_every = cfg.run.checkpoint_every or cfg.run.eval_every
     progress = {"parallel_s": 0.0, "elapsed_s": 0.0, "best": -1.0, "best_time": 0.0}
@@ -203,17 +214,21 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
     for r in range(first_round, sched.rounds):
         messages0 = comm.bytes.messages["sync"]
         algo.begin_round(r)
+        # The held parameters change from round to round, so the optimizer is rebuilt (a momentum
+        # restart, §2.6); momentum that persists lives in the part store and survives it.
+        opt = make_optimizer(store, cfg.optim)
         t0, idle0 = time.perf_counter(), comm.idle_s
         losses = []
         first = r * cfg.algo.local_iters
         for step in range(first, min(first + cfg.algo.local_iters, sched.total_steps)):
             poisoned = fire(faults, comm.rank, r, step) if faults else False
             x, y = stream.batch(step)
-            loss = algo.step(x.to(device), y.to(device), algo.lr_at(step, sched.total_steps))
+            loss = train_step(store.model, opt, x.to(device), y.to(device), lr_at(cfg.optim, step, sched.total_steps),
+                              algo.after_backward)
             losses.append(loss * float("nan") if poisoned else loss)
         loss = torch.stack(losses).mean().item()
         compute_s = time.perf_counter() - t0 - (comm.idle_s - idle0)
-        state_bytes = max(state_bytes, algo.memory_bytes())
+        state_bytes = max(state_bytes, store.memory_bytes(opt))
         comm.barrier()  # so that the sync time below is communication, not waiting for a slow peer
         with comm.tag("control"):
             row = torch.tensor([loss, compute_s], dtype=torch.float64)
@@ -234,13 +249,13 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
         progress["parallel_s"] += float(table[:, 1].max() + table[:, 2].max())
         acc = None
         if (r + 1) % cfg.run.eval_every == 0 or last:
-            acc = algo.evaluate(test, recal)
+            acc = algo.evaluate(evaluator)
             if acc > progress["best"]:
                 progress["best"], progress["best_time"] = acc, progress["parallel_s"]
         step = min(first + cfg.algo.local_iters, sched.total_steps)
         record = {
             "round": r, "step": step, "epoch": step / sched.steps_per_epoch,
-            "lr": algo.lr_at(step - 1, sched.total_steps), "loss": float(table[:, 0].mean()),
+            "lr": lr_at(cfg.optim, step - 1, sched.total_steps), "loss": float(table[:, 0].mean()),
             "compute_s": float(table[:, 1].max()), "comm_s": float(table[:, 2].max()),
             "time_s": progress["parallel_s"], "elapsed_s": time.perf_counter() - start,
             "sent_bytes": [int(v) for v in table[:, 3]], "recv_bytes": [int(v) for v in table[:, 4]],
@@ -287,7 +302,7 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
         "model_state_bytes_per_worker": [int(v) for v in totals[:, 4]],
         "peak_memory_bytes_per_worker": [int(v) for v in totals[:, 5]],
         "peak_memory_kind": "cuda max allocated" if device.type == "cuda" else "process max RSS",
-        "eval_scale": algo.eval_scale(), "scaled_blocks": list(algo.candidates),
+        "eval_scale": algo.eval_scale(), "scaled_blocks": list(store.candidates),
     }
 
 
@@ -385,7 +400,7 @@ def train(cfg: Config, dataset: Dataset | None = None, resume: bool | str = Fals
     if dataset is None:
         dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir, download=cfg.data.download)
     check(cfg, dataset)
-    if resume is True and not ALGORITHMS[cfg.algo.name].checkpointable:
+    if resume is True and not algorithm_class(cfg.algo.name).checkpointable:
         raise ValueError(f"{cfg.algo.name} runs write no checkpoints, so they cannot be resumed")
     torchrun = cfg.run.runtime == "dist" and under_torchrun()
     if torchrun and int(os.environ["WORLD_SIZE"]) != cfg.algo.workers:

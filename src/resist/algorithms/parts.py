@@ -1,0 +1,261 @@
+"""The part store: which parts of the global model one rank holds, and their state.
+
+A worker builds the architecture on the ``meta`` device (no memory) and materializes only the parts it
+holds: the stem, the head, the shared blocks, and the partitioned blocks of its current sub-network
+(paper §2.5, Fig. 3). A part is ``"stem"``, ``"head"`` or a block index. Every part is initialized
+from a seed of its own, so any rank can create any part identically without communication.
+
+Every held tensor lives in a flat buffer per dtype of its bucket (``"shared"``, or a block index), so
+that synchronization sends and all-reduces those buffers as they are, with no copies (as DDP's buckets
+and apex's flat parameters do). A part's state is its parameters, its buffers (BatchNorm statistics)
+and, where momentum persists across rounds, its momentum.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Union
+
+import torch
+from torch import nn
+
+from .. import aggregate
+from ..comm import Communicator
+from ..seeds import mix
+
+Part = Union[str, int]
+
+
+def part_module(model: nn.Module, part: Part) -> nn.Module:
+    return model.blocks[part] if isinstance(part, int) else getattr(model, part)
+
+
+def _part_key(model: nn.Module, part: Part) -> int:
+    return part + 1 if isinstance(part, int) else (0 if part == "stem" else len(model.blocks) + 1)
+
+
+@torch.no_grad()
+def init_part(model: nn.Module, part: Part, seed: int, device: torch.device | str = "cpu") -> None:
+    """Allocate ``part`` of ``model`` and give it its initialization, drawn on the CPU from a seed of
+    its own: the same on every rank and device, whoever holds the part."""
+    module = part_module(model, part)
+    module.to_empty(device="cpu")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed * 7919 + _part_key(model, part))
+        for m in module.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+    module.to(device)
+
+
+def init_model(model: nn.Module, seed: int, device: torch.device | str = "cpu") -> nn.Module:
+    """The whole global model as every algorithm initializes it (for references and tests)."""
+    for part in ["stem", "head", *range(len(model.blocks))]:
+        init_part(model, part, seed, device)
+    return model
+
+
+def tensors_of(module: nn.Module) -> list[torch.Tensor]:
+    """Parameters (as plain tensors) then buffers, in registration order."""
+    return [p.data for p in module.parameters()] + list(module.buffers())
+
+
+class PartStore:
+    """One rank's parts of the global model: holding, flat buffers, state, and loading from a checkpoint.
+
+    ``candidates`` are the blocks an algorithm may deal out; every other part is shared. With
+    ``carry_momentum`` each held parameter has a momentum tensor that belongs to its part's state.
+    """
+
+    def __init__(self, build_model: Callable[[], nn.Module], device: torch.device, candidates: tuple[int, ...],
+                 carry_momentum: bool, init_seed: int) -> None:
+        self.build_model, self.device, self.init_seed = build_model, device, init_seed
+        self.model = build_model()
+        self.candidates = tuple(candidates)
+        cset = set(self.candidates)
+        self.shared_parts: list[Part] = ["stem", "head"] + [i for i in range(len(self.model.blocks)) if i not in cset]
+        self.carry = carry_momentum
+        self.momentum: dict[str, torch.Tensor] = {}
+        self.flats: dict[Part, list[torch.Tensor]] = {}
+
+    # --- holding ---------------------------------------------------------------------------------
+    def module(self, part: Part) -> nn.Module:
+        return part_module(self.model, part)
+
+    def prefix(self, part: Part) -> str:
+        return f"blocks.{part}." if isinstance(part, int) else f"{part}."
+
+    def held(self, part: Part) -> bool:
+        return not next(self.module(part).parameters()).is_meta
+
+    def all_parts(self) -> list[Part]:
+        return self.shared_parts + list(self.candidates)
+
+    def _param_names(self, part: Part) -> list[str]:
+        return [n for n, _ in self.module(part).named_parameters(prefix=self.prefix(part).rstrip("."))]
+
+    @torch.no_grad()
+    def materialize(self, part: Part, init: bool) -> None:
+        """Allocate ``part``; with ``init``, fill it with its seeded initialization."""
+        if init:
+            init_part(self.model, part, self.init_seed, self.device)
+        else:
+            self.module(part).to_empty(device=self.device)
+        if self.carry:
+            for name, p in zip(self._param_names(part), self.module(part).parameters()):
+                self.momentum[name] = torch.zeros_like(p)
+
+    def release(self, part: Part) -> None:
+        for name in self._param_names(part):
+            self.momentum.pop(name, None)
+        self.flats.pop(part, None)
+        self.module(part).to("meta")
+
+    def start(self, parts: list[Part], state: dict[str, torch.Tensor] | None) -> None:
+        """Materialize ``parts``: freshly initialized, or from a full state dict (a checkpoint)."""
+        for part in parts:
+            self.materialize(part, init=state is None)
+            if state is not None:
+                self.load_part(part, state)
+
+    # --- state -----------------------------------------------------------------------------------
+    def _slots(self, parts: list[Part]) -> list[tuple[Callable[[torch.Tensor], None], torch.Tensor]]:
+        """Each state tensor of ``parts`` (in :meth:`state_tensors` order) with a way to replace it."""
+        slots: list[tuple[Callable[[torch.Tensor], None], torch.Tensor]] = []
+        for part in parts:
+            module = self.module(part)
+            for m in module.modules():
+                for n, p in m._parameters.items():
+                    if p is not None:
+                        slots.append((lambda v, m=m, n=n, g=p.requires_grad:
+                                      m._parameters.__setitem__(n, nn.Parameter(v, requires_grad=g)), p.data))
+            for m in module.modules():
+                for n, b in m._buffers.items():
+                    if b is not None:
+                        slots.append((lambda v, m=m, n=n: m._buffers.__setitem__(n, v), b))
+            if self.carry:
+                for n, p in zip(self._param_names(part), module.parameters()):
+                    slots.append((lambda v, n=n: self.momentum.__setitem__(n, v),
+                                  self.momentum.get(n, torch.empty_like(p, device="meta"))))
+        return slots
+
+    @torch.no_grad()
+    def bucket(self, key: Part, parts: list[Part], fresh: bool = False) -> None:
+        """Put the state tensors of ``parts`` into one flat buffer per dtype, filed under ``key``; the
+        parameters, buffers and momentum become views into it. ``fresh``: allocate without copying,
+        for a part about to be overwritten."""
+        slots = self._slots(parts)
+        tensors = [t for _, t in slots]
+        flats = aggregate.empty_like_packed(tensors, self.device) if fresh else aggregate.pack(tensors)
+        for (point, _), view in zip(slots, aggregate.views(flats, tensors)):
+            point(view)
+        self.flats[key] = flats
+
+    def state_tensors(self, part: Part) -> list[torch.Tensor]:
+        """What synchronizes for ``part``: parameters, BatchNorm buffers and, if carried, momentum."""
+        module = self.module(part)
+        out = tensors_of(module)
+        if self.carry:
+            out += [self.momentum.get(n, torch.empty_like(p, device="meta"))
+                    for n, p in zip(self._param_names(part), module.parameters())]
+        return out
+
+    def state_names(self, part: Part) -> list[str]:
+        """Names of :meth:`state_tensors` in a checkpoint: state-dict keys, then ``momentum/<param>``."""
+        module, prefix = self.module(part), self.prefix(part)
+        names = [prefix + n for n, _ in module.named_parameters()] + [prefix + n for n, _ in module.named_buffers()]
+        if self.carry:
+            names += ["momentum/" + prefix + n for n, _ in module.named_parameters()]
+        return names
+
+    def load_part(self, part: Part, state: dict[str, torch.Tensor]) -> None:
+        """Fill a materialized ``part`` from a :func:`gather_state` dict (a checkpoint)."""
+        names = self.state_names(part)
+        missing = [n for n in names if n not in state]
+        if missing:
+            raise ValueError(f"checkpoint lacks {missing[0]} (and {len(missing) - 1} more); it is not from this config")
+        with torch.no_grad():
+            for name, t in zip(names, self.state_tensors(part)):
+                if state[name].shape != t.shape:
+                    raise ValueError(f"checkpoint tensor {name} has shape {tuple(state[name].shape)}, "
+                                     f"the model expects {tuple(t.shape)}")
+                t.copy_(state[name])
+
+    def trainable(self) -> list[tuple[str, nn.Parameter]]:
+        """The held parameters, by name."""
+        return [(n, p) for n, p in self.model.named_parameters() if not p.is_meta]
+
+    def memory_bytes(self, optimizer: torch.optim.Optimizer | None) -> int:
+        """Bytes of model state this rank holds now: parameters, gradients, buffers, optimizer state."""
+        tensors = [t for t in self.model.parameters() if not t.is_meta]
+        tensors += [t.grad for t in tensors if t.grad is not None]
+        tensors += [b for b in self.model.buffers() if not b.is_meta]
+        if optimizer is not None:
+            tensors += [v for st in optimizer.state.values() for v in st.values() if torch.is_tensor(v)]
+        seen = {id(t): t for t in tensors}  # carried momentum appears both in the optimizer and here
+        return sum(t.numel() * t.element_size() for t in seen.values())
+
+
+# --- the global model, from the parts every rank holds (collectives) ------------------------------
+
+@torch.no_grad()
+def gather_state(comm: Communicator, store: PartStore, holders: dict[Part, tuple[int, ...]],
+                 tag: str = "eval") -> dict[str, torch.Tensor] | None:
+    """Collective: every parameter, BatchNorm buffer and carried momentum of the global model, as one
+    flat dict on rank 0 (``None`` elsewhere). Each block comes from its lowest holder in ``holders``."""
+    me = comm.rank
+    sends, recvs, incoming = [], [], {}
+    with comm.tag(tag):
+        for b in store.candidates:
+            src = holders[b][0]
+            if 0 in holders[b] or me not in (src, 0):
+                continue
+            if me == src:
+                sends += [(0, f) for f in aggregate.pack(store.state_tensors(b))]
+            else:
+                incoming[b] = aggregate.empty_like_packed(store.state_tensors(b), "cpu")
+                recvs += [(src, f) for f in incoming[b]]
+        comm.exchange(sends, recvs)
+    if me != 0:
+        return None
+    state: dict[str, torch.Tensor] = {}
+    for part in store.all_parts():
+        if part in incoming:
+            tensors = [torch.empty_like(t, device="cpu") for t in store.state_tensors(part)]
+            aggregate.unpack(incoming[part], tensors)
+        else:
+            tensors = [t.detach().cpu().clone() for t in store.state_tensors(part)]
+        state.update(zip(store.state_names(part), tensors))
+    return state
+
+
+def assemble(comm: Communicator, store: PartStore, holders: dict[Part, tuple[int, ...]], scale: float,
+             tag: str = "eval") -> nn.Module | None:
+    """Collective: the whole global model on rank 0 only (for evaluation and the final model), with the
+    partitioned residual branches scaled by ``scale`` (§2.6)."""
+    state = gather_state(comm, store, holders, tag)
+    if state is None:
+        return None
+    full = store.build_model()
+    full.to_empty(device=store.device)
+    full.load_state_dict({k: v for k, v in state.items() if not k.startswith("momentum/")})
+    full.set_residual_scale(store.candidates, scale)
+    return full
+
+
+def evaluate_global(comm: Communicator, store: PartStore, holders: dict[Part, tuple[int, ...]], scale: float,
+                    metric: Callable[[nn.Module], float]) -> float:
+    """Collective: ``metric`` of the assembled global model, computed on rank 0, returned on every rank."""
+    model = assemble(comm, store, holders, scale)
+    value = torch.zeros(1, dtype=torch.float64)
+    if model is not None:
+        value[0] = metric(model)
+        del model
+    with comm.tag("control"):
+        comm.broadcast(value, 0)
+    return float(value[0])
+
+
+def all_reduce_flats(comm: Communicator, flats: Iterable[torch.Tensor]) -> None:
+    """Average flat buffers over all ranks, in place (one all-reduce per dtype buffer)."""
+    for f in flats:
+        comm.all_reduce(f, average=True)

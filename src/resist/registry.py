@@ -1,0 +1,29 @@
+"""Every vocabulary of the package in one place: config validation, the CLI's choices and help, and
+the README's lists read these. Algorithms are named here with where their class lives, so that this
+module stays free of torch: adding an algorithm is one file in ``algorithms/`` and one line below."""
+
+from __future__ import annotations
+
+import importlib
+
+#: name -> "module:Class" of the algorithm, and one line on what it is.
+ALGORITHMS: dict[str, tuple[str, str]] = {
+    "resist": ("resist.algorithms.resist:ResIST", "independent sub-ResNets, averaged and repartitioned each round"),
+    "local_sgd": ("resist.algorithms.local_sgd:LocalSGD", "whole model on every worker, averaged each round"),
+    "data_parallel": ("resist.algorithms.data_parallel:DataParallel", "gradients averaged after every step"),
+    "ensemble": ("resist.algorithms.ensemble:Ensemble", "the first round's sub-ResNets, never synchronized"),
+}
+PARTITIONS = ("section3", "naive")
+BN_EVAL_MODES = ("average", "batch", "recalibrate")
+RUNTIMES = ("inprocess", "dist")
+BACKENDS = ("gloo", "nccl")
+DEVICES = ("cpu", "cuda", "auto")
+DATASETS = ("cifar10", "cifar100", "digits", "synthetic")
+
+
+def algorithm_class(name: str) -> type:
+    """The class registered as ``name`` (imported on first use)."""
+    if name not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {name!r}; choose one of: {', '.join(ALGORITHMS)}")
+    module, _, cls = ALGORITHMS[name][0].partition(":")
+    return getattr(importlib.import_module(module), cls)

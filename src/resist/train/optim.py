@@ -1,0 +1,76 @@
+"""What the trainer owns and hands to every algorithm alike: the optimizer, the learning-rate schedule,
+the loss and one training step, and the evaluation of a model (classification: top-1 accuracy)."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..algorithms.evaluation import predict, recalibrate
+from ..algorithms.parts import PartStore
+from ..config import OptimConfig
+
+
+def make_optimizer(store: PartStore, o: OptimConfig) -> torch.optim.Optimizer:
+    """SGD over the parameters this rank holds now. Where momentum persists across rounds it lives in the
+    part store (it travels with its part), and the optimizer updates those tensors in place."""
+    named = store.trainable()
+    opt = torch.optim.SGD([p for _, p in named], lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    if store.carry and o.momentum > 0:
+        # SGD's first step from a zero buffer equals its first step from none, so carried momentum
+        # starts as zeros.
+        for n, p in named:
+            opt.state[p]["momentum_buffer"] = store.momentum[n]
+    return opt
+
+
+def lr_at(o: OptimConfig, step: int, total_steps: int) -> float:
+    """Step decay: the learning rate divided by 10 at each fraction in ``lr_decay_at`` (paper §5)."""
+    passed = sum(step >= math.ceil(f * total_steps) for f in o.lr_decay_at)
+    return o.lr * 0.1**passed
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, lr: float,
+               after_backward: Callable[[], None]) -> torch.Tensor:
+    """One SGD step of this rank's (sub-)network on its batch; returns the loss.
+
+    Gradients are zeroed, not freed, so that an algorithm may keep them as views of its own buffers
+    (data parallel's buckets); a zeroed gradient plus the new one is the new one, bit for bit."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    model.train()
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=False)
+    loss.backward()
+    after_backward()
+    opt.step()
+    return loss.detach()
+
+
+class Accuracy:
+    """Top-1 test accuracy in percent, with the BatchNorm choice ``bn_eval`` (§2.6; ``recalibrate``
+    re-estimates the statistics on training batches, on a copy where the model must be left alone)."""
+
+    def __init__(self, test: Callable[[], Iterable], recal: Callable[[], Iterable], bn_eval: str,
+                 device: torch.device) -> None:
+        self.test, self.recal, self.bn_eval, self.device = test, recal, bn_eval, device
+
+    def _outputs(self, model: nn.Module, own: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.bn_eval == "recalibrate":
+            model = model if own else copy.deepcopy(model)
+            recalibrate(model, self.recal(), self.device)
+        return predict(model, self.test(), self.bn_eval, self.device)
+
+    def metric(self, model: nn.Module) -> float:
+        return self.score(*self._outputs(model, own=True))
+
+    def predict(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._outputs(model, own=False)
+
+    def score(self, outputs: torch.Tensor, targets: torch.Tensor) -> float:
+        return 100.0 * (outputs.argmax(1) == targets).double().mean().item()
