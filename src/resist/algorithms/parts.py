@@ -40,7 +40,7 @@ def init_part(model: nn.Module, part: Part, seed: int, device: torch.device | st
     module = part_module(model, part)
     module.to_empty(device="cpu")
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed * 7919 + _part_key(model, part))
+        torch.manual_seed(mix(seed, _part_key(model, part)))
         for m in module.modules():
             if hasattr(m, "reset_parameters"):
                 m.reset_parameters()
