@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from benchutil import OUT, ROOT, describe_library, library_state
-from resist.train.projection import compare, project_run
+from resist.analysis.projection import compare, project_run
 
 ALGOS = ("resist", "local_sgd", "data_parallel")
 

@@ -41,7 +41,7 @@ from resist.config import preset
 from resist.data import load_dataset
 from resist.train import read_metrics, train
 from resist.plan import candidate_blocks, make_plan
-from resist.train.projection import round_bytes, round_messages
+from resist.analysis.projection import round_bytes, round_messages
 from resist.train.trainer import model_builder
 
 ALGOS = ("local_sgd", "resist", "data_parallel")

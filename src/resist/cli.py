@@ -164,7 +164,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_comm(args: argparse.Namespace) -> int:
-    from .train.comm_report import format_table, report
+    from .analysis.comm_report import format_table, report
 
     rep = report(args.model, args.num_classes, args.width, args.workers, args.min_depth, rounds=args.rounds,
                  batch=args.batch, local_iters=args.local_iters, measured=not args.no_measure, layers=args.layers)
@@ -177,7 +177,7 @@ def _run_labels(text: str | None) -> list[str] | None:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .train.plot import default_output, labels_for, plot_runs, read_run
+    from .analysis.plot import default_output, labels_for, plot_runs, read_run
 
     runs = [read_run(d, need_eval=True) for d in args.run_dirs]
     out = plot_runs(runs, labels_for(runs, _run_labels(args.labels)), args.out or default_output(args.run_dirs))
@@ -186,8 +186,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_project(args: argparse.Namespace) -> int:
-    from .train.plot import labels_for, read_run
-    from .train.projection import check_link, compare, format_table, notes, project_run
+    from .analysis.plot import labels_for, read_run
+    from .analysis.projection import check_link, compare, format_table, notes, project_run
 
     check_link(args.gbits, args.latency_us)
     runs = [read_run(d) for d in args.run_dirs]

@@ -211,3 +211,20 @@ def test_config_file_errors(capsys, tmp_path):
     bad.write_text('{"algo": {"workers": 2, "speed": 9}}')
     rc, _, err = run(capsys, "train", "--config", str(bad))
     assert rc == 2 and "unknown field(s) in config section 'algo': speed" in err
+
+
+def test_readme_lists_what_the_registry_holds():
+    """The README's flag lists (`--algo a|b|c`) name exactly the registry's vocabulary."""
+    import re
+    from pathlib import Path
+
+    from resist import registry
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    vocab = {"--algo": tuple(registry.ALGORITHMS), "--partition": registry.PARTITIONS,
+             "--bn-eval": registry.BN_EVAL_MODES, "--dataset": registry.DATASETS, "--runtime": registry.RUNTIMES,
+             "--backend": registry.BACKENDS, "--device": registry.DEVICES}
+    for flag, names in vocab.items():
+        found = re.findall(rf"`{flag} ([a-z0-9_]+(?:\|[a-z0-9_]+)+)`", readme)
+        assert found, f"README lists no choices for {flag}"
+        assert all(set(f.split("|")) == set(names) for f in found), (flag, found, names)

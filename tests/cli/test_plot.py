@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from resist.cli import main
-from resist.train import projection as pj
-from resist.train.plot import labels_for, read_run
+from resist.analysis import projection as pj
+from resist.analysis.plot import labels_for, read_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -222,7 +222,7 @@ def test_project_bad_options(capsys, runs, extra, needle):
 
 
 def test_projection_charges_the_busier_direction_and_counted_messages():
-    from resist.train.projection import project_run
+    from resist.analysis.projection import project_run
 
     rows = [{"round": 0, "step": 1, "compute_s": 1.0, "time_s": 1.0, "sent_bytes": [10**9, 0],
              "recv_bytes": [0, 3 * 10**9], "messages": 7},

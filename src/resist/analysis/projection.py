@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from .metrics import human_bytes
+from ..train.metrics import human_bytes
 
 DEFAULT_GBITS: tuple[float, ...] = (1.0, 10.0, 100.0)
 DEFAULT_LATENCY_US = 50.0
