@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import PRESETS, RESUMABLE_CHANGES, Config, preset
-from .registry import ALGORITHMS, BACKENDS, BN_EVAL_MODES, DATASETS, DEVICES, PARTITIONS, RUNTIMES
+from .registry import ALGORITHMS, BACKENDS, BN_EVAL_MODES, DATASETS, DEVICES, INNER_OPTIMIZERS, PARTITIONS, RUNTIMES
 
 log = logging.getLogger("resist")
 EXIT_USAGE = 2
@@ -39,6 +39,9 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--warmup-epochs": ("algo.warmup_epochs", float, "local SGD epochs before ResIST"),
     "--bn-eval": ("algo.bn_eval", str, f"one of {', '.join(BN_EVAL_MODES)}"),
     "--recalib-batches": ("algo.recalib_batches", int, "batches for --bn-eval recalibrate"),
+    "--outer-lr": ("algo.outer_lr", float, "outer learning rate (DiLoCo: 0.7; 1 with momentum 0 = plain averaging)"),
+    "--outer-momentum": ("algo.outer_momentum", float, "outer momentum in [0, 1) (DiLoCo: 0.9)"),
+    "--inner-optim": ("optim.inner", str, f"one of {', '.join(INNER_OPTIMIZERS)}"),
     "--model": ("model.name", str, "registry name ('resist models' lists them)"),
     "--width": ("model.width", float, "channel multiplier"),
     "--num-classes": ("model.num_classes", int, "output classes (default: the dataset's)"),
@@ -67,6 +70,8 @@ TRAIN_SWITCHES: dict[str, tuple[str, bool, str]] = {
     "--no-augment": ("data.augment", False, "no random crop / flip"),
     "--no-scale": ("algo.scale_activations", False, "do not scale partitioned blocks at evaluation"),
     "--carry-momentum": ("algo.carry_momentum", True, "carry momentum across rounds"),
+    "--outer-nesterov": ("algo.outer_nesterov", True, "Nesterov outer momentum (the default)"),
+    "--no-outer-nesterov": ("algo.outer_nesterov", False, "plain outer momentum"),
 }
 
 

@@ -12,7 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .registry import ALGORITHMS, BACKENDS, BN_EVAL_MODES, DATASETS, DEVICES, PARTITIONS, RUNTIMES
+from .registry import (ALGORITHMS, BACKENDS, BN_EVAL_MODES, DATASETS, DEVICES, INNER_OPTIMIZERS, OUTER_STEPPED,
+                       PARTITIONS, RUNTIMES)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -88,6 +89,14 @@ class AlgoConfig:
     statistics, as the paper's code), or ``recalibrate`` (re-estimated on training batches)."""
     recalib_batches: int = 20
     """Training batches used by ``bn_eval=recalibrate``."""
+    outer_lr: float = 1.0
+    """Outer learning rate (DiLoCo, Douillard et al. 2023): after a round's average, each parameter moves
+    from its round-start value along the averaged change, times this. 1 with ``outer_momentum`` 0 is
+    plain averaging (and is exactly it). DiLoCo uses 0.7."""
+    outer_momentum: float = 0.0
+    """Momentum of the outer SGD (DiLoCo: 0.9); it travels with a ResIST block to its next holders."""
+    outer_nesterov: bool = True
+    """Nesterov momentum for the outer SGD (DiLoCo's choice)."""
 
     def __post_init__(self) -> None:
         _check(self.name in ALGORITHMS, f"unknown algorithm {self.name!r}; choose one of: {', '.join(ALGORITHMS)}")
@@ -102,6 +111,16 @@ class AlgoConfig:
         _check(self.bn_eval in BN_EVAL_MODES,
                f"unknown bn_eval {self.bn_eval!r}; choose one of: {', '.join(BN_EVAL_MODES)}")
         _check(self.recalib_batches >= 1, f"recalib_batches must be >= 1, got {self.recalib_batches}")
+        _check(self.outer_lr > 0, f"outer_lr must be > 0, got {self.outer_lr}")
+        _check(0 <= self.outer_momentum < 1, f"outer_momentum must be in [0, 1), got {self.outer_momentum}")
+        _check(not self.outer or self.name in OUTER_STEPPED,
+               f"an outer optimizer steps the average of a round; {self.name} has none: use "
+               f"{' or '.join(OUTER_STEPPED)}, or drop --outer-lr / --outer-momentum")
+
+    @property
+    def outer(self) -> bool:
+        """Whether an outer optimizer runs (anything but plain averaging)."""
+        return self.outer_lr != 1.0 or self.outer_momentum != 0.0
 
 
 @dataclass
@@ -116,6 +135,9 @@ class OptimConfig:
     """L2 weight decay."""
     lr_decay_at: tuple[float, ...] = (0.5, 0.75)
     """Fractions of training at which the learning rate is divided by 10."""
+    inner: str = "sgd"
+    """The workers' (inner) optimizer: ``sgd`` (with ``momentum``) or ``adamw`` (default betas). Like
+    momentum, AdamW's moments restart every round unless ``carry_momentum`` (not available for AdamW)."""
 
     def __post_init__(self) -> None:
         self.lr_decay_at = tuple(self.lr_decay_at)
@@ -124,6 +146,8 @@ class OptimConfig:
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         _check(all(0 < f < 1 for f in self.lr_decay_at), f"lr_decay_at must lie in (0, 1), got {self.lr_decay_at}")
+        _check(self.inner in INNER_OPTIMIZERS,
+               f"unknown inner optimizer {self.inner!r}; choose one of: {', '.join(INNER_OPTIMIZERS)}")
 
 
 @dataclass
@@ -176,6 +200,11 @@ class Config:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.optim.inner == "sgd" or not (self.algo.carry_momentum or self.algo.name == "data_parallel"),
+               "the adamw inner optimizer restarts with every round; it cannot carry its state "
+               "(--carry-momentum, data_parallel): use --inner-optim sgd")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

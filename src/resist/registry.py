@@ -19,6 +19,9 @@ RUNTIMES = ("inprocess", "dist")
 BACKENDS = ("gloo", "nccl")
 DEVICES = ("cpu", "cuda", "auto")
 DATASETS = ("cifar10", "cifar100", "digits", "synthetic")
+INNER_OPTIMIZERS = ("sgd", "adamw")
+#: Algorithms whose rounds end in an average of the parts, which an outer optimizer can step.
+OUTER_STEPPED = ("resist", "local_sgd")
 
 
 def algorithm_class(name: str) -> type:

@@ -16,25 +16,33 @@ from .parts import Part, all_reduce_flats
 class LocalSGD(Algorithm):
     """Every rank trains the whole network; every ``local_iters`` steps all parameters and BatchNorm
     buffers (and carried momentum) are averaged, as one all-reduce per dtype of one flat buffer. Same
-    data order, seeds, schedule and momentum policy as ResIST."""
+    data order, seeds, schedule and momentum policy as ResIST.
+
+    With an outer optimizer (``cfg.outer``) this is DiLoCo (Douillard et al. 2023,
+    https://arxiv.org/abs/2311.08105): every rank then steps the averaged parameters identically, so the
+    outer momentum never travels."""
 
     def __init__(self, comm: Communicator, build_model: Callable[[], nn.Module], device: torch.device,
                  cfg: AlgoConfig, seed: int, warmup_rounds: int = 0) -> None:
-        self.comm = comm
-        self.store = make_store(comm, build_model, device, cfg, cfg.carry_momentum, seed)
+        self.comm, self.cfg = comm, cfg
+        self.store = make_store(comm, build_model, device, cfg, cfg.carry_momentum, seed, outer=cfg.outer)
         self.everyone = tuple(range(comm.world_size))
 
     def start(self, round_: int, state: dict[str, torch.Tensor] | None = None) -> None:
         parts = self.store.all_parts()
         self.store.start(parts, state)
-        self.store.bucket("shared", parts)  # nothing ever moves: one bucket for the whole model
+        self.store.bucket("shared", parts, outer=False)  # nothing ever moves: one bucket for the whole model
 
     def begin_round(self, round_: int) -> None:
-        pass
+        if self.cfg.outer:
+            self.store.snapshot()
 
     @torch.no_grad()
     def end_round(self, round_: int, final: bool = False) -> None:
         all_reduce_flats(self.comm, self.store.flats["shared"])
+        if self.cfg.outer:
+            c = self.cfg
+            self.store.outer_step(self.store.all_parts(), c.outer_lr, c.outer_momentum, c.outer_nesterov)
 
     def holders_now(self) -> dict[Part, tuple[int, ...]]:
         return {b: self.everyone for b in self.store.candidates}

@@ -63,11 +63,13 @@ class PartStore:
     """One rank's parts of the global model: holding, flat buffers, state, and loading from a checkpoint.
 
     ``candidates`` are the blocks an algorithm may deal out; every other part is shared. With
-    ``carry_momentum`` each held parameter has a momentum tensor that belongs to its part's state.
+    ``carry_momentum`` each held parameter has a momentum tensor that belongs to its part's state; with
+    ``outer`` it also has an outer-optimizer momentum (part of its state, checkpointed) and a copy of
+    its value at the start of the round (:meth:`snapshot`; not state: a round starts from the state).
     """
 
     def __init__(self, build_model: Callable[[], nn.Module], device: torch.device, candidates: tuple[int, ...],
-                 carry_momentum: bool, init_seed: int) -> None:
+                 carry_momentum: bool, init_seed: int, outer: bool = False) -> None:
         self.build_model, self.device, self.init_seed = build_model, device, init_seed
         self.model = build_model()
         self.candidates = tuple(candidates)
@@ -75,6 +77,9 @@ class PartStore:
         self.shared_parts: list[Part] = ["stem", "head"] + [i for i in range(len(self.model.blocks)) if i not in cset]
         self.carry = carry_momentum
         self.momentum: dict[str, torch.Tensor] = {}
+        self.outer = outer
+        self.outer_momentum: dict[str, torch.Tensor] = {}
+        self.round_start: dict[str, torch.Tensor] = {}
         self.flats: dict[Part, list[torch.Tensor]] = {}
 
     # --- holding ---------------------------------------------------------------------------------
@@ -100,13 +105,16 @@ class PartStore:
             init_part(self.model, part, self.init_seed, self.device)
         else:
             self.module(part).to_empty(device=self.device)
-        if self.carry:
-            for name, p in zip(self._param_names(part), self.module(part).parameters()):
+        for name, p in zip(self._param_names(part), self.module(part).parameters()):
+            if self.carry:
                 self.momentum[name] = torch.zeros_like(p)
+            if self.outer:
+                self.outer_momentum[name] = torch.zeros_like(p)
 
     def release(self, part: Part) -> None:
         for name in self._param_names(part):
-            self.momentum.pop(name, None)
+            for state in (self.momentum, self.outer_momentum, self.round_start):
+                state.pop(name, None)
         self.flats.pop(part, None)
         self.module(part).to("meta")
 
@@ -118,7 +126,7 @@ class PartStore:
                 self.load_part(part, state)
 
     # --- state -----------------------------------------------------------------------------------
-    def _slots(self, parts: list[Part]) -> list[tuple[Callable[[torch.Tensor], None], torch.Tensor]]:
+    def _slots(self, parts: list[Part], outer: bool) -> list[tuple[Callable[[torch.Tensor], None], torch.Tensor]]:
         """Each state tensor of ``parts`` (in :meth:`state_tensors` order) with a way to replace it."""
         slots: list[tuple[Callable[[torch.Tensor], None], torch.Tensor]] = []
         for part in parts:
@@ -132,18 +140,20 @@ class PartStore:
                 for n, b in m._buffers.items():
                     if b is not None:
                         slots.append((lambda v, m=m, n=n: m._buffers.__setitem__(n, v), b))
-            if self.carry:
-                for n, p in zip(self._param_names(part), module.parameters()):
-                    slots.append((lambda v, n=n: self.momentum.__setitem__(n, v),
-                                  self.momentum.get(n, torch.empty_like(p, device="meta"))))
+            for kept, wanted in ((self.momentum, self.carry), (self.outer_momentum, self.outer and outer)):
+                if wanted:
+                    for n, p in zip(self._param_names(part), module.parameters()):
+                        slots.append((lambda v, n=n, kept=kept: kept.__setitem__(n, v),
+                                      kept.get(n, torch.empty_like(p, device="meta"))))
         return slots
 
     @torch.no_grad()
-    def bucket(self, key: Part, parts: list[Part], fresh: bool = False) -> None:
+    def bucket(self, key: Part, parts: list[Part], fresh: bool = False, outer: bool = True) -> None:
         """Put the state tensors of ``parts`` into one flat buffer per dtype, filed under ``key``; the
         parameters, buffers and momentum become views into it. ``fresh``: allocate without copying,
-        for a part about to be overwritten."""
-        slots = self._slots(parts)
+        for a part about to be overwritten. ``outer=False`` leaves the outer momentum out of the bucket
+        (for parts that every rank holds: it is the same everywhere, so it need not travel)."""
+        slots = self._slots(parts, outer)
         tensors = [t for _, t in slots]
         flats = aggregate.empty_like_packed(tensors, self.device) if fresh else aggregate.pack(tensors)
         for (point, _), view in zip(slots, aggregate.views(flats, tensors)):
@@ -151,12 +161,14 @@ class PartStore:
         self.flats[key] = flats
 
     def state_tensors(self, part: Part) -> list[torch.Tensor]:
-        """What synchronizes for ``part``: parameters, BatchNorm buffers and, if carried, momentum."""
+        """The state of ``part``: parameters, BatchNorm buffers and, where kept, momentum and outer
+        momentum (in :meth:`state_names` order)."""
         module = self.module(part)
         out = tensors_of(module)
-        if self.carry:
-            out += [self.momentum.get(n, torch.empty_like(p, device="meta"))
-                    for n, p in zip(self._param_names(part), module.parameters())]
+        for kept, wanted in ((self.momentum, self.carry), (self.outer_momentum, self.outer)):
+            if wanted:
+                out += [kept.get(n, torch.empty_like(p, device="meta"))
+                        for n, p in zip(self._param_names(part), module.parameters())]
         return out
 
     def state_names(self, part: Part) -> list[str]:
@@ -165,6 +177,8 @@ class PartStore:
         names = [prefix + n for n, _ in module.named_parameters()] + [prefix + n for n, _ in module.named_buffers()]
         if self.carry:
             names += ["momentum/" + prefix + n for n, _ in module.named_parameters()]
+        if self.outer:
+            names += ["outer_momentum/" + prefix + n for n, _ in module.named_parameters()]
         return names
 
     def load_part(self, part: Part, state: dict[str, torch.Tensor]) -> None:
@@ -180,6 +194,30 @@ class PartStore:
                                      f"the model expects {tuple(t.shape)}")
                 t.copy_(state[name])
 
+    @torch.no_grad()
+    def snapshot(self) -> None:
+        """Remember every held parameter's value at the start of the round (for the outer step)."""
+        for name, p in self.trainable():
+            if name in self.round_start:
+                self.round_start[name].copy_(p)
+            else:
+                self.round_start[name] = p.detach().clone()
+
+    @torch.no_grad()
+    def outer_step(self, parts: Iterable[Part], lr: float, momentum: float, nesterov: bool) -> None:
+        """DiLoCo's outer SGD on the parameters of ``parts``: the change since the round began is the
+        pseudo-gradient g = start - now; m <- momentum m + g; now <- start - lr (g + momentum m) with
+        Nesterov, else start - lr m. BatchNorm statistics are not stepped.
+
+        The step is affine in the parameters, so applying it to each holder's own copy and then
+        averaging the copies (and their outer momenta) equals averaging first and stepping once."""
+        for part in parts:
+            for name, p in zip(self._param_names(part), self.module(part).parameters()):
+                start, m = self.round_start[name], self.outer_momentum[name]
+                g = start - p
+                m.mul_(momentum).add_(g)
+                p.copy_(start - lr * (g + momentum * m if nesterov else m))
+
     def trainable(self) -> list[tuple[str, nn.Parameter]]:
         """The held parameters, by name."""
         return [(n, p) for n, p in self.model.named_parameters() if not p.is_meta]
@@ -189,6 +227,7 @@ class PartStore:
         tensors = [t for t in self.model.parameters() if not t.is_meta]
         tensors += [t.grad for t in tensors if t.grad is not None]
         tensors += [b for b in self.model.buffers() if not b.is_meta]
+        tensors += [*self.outer_momentum.values(), *self.round_start.values()]
         if optimizer is not None:
             tensors += [v for st in optimizer.state.values() for v in st.values() if torch.is_tensor(v)]
         seen = {id(t): t for t in tensors}  # carried momentum appears both in the optimizer and here
@@ -237,7 +276,7 @@ def assemble(comm: Communicator, store: PartStore, holders: dict[Part, tuple[int
         return None
     full = store.build_model()
     full.to_empty(device=store.device)
-    full.load_state_dict({k: v for k, v in state.items() if not k.startswith("momentum/")})
+    full.load_state_dict({k: v for k, v in state.items() if "/" not in k})  # not (outer) momentum
     full.set_residual_scale(store.candidates, scale)
     return full
 

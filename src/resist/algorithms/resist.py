@@ -29,7 +29,7 @@ class ResIST(Algorithm):
     def __init__(self, comm: Communicator, build_model: Callable[[], nn.Module], device: torch.device,
                  cfg: AlgoConfig, seed: int, warmup_rounds: int = 0) -> None:
         self.comm, self.cfg, self.seed, self.warmup_rounds = comm, cfg, seed, warmup_rounds
-        self.store = make_store(comm, build_model, device, cfg, cfg.carry_momentum, seed)
+        self.store = make_store(comm, build_model, device, cfg, cfg.carry_momentum, seed, outer=cfg.outer)
         self.everyone = tuple(range(comm.world_size))
         n = len(self.store.candidates)
         self.c = eval_scale(comm.world_size, n, cfg.min_depth) if cfg.scale_activations else 1.0
@@ -58,7 +58,7 @@ class ResIST(Algorithm):
         holders = self.holding = self.holders(round_)
         mine = [b for b in store.candidates if self.comm.rank in holders[b]]
         store.start(store.shared_parts + mine, state)
-        store.bucket("shared", store.shared_parts)
+        store.bucket("shared", store.shared_parts, outer=False)  # every rank holds these: no need to send it
         for b in mine:
             store.bucket(b, [b])
 
@@ -69,6 +69,8 @@ class ResIST(Algorithm):
         model.skip = frozenset(b for b in self.store.candidates if self.comm.rank not in holders[b])
         # A sub-ResNet trains unscaled; the whole network (warm-up) with its branches scaled by c (§2.6).
         model.set_residual_scale(self.store.candidates, self.c if round_ < self.warmup_rounds else 1.0)
+        if self.cfg.outer:
+            self.store.snapshot()
 
     def end_round(self, round_: int, final: bool = False) -> None:
         """Average and repartition. After the ``final`` round no block goes to the holders of a round
@@ -87,11 +89,17 @@ class ResIST(Algorithm):
         received straight into its new holder's buffer, and only a block with several holders needs
         receive buffers and an average.
         """
-        comm, store, me = self.comm, self.store, self.comm.rank
+        comm, store, me, c = self.comm, self.store, self.comm.rank, self.cfg
+        everyone = [b for b in store.candidates if cur[b] == self.everyone and b in store.flats]
         all_reduce_flats(comm, store.flats["shared"])
-        for b in store.candidates:
-            if cur[b] == self.everyone and b in store.flats:
-                all_reduce_flats(comm, store.flats[b])
+        for b in everyone:
+            all_reduce_flats(comm, store.flats[b])
+        if c.outer:
+            # Parts every rank holds are stepped after their average, identically everywhere; a block
+            # with fewer holders is stepped by each holder before it travels (an affine step commutes
+            # with the average), and its outer momentum travels with it.
+            mine = [b for b in store.candidates if me in cur[b] and b not in everyone]
+            store.outer_step([*store.shared_parts, *everyone, *mine], c.outer_lr, c.outer_momentum, c.outer_nesterov)
 
         sends, recvs, pending = [], [], []
         for b in store.candidates:

@@ -17,9 +17,12 @@ from ..config import OptimConfig
 
 
 def make_optimizer(store: PartStore, o: OptimConfig) -> torch.optim.Optimizer:
-    """SGD over the parameters this rank holds now. Where momentum persists across rounds it lives in the
-    part store (it travels with its part), and the optimizer updates those tensors in place."""
+    """The inner optimizer over the parameters this rank holds now: SGD, or AdamW (whose moments, like
+    momentum, restart with the round). Where SGD's momentum persists across rounds it lives in the part
+    store (it travels with its part), and the optimizer updates those tensors in place."""
     named = store.trainable()
+    if o.inner == "adamw":
+        return torch.optim.AdamW([p for _, p in named], lr=o.lr, weight_decay=o.weight_decay)
     opt = torch.optim.SGD([p for _, p in named], lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     if store.carry and o.momentum > 0:
         # SGD's first step from a zero buffer equals its first step from none, so carried momentum
@@ -37,7 +40,7 @@ def lr_at(o: OptimConfig, step: int, total_steps: int) -> float:
 
 def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, lr: float,
                after_backward: Callable[[], None]) -> torch.Tensor:
-    """One SGD step of this rank's (sub-)network on its batch; returns the loss.
+    """One optimizer step of this rank's (sub-)network on its batch; returns the loss.
 
     Gradients are zeroed, not freed, so that an algorithm may keep them as views of its own buffers
     (data parallel's buckets); a zeroed gradient plus the new one is the new one, bit for bit."""
