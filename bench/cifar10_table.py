@@ -72,6 +72,47 @@ ABLATIONS = [
 ]
 
 
+# Outer optimization (DiLoCo, Douillard et al. 2023): its outer Nesterov SGD (lr 0.7, momentum 0.9) against
+# plain averaging, at the preset's local iterations and at 2x and 4x them, where an outer optimizer is
+# supposed to help most.
+OUTER_FLAGS = ["--outer-lr", "0.7", "--outer-momentum", "0.9"]
+
+
+def outer_specs(workers: list[int], seeds: list[int], base_iters: int) -> list[Spec]:
+    specs = []
+    for seed in seeds:
+        for mult in (1, 2, 4):
+            for w in workers:
+                for algo in ("resist", "local_sgd"):
+                    for outer in (False, True):
+                        iters = base_iters * mult
+                        label = f"{algo}, {iters} local iters, " + ("outer Nesterov 0.7/0.9" if outer else "averaging")
+                        name = f"outer_{algo}_i{iters}_{'o' if outer else 'a'}_w{w}_s{seed}"
+                        specs.append(Spec(name, "outer", label, w, seed,
+                                          ["--algo", algo, "--workers", str(w), "--seed", str(seed),
+                                           "--local-iters", str(iters), *(OUTER_FLAGS if outer else [])]))
+    return specs
+
+
+def outer_table(runs: list[dict]) -> list[str]:
+    """One row per (workers, algorithm, local iterations, averaging or outer step), over seeds."""
+    lines = ["| workers | variant | seeds | best test acc (%) | vs. averaging (points) | time to best (s) | "
+             "MB sent / worker |", "|---|---|---|---|---|---|---|"]
+    seen: list[tuple[int, str]] = []
+    for r in runs:
+        if (r["workers"], r["label"]) not in seen:
+            seen.append((r["workers"], r["label"]))
+    for w, label in seen:
+        group = [r for r in runs if (r["workers"], r["label"]) == (w, label)]
+        base = {r["seed"]: r["best_acc"] for r in runs
+                if r["workers"] == w and r["label"] == label.replace("outer Nesterov 0.7/0.9", "averaging")}
+        deltas = [r["best_acc"] - base[r["seed"]] for r in group if r["seed"] in base]
+        lines.append(f"| {w} | {label} | {len(group)} | {spread([r['best_acc'] for r in group])} | "
+                     f"{spread(deltas) if deltas and 'outer' in label else '-'} | "
+                     f"{spread([r['time_to_best_s'] for r in group])} | {spread([r['sent_mb'] for r in group])} |")
+    return lines
+
+
 def ablation_specs(seeds: list[int]) -> list[Spec]:
     specs = []
     for seed in seeds:
@@ -208,7 +249,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", default=os.environ.get("RESIST_DATA_DIR", "data"))
     ap.add_argument("--preset", default="cifar10_cpu")
-    ap.add_argument("--suite", nargs="+", choices=("main", "ablations"), default=["main"])
+    ap.add_argument("--suite", nargs="+", choices=("main", "ablations", "outer"), default=["main"])
     ap.add_argument("--workers", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--algos", nargs="+", choices=ALGOS, default=list(ALGOS), help="algorithms of the main suite")
@@ -221,8 +262,11 @@ def main() -> None:
     if not Path(args.data_dir).is_dir():
         raise SystemExit(f"cifar10_table: data folder {args.data_dir} does not exist; pass --data-dir or set RESIST_DATA_DIR")
 
+    from resist.config import preset
+
     specs = (main_specs(args.workers, args.seeds, args.algos) if "main" in args.suite else []) + \
-        (ablation_specs(args.ablation_seeds) if "ablations" in args.suite else [])
+        (ablation_specs(args.ablation_seeds) if "ablations" in args.suite else []) + \
+        (outer_specs(args.workers, args.seeds, preset(args.preset).algo.local_iters) if "outer" in args.suite else [])
     runs_dir = Path(args.runs)
     start = library_state()
     results = []
@@ -241,6 +285,7 @@ def main() -> None:
            "library": describe_library(start, library_state())}
     main_runs = [r for r in results if r["suite"] == "main"]
     abl_runs = [r for r in results if r["suite"] == "ablations"]
+    outer_runs = [r for r in results if r["suite"] == "outer"]
     cfg = results[0]["config"]
     lines = [f"# CIFAR-10 ({args.name})\n",
              f"Preset `{args.preset}`: {cfg['model']['name']} at width {cfg['model']['width']}, "
@@ -255,6 +300,8 @@ def main() -> None:
         lines += ["## Main comparison\n", *main_table(main_runs), ""]
     if abl_runs:
         lines += ["## Ablations\n", *ablation_table(abl_runs, main_runs), ""]
+    if outer_runs:
+        lines += ["## Outer optimization (DiLoCo) against plain averaging\n", *outer_table(outer_runs), ""]
     if main_runs:
         lines += ["## PROJECTION (not a measurement): whole runs on 1, 10 and 100 Gbit/s links\n",
                   "Measured compute time plus each round's bytes (slowest worker) over the link, 50 us per "
