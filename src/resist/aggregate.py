@@ -35,12 +35,8 @@ def pack(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
 @torch.no_grad()
 def unpack(flats: Sequence[torch.Tensor], tensors: Sequence[torch.Tensor]) -> None:
     """Copy the flat buffers back into ``tensors`` (the inverse of :func:`pack`)."""
-    by_dtype = {f.dtype: f for f in flats}
-    offsets = dict.fromkeys(by_dtype, 0)
-    for t in tensors:
-        off = offsets[t.dtype]
-        t.copy_(by_dtype[t.dtype][off:off + t.numel()].view_as(t))
-        offsets[t.dtype] = off + t.numel()
+    for t, view in zip(tensors, views(flats, tensors)):
+        t.copy_(view)
 
 
 def views(flats: Sequence[torch.Tensor], tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -64,8 +60,10 @@ def mean(copies: Sequence[torch.Tensor]) -> torch.Tensor:
     total = copies[0].clone()
     for c in copies[1:]:
         total += c
-    if len(copies) == 1:
-        return total
-    if total.is_floating_point():
-        return total.div_(len(copies))
-    return total.floor_divide_(len(copies))
+    return total if len(copies) == 1 else divide_(total, len(copies))
+
+
+def divide_(total: torch.Tensor, n: int) -> torch.Tensor:
+    """A sum of ``n`` copies into their mean, in place: floats divide, integers (BatchNorm's batch
+    counters) floor-divide."""
+    return total.div_(n) if total.is_floating_point() else total.floor_divide_(n)

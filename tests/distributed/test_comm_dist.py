@@ -189,7 +189,7 @@ def test_run_from_env_joins_the_world_it_describes(monkeypatch):
 
 
 def test_backend_is_checked():
-    with pytest.raises(ValueError, match="'gloo' or 'nccl'"):
+    with pytest.raises(ValueError, match="backend must be one of gloo, nccl, got 'mpi'"):
         spawn(2, _raises, backend="mpi")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="needs CUDA"):

@@ -25,6 +25,8 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from ..aggregate import divide_
+
 
 class CommError(RuntimeError):
     """A peer failed, hung past the timeout or broke the protocol; the message names the rank."""
@@ -106,10 +108,7 @@ class Communicator(ABC):
 
     def _divide(self, tensor: torch.Tensor) -> None:
         """A sum over the ranks into their mean (integers floor-divide)."""
-        if tensor.is_floating_point():
-            tensor.div_(self.world_size)
-        else:
-            tensor.floor_divide_(self.world_size)
+        divide_(tensor, self.world_size)
 
     def all_reduce_async(self, tensor: torch.Tensor, average: bool = False) -> "Pending":
         """Start :meth:`all_reduce`; ``tensor`` holds the result once the returned handle's ``wait()``

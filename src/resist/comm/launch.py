@@ -38,7 +38,7 @@ import torch.multiprocessing as mp
 from .base import CommError
 from .dist import DistCommunicator
 
-BACKENDS = ("gloo", "nccl")
+from ..registry import BACKENDS
 _GRACE_S = 3.0  # how long victims' reports may precede the culprit's (or the peers' own timeouts)
 _ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -48,18 +48,31 @@ def default_backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
-def _check_backend(backend: str | None, world_size: int | None = None) -> str:
+def check_backend(backend: str | None, world_size: int | None = None) -> str:
+    """The backend to use (``None``: the default); ``ValueError`` with one line if it cannot run here,
+    including NCCL with more local ranks (``world_size``) than GPUs."""
     if backend is None:
         return default_backend()
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "nccl":
         if not torch.cuda.is_available():
-            raise ValueError("backend 'nccl' needs CUDA, which is not available here; use 'gloo'")
+            raise ValueError("backend 'nccl' needs CUDA, which is not available here; use --backend gloo")
         if world_size is not None and world_size > torch.cuda.device_count():
-            raise ValueError(f"backend 'nccl' needs one GPU per rank: {world_size} ranks, "
-                             f"{torch.cuda.device_count()} GPUs")
+            raise ValueError(f"backend 'nccl' needs one GPU per rank: {world_size} workers, "
+                             f"{torch.cuda.device_count()} GPUs here; use fewer --workers, --backend gloo, "
+                             "or --runtime inprocess")
     return backend
+
+
+def check_port(port: int) -> None:
+    """``ValueError`` with one line unless ``port`` can be listened on at 127.0.0.1 now."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise ValueError(f"cannot listen on port {port} (already in use?); choose another "
+                             f"--master-port or leave it unset") from None
 
 
 def find_free_port() -> int:
@@ -189,7 +202,7 @@ def spawn(world_size: int, fn: Callable, args: tuple = (), backend: str | None =
     """
     if world_size < 1:
         raise ValueError(f"world size must be >= 1, got {world_size}")
-    backend = _check_backend(backend, world_size)
+    backend = check_backend(backend, world_size)
     try:
         store = dist.TCPStore("127.0.0.1", master_port or 0, world_size, is_master=True,
                               wait_for_workers=False, timeout=datetime.timedelta(seconds=timeout))
@@ -248,7 +261,7 @@ def run_from_env(fn: Callable, args: tuple = (), backend: str | None = None, tim
     inconsistent); under NCCL, uses GPU ``LOCAL_RANK``. The process group is destroyed afterwards.
     """
     rank, world_size, local_rank = _read_env()
-    backend = _check_backend(backend)
+    backend = check_backend(backend)
     extra = {}
     if backend == "nccl":
         if local_rank >= torch.cuda.device_count():

@@ -29,10 +29,6 @@ def list_models() -> list[str]:
 def create_model(name: str, num_classes: int = 10, width: float = 1.0, **kwargs) -> nn.Module:
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
-        raise ValueError(f"width must be a number > 0, got {width!r}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
     return _MODELS[name](num_classes=num_classes, width=width, **kwargs)
 
 

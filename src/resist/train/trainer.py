@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import resource
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import torch
 from ..algorithms import Algorithm
 from ..comm import Communicator, run_in_process
 from ..comm import CommError
+from ..comm.launch import check_backend, check_port
 from ..config import RESUMABLE_CHANGES, Config, differences
 from ..data import BatchStream, Dataset, ImageArrays, eval_batches, load_dataset, steps_per_epoch
 from ..io import atomic_write_json, atomic_write_text
@@ -97,21 +97,10 @@ def num_classes_of(cfg: Config, dataset: Dataset) -> int:
 def check(cfg: Config, dataset: Dataset) -> Schedule:
     """Everything that can be wrong with a config for this dataset, found before any rank starts."""
     resolve_device(cfg.run.device)
-    if cfg.run.backend == "nccl" and not torch.cuda.is_available():
-        raise ValueError("backend 'nccl' needs CUDA, which is not available; use --backend gloo")
-    gpus = torch.cuda.device_count()
-    if (cfg.run.runtime == "dist" and cfg.run.backend == "nccl" and not under_torchrun()
-            and cfg.algo.workers > gpus):  # under torchrun the ranks may span nodes
-        raise ValueError(f"backend 'nccl' needs one GPU per rank: {cfg.algo.workers} workers, {gpus} GPUs here; "
-                         "use fewer --workers, --backend gloo, or --runtime inprocess")
-    port = cfg.run.master_port
-    if cfg.run.runtime == "dist" and port and not under_torchrun():
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                raise ValueError(f"cannot listen on port {port} (already in use?); choose another "
-                                 f"--master-port or leave it unset") from None
+    local_ranks = cfg.algo.workers if cfg.run.runtime == "dist" and not under_torchrun() else None
+    check_backend(cfg.run.backend, local_ranks)  # under torchrun the ranks may span nodes
+    if cfg.run.runtime == "dist" and cfg.run.master_port and not under_torchrun():
+        check_port(cfg.run.master_port)
     build = model_builder(cfg, num_classes_of(cfg, dataset))
     model = build()
     cands = candidate_blocks(model.partitionable, model.skippable, cfg.algo.partition)
