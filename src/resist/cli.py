@@ -6,15 +6,20 @@ Every user mistake ends in one line on stderr and exit code 2; never a traceback
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
-from .config import PRESETS, RESUMABLE_CHANGES, Config, preset
-from .registry import ALGORITHMS, BACKENDS, BN_EVAL_MODES, DATASETS, DEVICES, INNER_OPTIMIZERS, PARTITIONS, RUNTIMES
+from .config import PRESETS, RESUMABLE_CHANGES, Config, field_docs, preset
+from . import registry
+from .registry import RUNTIMES
 
 log = logging.getLogger("resist")
 EXIT_USAGE = 2
@@ -29,50 +34,56 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-# flag -> config field; the type is the dataclass field's own.
-TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
-    "--algo": ("algo.name", str, f"one of {', '.join(ALGORITHMS)}"),
-    "--workers": ("algo.workers", int, "number of workers S"),
-    "--local-iters": ("algo.local_iters", int, "SGD steps between synchronizations"),
-    "--min-depth": ("algo.min_depth", int, "minimum partitioned blocks per sub-ResNet"),
-    "--partition": ("algo.partition", str, f"one of {', '.join(PARTITIONS)} (section3: ResIST's; naive: every block)"),
-    "--warmup-epochs": ("algo.warmup_epochs", float, "local SGD epochs before ResIST"),
-    "--bn-eval": ("algo.bn_eval", str, f"one of {', '.join(BN_EVAL_MODES)}"),
-    "--recalib-batches": ("algo.recalib_batches", int, "batches for --bn-eval recalibrate"),
-    "--outer-lr": ("algo.outer_lr", float, "outer learning rate (DiLoCo: 0.7; 1 with momentum 0 = plain averaging)"),
-    "--outer-momentum": ("algo.outer_momentum", float, "outer momentum in [0, 1) (DiLoCo: 0.9)"),
-    "--inner-optim": ("optim.inner", str, f"one of {', '.join(INNER_OPTIMIZERS)}"),
-    "--model": ("model.name", str, "registry name ('resist models' lists them)"),
-    "--width": ("model.width", float, "channel multiplier"),
-    "--num-classes": ("model.num_classes", int, "output classes (default: the dataset's)"),
-    "--layers": ("model.layers", lambda s: tuple(int(v) for v in s.split(",")), "blocks per section, e.g. 1,1,4,1"),
-    "--dataset": ("data.dataset", str, f"one of {', '.join(DATASETS)}"),
-    "--data-dir": ("data.data_dir", str, "folder with the dataset files"),
-    "--batch-size": ("data.batch_size", int, "training batch per worker"),
-    "--epochs": ("optim.epochs", float, "training epochs"),
-    "--lr": ("optim.lr", float, "initial learning rate"),
-    "--momentum": ("optim.momentum", float, "SGD momentum"),
-    "--weight-decay": ("optim.weight_decay", float, "weight decay"),
-    "--seed": ("run.seed", int, "seed of everything random"),
-    "--max-rounds": ("run.max_rounds", int, "stop after this many rounds"),
-    "--eval-every": ("run.eval_every", int, "evaluate every this many rounds"),
-    "--runtime": ("run.runtime", str, f"one of {', '.join(RUNTIMES)}"),
-    "--backend": ("run.backend", str, f"one of {', '.join(BACKENDS)} (dist runtime)"),
-    "--device": ("run.device", str, f"one of {', '.join(DEVICES)}"),
-    "--timeout": ("run.timeout", float, "seconds to wait for a peer before failing"),
-    "--master-port": ("run.master_port", int, "rendezvous port for --runtime dist (default: any free port)"),
-    "--checkpoint-every": ("run.checkpoint_every", int, "checkpoint every this many rounds (default: at each evaluation)"),
-    "--keep-checkpoints": ("run.keep_checkpoints", int, "how many checkpoints to keep"),
-    "--out": ("run.out", str, "run folder"),
-}
-TRAIN_SWITCHES: dict[str, tuple[str, bool, str]] = {
-    "--download": ("data.download", True, "download CIFAR (checksum-verified) if missing"),
-    "--no-augment": ("data.augment", False, "no random crop / flip"),
-    "--no-scale": ("algo.scale_activations", False, "do not scale partitioned blocks at evaluation"),
-    "--carry-momentum": ("algo.carry_momentum", True, "carry momentum across rounds"),
-    "--outer-nesterov": ("algo.outer_nesterov", True, "Nesterov outer momentum (the default)"),
-    "--no-outer-nesterov": ("algo.outer_nesterov", False, "plain outer momentum"),
-}
+# A training flag for every config field, named after it (``--local-iters`` sets ``algo.local_iters``)
+# except where a shorter name reads better; its help is the field's docstring and its type the field's
+# own, so a new field needs one edit: the field. Booleans get ``--x`` / ``--no-x``.
+FLAG_NAMES = {"algo.name": "--algo", "model.name": "--model", "optim.inner": "--inner-optim",
+              "algo.scale_activations": "--scale", "run.out": "--out"}
+# Fields whose values are a registry's vocabulary: the help lists it.
+CHOICES = {"algo.name": registry.ALGORITHMS, "algo.partition": registry.PARTITIONS,
+           "algo.bn_eval": registry.BN_EVAL_MODES, "data.dataset": registry.DATASETS, "run.runtime": registry.RUNTIMES,
+           "run.backend": registry.BACKENDS, "run.device": registry.DEVICES, "optim.inner": registry.INNER_OPTIMIZERS}
+
+
+def _numbers(kind: type) -> Callable[[str], tuple]:
+    def parse(text: str) -> tuple:
+        return tuple(kind(v) for v in text.split(","))
+
+    parse.__name__ = f"comma-separated {kind.__name__}"  # what argparse names in its error
+    return parse
+
+
+@dataclass
+class Flag:
+    name: str
+    key: str
+    type: Any  # a parser for the value, or bool for a --x / --no-x switch
+    help: str
+
+
+def train_flags() -> list[Flag]:
+    """The ``resist train`` flags, derived from the typed config."""
+    docs = field_docs()
+    flags = []
+    for section in dataclasses.fields(Config):
+        cls = section.default_factory  # type: ignore[union-attr]
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            key = f"{section.name}.{f.name}"
+            hint = hints[f.name]
+            args = [a for a in typing.get_args(hint) if a is not type(None)]
+            base = args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
+            if typing.get_origin(base) is tuple:
+                kind = _numbers(typing.get_args(base)[0])
+            else:
+                kind = base
+            help_ = docs[key].split(". ")[0].rstrip(".").replace("``", "'")
+            if key in CHOICES:
+                help_ += f" [{'|'.join(CHOICES[key])}]"
+            flags.append(Flag(FLAG_NAMES.get(key, "--" + f.name.replace("_", "-")), key, kind, help_))
+    names = [f.name for f in flags]
+    assert len(names) == len(set(names)), "two config fields map to one flag"
+    return flags
 
 
 def _typed(text: str) -> Any:
@@ -103,10 +114,10 @@ def build_config(args: argparse.Namespace) -> Config:
     overrides: dict[str, Any] = {}
     if os.environ.get("RESIST_DATA_DIR") and not resume:
         overrides["data.data_dir"] = os.environ["RESIST_DATA_DIR"]
-    for flag, (key, _, _) in {**TRAIN_FLAGS, **TRAIN_SWITCHES}.items():
-        value = getattr(args, flag[2:].replace("-", "_"))
+    for flag in train_flags():
+        value = getattr(args, flag.name[2:].replace("-", "_"))
         if value is not None:
-            overrides[key] = value
+            overrides[flag.key] = value
     for item in args.set or []:
         key, sep, text = item.partition("=")
         if not sep:
@@ -124,10 +135,11 @@ def build_config(args: argparse.Namespace) -> Config:
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("preset", nargs="?", default=None, help=f"named preset ({', '.join(PRESETS)}); default demo")
     p.add_argument("--config", help="a config.json (e.g. from a run folder) instead of a preset")
-    for flag, (_, typ, help_) in TRAIN_FLAGS.items():
-        p.add_argument(flag, type=typ, default=None, help=help_)
-    for flag, (_, value, help_) in TRAIN_SWITCHES.items():
-        p.add_argument(flag, action="store_const", const=value, default=None, help=help_)
+    for flag in train_flags():
+        if flag.type is bool:
+            p.add_argument(flag.name, action=argparse.BooleanOptionalAction, default=None, help=flag.help)
+        else:
+            p.add_argument(flag.name, type=flag.type, default=None, help=flag.help)
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="any other config field")
 
 
@@ -236,7 +248,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("comm", help="bytes per round: paper convention (Table 1), measured, data/pipeline parallel")
     p.add_argument("--model", default="paper_resnet101", help="registry name ('resist models' lists them)")
     p.add_argument("--num-classes", type=int, default=100, help="output classes (default 100, as Table 1)")
-    p.add_argument("--layers", type=TRAIN_FLAGS["--layers"][1], default=None, help="blocks per section, e.g. 1,1,4,1")
+    p.add_argument("--layers", type=_numbers(int), default=None, help="blocks per section, e.g. 1,1,4,1")
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier")
     p.add_argument("--workers", type=int, nargs="+", default=[2, 4, 8], help="worker counts S (default 2 4 8)")
     p.add_argument("--min-depth", type=int, default=0, help="minimum partitioned blocks per sub-ResNet (Table 1: 4)")

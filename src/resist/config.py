@@ -7,8 +7,12 @@ overrides, and the resolved config is written as ``config.json`` into every run 
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
 import json
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -45,7 +49,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     dataset: str = "cifar10"
-    """``cifar10``, ``cifar100``, ``digits`` (ships with scikit-learn) or ``synthetic`` (tests)."""
+    """The dataset (``resist.registry.DATASETS``; digits ship with scikit-learn, synthetic is for tests)."""
     data_dir: str = "data"
     """Folder with the dataset files (numpy layout, python-version folder or official tarball)."""
     download: bool = False
@@ -69,7 +73,7 @@ class DataConfig:
 @dataclass
 class AlgoConfig:
     name: str = "resist"
-    """``resist``, ``local_sgd``, ``data_parallel`` or ``ensemble`` (shallow sub-ResNets, never synced)."""
+    """The algorithm (``resist.registry.ALGORITHMS`` lists them with a line each)."""
     workers: int = 4
     """Number of workers S (one sub-ResNet each)."""
     local_iters: int = 50
@@ -77,7 +81,8 @@ class AlgoConfig:
     min_depth: int = 0
     """Minimum partitioned blocks per sub-ResNet; blocks are shared to reach it (paper §2.6; 0 = off)."""
     partition: str = "section3"
-    """``section3`` (ResIST) or ``naive`` (every skippable block of every section; Fig. 6 ablation)."""
+    """Which blocks are dealt out. section3 (ResIST) or naive (every skippable block of every section;
+    Fig. 6 ablation)."""
     scale_activations: bool = True
     """Scale partitioned residual branches by c when the whole network runs (§2.6)."""
     carry_momentum: bool = False
@@ -159,11 +164,11 @@ class RunConfig:
     eval_every: int = 10
     """Evaluate the assembled global model every this many rounds (and at the end)."""
     runtime: str = "inprocess"
-    """``inprocess`` (workers simulated as threads of one process) or ``dist`` (torch.distributed)."""
+    """Where the workers run. inprocess (simulated as threads of one process) or dist (torch.distributed)."""
     backend: str | None = None
-    """torch.distributed backend, ``gloo`` or ``nccl``; ``None`` picks nccl when CUDA is available."""
+    """The torch.distributed backend; ``None`` picks nccl when CUDA is available, else gloo."""
     device: str = "cpu"
-    """``cpu``, ``cuda`` or ``auto``."""
+    """The device that computes (auto: CUDA when available)."""
     timeout: float = 600.0
     """Seconds a collective may wait for a peer before the run fails naming it."""
     master_port: int | None = None
@@ -242,6 +247,21 @@ RESUMABLE_CHANGES = frozenset({
     "algo.workers", "run.runtime", "run.backend", "run.device", "run.timeout", "run.max_rounds", "run.master_port",
     "run.eval_every", "run.checkpoint_every", "run.keep_checkpoints", "run.out",
 })
+
+
+@functools.lru_cache(maxsize=None)
+def field_docs() -> dict[str, str]:
+    """``section.field`` -> the docstring written under that field in this module (read from the source,
+    so that the CLI's help and the docs say what the config says)."""
+    tree = ast.parse(inspect.getsource(sys.modules[__name__]))
+    sections = {f.default_factory.__name__: f.name for f in dataclasses.fields(Config)}  # type: ignore[union-attr]
+    docs = {}
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef) and n.name in sections):
+        for node, after in zip(cls.body, cls.body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                    and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+                docs[f"{sections[cls.name]}.{node.target.id}"] = " ".join(after.value.value.split())
+    return docs
 
 
 def differences(a: Config, b: Config) -> list[str]:

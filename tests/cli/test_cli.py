@@ -237,3 +237,23 @@ def test_readme_lists_what_the_registry_holds():
         found = re.findall(rf"`{flag} ([a-z0-9_]+(?:\|[a-z0-9_]+)+)`", readme)
         assert found, f"README lists no choices for {flag}"
         assert all(set(f.split("|")) == set(names) for f in found), (flag, found, names)
+
+
+def test_every_config_field_is_a_flag_with_its_docstring_as_help(capsys):
+    """One edit per new field: the flag, its type and its help come from the typed config."""
+    import dataclasses
+
+    from resist.cli import train_flags
+    from resist.config import Config, field_docs
+
+    keys = {f"{s.name}.{f.name}" for s in dataclasses.fields(Config) for f in dataclasses.fields(s.default_factory)}
+    flags = {f.key: f for f in train_flags()}
+    assert set(flags) == keys
+    docs = field_docs()
+    assert all(docs[k].replace("``", "'").startswith(f.help.split(" [")[0]) for k, f in flags.items())
+    rc, out, _ = run(capsys, "config", "smoke", "--local-iters", "7", "--no-augment", "--lr-decay-at", "0.3,0.6",
+                     "--no-outer-nesterov", "--eval-limit", "5")
+    cfg = json.loads(out)
+    assert rc == 0 and cfg["algo"]["local_iters"] == 7 and cfg["data"]["augment"] is False
+    assert cfg["optim"]["lr_decay_at"] == [0.3, 0.6] and cfg["algo"]["outer_nesterov"] is False
+    assert cfg["data"]["eval_limit"] == 5
