@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .registry import (ALGORITHMS, BACKENDS, BN_EVAL_MODES, DATASETS, DEVICES, INNER_OPTIMIZERS, OUTER_STEPPED,
+from .registry import (ALGORITHMS, AMP_MODES, BACKENDS, BN_EVAL_MODES, DATASETS, DEVICES, INNER_OPTIMIZERS, OUTER_STEPPED,
                        PARTITIONS, RUNTIMES)
 
 
@@ -179,6 +179,13 @@ class RunConfig:
     """Write a checkpoint every this many rounds (and at the end); ``None``: at every evaluation."""
     keep_checkpoints: int = 2
     """How many of the latest checkpoints to keep."""
+    amp: str = "none"
+    """Mixed precision of the forward and backward pass: none, bf16 or fp16 (autocast; fp16 with a
+    gradient scaler that restarts with every round, as momentum does). Master weights, optimizer state,
+    averages and everything sent stay fp32; evaluation runs in fp32."""
+    channels_last: bool = False
+    """Feed images in channels-last memory format, so that convolutions run channels-last; the weights
+    stay in their flat fp32 buffers."""
 
     def __post_init__(self) -> None:
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
@@ -194,6 +201,7 @@ class RunConfig:
         _check(self.checkpoint_every is None or self.checkpoint_every >= 1,
                f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         _check(self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        _check(self.amp in AMP_MODES, f"unknown amp mode {self.amp!r}; choose one of: {', '.join(AMP_MODES)}")
 
 
 @dataclass
@@ -245,7 +253,7 @@ class Config:
 #: What may differ between a run and its resumption: where and how it runs, not what it computes.
 RESUMABLE_CHANGES = frozenset({
     "algo.workers", "run.runtime", "run.backend", "run.device", "run.timeout", "run.max_rounds", "run.master_port",
-    "run.eval_every", "run.checkpoint_every", "run.keep_checkpoints", "run.out",
+    "run.eval_every", "run.checkpoint_every", "run.keep_checkpoints", "run.out", "run.amp", "run.channels_last",
 })
 
 

@@ -20,6 +20,7 @@ BACKENDS = ("gloo", "nccl")
 DEVICES = ("cpu", "cuda", "auto")
 DATASETS = ("cifar10", "cifar100", "digits", "synthetic")
 INNER_OPTIMIZERS = ("sgd", "adamw")
+AMP_MODES = ("none", "bf16", "fp16")
 #: Algorithms whose rounds end in an average of the parts, which an outer optimizer can step.
 OUTER_STEPPED = ("resist", "local_sgd")
 

@@ -232,7 +232,7 @@ def test_readme_lists_what_the_registry_holds():
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     vocab = {"--algo": tuple(registry.ALGORITHMS), "--partition": registry.PARTITIONS,
              "--bn-eval": registry.BN_EVAL_MODES, "--dataset": registry.DATASETS, "--runtime": registry.RUNTIMES,
-             "--backend": registry.BACKENDS, "--device": registry.DEVICES}
+             "--backend": registry.BACKENDS, "--device": registry.DEVICES, "--amp": registry.AMP_MODES}
     for flag, names in vocab.items():
         found = re.findall(rf"`{flag} ([a-z0-9_]+(?:\|[a-z0-9_]+)+)`", readme)
         assert found, f"README lists no choices for {flag}"

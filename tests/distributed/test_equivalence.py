@@ -43,16 +43,18 @@ CASES = [
     ("resist", 2, 0), ("resist", 3, 0), ("resist", 4, 0), ("resist", 3, 3), ("resist", 4, 3),
     ("local_sgd", 2, 0), ("local_sgd", 3, 0), ("local_sgd", 4, 0), ("data_parallel", 3, 0),
     ("resist+outer", 2, 0), ("resist+outer", 3, 3), ("local_sgd+outer", 2, 0), ("local_sgd+outer", 3, 0),
+    ("resist+bf16", 2, 0), ("data_parallel+fp16", 2, 0),
 ]
-OUTER = {"algo.outer_lr": 0.7, "algo.outer_momentum": 0.9}  # DiLoCo's outer Nesterov SGD
+EXTRA = {"": {}, "outer": {"algo.outer_lr": 0.7, "algo.outer_momentum": 0.9},  # DiLoCo's outer Nesterov SGD
+         "bf16": {"run.amp": "bf16"}, "fp16": {"run.amp": "fp16"}}
 
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("algo,workers,min_depth", CASES)
 def test_inprocess_equals_gloo(tmp_path, one_thread, algo, workers, min_depth):
-    name, _, outer = algo.partition("+")
+    name, _, extra = algo.partition("+")
     over = {"algo.name": name, "algo.workers": workers, "algo.min_depth": min_depth,
-            "run.max_rounds": 3 if workers == 2 else 1, **(OUTER if outer else {})}
+            "run.max_rounds": 3 if workers == 2 else 1, **EXTRA[extra]}
     local, s_local = final_model(tmp_path, "inprocess", **over)
     dist, s_dist = final_model(tmp_path, "dist", **over)
     assert local.keys() == dist.keys()

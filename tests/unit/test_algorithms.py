@@ -349,3 +349,20 @@ def test_data_parallel_starts_buckets_in_order(monkeypatch):
         return seen == [b.data_ptr() for b in w._buckets] and len(seen) > 1
 
     assert _workers(cfg, body) == [True, True]
+
+
+@pytest.mark.parametrize("over", [{"run.amp": "bf16"}, {"run.amp": "fp16"}, {"run.channels_last": True},
+                                  {"run.amp": "fp16", "algo.name": "data_parallel"}])
+def test_mixed_precision_and_channels_last_train_with_fp32_state_and_traffic(over, tmp_path):
+    cfg = tiny(**{"algo.workers": 2, "optim.epochs": 4, "run.eval_every": 4, "algo.name": over.get("algo.name", "resist")})
+    plain = train(cfg.replace(**{"run.out": str(tmp_path / "fp32")}), DATA)
+    mixed = train(cfg.replace(**{**over, "run.out": str(tmp_path / "mixed")}), DATA)
+    assert mixed["sent_bytes_per_worker"] == plain["sent_bytes_per_worker"]  # everything sent stays fp32
+    a = torch.load(tmp_path / "fp32" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "mixed" / "model.pt", weights_only=True)
+    assert all(b[k].dtype == a[k].dtype for k in a) and all(torch.isfinite(b[k].float()).all() for k in b)
+    if "run.amp" in over:
+        assert any(not torch.equal(a[k], b[k]) for k in a)  # autocast did run in lower precision
+    rows = {k: [json.loads(line)["loss"] for line in (tmp_path / k / "metrics.jsonl").read_text().splitlines()]
+            for k in ("fp32", "mixed")}
+    assert rows["mixed"][-1] < rows["mixed"][0] and rows["mixed"][-1] == pytest.approx(rows["fp32"][-1], rel=0.1)

@@ -3,6 +3,7 @@ the loss and one training step, and the evaluation of a model (classification: t
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from typing import Callable, Iterable
@@ -38,20 +39,52 @@ def lr_at(o: OptimConfig, step: int, total_steps: int) -> float:
     return o.lr * 0.1**passed
 
 
+class Precision:
+    """Autocast for the forward pass (``amp``: none, bf16, fp16) and, for fp16, a gradient scaler that
+    starts afresh with every round (:meth:`new_round`), so that a checkpoint at a round boundary needs
+    none of its state. Parameters, gradients and optimizer state stay fp32."""
+
+    def __init__(self, amp: str, device: torch.device) -> None:
+        self.device = device
+        self.dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+        self.scaler: torch.amp.GradScaler | None = None
+
+    def new_round(self) -> None:
+        if self.dtype is torch.float16:
+            self.scaler = torch.amp.GradScaler(self.device.type)
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+
+FP32 = Precision("none", torch.device("cpu"))
+
+
 def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, lr: float,
-               after_backward: Callable[[], None]) -> torch.Tensor:
+               after_backward: Callable[[], None], precision: Precision = FP32) -> torch.Tensor:
     """One optimizer step of this rank's (sub-)network on its batch; returns the loss.
 
     Gradients are zeroed, not freed, so that an algorithm may keep them as views of its own buffers
-    (data parallel's buckets); a zeroed gradient plus the new one is the new one, bit for bit."""
+    (data parallel's buckets); a zeroed gradient plus the new one is the new one, bit for bit. Data
+    parallel averages scaled fp16 gradients, so every rank sees the same overflow and skips the same steps."""
     for g in opt.param_groups:
         g["lr"] = lr
     model.train()
-    loss = F.cross_entropy(model(x), y)
+    with precision.autocast():
+        loss = F.cross_entropy(model(x), y)
     opt.zero_grad(set_to_none=False)
-    loss.backward()
-    after_backward()
-    opt.step()
+    scaler = precision.scaler
+    if scaler is None:
+        loss.backward()
+        after_backward()
+        opt.step()
+    else:
+        scaler.scale(loss).backward()
+        after_backward()
+        scaler.step(opt)
+        scaler.update()
     return loss.detach()
 
 

@@ -33,7 +33,7 @@ from ..registry import algorithm_class
 from ..faults import fire, from_env
 from . import checkpoint
 from .metrics import MetricsWriter
-from .optim import Accuracy, lr_at, make_optimizer, train_step
+from .optim import Accuracy, Precision, lr_at, make_optimizer, train_step
 
 log = logging.getLogger("resist")
 
@@ -173,6 +173,8 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
     test = lambda: eval_batches(test_set, dataset.mean, dataset.std, d.eval_batch_size)  # noqa: E731
     recal = lambda: (plain.batch(k) for k in range(cfg.algo.recalib_batches))  # noqa: E731
     evaluator = Accuracy(test, recal, cfg.algo.bn_eval, device)
+    precision = Precision(cfg.run.amp, device)
+    layout = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
     lead = comm.rank == 0
     ckpt_every = cfg.run.checkpoint_every or cfg.run.eval_every
     progress = {"parallel_s": 0.0, "elapsed_s": 0.0, "best": -1.0, "best_time": 0.0}
@@ -206,14 +208,16 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
         # The held parameters change from round to round, so the optimizer is rebuilt (a momentum
         # restart, §2.6); momentum that persists lives in the part store and survives it.
         opt = make_optimizer(store, cfg.optim)
+        precision.new_round()
         t0, idle0 = time.perf_counter(), comm.idle_s
         losses = []
         first = r * cfg.algo.local_iters
         for step in range(first, min(first + cfg.algo.local_iters, sched.total_steps)):
             poisoned = fire(faults, comm.rank, r, step) if faults else False
             x, y = stream.batch(step)
-            loss = train_step(store.model, opt, x.to(device), y.to(device), lr_at(cfg.optim, step, sched.total_steps),
-                              algo.after_backward)
+            x = x.to(device, non_blocking=True).contiguous(memory_format=layout)
+            loss = train_step(store.model, opt, x, y.to(device, non_blocking=True),
+                              lr_at(cfg.optim, step, sched.total_steps), algo.after_backward, precision)
             losses.append(loss * float("nan") if poisoned else loss)
         loss = torch.stack(losses).mean().item()
         compute_s = time.perf_counter() - t0 - (comm.idle_s - idle0)
