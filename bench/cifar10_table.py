@@ -206,6 +206,27 @@ def main_table(runs: list[dict]) -> list[str]:
     return lines
 
 
+def gap_table(runs: list[dict]) -> list[str]:
+    """ResIST's test accuracy minus local SGD's at each evaluation (same workers and seed; both evaluate
+    at the same epochs), averaged over the seeds that have both."""
+    lines = []
+    for w in sorted({r["workers"] for r in runs}):
+        pairs = []
+        for seed in sorted({r["seed"] for r in runs}):
+            got = {r["algo"]: r for r in runs if (r["workers"], r["seed"]) == (w, seed)}
+            if "resist" in got and "local_sgd" in got:
+                acc = {a: {round(row["epoch"], 3): row["test_acc"] for row in got[a]["rows"]
+                           if row.get("test_acc") is not None} for a in ("resist", "local_sgd")}
+                pairs.append({e: acc["resist"][e] - acc["local_sgd"][e] for e in acc["resist"] if e in acc["local_sgd"]})
+        if not pairs:
+            continue
+        epochs = sorted(set.intersection(*(set(p) for p in pairs)))
+        lines += [f"Workers {w}, {len(pairs)} seed(s): ResIST - local SGD, test accuracy points, by epoch\n",
+                  "| epoch | " + " | ".join(f"{e:.2f}" for e in epochs) + " |", "|---|" + "---|" * len(epochs),
+                  "| gap | " + " | ".join(f"{statistics.fmean(p[e] for p in pairs):+.2f}" for e in epochs) + " |", ""]
+    return lines
+
+
 def ablation_table(runs: list[dict], reference: list[dict]) -> list[str]:
     """One row per variant, with the main suite's ResIST / local SGD at the same worker count and seeds
     as the reference it differs from."""
@@ -298,13 +319,16 @@ def main() -> None:
              "Each run's exact command is in the JSON beside this file.\n"]
     if main_runs:
         lines += ["## Main comparison\n", *main_table(main_runs), ""]
+        gaps = gap_table(main_runs)
+        if gaps:
+            lines += ["## The gap over time\n", *gaps]
     if abl_runs:
         lines += ["## Ablations\n", *ablation_table(abl_runs, main_runs), ""]
     if outer_runs:
         lines += ["## Outer optimization (DiLoCo) against plain averaging\n", *outer_table(outer_runs), ""]
     if main_runs:
         lines += ["## PROJECTION (not a measurement): whole runs on 1, 10 and 100 Gbit/s links\n",
-                  "Measured compute time plus each round's bytes (slowest worker) over the link, 50 us per "
+                  "Measured compute time plus each round's bytes (the slowest worker's larger direction, sent or received) over the link, 50 us per "
                   "message (`resist project`; its notes state the assumptions). Speed-up over local SGD "
                   "with the same workers and seed.\n", *projection_table(main_runs), ""]
     OUT.mkdir(parents=True, exist_ok=True)

@@ -31,8 +31,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import datetime
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -56,7 +56,8 @@ def _torch_rank(rank: int, kind: str, a: dict, port: int, result: str) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=a["workers"])
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=a["workers"],
+                            timeout=datetime.timedelta(seconds=a["timeout"]))  # every collective fails, never hangs
     data = load_dataset("cifar10", a["data_dir"])
     torch.manual_seed(a["seed"])
     model = create_model(a["model"], num_classes=10, width=a["width"])
@@ -102,10 +103,27 @@ def _accuracy(model, test, data) -> float:
     return 100.0 * correct / len(test.y)
 
 
+class Hung(RuntimeError):
+    """A repetition that failed or passed its deadline; it is retried and reported."""
+
+
 def run_torch(kind: str, a: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "result.json"
-        mp.spawn(_torch_rank, args=(kind, a, find_free_port(), str(result)), nprocs=a["workers"], join=True)
+        ctx = mp.spawn(_torch_rank, args=(kind, a, find_free_port(), str(result)), nprocs=a["workers"], join=False)
+        deadline = time.monotonic() + a["deadline"]
+        try:
+            while not ctx.join(timeout=5):
+                if time.monotonic() > deadline:
+                    raise Hung(f"{kind} passed its {a['deadline']:.0f} s deadline")
+        except mp.ProcessRaisedException as e:
+            raise Hung(f"{kind} failed: {str(e).strip().splitlines()[-1]}") from None
+        except mp.ProcessExitedException as e:
+            raise Hung(f"{kind}: {e}") from None
+        finally:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
         return json.loads(result.read_text())
 
 
@@ -117,11 +135,14 @@ def run_ours(algo: str, a: dict) -> dict:
                 "--lr", str(a["lr"]), "--momentum", str(a["momentum"]), "--weight-decay", str(a["wd"]),
                 "--batch-size", str(a["batch"]), "--seed", str(a["seed"]), "--carry-momentum",
                 "--set", "optim.lr_decay_at=[]", "--set", f"data.eval_limit={a['eval_limit']}",
-                "--data-dir", a["data_dir"], "--out", tmp]
+                "--data-dir", a["data_dir"], "--out", tmp, "--timeout", str(a["timeout"])]
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True)
+        try:
+            proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=a["deadline"])
+        except subprocess.TimeoutExpired:
+            raise Hung(f"{algo} passed its {a['deadline']:.0f} s deadline") from None
         if proc.returncode != 0:
-            raise SystemExit(f"fair_baselines: {' '.join(argv[3:])} failed: {proc.stderr.strip()[-500:]}")
+            raise Hung(f"{algo} failed: {proc.stderr.strip()[-300:]}")
         summary = json.loads((Path(tmp) / "summary.json").read_text())
         return {"time_s": summary["time_s"], "acc": summary["final_acc"]}
 
@@ -147,25 +168,39 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--eval-limit", type=int, default=10000)
     ap.add_argument("--name", default="fair_baselines")
+    ap.add_argument("--timeout", type=float, default=120.0, help="seconds any collective may wait before failing")
+    ap.add_argument("--deadline", type=float, default=1800.0, help="seconds a whole repetition may take")
+    ap.add_argument("--retries", type=int, default=2, help="times a failed or hung repetition is retried")
     args = ap.parse_args()
     if not Path(args.data_dir).is_dir():
         raise SystemExit(f"fair_baselines: data folder {args.data_dir} does not exist; pass --data-dir")
     a = {"data_dir": args.data_dir, "workers": args.workers, "model": args.model, "width": args.width,
          "batch": args.batch, "local_iters": args.local_iters, "rounds": args.rounds, "lr": args.lr,
-         "momentum": 0.9, "wd": 5e-4, "eval_limit": args.eval_limit}
+         "momentum": 0.9, "wd": 5e-4, "eval_limit": args.eval_limit, "timeout": args.timeout,
+         "deadline": args.deadline}
     start = library_state()
     results: dict[str, list[dict]] = {name: [] for pair in PAIRS for name in pair}
+    failures: list[dict] = []
     for rep in range(args.reps):
         a["seed"] = rep  # a new seed (initial weights, batch order, augmentation) per repetition, shared by all
         for ours, theirs in PAIRS:
             for name in ((ours, theirs) if rep % 2 == 0 else (theirs, ours)):
-                r = {"seed": rep, **(run_ours(name, a) if name == ours else run_torch(name, a))}
+                for attempt in range(args.retries + 1):
+                    try:
+                        r = {"seed": rep, **(run_ours(name, a) if name == ours else run_torch(name, a))}
+                        break
+                    except Hung as e:
+                        failures.append({"rep": rep, "name": name, "attempt": attempt, "error": str(e)})
+                        print(f"[rep {rep}] {name}: {e}; {'retrying' if attempt < args.retries else 'giving up'}",
+                              flush=True)
+                else:
+                    raise SystemExit(f"fair_baselines: {name} failed {args.retries + 1} times in repetition {rep}")
                 results[name].append(r)
                 print(f"[rep {rep}] {name}: {r['time_s']:.2f} s, {r['acc']:.2f}%"
                       + (f" ({r['acc_bn_averaged']:.2f}% with BN statistics averaged)" if "acc_bn_averaged" in r else ""),
                       flush=True)
     med = {n: statistics.median(r["time_s"] for r in rs) for n, rs in results.items()}
-    env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
+    env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
            "python": platform.python_version(), "machine": platform.machine(), "cores": os.cpu_count(),
            "cores_used": len(os.sched_getaffinity(0)), "library": describe_library(start, library_state())}
     lines = ["# Our baselines vs PyTorch's own implementations\n",
@@ -185,8 +220,14 @@ def main() -> None:
         bn = _spread([r["acc_bn_averaged"] for r in results[theirs]])
         lines.append(f"| {ours} | {med[ours]:.2f} | {acc[ours]} | {theirs} | {med[theirs]:.2f} | {acc[theirs]} | {bn} | "
                      f"{med[ours] / med[theirs]:.3f} |")
+    lines += ["", "Per repetition (ours / PyTorch time): " + "; ".join(
+        f"{ours}: " + ", ".join(f"{o['time_s'] / t['time_s']:.3f}" for o, t in zip(results[ours], results[theirs]))
+        for ours, theirs in PAIRS) + ".",
+              "", f"Failed or hung attempts, retried: {len(failures)}" + "".join(
+                  f"\n- repetition {f['rep']}, {f['name']}, attempt {f['attempt']}: {f['error']}" for f in failures)]
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{args.name}.json").write_text(json.dumps({"args": vars(args), "env": env, "results": results}, indent=2))
+    (OUT / f"{args.name}.json").write_text(json.dumps({"args": vars(args), "env": env, "results": results,
+                                                       "failures": failures}, indent=2))
     (OUT / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
