@@ -1,0 +1,86 @@
+"""Codecs: round trips within their error bounds, exact payload bytes, determinism from the key."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from resist.comm.codecs import make_codec, payload_bytes
+
+N = 1000  # not a multiple of the chunk: the last chunk is short
+
+
+def sample(seed=0):
+    return torch.randn(N, generator=torch.Generator().manual_seed(seed)) * 3 + 1
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_quantization_error_is_within_one_level_and_bytes_are_k_bits_per_value(bits):
+    codec = make_codec(f"q{bits}", chunk=256)
+    x = sample()
+    payload = codec.encode(x, (1, 2))
+    y = codec.decode(payload, N, (1, 2))
+    chunks = math.ceil(N / 256)
+    assert payload_bytes(payload) == math.ceil(N * bits / 8) + 8 * chunks  # levels + (offset, scale) per chunk
+    for c in range(chunks):
+        part = slice(c * 256, min(N, (c + 1) * 256))
+        step = (x[part].max() - x[part].min()) / (2**bits - 1)
+        assert (y[part] - x[part]).abs().max() <= step * (1 + 1e-5)
+    assert torch.equal(y, codec.decode(codec.encode(x, (1, 2)), N, (1, 2)))  # same key, same bits
+    assert not torch.equal(y, codec.decode(codec.encode(x, (1, 3)), N, (1, 3)))  # another key, other rounding
+
+
+def test_stochastic_rounding_is_unbiased():
+    codec = make_codec("q2", chunk=64)
+    x = sample()
+    mean = torch.stack([codec.decode(codec.encode(x, (k,)), N, (k,)) for k in range(400)]).mean(0)
+    step = (x.max() - x.min()) / 3
+    assert (mean - x).abs().max() < 0.15 * step
+
+
+def test_constant_chunks_are_exact():
+    codec = make_codec("q4")
+    x = torch.full((300,), 2.5)
+    assert torch.equal(codec.decode(codec.encode(x, (0,)), 300, (0,)), x)
+
+
+@pytest.mark.parametrize("name,dtype", [("fp16", torch.float16), ("bf16", torch.bfloat16)])
+def test_casts(name, dtype):
+    codec = make_codec(name)
+    x = sample()
+    payload = codec.encode(x, (0,))
+    assert payload_bytes(payload) == 2 * N
+    assert torch.equal(codec.decode(payload, N, (0,)), x.to(dtype).float())
+
+
+def test_topk_keeps_the_largest_values_with_their_indices():
+    codec = make_codec("topk", keep=0.25)
+    x = sample()
+    payload = codec.encode(x, (0,))
+    assert payload_bytes(payload) == 250 * 4 + 250 * 4
+    y = codec.decode(payload, N, (0,))
+    kept = y != 0
+    assert kept.sum() == 250 and torch.equal(y[kept], x[kept])
+    assert x[~kept].abs().max() <= x[kept].abs().min()
+
+
+def test_randk_sends_values_only_and_is_unbiased():
+    codec = make_codec("randk", keep=0.25)
+    x = sample()
+    payload = codec.encode(x, (3,))
+    assert payload_bytes(payload) == 250 * 4  # the receiver draws the same indices from the key
+    y = codec.decode(payload, N, (3,))
+    kept = y != 0
+    torch.testing.assert_close(y[kept], x[kept] / 0.25)
+    mean = torch.stack([codec.decode(codec.encode(x, (k,)), N, (k,)) for k in range(600)]).mean(0)
+    assert (mean - x).abs().mean() < 0.35 * x.abs().mean()
+
+
+@pytest.mark.parametrize("name,kw,message", [("q9", {}, "1 to 8 bits"), ("q0", {}, "1 to 8 bits"),
+                                             ("topk", {"keep": 0}, "keep fraction"), ("randk", {"keep": 1.5}, "keep fraction"),
+                                             ("zip", {}, "unknown codec"), ("q4", {"chunk": 0}, "chunk")])
+def test_bad_codecs_say_what_is_wrong(name, kw, message):
+    with pytest.raises(ValueError, match=message):
+        make_codec(name, **kw)
