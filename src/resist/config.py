@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .registry import (ALGORITHMS, AMP_MODES, BACKENDS, BN_EVAL_MODES, DATASETS, DEVICES, INNER_OPTIMIZERS, OUTER_STEPPED,
+from .registry import (ALGORITHMS, AMP_MODES, BACKENDS, CODECS, COMPRESSIBLE, BN_EVAL_MODES, DATASETS, DEVICES, INNER_OPTIMIZERS, OUTER_STEPPED,
                        PARTITIONS, RUNTIMES)
 
 
@@ -102,6 +102,13 @@ class AlgoConfig:
     """Momentum of the outer SGD (DiLoCo: 0.9); it travels with a ResIST block to its next holders."""
     outer_nesterov: bool = True
     """Nesterov momentum for the outer SGD (DiLoCo's choice)."""
+    compress: str = "none"
+    """Codec for the parameters sent at synchronization (paper Appendix A.5): fp16, bf16, q1..q8 (k-bit
+    quantization), topk or randk; BatchNorm statistics, counters and momenta travel exactly."""
+    keep_fraction: float = 0.25
+    """Fraction of values that topk / randk keep."""
+    chunk: int = 256
+    """Values per quantization scale and offset (q1..q8)."""
 
     def __post_init__(self) -> None:
         _check(self.name in ALGORITHMS, f"unknown algorithm {self.name!r}; choose one of: {', '.join(ALGORITHMS)}")
@@ -121,6 +128,12 @@ class AlgoConfig:
         _check(not self.outer or self.name in OUTER_STEPPED,
                f"an outer optimizer steps the average of a round; {self.name} has none: use "
                f"{' or '.join(OUTER_STEPPED)}, or drop --outer-lr / --outer-momentum")
+
+        _check(self.compress in CODECS, f"unknown codec {self.compress!r}; choose one of: {', '.join(CODECS)}")
+        _check(0 < self.keep_fraction <= 1, f"keep_fraction must be in (0, 1], got {self.keep_fraction}")
+        _check(self.chunk >= 1, f"chunk must be >= 1, got {self.chunk}")
+        _check(self.compress == "none" or self.name in COMPRESSIBLE,
+               f"compression is implemented for {' and '.join(COMPRESSIBLE)}, not {self.name}; drop --compress")
 
     @property
     def outer(self) -> bool:

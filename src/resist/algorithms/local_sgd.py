@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..comm import Communicator
+from ..comm.codecs import make_codec
 from ..config import AlgoConfig
 from .base import Algorithm, make_store
 from .parts import Part, all_reduce_flats
@@ -24,7 +25,8 @@ class LocalSGD(Algorithm):
 
     def __init__(self, comm: Communicator, build_model: Callable[[], nn.Module], device: torch.device,
                  cfg: AlgoConfig, seed: int, warmup_rounds: int = 0) -> None:
-        self.comm, self.cfg = comm, cfg
+        self.comm, self.cfg, self.seed = comm, cfg, seed
+        self.codec = make_codec(cfg.compress, cfg.keep_fraction, cfg.chunk)
         self.store = make_store(comm, build_model, device, cfg, cfg.carry_momentum, seed, outer=cfg.outer)
         self.everyone = tuple(range(comm.world_size))
 
@@ -39,7 +41,8 @@ class LocalSGD(Algorithm):
 
     @torch.no_grad()
     def end_round(self, round_: int, final: bool = False) -> None:
-        all_reduce_flats(self.comm, self.store.flats["shared"])
+        all_reduce_flats(self.comm, self.store.flats["shared"], self.codec, self.store.lossy["shared"],
+                         (self.seed, round_, -1))
         if self.cfg.outer:
             c = self.cfg
             self.store.outer_step(self.store.all_parts(), c.outer_lr, c.outer_momentum, c.outer_nesterov)

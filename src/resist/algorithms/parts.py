@@ -20,6 +20,7 @@ from torch import nn
 
 from .. import aggregate
 from ..comm import Communicator
+from ..comm.codecs import Codec
 from ..seeds import mix
 
 Part = Union[str, int]
@@ -81,6 +82,9 @@ class PartStore:
         self.outer_momentum: dict[str, torch.Tensor] = {}
         self.round_start: dict[str, torch.Tensor] = {}
         self.flats: dict[Part, list[torch.Tensor]] = {}
+        #: Per bucket, how many leading values of its float32 buffer are parameters: what a codec may
+        #: compress (BatchNorm statistics, integer counters and momenta travel exactly).
+        self.lossy: dict[Part, int] = {}
 
     # --- holding ---------------------------------------------------------------------------------
     def module(self, part: Part) -> nn.Module:
@@ -127,25 +131,27 @@ class PartStore:
 
     # --- state -----------------------------------------------------------------------------------
     def _slots(self, parts: list[Part], outer: bool) -> list[tuple[Callable[[torch.Tensor], None], torch.Tensor]]:
-        """Each state tensor of ``parts`` (in :meth:`state_tensors` order) with a way to replace it."""
-        slots: list[tuple[Callable[[torch.Tensor], None], torch.Tensor]] = []
+        """Each state tensor of ``parts`` with a way to replace it: every part's parameters first, then
+        their buffers, then momenta, so that a bucket's float buffer begins with all its parameters
+        (:meth:`lossy_numel`: what a codec may compress)."""
+        params, buffers, extra = [], [], []
         for part in parts:
             module = self.module(part)
             for m in module.modules():
                 for n, p in m._parameters.items():
                     if p is not None:
-                        slots.append((lambda v, m=m, n=n, g=p.requires_grad:
-                                      m._parameters.__setitem__(n, nn.Parameter(v, requires_grad=g)), p.data))
+                        params.append((lambda v, m=m, n=n, g=p.requires_grad:
+                                       m._parameters.__setitem__(n, nn.Parameter(v, requires_grad=g)), p.data))
             for m in module.modules():
                 for n, b in m._buffers.items():
                     if b is not None:
-                        slots.append((lambda v, m=m, n=n: m._buffers.__setitem__(n, v), b))
+                        buffers.append((lambda v, m=m, n=n: m._buffers.__setitem__(n, v), b))
             for kept, wanted in ((self.momentum, self.carry), (self.outer_momentum, self.outer and outer)):
                 if wanted:
                     for n, p in zip(self._param_names(part), module.parameters()):
-                        slots.append((lambda v, n=n, kept=kept: kept.__setitem__(n, v),
+                        extra.append((lambda v, n=n, kept=kept: kept.__setitem__(n, v),
                                       kept.get(n, torch.empty_like(p, device="meta"))))
-        return slots
+        return params + buffers + extra
 
     @torch.no_grad()
     def bucket(self, key: Part, parts: list[Part], fresh: bool = False, outer: bool = True) -> None:
@@ -154,6 +160,8 @@ class PartStore:
         for a part about to be overwritten. ``outer=False`` leaves the outer momentum out of the bucket
         (for parts that every rank holds: it is the same everywhere, so it need not travel)."""
         slots = self._slots(parts, outer)
+        self.lossy[key] = sum(p.numel() for part in parts for p in self.module(part).parameters()
+                              if p.dtype == torch.float32)
         tensors = [t for _, t in slots]
         flats = aggregate.empty_like_packed(tensors, self.device) if fresh else aggregate.pack(tensors)
         for (point, _), view in zip(slots, aggregate.views(flats, tensors)):
@@ -294,7 +302,9 @@ def evaluate_global(comm: Communicator, store: PartStore, holders: dict[Part, tu
     return float(value[0])
 
 
-def all_reduce_flats(comm: Communicator, flats: Iterable[torch.Tensor]) -> None:
-    """Average flat buffers over all ranks, in place (one all-reduce per dtype buffer)."""
-    for f in flats:
-        comm.all_reduce(f, average=True)
+def all_reduce_flats(comm: Communicator, flats: Iterable[torch.Tensor], codec: Codec | None = None,
+                     lossy: int = 0, key: tuple[int, ...] = ()) -> None:
+    """Average flat buffers over all ranks, in place (one all-reduce per dtype buffer); with a codec,
+    the first ``lossy`` values of the first (float32) buffer travel encoded."""
+    for i, f in enumerate(flats):
+        comm.all_reduce_coded(f, codec, lossy if i == 0 and f.dtype == torch.float32 else 0, key)

@@ -19,6 +19,7 @@ from torch import nn
 
 from .. import aggregate
 from ..comm import Communicator
+from ..comm.codecs import make_codec
 from ..config import AlgoConfig
 from ..plan import Plan, eval_scale, make_plan
 from .base import Algorithm, make_store
@@ -34,6 +35,7 @@ class ResIST(Algorithm):
         n = len(self.store.candidates)
         self.c = eval_scale(comm.world_size, n, cfg.min_depth) if cfg.scale_activations else 1.0
         self.plan = lru_cache(maxsize=4)(self._plan)
+        self.codec = make_codec(cfg.compress, cfg.keep_fraction, cfg.chunk)
         self.round = 0
         self.holding: dict[Part, tuple[int, ...]] = {}  # who holds each block now, between rounds
 
@@ -77,23 +79,25 @@ class ResIST(Algorithm):
         that never runs: each is only averaged over its current holders."""
         cur = self.holders(round_)
         nxt = cur if final else self.holders(round_ + 1)
-        self.synchronize(cur, nxt)
+        self.synchronize(cur, nxt, round_)
         self.holding = nxt
         self.round = round_ + 1
 
     @torch.no_grad()
-    def synchronize(self, cur: dict[Part, tuple[int, ...]], nxt: dict[Part, tuple[int, ...]]) -> None:
+    def synchronize(self, cur: dict[Part, tuple[int, ...]], nxt: dict[Part, tuple[int, ...]], round_: int = 0) -> None:
         """Average every part over its holders of this round and deliver it to next round's holders.
 
         The flat buffers travel as they are: the all-reduce runs in place, a block with one holder is
         received straight into its new holder's buffer, and only a block with several holders needs
-        receive buffers and an average.
+        receive buffers and an average. With a codec the parameters travel encoded, each message with
+        the key (seed, round, sender, part), which its receiver knows too.
         """
         comm, store, me, c = self.comm, self.store, self.comm.rank, self.cfg
         everyone = [b for b in store.candidates if cur[b] == self.everyone and b in store.flats]
-        all_reduce_flats(comm, store.flats["shared"])
+        codec, seed = self.codec, self.seed
+        all_reduce_flats(comm, store.flats["shared"], codec, store.lossy["shared"], (seed, round_, -1))
         for b in everyone:
-            all_reduce_flats(comm, store.flats[b])
+            all_reduce_flats(comm, store.flats[b], codec, store.lossy[b], (seed, round_, b))
         if c.outer:
             # Parts every rank holds are stepped after their average, identically everywhere; a block
             # with fewer holders is stepped by each holder before it travels (an affine step commutes
@@ -101,23 +105,28 @@ class ResIST(Algorithm):
             mine = [b for b in store.candidates if me in cur[b] and b not in everyone]
             store.outer_step([*store.shared_parts, *everyone, *mine], c.outer_lr, c.outer_momentum, c.outer_nesterov)
 
+        def lossy_of(b: Part) -> list[int]:  # per flat buffer of block b: how many values a codec may encode
+            return [store.lossy[b] if i == 0 else 0 for i in range(len(store.flats[b]))]
+
         sends, recvs, pending = [], [], []
         for b in store.candidates:
             held_by, goes_to = cur[b], nxt[b]
             if held_by == self.everyone:
                 continue  # averaged by the all-reduce above
             if me in held_by:
-                sends += [(dst, f) for dst in goes_to if dst != me for f in store.flats[b]]
+                sends += [(dst, f, n, (seed, round_, me, b)) for dst in goes_to if dst != me
+                          for f, n in zip(store.flats[b], lossy_of(b))]
             if me in goes_to and held_by != (me,):  # a sole holder's own copy is already the average
                 if not store.held(b):
                     store.bucket(b, [b], fresh=True)  # allocated here, filled by the exchange below
                 if len(held_by) == 1:
-                    recvs += [(held_by[0], f) for f in store.flats[b]]
+                    recvs += [(held_by[0], f, n, (seed, round_, held_by[0], b))
+                              for f, n in zip(store.flats[b], lossy_of(b))]
                     continue
                 bufs = {h: [torch.empty_like(f) for f in store.flats[b]] for h in held_by if h != me}
-                recvs += [(h, f) for h, fs in bufs.items() for f in fs]
+                recvs += [(h, f, n, (seed, round_, h, b)) for h, fs in bufs.items() for f, n in zip(fs, lossy_of(b))]
                 pending.append((b, [store.flats[b] if h == me else bufs[h] for h in held_by]))
-        comm.exchange(sends, recvs)
+        comm.exchange_coded(sends, recvs, codec)
 
         for b, copies in pending:
             for i, target in enumerate(store.flats[b]):

@@ -21,11 +21,14 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import torch
 
 from ..aggregate import divide_
+
+if TYPE_CHECKING:
+    from .codecs import Codec
 
 
 class CommError(RuntimeError):
@@ -117,6 +120,51 @@ class Communicator(ABC):
         whatever the caller does meanwhile (data parallel: the rest of the backward pass)."""
         return Pending(lambda: self.all_reduce(tensor, average))
 
+    def all_reduce_coded(self, tensor: torch.Tensor, codec: "Codec | None", lossy: int,
+                         key: tuple[int, ...]) -> None:
+        """Average ``tensor`` over all ranks, in place, its first ``lossy`` values sent through ``codec``.
+
+        No sum is ever re-encoded: every rank all-gathers the others' encoded payloads and adds the
+        decoded values in fp32, in rank order, so every rank ends with the same bits and no error
+        accumulates hop by hop. Bytes per rank: (W-1) x the payload each way, plus the ring all-reduce
+        of the values that travel exactly. Rank r's payload is encoded with ``(*key, r)``."""
+        w = self.world_size
+        if codec is None or lossy == 0 or w == 1:
+            self.all_reduce(tensor, average=True)
+            return
+        head, tail = tensor[:lossy], tensor[lossy:]
+        gathered = [self.all_gather(p) for p in codec.encode(head, (*key, self.rank))]
+        total = codec.decode([g[0] for g in gathered], lossy, (*key, 0))
+        for r in range(1, w):
+            total += codec.decode([g[r] for g in gathered], lossy, (*key, r))
+        head.copy_(divide_(total, w))
+        if tail.numel():
+            self.all_reduce(tail, average=True)
+
+    def exchange_coded(self, sends: Sequence[tuple[int, torch.Tensor, int, tuple[int, ...]]],
+                       recvs: Sequence[tuple[int, torch.Tensor, int, tuple[int, ...]]], codec: "Codec | None") -> None:
+        """:meth:`exchange` in which the first ``lossy`` values of each message travel through ``codec``:
+        sends are ``(dst, tensor, lossy, key)``, receives ``(src, buffer, lossy, key)`` with the sender's key."""
+        if codec is None:
+            self.exchange([(d, t) for d, t, _, _ in sends], [(s, b) for s, b, _, _ in recvs])
+            return
+        out, into, fill = [], [], []
+        for dst, t, lossy, key in sends:
+            if lossy:
+                out += [(dst, p) for p in codec.encode(t[:lossy], key)]
+            if t.numel() > lossy:
+                out.append((dst, t[lossy:]))
+        for src, buf, lossy, key in recvs:
+            if lossy:
+                payload = codec.empty_payload(lossy, buf.device)
+                into += [(src, p) for p in payload]
+                fill.append((buf, payload, lossy, key))
+            if buf.numel() > lossy:
+                into.append((src, buf[lossy:]))
+        self.exchange(out, into)
+        for buf, payload, lossy, key in fill:
+            buf[:lossy].copy_(codec.decode(payload, lossy, key))
+
     def broadcast(self, tensor: torch.Tensor, src: int) -> None:
         """Copy ``src``'s ``tensor`` into every rank's ``tensor``."""
         nbytes = tensor.numel() * tensor.element_size()
@@ -129,7 +177,7 @@ class Communicator(ABC):
         """Every rank's ``tensor`` (same shape and dtype everywhere), in rank order."""
         nbytes = tensor.numel() * tensor.element_size()
         w = self.world_size
-        self._count((w - 1) * nbytes, (w - 1) * nbytes)
+        self._count((w - 1) * nbytes, (w - 1) * nbytes, w - 1)
         if w == 1:
             return [tensor.clone()]
         return self._all_gather(tensor)
