@@ -185,7 +185,8 @@ def cmd_comm(args: argparse.Namespace) -> int:
     from .analysis.comm_report import format_table, report
 
     rep = report(args.model, args.num_classes, args.width, args.workers, args.min_depth, rounds=args.rounds,
-                 batch=args.batch, local_iters=args.local_iters, measured=not args.no_measure, layers=args.layers)
+                 batch=args.batch, local_iters=args.local_iters, measured=not args.no_measure, layers=args.layers,
+                 compress=args.compress)
     print(json.dumps(rep, indent=2) if args.json else format_table(rep))
     return 0
 
@@ -257,6 +258,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=128, help="batch per step (data and pipeline parallel)")
     p.add_argument("--local-iters", type=int, default=50, help="SGD steps per round")
     p.add_argument("--no-measure", action="store_true", help="skip the measurement on gloo processes")
+    p.add_argument("--compress", default="none", help=f"measure with this codec [{'|'.join(registry.CODECS)}]")
     p.add_argument("--json", action="store_true", help="print one JSON object (exact bytes)")
     p.set_defaults(fn=cmd_comm)
     p = sub.add_parser("plot", help="test accuracy vs time and vs bytes sent, one line per run (a PNG)")

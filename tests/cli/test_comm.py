@@ -111,3 +111,16 @@ def test_bad_input_is_one_line(capsys, argv):
     rc, out, err = run(capsys, "comm", *argv, "--no-measure")
     assert rc == 2 and out == ""
     assert err.startswith("resist: error: ") and len(err.strip().splitlines()) == 1
+
+
+def test_measured_with_a_codec(capsys):
+    rc, out, _ = run(capsys, "comm", *TINY, "--workers", "2", "--rounds", "1", "--json")
+    plain = json.loads(out)["rows"][0]
+    rc8, out8, _ = run(capsys, "comm", *TINY, "--workers", "2", "--rounds", "1", "--json", "--compress", "q8")
+    q8 = json.loads(out8)["rows"][0]
+    assert rc == rc8 == 0 and json.loads(out8)["compress"] == "q8"
+    for algo in ("local_sgd", "resist"):
+        assert q8[algo]["convention_bytes"] == plain[algo]["convention_bytes"]
+        assert q8[algo]["measured"]["mean_bytes"] < 0.35 * plain[algo]["measured"]["mean_bytes"]
+    rc, _, err = run(capsys, "comm", *TINY, "--workers", "2", "--compress", "q12", "--no-measure")
+    assert rc == 2 and "unknown codec 'q12'" in err

@@ -89,7 +89,7 @@ def paper_convention(model_name: str, num_classes: int, width: float, workers: S
 
 
 def _measure_rank(comm, model_name: str, num_classes: int, width: float, layers, min_depth: int,
-                  rounds: int) -> dict[str, list[tuple[int, int]]]:
+                  rounds: int, compress: str = "none") -> dict[str, list[tuple[int, int]]]:
     """One rank of :func:`measure`: (sent, received) ``sync`` bytes of each round, per algorithm."""
     from ..config import preset
     from ..train.trainer import build_algorithm
@@ -99,7 +99,7 @@ def _measure_rank(comm, model_name: str, num_classes: int, width: float, layers,
         cfg = preset("cifar10_resnet101_paper").replace(**{
             "algo.name": algo, "algo.workers": comm.world_size, "algo.min_depth": min_depth,
             "model.name": model_name, "model.width": width, "model.num_classes": num_classes,
-            "model.layers": layers})
+            "model.layers": layers, "algo.compress": compress})
         worker = build_algorithm(comm, cfg, num_classes, torch.device("cpu"), 1)
         worker.start(0)
         per_round = []
@@ -114,7 +114,8 @@ def _measure_rank(comm, model_name: str, num_classes: int, width: float, layers,
 
 
 def measure(model_name: str, num_classes: int, width: float, workers: Sequence[int], min_depth: int = 0,
-            rounds: int = 3, layers: Sequence[int] | None = None, timeout: float = 600.0) -> dict[str, Any]:
+            rounds: int = 3, layers: Sequence[int] | None = None, timeout: float = 600.0,
+            compress: str = "none") -> dict[str, Any]:
     """Bytes the runtime moves per synchronization, counted at the communicator on S real gloo
     processes (paper §2.3, §2.5), for ResIST and local SGD.
 
@@ -130,7 +131,7 @@ def measure(model_name: str, num_classes: int, width: float, workers: Sequence[i
     rows = []
     for s in workers:
         log.info("measuring %s on %d gloo process%s, %d rounds ...", model_name, s, "es" * (s > 1), rounds)
-        ranks = spawn(s, _measure_rank, (model_name, num_classes, width, layers, min_depth, rounds),
+        ranks = spawn(s, _measure_rank, (model_name, num_classes, width, layers, min_depth, rounds, compress),
                       backend="gloo", timeout=timeout)
         row: dict[str, Any] = {"workers": s}
         for algo in ("resist", "local_sgd"):
@@ -179,12 +180,19 @@ def pipeline_bytes(model_name: str, num_classes: int, width: float, stages: int,
 
 def report(model_name: str, num_classes: int, width: float, workers: Sequence[int], min_depth: int = 0,
            rounds: int = 3, batch: int = 128, local_iters: int = 50, measured: bool = True,
-           layers: Sequence[int] | None = None) -> dict[str, Any]:
-    """Everything ``resist comm`` prints, as one JSON-ready dict (bytes are exact integers)."""
+           layers: Sequence[int] | None = None, compress: str = "none") -> dict[str, Any]:
+    """Everything ``resist comm`` prints, as one JSON-ready dict (bytes are exact integers). With a codec
+    (``compress``) the measured bytes are those of compressed synchronizations; the convention columns
+    stay the paper's uncompressed ones, so the measured ratio shows what the codec saves."""
+    from ..registry import CODECS
+
+    if compress not in CODECS:
+        raise ValueError(f"unknown codec {compress!r}; choose one of: {', '.join(CODECS)}")
     if batch < 1 or local_iters < 1 or rounds < 1:
         raise ValueError(f"batch, local iters and rounds must be >= 1, got {batch}, {local_iters}, {rounds}")
     conv = paper_convention(model_name, num_classes, width, workers, min_depth, layers)
-    meas = measure(model_name, num_classes, width, workers, min_depth, rounds, layers) if measured else None
+    meas = measure(model_name, num_classes, width, workers, min_depth, rounds, layers, compress=compress) \
+        if measured else None
     rows = []
     for i, c in enumerate(conv["rows"]):
         s = c["workers"]
@@ -200,7 +208,7 @@ def report(model_name: str, num_classes: int, width: float, workers: Sequence[in
                 row[algo]["measured_ratio"] = m["mean_bytes"] / row[algo]["convention_bytes"]
         rows.append(row)
     out = {"model": model_name, "num_classes": num_classes, "width": width,
-           "layers": list(layers) if layers is not None else None, "min_depth": min_depth,
+           "layers": list(layers) if layers is not None else None, "min_depth": min_depth, "compress": compress,
            "local_iters": local_iters, "batch": batch, "rounds": rounds if measured else None,
            "params": conv["params"], "rows": rows}
     if model_name == "paper_resnet101" and num_classes == 100 and width == 1 and layers is None:
@@ -215,7 +223,8 @@ def format_table(rep: dict[str, Any]) -> str:
     layers = f", layers {','.join(map(str, rep['layers']))}" if rep["layers"] else ""
     lines = [
         f"Communication per round: {rep['model']}{layers}, {rep['num_classes']} classes, width {rep['width']:g}, "
-        f"min depth {rep['min_depth']}, {rep['local_iters']} local iterations, batch {rep['batch']}",
+        f"min depth {rep['min_depth']}, {rep['local_iters']} local iterations, batch {rep['batch']}"
+        + (f", measured with --compress {rep['compress']}" if rep.get("compress", "none") != "none" else ""),
         f"{p['total']:,} parameters: {p['shared']:,} shared + {p['partitionable_blocks']} partitionable "
         f"blocks of {p['block']:,}",
         "GB = 1e9 bytes per round, sent + received, summed over workers.",
