@@ -43,7 +43,8 @@ FLAG_NAMES = {"algo.name": "--algo", "model.name": "--model", "optim.inner": "--
 CHOICES = {"algo.name": registry.ALGORITHMS, "algo.partition": registry.PARTITIONS,
            "algo.bn_eval": registry.BN_EVAL_MODES, "data.dataset": registry.DATASETS, "run.runtime": registry.RUNTIMES,
            "run.backend": registry.BACKENDS, "run.device": registry.DEVICES, "optim.inner": registry.INNER_OPTIMIZERS,
-           "run.amp": registry.AMP_MODES, "algo.compress": registry.CODECS}
+           "run.amp": registry.AMP_MODES, "algo.compress": registry.CODECS,
+           "algo.compress_what": registry.COMPRESS_WHAT}
 
 
 def _numbers(kind: type) -> Callable[[str], tuple]:

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .registry import (ALGORITHMS, AMP_MODES, BACKENDS, CODECS, COMPRESSIBLE, BN_EVAL_MODES, DATASETS, DEVICES, INNER_OPTIMIZERS, OUTER_STEPPED,
+from .registry import (ALGORITHMS, AMP_MODES, BACKENDS, CODECS, COMPRESS_WHAT, COMPRESSIBLE, BN_EVAL_MODES, DATASETS, DEVICES, INNER_OPTIMIZERS, OUTER_STEPPED,
                        PARTITIONS, RUNTIMES)
 
 
@@ -105,6 +105,12 @@ class AlgoConfig:
     compress: str = "none"
     """Codec for the parameters sent at synchronization (paper Appendix A.5): fp16, bf16, q1..q8 (k-bit
     quantization), topk or randk; BatchNorm statistics, counters and momenta travel exactly."""
+    compress_what: str = "weights"
+    """What the codec compresses: weights (the paper: every parameter sent) or update (the change since
+    the round began, for the layers every rank holds; blocks that change holders still travel as
+    weights)."""
+    error_feedback: bool = False
+    """With compress_what=update: add what compression dropped to the next round's update."""
     keep_fraction: float = 0.25
     """Fraction of values that topk / randk keep."""
     chunk: int = 256
@@ -132,6 +138,12 @@ class AlgoConfig:
         _check(self.compress in CODECS, f"unknown codec {self.compress!r}; choose one of: {', '.join(CODECS)}")
         _check(0 < self.keep_fraction <= 1, f"keep_fraction must be in (0, 1], got {self.keep_fraction}")
         _check(self.chunk >= 1, f"chunk must be >= 1, got {self.chunk}")
+        _check(self.compress_what in COMPRESS_WHAT,
+               f"unknown compress_what {self.compress_what!r}; choose one of: {', '.join(COMPRESS_WHAT)}")
+        _check(not self.error_feedback or self.compress_what == "update",
+               "error feedback corrects compressed updates: use --compress-what update")
+        _check(self.compress != "none" or (self.compress_what == "weights" and not self.error_feedback),
+               "--compress-what / --error-feedback need a codec: add --compress")
         _check(self.compress == "none" or self.name in COMPRESSIBLE,
                f"compression is implemented for {' and '.join(COMPRESSIBLE)}, not {self.name}; drop --compress")
 

@@ -23,6 +23,7 @@ INNER_OPTIMIZERS = ("sgd", "adamw")
 AMP_MODES = ("none", "bf16", "fp16")
 #: What may travel compressed (paper Appendix A.5): none, 16-bit floats, k-bit quantization, sparsification.
 CODECS = ("none", "fp16", "bf16", *(f"q{k}" for k in range(1, 9)), "topk", "randk")
+COMPRESS_WHAT = ("weights", "update")
 #: Algorithms that can send their synchronization compressed.
 COMPRESSIBLE = ("resist", "local_sgd")
 #: Algorithms whose rounds end in an average of the parts, which an outer optimizer can step.

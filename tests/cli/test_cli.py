@@ -129,6 +129,9 @@ BAD = {
     "zero keep fraction": (["--compress", "topk", "--keep-fraction", "0"], "keep_fraction must be in (0, 1]"),
     "zero chunk": (["--compress", "q4", "--chunk", "0"], "chunk must be >= 1"),
     "compressed data parallel": (["--algo", "data_parallel", "--compress", "q8"], "not data_parallel"),
+    "unknown compress what": (["--compress", "q8", "--compress-what", "grads"], "unknown compress_what 'grads'"),
+    "error feedback on weights": (["--compress", "q8", "--error-feedback"], "use --compress-what update"),
+    "update without a codec": (["--compress-what", "update"], "need a codec"),
     "zero checkpoint cadence": (["--checkpoint-every", "0"], "checkpoint_every must be >= 1"),
     "zero kept checkpoints": (["--keep-checkpoints", "0"], "keep_checkpoints must be >= 1"),
     "decay outside training": (["--set", "optim.lr_decay_at=[1.5]"], "lr_decay_at must lie in (0, 1)"),
@@ -236,7 +239,8 @@ def test_readme_lists_what_the_registry_holds():
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     vocab = {"--algo": tuple(registry.ALGORITHMS), "--partition": registry.PARTITIONS,
              "--bn-eval": registry.BN_EVAL_MODES, "--dataset": registry.DATASETS, "--runtime": registry.RUNTIMES,
-             "--backend": registry.BACKENDS, "--device": registry.DEVICES, "--amp": registry.AMP_MODES}
+             "--backend": registry.BACKENDS, "--device": registry.DEVICES, "--amp": registry.AMP_MODES,
+             "--compress-what": registry.COMPRESS_WHAT}
     for flag, names in vocab.items():
         found = re.findall(rf"`{flag} ([a-z0-9_]+(?:\|[a-z0-9_]+)+)`", readme)
         assert found, f"README lists no choices for {flag}"

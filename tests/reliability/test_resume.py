@@ -49,11 +49,15 @@ def faults(monkeypatch):
 OUTER = {"algo.outer_lr": 0.7, "algo.outer_momentum": 0.9}
 
 
-@pytest.mark.parametrize("algo,carry,outer", [("resist", False, False), ("resist", True, False),
-                                              ("local_sgd", False, False), ("data_parallel", False, False),
-                                              ("resist", False, True), ("local_sgd", False, True)])
-def test_inprocess_resume_is_bitwise(tmp_path, faults, algo, carry, outer):
-    over = {"algo.name": algo, "algo.carry_momentum": carry, "algo.min_depth": 3, **(OUTER if outer else {})}
+EF = {"algo.compress": "q4", "algo.compress_what": "update", "algo.error_feedback": True}
+
+
+@pytest.mark.parametrize("algo,carry,extra", [("resist", False, {}), ("resist", True, {}), ("local_sgd", False, {}),
+                                              ("data_parallel", False, {}), ("resist", False, OUTER),
+                                              ("local_sgd", False, OUTER), ("resist", False, EF),
+                                              ("local_sgd", False, EF)])
+def test_inprocess_resume_is_bitwise(tmp_path, faults, algo, carry, extra):
+    over = {"algo.name": algo, "algo.carry_momentum": carry, "algo.min_depth": 3, **extra}
     whole = train(cfg_for(tmp_path / "whole", **over), DATA)
     faults("raise:rank=1:round=3:step=7")
     with pytest.raises(InjectedFault):

@@ -80,6 +80,14 @@ class Algorithm(ABC):
         """Collective: the test metric of the assembled global model, on every rank."""
         return evaluate_global(self.comm, self.store, self.holders_now(), self.eval_scale(), evaluator.metric)
 
+    def rank_state(self) -> dict[str, torch.Tensor]:
+        """State of this rank alone that a checkpoint must keep (e.g. error-feedback residuals); the same
+        keys and shapes on every rank."""
+        return {}
+
+    def load_rank_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`rank_state` from a checkpoint written with the same number of workers."""
+
     def gather_state(self, tag: str = "checkpoint") -> dict[str, torch.Tensor] | None:
         from .parts import gather_state
 

@@ -308,3 +308,53 @@ def all_reduce_flats(comm: Communicator, flats: Iterable[torch.Tensor], codec: C
     the first ``lossy`` values of the first (float32) buffer travel encoded."""
     for i, f in enumerate(flats):
         comm.all_reduce_coded(f, codec, lossy if i == 0 and f.dtype == torch.float32 else 0, key)
+
+
+class UpdateCompression:
+    """Compressed *updates* of the shared bucket (the parts every rank holds, all-reduced each round):
+    what travels is the change since the round began, θ - θ_start, which every rank can add back
+    because every rank starts the round from the same θ_start; small changes quantize far better than
+    the weights themselves (DiLoCo-style systems send updates at 2-8 bits).
+
+    With ``error_feedback`` what compression dropped (this rank's sent - decode(encode(sent))) is kept
+    and added to the next round's update (Seide et al. 2014, Karimireddy et al. 2019). That residual is
+    this rank's alone; checkpoints keep every rank's (see :meth:`residuals`). Blocks that move between
+    holders travel as weights (their receiver may not know θ_start)."""
+
+    def __init__(self, codec: Codec, error_feedback: bool) -> None:
+        self.codec, self.error_feedback = codec, error_feedback
+        self.start: torch.Tensor | None = None
+        self.residual: torch.Tensor | None = None
+
+    def begin_round(self, store: PartStore) -> None:
+        self.start = store.flats["shared"][0][:store.lossy["shared"]].clone()
+
+    @torch.no_grad()
+    def all_reduce(self, comm: Communicator, store: PartStore, key: tuple[int, ...]) -> None:
+        """Average the shared bucket over all ranks, its parameters sent as compressed updates."""
+        assert self.start is not None, "begin_round() first"
+        flats, lossy = store.flats["shared"], store.lossy["shared"]
+        f = flats[0]
+        sent = f[:lossy] - self.start
+        if self.error_feedback:
+            if self.residual is not None:
+                sent += self.residual
+            mine = (*key, comm.rank)
+            self.residual = sent - self.codec.decode(self.codec.encode(sent, mine), lossy, mine)
+        travelling = torch.cat([sent, f[lossy:]])
+        comm.all_reduce_coded(travelling, self.codec, lossy, key)
+        f[:lossy].copy_(self.start + travelling[:lossy])
+        f[lossy:].copy_(travelling[lossy:])
+        for g in flats[1:]:
+            comm.all_reduce(g, average=True)
+
+    def residuals(self) -> dict[str, torch.Tensor]:
+        """This rank's state for a checkpoint (written after a round, when the residual exists)."""
+        if not self.error_feedback:
+            return {}
+        assert self.residual is not None, "a checkpoint follows a round"
+        return {"residual": self.residual}
+
+    def load_residuals(self, state: dict[str, torch.Tensor]) -> None:
+        if self.error_feedback:
+            self.residual = state["residual"].clone()

@@ -23,7 +23,7 @@ from ..comm.codecs import make_codec
 from ..config import AlgoConfig
 from ..plan import Plan, eval_scale, make_plan
 from .base import Algorithm, make_store
-from .parts import Part, all_reduce_flats
+from .parts import Part, UpdateCompression, all_reduce_flats
 
 
 class ResIST(Algorithm):
@@ -36,6 +36,8 @@ class ResIST(Algorithm):
         self.c = eval_scale(comm.world_size, n, cfg.min_depth) if cfg.scale_activations else 1.0
         self.plan = lru_cache(maxsize=4)(self._plan)
         self.codec = make_codec(cfg.compress, cfg.keep_fraction, cfg.chunk)
+        self.update = (UpdateCompression(self.codec, cfg.error_feedback)
+                       if self.codec is not None and cfg.compress_what == "update" else None)
         self.round = 0
         self.holding: dict[Part, tuple[int, ...]] = {}  # who holds each block now, between rounds
 
@@ -73,6 +75,15 @@ class ResIST(Algorithm):
         model.set_residual_scale(self.store.candidates, self.c if round_ < self.warmup_rounds else 1.0)
         if self.cfg.outer:
             self.store.snapshot()
+        if self.update is not None:
+            self.update.begin_round(self.store)
+
+    def rank_state(self) -> dict[str, torch.Tensor]:
+        return self.update.residuals() if self.update is not None else {}
+
+    def load_rank_state(self, state: dict[str, torch.Tensor]) -> None:
+        if self.update is not None:
+            self.update.load_residuals(state)
 
     def end_round(self, round_: int, final: bool = False) -> None:
         """Average and repartition. After the ``final`` round no block goes to the holders of a round
@@ -95,7 +106,10 @@ class ResIST(Algorithm):
         comm, store, me, c = self.comm, self.store, self.comm.rank, self.cfg
         everyone = [b for b in store.candidates if cur[b] == self.everyone and b in store.flats]
         codec, seed = self.codec, self.seed
-        all_reduce_flats(comm, store.flats["shared"], codec, store.lossy["shared"], (seed, round_, -1))
+        if self.update is not None:
+            self.update.all_reduce(comm, store, (seed, round_, -1))
+        else:
+            all_reduce_flats(comm, store.flats["shared"], codec, store.lossy["shared"], (seed, round_, -1))
         for b in everyone:
             all_reduce_flats(comm, store.flats[b], codec, store.lossy[b], (seed, round_, b))
         if c.outer:
@@ -108,6 +122,16 @@ class ResIST(Algorithm):
         def lossy_of(b: Part) -> list[int]:  # per flat buffer of block b: how many values a codec may encode
             return [store.lossy[b] if i == 0 else 0 for i in range(len(store.flats[b]))]
 
+        def as_sent(b: Part) -> list[torch.Tensor]:
+            """This holder's copy of b as its receivers decode it: under a codec a holder that keeps b
+            averages the decoded copies too, so that every holder of the next round has the same bits."""
+            if codec is None:
+                return store.flats[b]
+            key, out = (seed, round_, me, b), [f.clone() for f in store.flats[b]]
+            n = store.lossy[b]
+            out[0][:n] = codec.decode(codec.encode(out[0][:n], key), n, key)
+            return out
+
         sends, recvs, pending = [], [], []
         for b in store.candidates:
             held_by, goes_to = cur[b], nxt[b]
@@ -116,6 +140,8 @@ class ResIST(Algorithm):
             if me in held_by:
                 sends += [(dst, f, n, (seed, round_, me, b)) for dst in goes_to if dst != me
                           for f, n in zip(store.flats[b], lossy_of(b))]
+            if me in goes_to and held_by == (me,) and goes_to != (me,) and codec is not None:
+                pending.append((b, [as_sent(b)]))  # its new co-holders see it decoded; so must it
             if me in goes_to and held_by != (me,):  # a sole holder's own copy is already the average
                 if not store.held(b):
                     store.bucket(b, [b], fresh=True)  # allocated here, filled by the exchange below
@@ -125,7 +151,7 @@ class ResIST(Algorithm):
                     continue
                 bufs = {h: [torch.empty_like(f) for f in store.flats[b]] for h in held_by if h != me}
                 recvs += [(h, f, n, (seed, round_, h, b)) for h, fs in bufs.items() for f, n in zip(fs, lossy_of(b))]
-                pending.append((b, [store.flats[b] if h == me else bufs[h] for h in held_by]))
+                pending.append((b, [as_sent(b) if h == me else bufs[h] for h in held_by]))
         comm.exchange_coded(sends, recvs, codec)
 
         for b, copies in pending:

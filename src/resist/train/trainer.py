@@ -189,6 +189,8 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
         if lead and point.note:
             log.info("%s", point.note)
         algo.start(first_round, resume["model"])
+        if len(resume.get("rank_state", [])) == comm.world_size:  # with another worker count they restart
+            algo.load_rank_state({k: v.to(device) for k, v in resume["rank_state"][comm.rank].items()})
         progress.update(resume["progress"])
         rows = list(resume["metrics"])
         if len(resume["bytes"]) == comm.world_size:  # same workers: the byte counts continue exactly
@@ -303,13 +305,17 @@ def save_checkpoint(comm: Communicator, algo, cfg: Config, out: Path, next_round
                     progress: dict[str, float], rows: list[dict[str, Any]]) -> None:
     """Collective: the global state gathered on rank 0 and written there, atomically."""
     state = algo.gather_state(tag="checkpoint")
+    with comm.tag("checkpoint"):  # what each rank alone holds (error-feedback residuals), for rank 0 to write
+        mine = algo.rank_state()
+        everyone = {k: comm.all_gather(mine[k].contiguous()) for k in sorted(mine)}
     with comm.tag("control"):
         counters = comm.all_gather(torch.tensor(
             [[comm.bytes.sent[t], comm.bytes.received[t]] for t in ("sync", "eval", "checkpoint")], dtype=torch.float64))
     if state is not None:
         per_rank = [{t: (int(c[i, 0]), int(c[i, 1])) for i, t in enumerate(("sync", "eval", "checkpoint"))} for c in counters]
         checkpoint.save(out, {"round": next_round, "epoch": epoch, "config": cfg.to_dict(), "model": state,
-                              "progress": dict(progress), "metrics": rows, "bytes": per_rank},
+                              "progress": dict(progress), "metrics": rows, "bytes": per_rank,
+                              "rank_state": [{k: v[r].cpu() for k, v in everyone.items()} for r in range(comm.world_size)]},
                         keep=cfg.run.keep_checkpoints)
 
 
