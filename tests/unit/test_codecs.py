@@ -151,3 +151,14 @@ def test_compressed_updates_lose_less_than_compressed_weights(tmp_path):
     assert torch.equal(torch.stack([(fed[k] - update[k]).abs().max() for k in params]).max(), torch.tensor(0.0))
     ckpt = torch.load(sorted((tmp_path / "ef" / "checkpoints").glob("*.pt"))[-1], weights_only=True)
     assert [float(r["residual"].abs().max()) > 0 for r in ckpt["rank_state"]] == [True, True]
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_packing_in_slices_round_trips(bits, monkeypatch):
+    from resist.comm import codecs
+
+    monkeypatch.setattr(codecs, "_SLICE", 64)  # many slices, ragged last one
+    for n in (1, 7, 64, 65, 1000):
+        q = torch.randint(0, 2**bits, (n,), dtype=torch.uint8, generator=torch.Generator().manual_seed(n))
+        packed = codecs._pack(q, bits)
+        assert packed.numel() == math.ceil(n * bits / 8) and torch.equal(codecs._unpack(packed, bits, n), q)

@@ -101,24 +101,45 @@ class Quantize(Codec):
         return (lo[:, None] + q * scale[:, None]).view(-1)[:numel]
 
 
+_SLICE = 1 << 20  # values packed at a time (a multiple of 8, so every slice ends on a byte boundary)
+
+
 def _pack(q: torch.Tensor, bits: int) -> torch.Tensor:
-    """uint8 levels < 2**bits -> ``ceil(n bits / 8)`` bytes, little-endian bit order."""
-    n = q.numel()
-    bitplanes = ((q[:, None] >> torch.arange(bits, device=q.device, dtype=torch.uint8)) & 1)  # (n, bits)
-    flat = bitplanes.reshape(-1)
-    pad = (-flat.numel()) % 8
+    """uint8 levels < 2**bits -> ``ceil(n bits / 8)`` bytes, little-endian bit order; in slices, so
+    that the bit planes of a large tensor never exist all at once."""
+    out = [_pack_slice(q[i:i + _SLICE], bits) for i in range(0, q.numel(), _SLICE)]
+    packed = torch.cat(out) if out else q.new_zeros(0)
+    assert packed.numel() == math.ceil(q.numel() * bits / 8)
+    return packed
+
+
+def _pack_slice(q: torch.Tensor, bits: int) -> torch.Tensor:
+    shifts = torch.arange(bits, device=q.device, dtype=torch.uint8)
+    planes = ((q[:, None] >> shifts) & 1).reshape(-1)  # (n * bits,) bits, value by value
+    pad = (-planes.numel()) % 8
     if pad:
-        flat = torch.cat([flat, flat.new_zeros(pad)])
-    weights = (1 << torch.arange(8, device=q.device, dtype=torch.int32)).to(torch.uint8)
-    out = (flat.view(-1, 8).to(torch.int32) * weights.to(torch.int32)).sum(1).to(torch.uint8)
-    assert out.numel() == math.ceil(n * bits / 8)
+        planes = torch.cat([planes, planes.new_zeros(pad)])
+    planes = planes.view(-1, 8)
+    out = planes[:, 0].clone()
+    for j in range(1, 8):
+        out |= planes[:, j] << j
     return out
 
 
 def _unpack(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
-    flat = ((packed[:, None] >> torch.arange(8, device=packed.device, dtype=torch.uint8)) & 1).reshape(-1)
-    planes = flat[:n * bits].view(n, bits).to(torch.int32)
-    return (planes << torch.arange(bits, device=packed.device, dtype=torch.int32)).sum(1).to(torch.uint8)
+    step = _SLICE * bits // 8  # bytes of one slice of values
+    parts = [_unpack_slice(packed[i * step:(i + 1) * step], bits, min(_SLICE, n - i * _SLICE))
+             for i in range(math.ceil(n / _SLICE))]
+    return torch.cat(parts) if parts else packed.new_zeros(0)
+
+
+def _unpack_slice(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    planes = ((packed[:, None] >> torch.arange(8, device=packed.device, dtype=torch.uint8)) & 1).reshape(-1)
+    planes = planes[:n * bits].view(n, bits)
+    out = planes[:, 0].clone()
+    for j in range(1, bits):
+        out |= planes[:, j] << j
+    return out
 
 
 @dataclass
