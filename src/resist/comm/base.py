@@ -124,20 +124,50 @@ class Communicator(ABC):
                          key: tuple[int, ...]) -> None:
         """Average ``tensor`` over all ranks, in place, its first ``lossy`` values sent through ``codec``.
 
-        No sum is ever re-encoded: every rank all-gathers the others' encoded payloads and adds the
-        decoded values in fp32, in rank order, so every rank ends with the same bits and no error
-        accumulates hop by hop. Bytes per rank: (W-1) x the payload each way, plus the ring all-reduce
-        of the values that travel exactly. Rank r's payload is encoded with ``(*key, r)``."""
-        w = self.world_size
+        A reduce-scatter of encoded shards, then one encoded all-gather: rank r receives every rank's
+        encoded copy of shard r, adds the decoded copies in fp32 in rank order (its own decoded too),
+        encodes that average once and sends it to every rank; every rank decodes every shard, its own
+        included, so all end with the same bits. A value is encoded twice (its contribution, then the
+        average of its shard), never at every hop, and each rank sends and receives about
+        2 (W-1)/W x the payload, as a ring all-reduce does uncompressed. The values that travel exactly
+        are all-reduced as they are."""
+        w, me = self.world_size, self.rank
         if codec is None or lossy == 0 or w == 1:
             self.all_reduce(tensor, average=True)
             return
         head, tail = tensor[:lossy], tensor[lossy:]
-        gathered = [self.all_gather(p) for p in codec.encode(head, (*key, self.rank))]
-        total = codec.decode([g[0] for g in gathered], lossy, (*key, 0))
-        for r in range(1, w):
-            total += codec.decode([g[r] for g in gathered], lossy, (*key, r))
-        head.copy_(divide_(total, w))
+        size = -(-lossy // w)
+        shards = [head[j * size:(j + 1) * size] for j in range(w)]  # the last may be short (or empty)
+        mine = shards[me]
+
+        def contribution(rank: int, j: int) -> tuple[int, ...]:
+            return (*key, rank, j)
+
+        def average_of(j: int) -> tuple[int, ...]:
+            return (*key, -1, j)
+
+        sends = [(j, p) for j in range(w) if j != me and shards[j].numel()
+                 for p in codec.encode(shards[j], contribution(me, j))]
+        incoming = {i: codec.empty_payload(mine.numel(), head.device) for i in range(w) if i != me and mine.numel()}
+        self.exchange(sends, [(i, p) for i, ps in incoming.items() for p in ps])
+        if mine.numel():
+            total = None
+            for i in range(w):
+                payload = codec.encode(mine, contribution(me, me)) if i == me else incoming[i]
+                part = codec.decode(payload, mine.numel(), contribution(i, me))
+                total = part if total is None else total.add_(part)
+            mean = divide_(total, w)
+            out = codec.encode(mean, average_of(me))
+        else:
+            out = []
+        gathered = {i: codec.empty_payload(shards[i].numel(), head.device) for i in range(w)
+                    if i != me and shards[i].numel()}
+        self.exchange([(j, p) for j in range(w) if j != me for p in out],
+                      [(i, p) for i, ps in gathered.items() for p in ps])
+        for i in range(w):
+            if shards[i].numel():
+                payload = out if i == me else gathered[i]
+                shards[i].copy_(codec.decode(payload, shards[i].numel(), average_of(i)))
         if tail.numel():
             self.all_reduce(tail, average=True)
 
