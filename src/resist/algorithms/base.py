@@ -20,7 +20,7 @@ from ..comm import Communicator
 from ..config import AlgoConfig
 from ..io import atomic_save
 from ..plan import candidate_blocks, validate
-from .parts import Part, PartStore, assemble, evaluate_global
+from .parts import Part, PartStore, SharedSync, assemble, evaluate_global
 
 class Evaluator(Protocol):
     """How the trainer (its task) evaluates a model; algorithms decide which model that is."""
@@ -80,13 +80,18 @@ class Algorithm(ABC):
         """Collective: the test metric of the assembled global model, on every rank."""
         return evaluate_global(self.comm, self.store, self.holders_now(), self.eval_scale(), evaluator.metric)
 
+    #: The shared bucket's averaging extras (outer snapshot, compression), for algorithms that have them.
+    sync: SharedSync | None = None
+
     def rank_state(self) -> dict[str, torch.Tensor]:
         """State of this rank alone that a checkpoint must keep (e.g. error-feedback residuals); the same
         keys and shapes on every rank."""
-        return {}
+        return self.sync.rank_state() if self.sync is not None else {}
 
     def load_rank_state(self, state: dict[str, torch.Tensor]) -> None:
         """Restore :meth:`rank_state` from a checkpoint written with the same number of workers."""
+        if self.sync is not None:
+            self.sync.load_rank_state(state)
 
     def gather_state(self, tag: str = "checkpoint") -> dict[str, torch.Tensor] | None:
         from .parts import gather_state

@@ -8,10 +8,9 @@ import torch
 from torch import nn
 
 from ..comm import Communicator
-from ..comm.codecs import make_codec
 from ..config import AlgoConfig
 from .base import Algorithm, make_store
-from .parts import Part, UpdateCompression, all_reduce_flats
+from .parts import Part, SharedSync
 
 
 class LocalSGD(Algorithm):
@@ -26,10 +25,8 @@ class LocalSGD(Algorithm):
     def __init__(self, comm: Communicator, build_model: Callable[[], nn.Module], device: torch.device,
                  cfg: AlgoConfig, seed: int, warmup_rounds: int = 0) -> None:
         self.comm, self.cfg, self.seed = comm, cfg, seed
-        self.codec = make_codec(cfg.compress, cfg.keep_fraction, cfg.chunk)
-        self.update = (UpdateCompression(self.codec, cfg.error_feedback)
-                       if self.codec is not None and cfg.compress_what == "update" else None)
         self.store = make_store(comm, build_model, device, cfg, cfg.carry_momentum, seed, outer=cfg.outer)
+        self.sync = SharedSync(self.store, cfg, seed)
         self.everyone = tuple(range(comm.world_size))
 
     def start(self, round_: int, state: dict[str, torch.Tensor] | None = None) -> None:
@@ -38,25 +35,11 @@ class LocalSGD(Algorithm):
         self.store.bucket("shared", parts, outer=False)  # nothing ever moves: one bucket for the whole model
 
     def begin_round(self, round_: int) -> None:
-        if self.cfg.outer:
-            self.store.snapshot()
-        if self.update is not None:
-            self.update.begin_round(self.store)
-
-    def rank_state(self) -> dict[str, torch.Tensor]:
-        return self.update.residuals() if self.update is not None else {}
-
-    def load_rank_state(self, state: dict[str, torch.Tensor]) -> None:
-        if self.update is not None:
-            self.update.load_residuals(state)
+        self.sync.begin_round()
 
     @torch.no_grad()
     def end_round(self, round_: int, final: bool = False) -> None:
-        if self.update is not None:
-            self.update.all_reduce(self.comm, self.store, (self.seed, round_, -1))
-        else:
-            all_reduce_flats(self.comm, self.store.flats["shared"], self.codec, self.store.lossy["shared"],
-                             (self.seed, round_, -1))
+        self.sync.all_reduce(self.comm, round_)
         if self.cfg.outer:
             c = self.cfg
             self.store.outer_step(self.store.all_parts(), c.outer_lr, c.outer_momentum, c.outer_nesterov)

@@ -20,7 +20,8 @@ from torch import nn
 
 from .. import aggregate
 from ..comm import Communicator
-from ..comm.codecs import Codec
+from ..comm.codecs import Codec, make_codec
+from ..config import AlgoConfig
 from ..seeds import mix
 
 Part = Union[str, int]
@@ -358,3 +359,36 @@ class UpdateCompression:
     def load_residuals(self, state: dict[str, torch.Tensor]) -> None:
         if self.error_feedback:
             self.residual = state["residual"].clone()
+
+
+class SharedSync:
+    """What an algorithm that averages the shared bucket at the end of each round does around it: the
+    round-start snapshot for an outer step, and the codec, with compressed updates and their residuals
+    where asked for (``cfg.compress``, ``cfg.compress_what``, ``cfg.error_feedback``)."""
+
+    def __init__(self, store: PartStore, cfg: AlgoConfig, seed: int) -> None:
+        self.store, self.outer, self.seed = store, cfg.outer, seed
+        self.codec = make_codec(cfg.compress, cfg.keep_fraction, cfg.chunk)
+        self.update = (UpdateCompression(self.codec, cfg.error_feedback)
+                       if self.codec is not None and cfg.compress_what == "update" else None)
+
+    def begin_round(self) -> None:
+        if self.outer:
+            self.store.snapshot()
+        if self.update is not None:
+            self.update.begin_round(self.store)
+
+    def all_reduce(self, comm: Communicator, round_: int) -> None:
+        """Average the shared bucket over all ranks (compressed as configured)."""
+        key = (self.seed, round_, -1)
+        if self.update is not None:
+            self.update.all_reduce(comm, self.store, key)
+        else:
+            all_reduce_flats(comm, self.store.flats["shared"], self.codec, self.store.lossy["shared"], key)
+
+    def rank_state(self) -> dict[str, torch.Tensor]:
+        return self.update.residuals() if self.update is not None else {}
+
+    def load_rank_state(self, state: dict[str, torch.Tensor]) -> None:
+        if self.update is not None:
+            self.update.load_residuals(state)

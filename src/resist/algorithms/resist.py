@@ -19,11 +19,10 @@ from torch import nn
 
 from .. import aggregate
 from ..comm import Communicator
-from ..comm.codecs import make_codec
 from ..config import AlgoConfig
 from ..plan import Plan, eval_scale, make_plan
 from .base import Algorithm, make_store
-from .parts import Part, UpdateCompression, all_reduce_flats
+from .parts import Part, SharedSync, all_reduce_flats
 
 
 class ResIST(Algorithm):
@@ -35,9 +34,7 @@ class ResIST(Algorithm):
         n = len(self.store.candidates)
         self.c = eval_scale(comm.world_size, n, cfg.min_depth) if cfg.scale_activations else 1.0
         self.plan = lru_cache(maxsize=4)(self._plan)
-        self.codec = make_codec(cfg.compress, cfg.keep_fraction, cfg.chunk)
-        self.update = (UpdateCompression(self.codec, cfg.error_feedback)
-                       if self.codec is not None and cfg.compress_what == "update" else None)
+        self.sync = SharedSync(self.store, cfg, seed)
         self.round = 0
         self.holding: dict[Part, tuple[int, ...]] = {}  # who holds each block now, between rounds
 
@@ -73,17 +70,7 @@ class ResIST(Algorithm):
         model.skip = frozenset(b for b in self.store.candidates if self.comm.rank not in holders[b])
         # A sub-ResNet trains unscaled; the whole network (warm-up) with its branches scaled by c (§2.6).
         model.set_residual_scale(self.store.candidates, self.c if round_ < self.warmup_rounds else 1.0)
-        if self.cfg.outer:
-            self.store.snapshot()
-        if self.update is not None:
-            self.update.begin_round(self.store)
-
-    def rank_state(self) -> dict[str, torch.Tensor]:
-        return self.update.residuals() if self.update is not None else {}
-
-    def load_rank_state(self, state: dict[str, torch.Tensor]) -> None:
-        if self.update is not None:
-            self.update.load_residuals(state)
+        self.sync.begin_round()
 
     def end_round(self, round_: int, final: bool = False) -> None:
         """Average and repartition. After the ``final`` round no block goes to the holders of a round
@@ -105,11 +92,8 @@ class ResIST(Algorithm):
         """
         comm, store, me, c = self.comm, self.store, self.comm.rank, self.cfg
         everyone = [b for b in store.candidates if cur[b] == self.everyone and b in store.flats]
-        codec, seed = self.codec, self.seed
-        if self.update is not None:
-            self.update.all_reduce(comm, store, (seed, round_, -1))
-        else:
-            all_reduce_flats(comm, store.flats["shared"], codec, store.lossy["shared"], (seed, round_, -1))
+        codec, seed = self.sync.codec, self.seed
+        self.sync.all_reduce(comm, round_)
         for b in everyone:
             all_reduce_flats(comm, store.flats[b], codec, store.lossy[b], (seed, round_, b))
         if c.outer:
