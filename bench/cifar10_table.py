@@ -166,6 +166,15 @@ def compress_table(runs: list[dict]) -> list[str]:
     return lines
 
 
+def compress_figure(runs: list[dict], out: Path) -> Path:
+    """Paper Fig. 8: test accuracy against cumulative bytes per worker (log scale), the first seed's runs."""
+    from resist.analysis.plot import plot_runs, read_run
+
+    first = [r for r in runs if r["seed"] == runs[0]["seed"]]
+    return plot_runs([read_run(r["dir"], need_eval=True) for r in first], [r["label"] for r in first], out,
+                     log_bytes=True)
+
+
 def ablation_specs(seeds: list[int]) -> list[Spec]:
     specs = []
     for seed in seeds:
@@ -383,6 +392,8 @@ def main() -> None:
         lines += ["## Outer optimization (DiLoCo) against plain averaging\n", *outer_table(outer_runs), ""]
     if compress_runs:
         lines += [f"## Compression (paper Table 9), {compress_runs[0]['workers']} workers\n", *compress_table(compress_runs), ""]
+        fig = compress_figure(compress_runs, OUT / f"{args.name}_fig8.png")
+        lines += [f"Fig. 8 (seed {compress_runs[0]['seed']}, every variant): [{fig.name}]({fig.name})\n"]
     if main_runs:
         lines += ["## PROJECTION (not a measurement): whole runs on 1, 10 and 100 Gbit/s links\n",
                   "Measured compute time plus each round's bytes (the slowest worker's larger direction, sent or received) over the link, 50 us per "

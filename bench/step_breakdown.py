@@ -87,6 +87,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--min-depth", type=int, default=4)
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--channels-last", action="store_true", help="model and batches in channels-last layout")
     ap.add_argument("--name", default="step_breakdown")
     args = ap.parse_args()
     start = library_state()
@@ -97,10 +98,15 @@ def main() -> None:
     except ValueError as e:
         raise SystemExit(f"step_breakdown: {e}")
     stream = BatchStream(dataset.train, dataset.mean, dataset.std, 1, 0, args.batch, seed=0)
+    if args.channels_last:  # as the trainer moves a batch with --channels-last
+        batch = stream.batch
+        stream.batch = lambda step: (lambda x, y: (x.contiguous(memory_format=torch.channels_last), y))(*batch(step))
     tables = []
     for width in args.widths:
         torch.manual_seed(0)
         model = create_model(args.model, num_classes=10, width=width)
+        if args.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         plan = make_plan(0, 0, args.workers, model.partitionable, min_depth=args.min_depth)
         configs = {"full": frozenset(), **{f"S={args.workers} worker {w}": plan.skipped(w) for w in range(args.workers)}}
         # Each section's non-strided blocks skipped at once: the step time they take away, per block,
@@ -158,7 +164,8 @@ def main() -> None:
            "load_average_1min": os.getloadavg()[0], "library": describe_library(start, library_state())}
     command = (f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '?')} python bench/step_breakdown.py --data-dir "
                f"{args.data_dir} --model {args.model} --widths {' '.join(map(str, args.widths))} --workers "
-               f"{args.workers} --batch {args.batch} --min-depth {args.min_depth} --reps {args.reps} --name {args.name}")
+               f"{args.workers} --batch {args.batch} --min-depth {args.min_depth} --reps {args.reps}"
+               f"{' --channels-last' if args.channels_last else ''} --name {args.name}")
     lines = [f"# One local step, whole model vs sub-ResNets ({args.name})\n",
              f"`{command}` on {env['machine']} CPU, {env['threads']} thread(s), torch {env['torch']}, Python "
              f"{env['python']}, library {env['library']}, {env['date']} (1-minute load average "

@@ -200,7 +200,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from .analysis.plot import default_output, labels_for, plot_runs, read_run
 
     runs = [read_run(d, need_eval=True) for d in args.run_dirs]
-    out = plot_runs(runs, labels_for(runs, _run_labels(args.labels)), args.out or default_output(args.run_dirs))
+    out = plot_runs(runs, labels_for(runs, _run_labels(args.labels)), args.out or default_output(args.run_dirs),
+                    log_bytes=args.log_bytes)
     print(out)
     return 0
 
@@ -268,6 +269,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="output file (default RUN_DIR/accuracy.png, or RUN_DIR/../accuracy.png for several runs)")
     p.add_argument("--labels", default=None, metavar="A,B,...",
                    help="one legend label per run (default: algo S=workers)")
+    p.add_argument("--log-bytes", action="store_true", help="communication axis on a log scale (paper Fig. 8)")
     p.set_defaults(fn=cmd_plot)
     p = sub.add_parser("project", help="PROJECTION of each run's wall-clock time at other link speeds")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (with metrics.jsonl); speed-ups are "
