@@ -317,7 +317,8 @@ class UpdateCompression:
     because every rank starts the round from the same θ_start; small changes quantize far better than
     the weights themselves (DiLoCo-style systems send updates at 2-8 bits).
 
-    With ``error_feedback`` what compression dropped (this rank's sent - decode(encode(sent))) is kept
+    With ``error_feedback`` what compression dropped from this rank's contribution (what it sent minus
+    the decoding of exactly the payloads it encoded, per shard of the compressed all-reduce) is kept
     and added to the next round's update (Seide et al. 2014, Karimireddy et al. 2019). That residual is
     this rank's alone; checkpoints keep every rank's (see :meth:`residuals`). Blocks that move between
     holders travel as weights (their receiver may not know θ_start)."""
@@ -337,13 +338,15 @@ class UpdateCompression:
         flats, lossy = store.flats["shared"], store.lossy["shared"]
         f = flats[0]
         sent = f[:lossy] - self.start
+        dropped = None
         if self.error_feedback:
             if self.residual is not None:
                 sent += self.residual
-            mine = (*key, comm.rank)
-            self.residual = sent - self.codec.decode(self.codec.encode(sent, mine), lossy, mine)
+            dropped = torch.empty_like(sent)
         travelling = torch.cat([sent, f[lossy:]])
-        comm.all_reduce_coded(travelling, self.codec, lossy, key)
+        comm.all_reduce_coded(travelling, self.codec, lossy, key, dropped)
+        if dropped is not None:
+            self.residual = dropped
         f[:lossy].copy_(self.start + travelling[:lossy])
         f[lossy:].copy_(travelling[lossy:])
         for g in flats[1:]:
