@@ -104,13 +104,15 @@ class AlgoConfig:
     """Nesterov momentum for the outer SGD (DiLoCo's choice)."""
     compress: str = "none"
     """Codec for the parameters sent at synchronization (paper Appendix A.5): fp16, bf16, q1..q8 (k-bit
-    quantization), topk or randk; BatchNorm statistics, counters and momenta travel exactly."""
+    quantization), topk or randk; BatchNorm statistics, counters and momenta travel exactly. Data
+    parallel sends its gradients through it at every step."""
     compress_what: str = "weights"
     """What the codec compresses: weights (the paper: every parameter sent) or update (the change since
     the round began, for the layers every rank holds; blocks that change holders still travel as
     weights)."""
     error_feedback: bool = False
-    """With compress_what=update: add what compression dropped to the next round's update."""
+    """With compress_what=update: add what compression dropped to the next round's update (data parallel:
+    to the next step's gradient)."""
     keep_fraction: float = 0.25
     """Fraction of values that topk / randk keep."""
     chunk: int = 256
@@ -140,12 +142,14 @@ class AlgoConfig:
         _check(self.chunk >= 1, f"chunk must be >= 1, got {self.chunk}")
         _check(self.compress_what in COMPRESS_WHAT,
                f"unknown compress_what {self.compress_what!r}; choose one of: {', '.join(COMPRESS_WHAT)}")
-        _check(not self.error_feedback or self.compress_what == "update",
+        _check(self.name != "data_parallel" or self.compress_what == "weights",
+               "data parallel compresses its gradients: drop --compress-what")
+        _check(not self.error_feedback or self.compress_what == "update" or self.name == "data_parallel",
                "error feedback corrects compressed updates: use --compress-what update")
         _check(self.compress != "none" or (self.compress_what == "weights" and not self.error_feedback),
                "--compress-what / --error-feedback need a codec: add --compress")
         _check(self.compress == "none" or self.name in COMPRESSIBLE,
-               f"compression is implemented for {' and '.join(COMPRESSIBLE)}, not {self.name}; drop --compress")
+               f"compression is implemented for {', '.join(COMPRESSIBLE)}, not {self.name}; drop --compress")
 
     @property
     def outer(self) -> bool:

@@ -25,7 +25,7 @@ AMP_MODES = ("none", "bf16", "fp16")
 CODECS = ("none", "fp16", "bf16", *(f"q{k}" for k in range(1, 9)), "topk", "randk")
 COMPRESS_WHAT = ("weights", "update")
 #: Algorithms that can send their synchronization compressed.
-COMPRESSIBLE = ("resist", "local_sgd")
+COMPRESSIBLE = ("resist", "local_sgd", "data_parallel")
 #: Algorithms whose rounds end in an average of the parts, which an outer optimizer can step.
 OUTER_STEPPED = ("resist", "local_sgd")
 

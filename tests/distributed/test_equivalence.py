@@ -45,12 +45,14 @@ CASES = [
     ("resist+outer", 2, 0), ("resist+outer", 3, 3), ("local_sgd+outer", 2, 0), ("local_sgd+outer", 3, 0),
     ("resist+bf16", 2, 0), ("data_parallel+fp16", 2, 0),
     ("resist+q8", 2, 0), ("resist+q4", 3, 3), ("local_sgd+q8", 3, 0), ("resist+q4ef", 2, 3), ("local_sgd+q2ef", 2, 0),
+    ("data_parallel+q8", 3, 0), ("data_parallel+q4dp", 2, 0),
 ]
 EXTRA = {"": {}, "outer": {"algo.outer_lr": 0.7, "algo.outer_momentum": 0.9},  # DiLoCo's outer Nesterov SGD
          "bf16": {"run.amp": "bf16"}, "fp16": {"run.amp": "fp16"},
          "q8": {"algo.compress": "q8"}, "q4": {"algo.compress": "q4"},
          "q4ef": {"algo.compress": "q4", "algo.compress_what": "update", "algo.error_feedback": True},
-         "q2ef": {"algo.compress": "q2", "algo.compress_what": "update", "algo.error_feedback": True}}
+         "q2ef": {"algo.compress": "q2", "algo.compress_what": "update", "algo.error_feedback": True},
+         "q4dp": {"algo.compress": "q4", "algo.error_feedback": True}}  # data parallel: gradients + feedback
 
 
 @pytest.mark.timeout(240)

@@ -55,7 +55,8 @@ EF = {"algo.compress": "q4", "algo.compress_what": "update", "algo.error_feedbac
 @pytest.mark.parametrize("algo,carry,extra", [("resist", False, {}), ("resist", True, {}), ("local_sgd", False, {}),
                                               ("data_parallel", False, {}), ("resist", False, OUTER),
                                               ("local_sgd", False, OUTER), ("resist", False, EF),
-                                              ("local_sgd", False, EF)])
+                                              ("local_sgd", False, EF),
+                                              ("data_parallel", False, {"algo.compress": "q4", "algo.error_feedback": True})])
 def test_inprocess_resume_is_bitwise(tmp_path, faults, algo, carry, extra):
     over = {"algo.name": algo, "algo.carry_momentum": carry, "algo.min_depth": 3, **extra}
     whole = train(cfg_for(tmp_path / "whole", **over), DATA)

@@ -163,6 +163,21 @@ def test_resist_with_8_bit_weights_learns_and_sends_less(tmp_path):
     assert max(q8["sent_bytes_per_worker"]) < 0.5 * max(plain["sent_bytes_per_worker"])
 
 
+def test_data_parallel_with_8_bit_gradients_learns_and_sends_a_third(tmp_path):
+    from resist.config import preset
+    from resist.data import load_dataset
+    from resist.train import train
+
+    data = load_dataset("synthetic", n_train=256, n_test=128, num_classes=4, size=12)
+    cfg = preset("smoke").replace(**{"algo.name": "data_parallel", "algo.workers": 2, "optim.epochs": 4,
+                                     "data.batch_size": 16, "run.eval_every": 4})
+    plain = train(cfg.replace(**{"run.out": str(tmp_path / "a")}), data)
+    q8 = train(cfg.replace(**{"run.out": str(tmp_path / "b"), "algo.compress": "q8", "algo.error_feedback": True}), data)
+    assert q8["best_acc"] > 50 and q8["best_acc"] >= plain["best_acc"] - 5  # 4 classes: chance is 25%
+    # gradients at 8 bits plus a scale and offset per 256 values; BatchNorm statistics still fp32
+    assert max(q8["sent_bytes_per_worker"]) < 0.35 * max(plain["sent_bytes_per_worker"])
+
+
 def test_compressed_updates_lose_less_than_compressed_weights(tmp_path):
     """One round of local SGD at 4 bits: sending the change since the round began (small values) lands
     far closer to the exact average than sending the weights; error feedback keeps what was dropped."""
