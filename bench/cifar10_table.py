@@ -134,6 +134,7 @@ COMPRESSION = [
     ("ResIST, update random-25% + EF", False, ["--algo", "resist", "--compress", "randk", *UPDATE_EF]),
     ("local SGD, update q8 + EF", False, ["--algo", "local_sgd", "--compress", "q8", *UPDATE_EF]),
     ("data parallel", False, ["--algo", "data_parallel"]),
+    ("data parallel, gradients q8 + EF", False, ["--algo", "data_parallel", "--compress", "q8", "--error-feedback"]),
 ]
 
 
