@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,3 +37,12 @@ def voc_copy(voc_tree, tmp_path) -> Path:
     dst = tmp_path / "data"
     shutil.copytree(voc_tree, dst)
     return dst
+
+
+@pytest.fixture
+def one_thread():
+    """Train on one thread: on a busy machine a second one only waits (and results stay reproducible)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
