@@ -39,9 +39,9 @@ def voc_copy(voc_tree, tmp_path) -> Path:
     return dst
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def one_thread():
-    """Train on one thread: on a busy machine a second one only waits (and results stay reproducible)."""
+    """One thread: these tensors are tiny, and on a busy machine a second thread only waits."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

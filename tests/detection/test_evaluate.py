@@ -275,7 +275,7 @@ def test_postprocess_caps_and_thresholds():
     assert all((s > 0.3).all() for _, s, _ in strict)
 
 
-def test_evaluate_a_tiny_model_over_loader_batches(voc_tree, one_thread):
+def test_evaluate_a_tiny_model_over_loader_batches(voc_tree):
     classes = list(make_voc_like.CLASSES)
     ds = VOCDetection(voc_tree, TEST_SPLITS, size=64, classes=classes)
     torch.manual_seed(0)

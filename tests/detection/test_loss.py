@@ -112,7 +112,7 @@ def tiny_detector(num_classes):
     return init_model(model, seed=0)
 
 
-def test_training_the_tiny_model_learns_to_detect(voc_tree, one_thread):
+def test_training_the_tiny_model_learns_to_detect(voc_tree):
     """Plain SGD on 24 generated images (64 px, a 2 x 2 grid), half of section 3 skipped as a ResIST
     sub-network trains: the loss falls and mAP on those images rises well above the untrained model's."""
     torch.manual_seed(0)
