@@ -103,3 +103,11 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="num_classes"):
         yolo_resnet101(num_classes=0)
     assert isinstance(yolo_resnet101(num_classes=2, **TINY).head.pred, nn.Conv2d)
+
+
+def test_channels_last_input_gives_the_same_output():
+    m = yolo_resnet101(num_classes=4, **TINY).eval()
+    x = torch.randn(2, 3, 64, 64)
+    expected = m(x)
+    m = m.to(memory_format=torch.channels_last)
+    assert torch.allclose(m(x.contiguous(memory_format=torch.channels_last)), expected, atol=1e-5)
