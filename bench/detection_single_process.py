@@ -23,8 +23,9 @@ import torch  # noqa: E402
 
 from resist.algorithms.parts import init_model  # noqa: E402
 from resist.data.sharding import steps_per_epoch  # noqa: E402
-from resist.tasks.detection import (TEST_SPLITS, TRAIN_SPLITS, DetectionBatchStream, VOCDetection, YOLOv2Loss,  # noqa: E402
-                                    create_detection_model, evaluate, eval_batches, parse_splits)
+from resist.tasks.detection import (TEST_SPLITS, TRAIN_SPLITS, DetectionBatchStream,  # noqa: E402
+                                    VOCDetection, YOLOv2Loss, create_detection_model, eval_batches, evaluate,
+                                    parse_splits)
 
 
 def lr_at(step: int, total: int, peak: float) -> float:

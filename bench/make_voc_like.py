@@ -153,7 +153,8 @@ def make_voc_like(out: str | Path, counts: dict[tuple[str, str], int], seed: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", help="folder to write VOCdevkit/ into")
     p.add_argument("--train-2007", type=int, default=1000, help="VOC2007 trainval images")
     p.add_argument("--test-2007", type=int, default=1000, help="VOC2007 test images")

@@ -137,7 +137,8 @@ def fixture_set(seed, images=40, classes=4):
                 dl.append(label if rng.random() < 0.85 else int(rng.integers(classes)))
         while len(db) < len(gb) + 3:
             x0, y0 = rng.uniform(0, 0.9, 2)
-            cand = torch.tensor([[x0, y0, x0 + rng.uniform(0.03, 0.1), y0 + rng.uniform(0.03, 0.1)]], dtype=torch.float64)
+            size = rng.uniform(0.03, 0.1, 2)
+            cand = torch.tensor([[x0, y0, x0 + size[0], y0 + size[1]]], dtype=torch.float64)
             lt = torch.maximum(cand[:, None, :2], gb[None, :, :2])
             rb = torch.minimum(cand[:, None, 2:], gb[None, :, 2:])
             covered = (rb - lt).clamp(min=0).prod(-1) / ((cand[0, 2] - cand[0, 0]) * (cand[0, 3] - cand[0, 1]))

@@ -245,7 +245,8 @@ class VOCDetection(Dataset):
                 im = im.convert("RGB").resize((self.size, self.size), Image.BILINEAR)
         except (UnidentifiedImageError, OSError) as e:
             raise DatasetError(f"{rec.image}: cannot decode image ({e})") from None
-        return torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(self.size, self.size, 3).permute(2, 0, 1)
+        hwc = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(self.size, self.size, 3)
+        return hwc.permute(2, 0, 1)
 
     def __getitem__(self, key: int | tuple[int, bool]) -> tuple[Tensor, dict[str, Tensor]]:
         i, flip = (int(key[0]), bool(key[1])) if isinstance(key, (tuple, list)) else (int(key), False)
