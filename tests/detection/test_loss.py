@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from resist.algorithms.parts import init_model
-from resist.models.resnet import ResNet
 from resist.tasks.detection.evaluate import DetectionEvaluator
 from resist.tasks.detection.loss import YOLOv2Loss, decode_boxes
-from resist.tasks.detection.model import attach_yolo_head
+from resist.tasks.detection.model import yolo_resnet
 from resist.tasks.detection.voc import TRAIN_SPLITS, Targets, VOCDetection, collate
 
 from conftest import make_voc_like
@@ -107,9 +106,7 @@ def test_low_precision_output_is_scored_in_float32():
 
 
 def tiny_detector(num_classes):
-    model = attach_yolo_head(ResNet((1, 1, 3, 1), "basic", preact=False, num_classes=1, width=1 / 16,
-                                    stem="imagenet"), num_classes)
-    return init_model(model, seed=0)
+    return init_model(yolo_resnet(num_classes, 1 / 16, layers=(1, 1, 3, 1)), seed=0)
 
 
 def test_training_the_tiny_model_learns_to_detect(voc_tree):

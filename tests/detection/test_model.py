@@ -8,7 +8,7 @@ from resist.algorithms.parts import init_model
 from resist.models import create_model, list_models
 from resist.models.resnet import BasicBlock
 from resist.tasks.detection.model import (DETECTION_MODELS, VOC_ANCHORS, YOLOHead, create_detection_model,
-                                          yolo_resnet101)
+                                          yolo_resnet, yolo_resnet101)
 
 TINY = dict(width=1 / 16)
 
@@ -74,8 +74,9 @@ def test_residual_scale_changes_the_output():
 
 @pytest.mark.parametrize("name", sorted(DETECTION_MODELS))
 def test_registered_detectors_build(name):
+    kw = {"layers": (1, 1, 4, 1)} if name == "yolo_resnet" else {}
     with torch.device("meta"):
-        m = create_detection_model(name, num_classes=20)
+        m = create_detection_model(name, num_classes=20, **kw)
     assert len(m.partitionable) == len(m.sections[2]) - 1 and isinstance(m.head, YOLOHead)
 
 
@@ -95,13 +96,13 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="unknown detection model"):
         create_detection_model("yolo_vgg16")
     with pytest.raises(ValueError, match="unknown model"):
-        create_detection_model("yolo:vgg16")
+        create_detection_model("yolo:vgg16", **TINY)
     with pytest.raises(ValueError, match="head_convs"):
-        yolo_resnet101(head_convs=3)
+        yolo_resnet101(head_convs=3, **TINY)
     with pytest.raises(ValueError, match="anchors"):
-        yolo_resnet101(anchors=[(0.1, -1.0)])
+        yolo_resnet101(anchors=[(0.1, -1.0)], **TINY)
     with pytest.raises(ValueError, match="num_classes"):
-        yolo_resnet101(num_classes=0)
+        yolo_resnet101(num_classes=0, **TINY)
     assert isinstance(yolo_resnet101(num_classes=2, **TINY).head.pred, nn.Conv2d)
 
 
@@ -111,3 +112,11 @@ def test_channels_last_input_gives_the_same_output():
     expected = m(x)
     m = m.to(memory_format=torch.channels_last)
     assert torch.allclose(m(x.contiguous(memory_format=torch.channels_last)), expected, atol=1e-5)
+
+
+def test_any_depth_of_the_paper_detector():
+    with torch.device("meta"):
+        m = yolo_resnet(num_classes=3, layers=(1, 1, 5, 1))
+        deep = yolo_resnet101(num_classes=3)
+    assert [len(s) for s in m.sections] == [1, 1, 5, 1] and m.partitionable == (3, 4, 5, 6)
+    assert all(isinstance(b, BasicBlock) for b in m.blocks) and m.head.pred.in_channels == deep.head.pred.in_channels

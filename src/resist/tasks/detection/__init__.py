@@ -4,7 +4,7 @@ from .boxes import batched_nms, box_iou, nms
 from .evaluate import DetectionEvaluator, evaluate, postprocess, voc_ap_per_class
 from .loss import YOLOv2Loss, decode_boxes
 from .model import (DETECTION_MODELS, VOC_ANCHORS, YOLOHead, attach_yolo_head, create_detection_model, yolo,
-                    yolo_resnet101, yolo_resnet152, yolo_resnet200)
+                    yolo_resnet, yolo_resnet101, yolo_resnet152, yolo_resnet200)
 from .voc import (IMAGENET_MEAN, IMAGENET_STD, TEST_SPLITS, TRAIN_SPLITS, VOC_CLASSES, DetectionBatchStream, Targets,
                   VOCDetection, batch_keys, collate, eval_batches, load_index, parse_splits, shard_indices)
 
@@ -13,5 +13,5 @@ __all__ = [
     "DetectionBatchStream", "DetectionEvaluator", "Targets", "VOCDetection", "YOLOHead", "YOLOv2Loss",
     "attach_yolo_head", "batch_keys", "batched_nms", "box_iou", "collate", "create_detection_model", "decode_boxes",
     "eval_batches", "evaluate", "load_index", "nms", "parse_splits", "postprocess", "shard_indices",
-    "voc_ap_per_class", "yolo", "yolo_resnet101", "yolo_resnet152", "yolo_resnet200",
+    "voc_ap_per_class", "yolo", "yolo_resnet", "yolo_resnet101", "yolo_resnet152", "yolo_resnet200",
 ]

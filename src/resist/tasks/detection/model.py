@@ -96,12 +96,18 @@ def yolo(backbone: str, num_classes: int = 20, width: float = 1.0, *,
     return attach_yolo_head(model, num_classes, anchors, head_convs)
 
 
+def yolo_resnet(num_classes: int = 20, width: float = 1.0, *, layers: Sequence[int],
+                anchors: Sequence[tuple[float, float]] = VOC_ANCHORS, head_convs: int = 1, stem: str = "imagenet",
+                **kwargs) -> ResNet:
+    """The paper's detector at any depth: its classification ResNet (§2.1, basic blocks) without
+    pre-activation, plus a :class:`YOLOHead` (``layers`` as in ``resist.models``' ``paper_resnet``)."""
+    backbone = ResNet(layers, "basic", preact=False, num_classes=1, width=width, stem=stem, **kwargs)
+    return attach_yolo_head(backbone, num_classes, anchors, head_convs)
+
+
 def _paper_yolo(layers: tuple[int, int, int, int]) -> Callable[..., ResNet]:
-    def factory(num_classes: int = 20, width: float = 1.0, *, anchors=VOC_ANCHORS, head_convs: int = 1,
-                stem: str = "imagenet", **kwargs) -> ResNet:
-        # The paper's backbone: its classification ResNet (§2.1, basic blocks) without pre-activation.
-        backbone = ResNet(layers, "basic", preact=False, num_classes=1, width=width, stem=stem, **kwargs)
-        return attach_yolo_head(backbone, num_classes, anchors, head_convs)
+    def factory(num_classes: int = 20, width: float = 1.0, **kwargs) -> ResNet:
+        return yolo_resnet(num_classes, width, layers=layers, **kwargs)
 
     return factory
 
@@ -115,6 +121,7 @@ yolo_resnet200.__doc__ = "Post-activation basic-block ResNet200 [3, 4, 50, 3] + 
 
 #: name -> factory(num_classes=20, width=1.0, **kwargs), like the classification registry's entries.
 DETECTION_MODELS: dict[str, Callable[..., ResNet]] = {
+    "yolo_resnet": yolo_resnet,
     "yolo_resnet101": yolo_resnet101,
     "yolo_resnet152": yolo_resnet152,
     "yolo_resnet200": yolo_resnet200,
