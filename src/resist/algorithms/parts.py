@@ -13,7 +13,7 @@ and, where momentum persists across rounds, its momentum.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Union
+from typing import Callable, Iterable, Sequence, Union
 
 import torch
 from torch import nn
@@ -291,16 +291,18 @@ def assemble(comm: Communicator, store: PartStore, holders: dict[Part, tuple[int
 
 
 def evaluate_global(comm: Communicator, store: PartStore, holders: dict[Part, tuple[int, ...]], scale: float,
-                    metric: Callable[[nn.Module], float]) -> float:
-    """Collective: ``metric`` of the assembled global model, computed on rank 0, returned on every rank."""
+                    metric: Callable[[nn.Module], dict[str, float]], names: Sequence[str]) -> dict[str, float]:
+    """Collective: the metrics ``names`` of the assembled global model, computed on rank 0 by ``metric``,
+    returned on every rank."""
     model = assemble(comm, store, holders, scale)
-    value = torch.zeros(1, dtype=torch.float64)
+    values = torch.zeros(len(names), dtype=torch.float64)
     if model is not None:
-        value[0] = metric(model)
+        got = metric(model)
+        values[:] = torch.tensor([got[n] for n in names], dtype=torch.float64)
         del model
     with comm.tag("control"):
-        comm.broadcast(value, 0)
-    return float(value[0])
+        comm.broadcast(values, 0)
+    return dict(zip(names, values.tolist()))
 
 
 def all_reduce_flats(comm: Communicator, flats: Iterable[torch.Tensor], codec: Codec | None = None,
