@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .registry import (ALGORITHMS, AMP_MODES, BACKENDS, CODECS, COMPRESS_WHAT, COMPRESSIBLE, BN_EVAL_MODES,
+from .registry import (ALGORITHMS, AMP_MODES, BACKENDS, BN_DEFERRABLE, CODECS, COMPRESS_WHAT, COMPRESSIBLE, BN_EVAL_MODES,
                        DATASETS, DEVICES, FOLDER_DATASETS, INNER_OPTIMIZERS, OUTER_STEPPED, PARTITIONS, RUNTIMES, STEMS)
 
 
@@ -161,6 +161,10 @@ class AlgoConfig:
     """Fraction of values that topk / randk keep."""
     chunk: int = 256
     """Values per quantization scale and offset (q1..q8)."""
+    bn_sync_every: int = 1
+    """Average BatchNorm statistics over their holders at the end of every this many rounds only (paper
+    §5 on ImageNet: every 1300); in the other rounds each rank keeps its own, and a block that changes
+    holders brings those of its lowest-ranked holder. 1: every round, with the parameters."""
 
     def __post_init__(self) -> None:
         _check(self.name in ALGORITHMS, f"unknown algorithm {self.name!r}; choose one of: {', '.join(ALGORITHMS)}")
@@ -192,6 +196,15 @@ class AlgoConfig:
                "--compress-what / --error-feedback need a codec: add --compress")
         _check(self.compress == "none" or self.name in COMPRESSIBLE,
                f"compression is implemented for {' and '.join(COMPRESSIBLE)}, not {self.name}; drop --compress")
+        _check(self.bn_sync_every >= 1, f"bn_sync_every must be >= 1, got {self.bn_sync_every}")
+        _check(self.bn_sync_every == 1 or self.name in BN_DEFERRABLE,
+               f"{self.name} has no round average to defer BatchNorm statistics from; drop --bn-sync-every "
+               f"(it applies to {' and '.join(BN_DEFERRABLE)})")
+
+    def syncs_bn(self, round_: int) -> bool:
+        """Whether BatchNorm statistics are averaged at the end of ``round_`` (a pure function of the
+        round, so that a resumed run averages them at the same rounds)."""
+        return (round_ + 1) % self.bn_sync_every == 0
 
     @property
     def outer(self) -> bool:

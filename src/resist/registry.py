@@ -33,6 +33,8 @@ COMPRESS_WHAT = ("weights", "update")
 COMPRESSIBLE = ("resist", "local_sgd")
 #: Algorithms whose rounds end in an average of the parts, which an outer optimizer can step.
 OUTER_STEPPED = ("resist", "local_sgd")
+#: Algorithms that can average BatchNorm statistics less often than the parameters (``bn_sync_every``).
+BN_DEFERRABLE = ("resist", "local_sgd")
 
 
 def algorithm_class(name: str) -> type:

@@ -140,6 +140,8 @@ BAD = {
     "bad port": (["--master-port", "70000"], "master_port must be a TCP port"),
     "unknown dataset": (["--dataset", "mnist"], "mnist"),
     "unknown stem": (["--stem", "vit"], "unknown stem 'vit'"),
+    "zero bn sync": (["--bn-sync-every", "0"], "bn_sync_every must be >= 1"),
+    "bn sync of data parallel": (["--algo", "data_parallel", "--bn-sync-every", "2"], "data_parallel has no round average"),
     "extra test of in-memory data": (["--extra-test", "v2=/tmp"], "read with --dataset imagefolder, not synthetic"),
     "extra test without a folder": (["--dataset", "imagefolder", "--extra-test", "v2"], "extra_test takes NAME=DIR"),
     "extra test named test": (["--dataset", "imagefolder", "--extra-test", "test=/x"], "and not 'test'"),

@@ -45,12 +45,14 @@ CASES = [
     ("resist+outer", 2, 0), ("resist+outer", 3, 3), ("local_sgd+outer", 2, 0), ("local_sgd+outer", 3, 0),
     ("resist+bf16", 2, 0), ("data_parallel+fp16", 2, 0),
     ("resist+q8", 2, 0), ("resist+q4", 3, 3), ("local_sgd+q8", 3, 0), ("resist+q4ef", 2, 3), ("local_sgd+q2ef", 2, 0),
+    ("resist+bn2", 2, 3), ("local_sgd+bn2", 3, 0),
 ]
 EXTRA = {"": {}, "outer": {"algo.outer_lr": 0.7, "algo.outer_momentum": 0.9},  # DiLoCo's outer Nesterov SGD
          "bf16": {"run.amp": "bf16"}, "fp16": {"run.amp": "fp16"},
          "q8": {"algo.compress": "q8"}, "q4": {"algo.compress": "q4"},
          "q4ef": {"algo.compress": "q4", "algo.compress_what": "update", "algo.error_feedback": True},
-         "q2ef": {"algo.compress": "q2", "algo.compress_what": "update", "algo.error_feedback": True}}
+         "q2ef": {"algo.compress": "q2", "algo.compress_what": "update", "algo.error_feedback": True},
+         "bn2": {"algo.bn_sync_every": 2}}
 
 
 @pytest.mark.timeout(240)
@@ -93,3 +95,4 @@ def test_inprocess_equals_nccl(tmp_path, monkeypatch, algo):
     print(f"worst relative difference {rel[worst]:.2e} in {worst}")
     assert rel[worst] <= 1e-3, (worst, rel[worst])
     assert s_local["sent_bytes_per_worker"] == s_dist["sent_bytes_per_worker"]
+
