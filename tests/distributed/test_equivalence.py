@@ -96,3 +96,23 @@ def test_inprocess_equals_nccl(tmp_path, monkeypatch, algo):
     assert rel[worst] <= 1e-3, (worst, rel[worst])
     assert s_local["sent_bytes_per_worker"] == s_dist["sent_bytes_per_worker"]
 
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("algo", ["resist", "local_sgd"])
+def test_inprocess_equals_gloo_on_an_image_folder(image_tree, tmp_path, one_thread, algo):
+    """JPEG files decoded by loader processes (each rank scans the folder itself on gloo), the ImageNet
+    stem and random-resized crops: the two runtimes still end bitwise equal at 2 workers."""
+    over = {"algo.name": algo, "algo.workers": 2, "data.dataset": "imagefolder", "data.data_dir": str(image_tree),
+            "data.crop_size": 16, "data.loader_workers": 1, "model.stem": "imagenet", "run.max_rounds": 3,
+            "run.eval_every": 3, "algo.min_depth": 3}
+    models, summaries = {}, {}
+    for runtime in ("inprocess", "dist"):
+        cfg = preset("smoke").replace(**{**over, "model.layers": (1, 1, 7, 1), "data.batch_size": 8,
+                                         "algo.local_iters": 2, "run.runtime": runtime, "run.timeout": 60,
+                                         "run.out": str(tmp_path / runtime)})
+        summaries[runtime] = train(cfg)
+        models[runtime] = torch.load(tmp_path / runtime / "model.pt", weights_only=True)
+    assert all(torch.equal(models["inprocess"][k], models["dist"][k]) for k in models["inprocess"])
+    assert summaries["inprocess"]["best_acc"] == summaries["dist"]["best_acc"]
+    assert summaries["inprocess"]["final_top5"] == summaries["dist"]["final_top5"]
+    assert summaries["inprocess"]["sent_bytes_per_worker"] == summaries["dist"]["sent_bytes_per_worker"]
