@@ -124,3 +124,17 @@ def test_imagenet_preset_is_the_papers_recipe():
     for workers in (2, 4):
         rounds = math.ceil(90 * ((1_281_167 // workers) // 256) / cfg.algo.local_iters)
         assert rounds * 2 * 4 * workers * params / 1e9 == pytest.approx(7546.8, rel=1e-3)
+
+
+def test_every_rank_must_see_the_same_tree(image_tree, tree_writer, tmp_path):
+    """Under torchrun each node scans its own copy: one with other classes is refused, naming the rank."""
+    from resist.comm import run_in_process
+    from resist.data import load_dataset
+    from resist.train.trainer import same_data_everywhere
+
+    write_image_tree, _ = tree_writer
+    other = write_image_tree(tmp_path / "other", classes=("ant", "bee", "cat", "eel"))
+    mine, theirs = load_dataset("imagefolder", image_tree), load_dataset("imagefolder", other)
+    assert run_in_process(2, lambda comm: same_data_everywhere(comm, mine)) == [None, None]
+    with pytest.raises(DatasetError, match="rank 1 sees another image folder than rank 0"):
+        run_in_process(2, lambda comm: same_data_everywhere(comm, mine if comm.rank == 0 else theirs))

@@ -198,14 +198,13 @@ class _Decoder(_TorchDataset):
         return index, int(self.table.labels[index]), to_uint8_chw(img), None
 
 
-def _collate(items: list) -> tuple[Tensor, Tensor | None, Tensor, list[tuple[int, str]]]:
+def _collate(items: list) -> tuple[Tensor | None, Tensor, list[tuple[int, str]]]:
     """Stack the images that decoded; report the others back to the training process instead of
     raising in the loader, whose re-raised exception would carry its traceback in the message."""
-    good = [(i, y, x) for i, y, x, err in items if err is None]
-    bad = [(i, err) for i, _, x, err in items if err is not None]
-    x = torch.stack([x for _, _, x in good]) if good else None  # (B, 3, S, S) uint8
-    return (torch.tensor([i for i, _, _ in good], dtype=torch.int64), x,
-            torch.tensor([y for _, y, _ in good], dtype=torch.int64), bad)
+    good = [(y, x) for _, y, x, err in items if err is None]
+    bad = [(i, err) for i, _, _, err in items if err is not None]
+    x = torch.stack([x for _, x in good]) if good else None  # (B, 3, S, S) uint8
+    return x, torch.tensor([y for y, _ in good], dtype=torch.int64), bad
 
 
 class _TrainKeys:
@@ -266,7 +265,7 @@ class FolderStream:
             self.order.start = step
             self._batches = iter(self.loader)
         self._next = step + 1
-        _, x, y, bad = next(self._batches)
+        x, y, bad = next(self._batches)
         for i, reason in bad:
             self.bad.found("train", self.table, i, reason)
         if x is None:
@@ -292,7 +291,7 @@ def _eval_batches(split: str, table: FileTable, size: int, mean, std, batch_size
                   device: torch.device, loader_workers: int, bad: BadImages) -> Iterator[tuple[Tensor, Tensor]]:
     idx = evenly_spaced(len(table), limit)
     batches = [[(i, None) for i in idx[k:k + batch_size]] for k in range(0, len(idx), batch_size)]
-    for _, x, y, skipped in _loader(_Decoder(table, size, False), batches, loader_workers, device, persistent=False):
+    for x, y, skipped in _loader(_Decoder(table, size, False), batches, loader_workers, device, persistent=False):
         for i, reason in skipped:
             bad.found(split, table, i, reason)
         if x is not None:

@@ -7,6 +7,7 @@ periodic evaluation of the assembled global model, metrics (paper Algorithm 1, Â
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -179,6 +180,8 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
         resume = checkpoint.load(Path(resume))
     faults = from_env()
     d = cfg.data
+    if dataset.classes is not None:
+        same_data_everywhere(comm, dataset)
     bad = BadImages(skip=d.skip_bad_images)
     loading = {"device": device, "loader_workers": d.loader_workers, "bad": bad}
     stream = dataset.train_stream(comm.world_size, comm.rank, d.batch_size, cfg.run.seed, augment=d.augment, **loading)
@@ -317,6 +320,19 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
         "peak_memory_kind": "cuda max allocated" if device.type == "cuda" else "process max RSS",
         "eval_scale": algo.eval_scale(), "scaled_blocks": list(store.candidates),
     }
+
+
+def same_data_everywhere(comm: Communicator, dataset: FolderDataset) -> None:
+    """Collective: under torchrun every node scans its own copy of an image folder; a copy with other
+    classes (or other files) would give the same output index another meaning on that node, silently."""
+    text = "\n".join([*dataset.classes, str(dataset.n_train), str(len(dataset.test))])
+    mine = torch.tensor([int(hashlib.sha1(text.encode()).hexdigest()[:15], 16)], dtype=torch.int64)
+    with comm.tag("control"):
+        everyone = [int(t) for t in comm.all_gather(mine)]
+    other = next((r for r, v in enumerate(everyone) if v != everyone[0]), None)
+    if other is not None:
+        raise DatasetError(f"rank {other} sees another image folder than rank 0 ({dataset.source} on rank "
+                           f"{comm.rank}): other classes or another number of images; give every node the same tree")
 
 
 def evaluation_record(scores: dict[str, float], best: float) -> dict[str, Any]:
