@@ -36,7 +36,8 @@ class _Parser(argparse.ArgumentParser):
 
 # A training flag for every config field, named after it (``--local-iters`` sets ``algo.local_iters``)
 # except where a shorter name reads better; its help is the field's docstring and its type the field's
-# own, so a new field needs one edit: the field. Booleans get ``--x`` / ``--no-x``.
+# own, so a new field needs one edit: the field. Booleans get ``--x`` / ``--no-x``; a tuple of strings is
+# a repeatable flag (``--extra-test A=DIR --extra-test B=DIR``), a tuple of numbers one comma-separated value.
 FLAG_NAMES = {"algo.name": "--algo", "model.name": "--model", "optim.inner": "--inner-optim",
               "algo.scale_activations": "--scale", "run.out": "--out"}
 # Fields whose values are a registry's vocabulary: the help lists it.
@@ -44,7 +45,7 @@ CHOICES = {"algo.name": registry.ALGORITHMS, "algo.partition": registry.PARTITIO
            "algo.bn_eval": registry.BN_EVAL_MODES, "data.dataset": registry.DATASETS, "run.runtime": registry.RUNTIMES,
            "run.backend": registry.BACKENDS, "run.device": registry.DEVICES, "optim.inner": registry.INNER_OPTIMIZERS,
            "run.amp": registry.AMP_MODES, "algo.compress": registry.CODECS,
-           "algo.compress_what": registry.COMPRESS_WHAT}
+           "algo.compress_what": registry.COMPRESS_WHAT, "model.stem": registry.STEMS}
 
 
 def _numbers(kind: type) -> Callable[[str], tuple]:
@@ -61,6 +62,7 @@ class Flag:
     key: str
     type: Any  # a parser for the value, or bool for a --x / --no-x switch
     help: str
+    repeat: bool = False  # given once per value, collected into a tuple
 
 
 def train_flags() -> list[Flag]:
@@ -75,14 +77,17 @@ def train_flags() -> list[Flag]:
             hint = hints[f.name]
             args = [a for a in typing.get_args(hint) if a is not type(None)]
             base = args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
-            if typing.get_origin(base) is tuple:
+            repeat = False
+            if typing.get_origin(base) is tuple and typing.get_args(base)[0] is str:
+                kind, repeat = str, True
+            elif typing.get_origin(base) is tuple:
                 kind = _numbers(typing.get_args(base)[0])
             else:
                 kind = base
             help_ = docs[key].split(". ")[0].rstrip(".").replace("``", "'")
             if key in CHOICES:
                 help_ += f" [{'|'.join(CHOICES[key])}]"
-            flags.append(Flag(FLAG_NAMES.get(key, "--" + f.name.replace("_", "-")), key, kind, help_))
+            flags.append(Flag(FLAG_NAMES.get(key, "--" + f.name.replace("_", "-")), key, kind, help_, repeat))
     names = [f.name for f in flags]
     assert len(names) == len(set(names)), "two config fields map to one flag"
     return flags
@@ -119,7 +124,7 @@ def build_config(args: argparse.Namespace) -> Config:
     for flag in train_flags():
         value = getattr(args, flag.name[2:].replace("-", "_"))
         if value is not None:
-            overrides[flag.key] = value
+            overrides[flag.key] = tuple(value) if flag.repeat else value
     for item in args.set or []:
         key, sep, text = item.partition("=")
         if not sep:
@@ -140,6 +145,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     for flag in train_flags():
         if flag.type is bool:
             p.add_argument(flag.name, action=argparse.BooleanOptionalAction, default=None, help=flag.help)
+        elif flag.repeat:
+            p.add_argument(flag.name, action="append", default=None, help=flag.help + " (repeatable)")
         else:
             p.add_argument(flag.name, type=flag.type, default=None, help=flag.help)
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="any other config field")

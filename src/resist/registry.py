@@ -18,7 +18,12 @@ BN_EVAL_MODES = ("average", "batch", "recalibrate")
 RUNTIMES = ("inprocess", "dist")
 BACKENDS = ("gloo", "nccl")
 DEVICES = ("cpu", "cuda", "auto")
-DATASETS = ("cifar10", "cifar100", "digits", "synthetic")
+#: In-memory datasets (CIFAR, digits, synthetic) and class-per-folder image trees streamed from disk.
+DATASETS = ("cifar10", "cifar100", "digits", "synthetic", "imagefolder")
+#: Datasets whose images are files on disk, decoded in loader processes (``data/folder.py``).
+FOLDER_DATASETS = ("imagefolder",)
+#: ResNet stems: CIFAR's 3x3 stride-1 conv, or ImageNet's 7x7 stride-2 conv + 3x3 stride-2 max pool.
+STEMS = ("cifar", "imagenet")
 INNER_OPTIMIZERS = ("sgd", "adamw")
 AMP_MODES = ("none", "bf16", "fp16")
 #: What may travel compressed (paper Appendix A.5): none, 16-bit floats, k-bit quantization, sparsification.
@@ -28,6 +33,8 @@ COMPRESS_WHAT = ("weights", "update")
 COMPRESSIBLE = ("resist", "local_sgd", "data_parallel")
 #: Algorithms whose rounds end in an average of the parts, which an outer optimizer can step.
 OUTER_STEPPED = ("resist", "local_sgd")
+#: Algorithms that can average BatchNorm statistics less often than the parameters (``bn_sync_every``).
+BN_DEFERRABLE = ("resist", "local_sgd")
 
 
 def algorithm_class(name: str) -> type:

@@ -50,12 +50,15 @@ OUTER = {"algo.outer_lr": 0.7, "algo.outer_momentum": 0.9}
 
 
 EF = {"algo.compress": "q4", "algo.compress_what": "update", "algo.error_feedback": True}
+# Statistics averaged at rounds 4, 8, ...: the checkpoint at round 3 holds every rank's own.
+BN4 = {"algo.bn_sync_every": 4}
 
 
 @pytest.mark.parametrize("algo,carry,extra", [("resist", False, {}), ("resist", True, {}), ("local_sgd", False, {}),
                                               ("data_parallel", False, {}), ("resist", False, OUTER),
                                               ("local_sgd", False, OUTER), ("resist", False, EF),
-                                              ("local_sgd", False, EF),
+                                              ("local_sgd", False, EF), ("resist", False, BN4),
+                                              ("local_sgd", False, BN4),
                                               ("data_parallel", False, {"algo.compress": "q4", "algo.error_feedback": True})])
 def test_inprocess_resume_is_bitwise(tmp_path, faults, algo, carry, extra):
     over = {"algo.name": algo, "algo.carry_momentum": carry, "algo.min_depth": 3, **extra}
