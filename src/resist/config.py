@@ -196,6 +196,9 @@ class AlgoConfig:
                "data parallel compresses its gradients: drop --compress-what")
         _check(not self.error_feedback or self.compress_what == "update" or self.name == "data_parallel",
                "error feedback corrects compressed updates: use --compress-what update")
+        _check(not (self.error_feedback and self.compress == "randk"),
+               "random-k scales what it keeps by 1 / keep_fraction, so what it drops can exceed what it was "
+               "given and error feedback diverges; use --compress topk with --error-feedback, or drop it")
         _check(self.compress != "none" or (self.compress_what == "weights" and not self.error_feedback),
                "--compress-what / --error-feedback need a codec: add --compress")
         _check(self.compress == "none" or self.name in COMPRESSIBLE,

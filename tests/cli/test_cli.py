@@ -134,6 +134,8 @@ BAD = {
     "unknown compress what": (["--compress", "q8", "--compress-what", "grads"], "unknown compress_what 'grads'"),
     "error feedback on weights": (["--compress", "q8", "--error-feedback"], "use --compress-what update"),
     "update without a codec": (["--compress-what", "update"], "need a codec"),
+    "random-k with feedback": (["--compress", "randk", "--compress-what", "update", "--error-feedback"],
+                               "error feedback diverges"),
     "zero checkpoint cadence": (["--checkpoint-every", "0"], "checkpoint_every must be >= 1"),
     "zero kept checkpoints": (["--keep-checkpoints", "0"], "keep_checkpoints must be >= 1"),
     "decay outside training": (["--set", "optim.lr_decay_at=[1.5]"], "lr_decay_at must lie in (0, 1)"),
