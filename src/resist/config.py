@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .registry import (ALGORITHMS, AMP_MODES, BACKENDS, BN_DEFERRABLE, CODECS, COMPRESS_WHAT, COMPRESSIBLE, BN_EVAL_MODES,
-                       DATASETS, DEVICES, FOLDER_DATASETS, INNER_OPTIMIZERS, OUTER_STEPPED, PARTITIONS, RUNTIMES, STEMS)
+                       DATASETS, DEVICES, FOLDER_DATASETS, INNER_OPTIMIZERS, OUTER_STEPPED, PARTITIONS, RUNTIMES, STEMS,
+                       TASKS, TEXT_DATASETS)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -53,6 +54,9 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    task: str = "classification"
+    """What is learned (``resist.registry.TASKS``): ``classification`` of images, or ``lm``, the next byte
+    of text (a byte-level language model; metric: bits per byte)."""
     dataset: str = "cifar10"
     """The dataset (``resist.registry.DATASETS``; digits ship with scikit-learn, synthetic is for tests,
     imagefolder reads class-per-folder images from ``data_dir``/train and ``data_dir``/val)."""
@@ -81,6 +85,11 @@ class DataConfig:
     extra_test: tuple[str, ...] = ()
     """Image folders: extra test sets as NAME=DIR, each a class-per-folder tree whose folders are
     training class names or class indices (the ImageNet-V2 layout), evaluated beside the test set."""
+    context: int = 128
+    """Language modelling: bytes per training window (the model's context length)."""
+    text_bytes: int | None = None
+    """Language modelling: use at most this many bytes of each split (whole files in sorted order), for
+    quick runs; ``None``: the whole corpus."""
     skip_bad_images: bool = False
     """Image folders: skip (and count in summary.json) images that cannot be decoded, instead of
     stopping the run with the file's name."""
@@ -91,6 +100,12 @@ class DataConfig:
         _check(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
         _check(self.eval_limit is None or self.eval_limit >= 1, f"eval_limit must be >= 1, got {self.eval_limit}")
         _check(self.crop_size >= 8, f"crop_size must be >= 8, got {self.crop_size}")
+        _check(self.task in TASKS, f"unknown task {self.task!r}; choose one of: {', '.join(TASKS)}")
+        _check((self.task == "lm") == (self.dataset in TEXT_DATASETS),
+               f"task {self.task} cannot learn from dataset {self.dataset}: language modelling (--task lm) reads "
+               f"{' or '.join(TEXT_DATASETS)}, classification reads images")
+        _check(self.context >= 2, f"context must be >= 2, got {self.context}")
+        _check(self.text_bytes is None or self.text_bytes >= 1024, f"text_bytes must be >= 1024, got {self.text_bytes}")
         _check(self.loader_workers >= 0, f"loader_workers must be >= 0, got {self.loader_workers}")
         _check(not self.extra_test or self.dataset in FOLDER_DATASETS,
                f"extra test sets are class-per-folder image trees, read with --dataset "
@@ -309,6 +324,13 @@ class Config:
         _check(self.optim.inner == "sgd" or not (self.algo.carry_momentum or self.algo.name == "data_parallel"),
                "the adamw inner optimizer restarts with every round; it cannot carry its state "
                "(--carry-momentum, data_parallel): use --inner-optim sgd")
+        lm = self.data.task == "lm"
+        _check(lm == self.model.name.startswith("gpt"),
+               f"model {self.model.name} does not fit task {self.data.task}: language modelling takes a gpt_* model, "
+               "classification an image model")
+        _check(not lm or self.model.layers is None, "--layers shapes ResNets; gpt_char has its own depth: drop --layers")
+        _check(not lm or self.algo.name != "ensemble", "shallow ensembles are for classification; use another --algo")
+        _check(not lm or not self.run.channels_last, "channels-last is an image layout; drop --channels-last for --task lm")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -421,6 +443,23 @@ def cifar10_cpu_long() -> Config:
     return cfg
 
 
+def gpt_char_cpu() -> Config:
+    """A byte-level GPT on the Python standard library's sources, at CPU scale: 8 pre-norm blocks of
+    width 128 (about 1.6 M parameters), context 128, batch 32 per worker, AdamW (lr 2e-3, restarted each
+    round), 25 local steps per round, the first 4 MB of training text for one epoch, bits per byte on
+    the first 1,024 test windows every 4 rounds. Blocks 1-6 are partitioned (the first and last are
+    shared, as a ResNet's strided blocks are)."""
+    cfg = Config()
+    cfg.data.task, cfg.data.dataset = "lm", "pystdlib"
+    cfg.data.context, cfg.data.batch_size, cfg.data.text_bytes = 128, 32, 4_000_000
+    cfg.data.eval_limit, cfg.data.eval_batch_size = 1024, 64
+    cfg.model.name, cfg.model.width = "gpt_char", 0.5
+    cfg.optim.inner, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.epochs = "adamw", 2e-3, 0.01, 1
+    cfg.algo.local_iters = 25
+    cfg.run.eval_every = 4
+    return cfg
+
+
 def demo() -> Config:
     """A few minutes on 2 CPU cores: paper ResNet101 at 1/8 width, 4 workers, 0.6 epoch of CIFAR-10,
     evaluated on the first 2,000 test images."""
@@ -495,6 +534,7 @@ PRESETS: dict[str, Callable[[], Config]] = {
     "cifar10_cpu": cifar10_cpu,
     "cifar10_cpu_long": cifar10_cpu_long,
     "imagenet_resnet101_paper": imagenet_resnet101_paper,
+    "gpt_char_cpu": gpt_char_cpu,
     "demo": demo,
     "demo_digits": demo_digits,
     "smoke": smoke,

@@ -18,8 +18,13 @@ BN_EVAL_MODES = ("average", "batch", "recalibrate")
 RUNTIMES = ("inprocess", "dist")
 BACKENDS = ("gloo", "nccl")
 DEVICES = ("cpu", "cuda", "auto")
-#: In-memory datasets (CIFAR, digits, synthetic) and class-per-folder image trees streamed from disk.
-DATASETS = ("cifar10", "cifar100", "digits", "synthetic", "imagefolder")
+#: In-memory datasets (CIFAR, digits, synthetic), class-per-folder image trees streamed from disk, and
+#: text for language modelling (the Python standard library's sources, or a folder of text files).
+DATASETS = ("cifar10", "cifar100", "digits", "synthetic", "imagefolder", "pystdlib", "text")
+#: Datasets of bytes, for the language-modelling task.
+TEXT_DATASETS = ("pystdlib", "text")
+#: What a run learns (``resist.tasks``): image classes, or the next byte of text.
+TASKS = ("classification", "lm")
 #: Datasets whose images are files on disk, decoded in loader processes (``data/folder.py``).
 FOLDER_DATASETS = ("imagefolder",)
 #: ResNet stems: CIFAR's 3x3 stride-1 conv, or ImageNet's 7x7 stride-2 conv + 3x3 stride-2 max pool.

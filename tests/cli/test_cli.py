@@ -255,7 +255,7 @@ def test_readme_lists_what_the_registry_holds():
     vocab = {"--algo": tuple(registry.ALGORITHMS), "--partition": registry.PARTITIONS, "--stem": registry.STEMS,
              "--bn-eval": registry.BN_EVAL_MODES, "--dataset": registry.DATASETS, "--runtime": registry.RUNTIMES,
              "--backend": registry.BACKENDS, "--device": registry.DEVICES, "--amp": registry.AMP_MODES,
-             "--compress-what": registry.COMPRESS_WHAT}
+             "--compress-what": registry.COMPRESS_WHAT, "--task": registry.TASKS}
     for flag, names in vocab.items():
         found = re.findall(rf"`{flag} ([a-z0-9_]+(?:\|[a-z0-9_]+)+)`", readme)
         assert found, f"README lists no choices for {flag}"

@@ -102,10 +102,12 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
 
     CIFAR is looked for in ``data_dir`` (default ``./data``) and, if absent and ``download`` is true, fetched.
     ``synthetic`` takes ``n_train, n_test, num_classes, size, seed``; ``digits`` takes ``seed``;
-    ``imagefolder`` (a :class:`~resist.data.folder.FolderDataset`) takes ``crop_size, extra_test``.
+    ``imagefolder`` (a :class:`~resist.data.folder.FolderDataset`) takes ``crop_size, extra_test``;
+    ``pystdlib`` and ``text`` (a :class:`~resist.data.text.TextDataset`) take ``context, max_bytes``.
     """
     allowed = {"cifar10": set(), "cifar100": set(), "digits": {"seed"},
-               "synthetic": {"n_train", "n_test", "num_classes", "size", "seed"}, "imagefolder": {"crop_size", "extra_test"}}
+               "synthetic": {"n_train", "n_test", "num_classes", "size", "seed"}, "imagefolder": {"crop_size", "extra_test"},
+               "pystdlib": {"context", "max_bytes"}, "text": {"context", "max_bytes"}}
     if name not in allowed:
         raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if set(kw) - allowed[name]:
@@ -114,6 +116,11 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
         return _synthetic(**kw)
     if name == "digits":
         return _digits(**kw)
+    if name in ("pystdlib", "text"):
+        from .text import TextDataset, load_text
+
+        context = kw.pop("context", 128)
+        return TextDataset(load_text(None if name == "pystdlib" else data_dir or "data", **kw), context)
     if name == "imagefolder":
         from .folder import load_imagefolder
 

@@ -110,6 +110,9 @@ class TextStream:
                                f"{batch_size} x context {context}; lower --batch-size or the context")
         self.steps_per_epoch = steps_per_epoch(self.windows, world_size, batch_size)
 
+    def close(self) -> None:
+        """Nothing to stop (the windows are cut in this process)."""
+
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = batch_indices(self.windows, self.world_size, self.rank, step, self.batch_size, self.seed)
         epoch = step // self.steps_per_epoch
@@ -130,3 +133,32 @@ def text_eval_batches(data: torch.Tensor, context: int, batch_size: int,
         starts = torch.arange(lo, min(n, lo + batch_size)) * context
         rows = data[starts[:, None] + torch.arange(context + 1)].long()
         yield rows[:, :-1], rows[:, 1:]
+
+
+class TextDataset:
+    """A text corpus as the trainer takes datasets: ``train_stream`` / ``eval_sets`` over byte windows of
+    ``context`` tokens (targets: the next bytes), 256 outputs (the byte values)."""
+
+    classes = None
+    num_classes = 256
+
+    def __init__(self, corpus: TextCorpus, context: int):
+        self.corpus, self.context = corpus, context
+        self.name, self.source = corpus.name, corpus.source
+        self.test = corpus.test
+        if (len(corpus.test) - 1) // context < 1:
+            raise DatasetError(f"the test text has {len(corpus.test):,} bytes, fewer than one window of {context}")
+
+    @property
+    def n_train(self) -> int:
+        """Training examples per epoch: the non-overlapping windows."""
+        return (len(self.corpus.train) - 1) // self.context - 1
+
+    def train_stream(self, world_size: int, rank: int, batch_size: int, seed: int, augment: bool = True, *,
+                     device=None, loader_workers: int = 0, bad=None) -> "TextStream":
+        return TextStream(self.corpus.train, self.context, world_size, rank, batch_size, seed)
+
+    def eval_sets(self, batch_size: int, limit: int | None = None, *, device=None, loader_workers: int = 0,
+                  bad=None) -> dict:
+        """The test text's windows in order (its first ``limit`` windows)."""
+        return {"test": lambda: text_eval_batches(self.corpus.test, self.context, batch_size, limit)}

@@ -111,3 +111,12 @@ def resnet152(num_classes=10, width=1.0, **kwargs):
 @register_model
 def resnet200(num_classes=10, width=1.0, **kwargs):
     return resnet(num_classes, width, layers=(3, 24, 36, 3), **kwargs)
+
+
+# Byte-level GPT (models/gpt.py): width scales the embedding size (256 at width 1, in whole heads).
+@register_model
+def gpt_char(num_classes=256, width=1.0, *, depth=8, heads=4, context=128, **kwargs):
+    from resist.models.gpt import GPT
+
+    dim = max(1, round(64 * width)) * heads
+    return GPT(depth=depth, dim=dim, heads=heads, context=context, vocab=num_classes, **kwargs)

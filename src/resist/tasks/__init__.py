@@ -1,1 +1,164 @@
-"""Tasks beyond image classification: what data, head, loss and metrics a trainer needs for each."""
+"""Tasks: what a run learns, apart from how it is distributed.
+
+A task gives the trainer the loss of a batch, the evaluator of a model (``resist.algorithms.base.
+Evaluator``), the score a run is selected on and which way is better, and the fields an evaluation adds
+to metrics.jsonl and summary.json. Algorithms, runtimes, checkpoints and byte accounting never see it.
+The data a task reads comes from the dataset (``train_stream`` / ``eval_sets``), chosen by the config.
+
+* ``classification``: cross-entropy; top-1 and top-5 on the test set and any extra test sets; the best
+  top-1 is kept (``test_acc``, ``best_acc``).
+* ``lm``: next-byte cross-entropy over every position of a window; bits per byte on the test text; the
+  lowest is kept (``test_bpb``, ``best_bpb``).
+
+Detection (``resist.tasks.detection``) brings its own loss and evaluator for the same seam.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    loss: Callable[[torch.Tensor, Any], torch.Tensor]
+    """The training loss of a model's output on a batch's targets."""
+    evaluator: Callable[..., Any]
+    """(sets, recal, bn_eval, device) -> an Evaluator; ``sets``: name -> batches, the test set first."""
+    headline: str
+    """The score a run is selected on (a key of the evaluator's scores)."""
+    higher_is_better: bool
+    record: Callable[[dict[str, float], float], dict[str, Any]]
+    """An evaluation's fields in a metrics.jsonl row, given the scores and the best headline so far."""
+    summary: Callable[[list[dict[str, Any]]], dict[str, Any]]
+    """Fields for summary.json from the rows."""
+    describe: Callable[[dict[str, Any]], str]
+    """An evaluated metrics row in words, for the log."""
+
+    def better(self, score: float, best: float | None) -> bool:
+        return best is None or (score > best if self.higher_is_better else score < best)
+
+    @property
+    def worst(self) -> float:
+        """Where "best so far" starts."""
+        return -1.0 if self.higher_is_better else math.inf
+
+
+# ------------------------------------------------------------------------------------ classification
+def classification_record(scores: dict[str, float], best: float) -> dict[str, Any]:
+    """One evaluation in a metrics.jsonl row: test top-1 (``test_acc``, and the best so far) and top-5,
+    and each extra test set's under ``extra_test``."""
+    record: dict[str, Any] = {"test_acc": scores["test/top1"], "test_top5": scores["test/top5"], "best_acc": best}
+    extra = [k.split("/")[0] for k in scores if k.endswith("/top1") and k != "test/top1"]  # in the evaluator's order
+    if extra:
+        record["extra_test"] = {s: {"acc": scores[f"{s}/top1"], "top5": scores[f"{s}/top5"]} for s in extra}
+    return record
+
+
+def classification_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Top-5 and the extra test sets for summary.json, from the evaluated rows: final, best, and at the
+    evaluation where test top-1 was best (what a model selected on the test set scores elsewhere)."""
+    evaluated = [r for r in rows if r.get("test_acc") is not None]
+    best = {"best_acc": max((r["test_acc"] for r in evaluated), default=-1.0),
+            "final_acc": rows[-1].get("test_acc") if rows else None}
+    if not evaluated or "test_top5" not in evaluated[-1]:  # no evaluation, or rows of an older run
+        return best
+    at_best = max(evaluated, key=lambda r: r["test_acc"])  # the first of equals, as best_acc is kept
+    summary: dict[str, Any] = {**best, "final_top5": evaluated[-1]["test_top5"],
+                               "best_top5": max(r["test_top5"] for r in evaluated),
+                               "top5_at_best": at_best["test_top5"]}
+    if "extra_test" in evaluated[-1]:
+        summary["extra_test"] = {
+            s: {"final_acc": v["acc"], "final_top5": v["top5"], "best_acc": max(r["extra_test"][s]["acc"] for r in evaluated),
+                "acc_at_best": at_best["extra_test"][s]["acc"], "top5_at_best": at_best["extra_test"][s]["top5"]}
+            for s, v in evaluated[-1]["extra_test"].items()}
+    return summary
+
+
+
+def classification_words(record: dict[str, Any]) -> str:
+    extra = "".join(f"  {name} {v['acc']:6.2f}%" for name, v in record.get("extra_test", {}).items())
+    return (f"test {record['test_acc']:6.2f}% (top-5 {record['test_top5']:6.2f}%)  best {record['best_acc']:6.2f}%"
+            f"{extra}")
+
+
+def classification() -> Task:
+    from ..train.optim import Accuracy
+
+    def evaluator(sets, recal, bn_eval, device):
+        sets = dict(sets)
+        return Accuracy(sets.pop("test"), recal, bn_eval, device, extra=sets)
+
+    return Task("classification", F.cross_entropy, evaluator, "test/top1", True, classification_record,
+                classification_summary, classification_words)
+
+
+# ------------------------------------------------------------------------------------ language modelling
+def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over every position: (B, T, V) logits, (B, T) targets."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+
+class BitsPerByte:
+    """Test loss of a byte-level language model: mean next-byte cross-entropy over every position of
+    the test windows, in nats (``test/loss``) and in bits per byte (``test/bpb`` = nats / ln 2)."""
+
+    names = ("test/loss", "test/bpb")
+
+    def __init__(self, test: Callable[[], Iterable], device: torch.device) -> None:
+        self.test, self.device = test, device
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        model.eval()
+        logits, targets = [], []
+        for x, y in self.test():
+            logits.append(model(x.to(self.device)).float().cpu())
+            targets.append(y)
+        return {"test": (torch.cat(logits), torch.cat(targets))}
+
+    def score(self, outputs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+        logits, targets = outputs["test"]
+        nats = next_token_loss(logits, targets).item()
+        return {"test/loss": nats, "test/bpb": nats / math.log(2)}
+
+    @torch.no_grad()
+    def metric(self, model: nn.Module) -> dict[str, float]:
+        model.eval()
+        total, count = 0.0, 0
+        for x, y in self.test():
+            logits = model(x.to(self.device)).float()
+            total += F.cross_entropy(logits.flatten(0, 1), y.to(self.device).flatten(), reduction="sum").item()
+            count += y.numel()
+        return {"test/loss": total / count, "test/bpb": total / count / math.log(2)}
+
+
+def lm_record(scores: dict[str, float], best: float) -> dict[str, Any]:
+    return {"test_loss": scores["test/loss"], "test_bpb": scores["test/bpb"], "best_bpb": best}
+
+
+def lm_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    evaluated = [r for r in rows if r.get("test_bpb") is not None]
+    if not evaluated:
+        return {}
+    return {"final_bpb": evaluated[-1]["test_bpb"], "best_bpb": min(r["test_bpb"] for r in evaluated),
+            "final_test_loss": evaluated[-1]["test_loss"]}
+
+
+def language_model() -> Task:
+    return Task("lm", next_token_loss, lambda sets, recal, bn_eval, device: BitsPerByte(sets["test"], device),
+                "test/bpb", False, lm_record, lm_summary,
+                lambda r: f"test {r['test_bpb']:.4f} bits/byte  best {r['best_bpb']:.4f}")
+
+
+TASK_FACTORIES: dict[str, Callable[[], Task]] = {"classification": classification, "lm": language_model}
+
+
+def make_task(name: str) -> Task:
+    return TASK_FACTORIES[name]()

@@ -30,17 +30,16 @@ class MetricsWriter:
 
             self.bar = tqdm(total=progress_total, unit="round", dynamic_ncols=True, leave=False)
 
-    def write(self, record: dict[str, Any], summary: bool = False) -> None:
+    def write(self, record: dict[str, Any], evaluation: str | None = None) -> None:
+        """Append ``record``; ``evaluation`` (the task's words for the scores in it) makes a log line."""
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{record['loss']:.3f}")
-        if summary:
-            extra = "".join(f"  {name} {v['acc']:6.2f}%" for name, v in record.get("extra_test", {}).items())
+        if evaluation is not None:
             line = (f"round {record['round'] + 1:>5}  epoch {record['epoch']:6.2f}  loss {record['loss']:.4f}  "
-                    f"test {record['test_acc']:6.2f}% (top-5 {record['test_top5']:6.2f}%)  best {record['best_acc']:6.2f}%"
-                    f"{extra}  time {record['time_s']:8.1f}s  sent/worker {human_bytes(max(record['sent_bytes']))}")
+                    f"{evaluation}  time {record['time_s']:8.1f}s  sent/worker {human_bytes(max(record['sent_bytes']))}")
             if self.bar is not None:
                 self.bar.write(line)
             else:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -63,9 +63,11 @@ class Precision:
 FP32 = Precision("none", torch.device("cpu"))
 
 
-def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, lr: float,
-               after_backward: Callable[[], None], precision: Precision = FP32) -> torch.Tensor:
-    """One optimizer step of this rank's (sub-)network on its batch; returns the loss.
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y, lr: float,
+               after_backward: Callable[[], None], precision: Precision = FP32,
+               loss_fn: Callable[[torch.Tensor, Any], torch.Tensor] = F.cross_entropy) -> torch.Tensor:
+    """One optimizer step of this rank's (sub-)network on its batch; returns the loss (``loss_fn``, the
+    task's: cross-entropy for classification).
 
     Gradients are zeroed, not freed, so that an algorithm may keep them as views of its own buffers
     (data parallel's buckets); a zeroed gradient plus the new one is the new one, bit for bit. Data
@@ -74,7 +76,7 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
         g["lr"] = lr
     model.train()
     with precision.autocast():
-        loss = F.cross_entropy(model(x), y)
+        loss = loss_fn(model(x), y)
     opt.zero_grad(set_to_none=False)
     scaler = precision.scaler
     if scaler is None:

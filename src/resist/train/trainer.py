@@ -30,11 +30,12 @@ from ..data import BadImages, Dataset, DatasetError, FolderDataset, load_dataset
 from ..io import atomic_write_json, atomic_write_text
 from ..models import create_model
 from ..plan import candidate_blocks, validate
-from ..registry import FOLDER_DATASETS, algorithm_class
+from ..registry import FOLDER_DATASETS, TEXT_DATASETS, algorithm_class
 from ..faults import fire, from_env
 from . import checkpoint
 from .metrics import MetricsWriter
-from .optim import Accuracy, Precision, lr_at, make_optimizer, train_step
+from ..tasks import make_task
+from .optim import Precision, lr_at, make_optimizer, train_step
 
 log = logging.getLogger("resist")
 
@@ -56,6 +57,8 @@ def model_builder(cfg: Config, num_classes: int) -> Callable[[], torch.nn.Module
     extra = {"layers": cfg.model.layers} if cfg.model.layers is not None else {}
     if cfg.model.stem is not None:
         extra["stem"] = cfg.model.stem
+    if cfg.data.task == "lm":
+        extra["context"] = cfg.data.context
 
     def build() -> torch.nn.Module:
         with torch.device("meta"):
@@ -95,6 +98,8 @@ def load_data(cfg: Config, download: bool = False) -> Dataset | FolderDataset:
     d = cfg.data
     if d.dataset in FOLDER_DATASETS:
         return load_dataset(d.dataset, d.data_dir, crop_size=d.crop_size, extra_test=d.extra_tests)
+    if d.dataset in TEXT_DATASETS:
+        return load_dataset(d.dataset, d.data_dir, context=d.context, max_bytes=d.text_bytes)
     return load_dataset(d.dataset, d.data_dir, download=download)
 
 
@@ -188,12 +193,13 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
     plain = dataset.train_stream(comm.world_size, comm.rank, d.batch_size, cfg.run.seed + 1, augment=False, **loading)
     sets = dataset.eval_sets(d.eval_batch_size, d.eval_limit, **loading)
     recal = lambda: (plain.batch(k) for k in range(cfg.algo.recalib_batches))  # noqa: E731
-    evaluator = Accuracy(sets.pop("test"), recal, cfg.algo.bn_eval, device, extra=sets)
+    task = make_task(cfg.data.task)
+    evaluator = task.evaluator(sets, recal, cfg.algo.bn_eval, device)
     precision = Precision(cfg.run.amp, device)
     layout = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
     lead = comm.rank == 0
     ckpt_every = cfg.run.checkpoint_every or cfg.run.eval_every
-    progress = {"parallel_s": 0.0, "elapsed_s": 0.0, "best": -1.0, "best_time": 0.0}
+    progress = {"parallel_s": 0.0, "elapsed_s": 0.0, "best": task.worst, "best_time": 0.0}
     rows: list[dict[str, Any]] = []
     first_round = 0
     point = None
@@ -233,9 +239,11 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
         for step in range(first, min(first + cfg.algo.local_iters, sched.total_steps)):
             poisoned = fire(faults, comm.rank, r, step) if faults else False
             x, y = stream.batch(step)
-            x = x.to(device, non_blocking=True).contiguous(memory_format=layout)
+            x = x.to(device, non_blocking=True)
+            if x.dim() == 4:  # images: the configured memory layout
+                x = x.contiguous(memory_format=layout)
             loss = train_step(store.model, opt, x, y.to(device, non_blocking=True),
-                              lr_at(cfg.optim, step, sched.total_steps), algo.after_backward, precision)
+                              lr_at(cfg.optim, step, sched.total_steps), algo.after_backward, precision, task.loss)
             losses.append(loss * float("nan") if poisoned else loss)
         loss = torch.stack(losses).mean().item()
         compute_s = time.perf_counter() - t0 - (comm.idle_s - idle0)
@@ -261,8 +269,8 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
         acc = None
         if (r + 1) % cfg.run.eval_every == 0 or last:
             scores = algo.evaluate(evaluator)
-            acc = scores["test/top1"]
-            if acc > progress["best"]:
+            acc = scores[task.headline]
+            if task.better(acc, progress["best"]):
                 progress["best"], progress["best_time"] = acc, progress["parallel_s"]
         step = min(first + cfg.algo.local_iters, sched.total_steps)
         record = {
@@ -272,11 +280,11 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
             "time_s": progress["parallel_s"], "elapsed_s": time.perf_counter() - start,
             "sent_bytes": [int(v) for v in table[:, 3]], "recv_bytes": [int(v) for v in table[:, 4]],
             "messages": int(table[:, 5].max()),  # this round's, of the worker that sent the most
-            **(evaluation_record(scores, progress["best"]) if acc is not None else {}),
+            **(task.record(scores, progress["best"]) if acc is not None else {}),
         }
         rows.append(record)
         if writer:
-            writer.write(record, summary=acc is not None)
+            writer.write(record, task.describe(record) if acc is not None else None)
         if out and algo.checkpointable and ((r + 1) % ckpt_every == 0 or last):
             progress["elapsed_s"] = time.perf_counter() - start
             save_checkpoint(comm, algo, cfg, out, r + 1, step / sched.steps_per_epoch, progress, rows)
@@ -303,8 +311,7 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
         "resume": None if point is None else {
             "workers_before": point.workers_before, "epochs_before": point.epochs_before,
             "resumed_at_epoch": point.epoch, "epochs_after": end_epoch - point.epoch},
-        "best_acc": progress["best"], "final_acc": rows[-1].get("test_acc") if rows else None,
-        **evaluation_summary(rows),
+        **task.summary(rows),
         **({"skipped_images": skipped_images(comm, bad, dataset)} if d.skip_bad_images else {}),
         "time_s": progress["parallel_s"], "time_to_best_s": progress["best_time"],
         "elapsed_s": time.perf_counter() - start,
@@ -333,34 +340,6 @@ def same_data_everywhere(comm: Communicator, dataset: FolderDataset) -> None:
     if other is not None:
         raise DatasetError(f"rank {other} sees another image folder than rank 0 ({dataset.source} on rank "
                            f"{comm.rank}): other classes or another number of images; give every node the same tree")
-
-
-def evaluation_record(scores: dict[str, float], best: float) -> dict[str, Any]:
-    """One evaluation in a metrics.jsonl row: test top-1 (``test_acc``, and the best so far) and top-5,
-    and each extra test set's under ``extra_test``."""
-    record: dict[str, Any] = {"test_acc": scores["test/top1"], "test_top5": scores["test/top5"], "best_acc": best}
-    extra = [k.split("/")[0] for k in scores if k.endswith("/top1") and k != "test/top1"]  # in the evaluator's order
-    if extra:
-        record["extra_test"] = {s: {"acc": scores[f"{s}/top1"], "top5": scores[f"{s}/top5"]} for s in extra}
-    return record
-
-
-def evaluation_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Top-5 and the extra test sets for summary.json, from the evaluated rows: final, best, and at the
-    evaluation where test top-1 was best (what a model selected on the test set scores elsewhere)."""
-    evaluated = [r for r in rows if r.get("test_acc") is not None]
-    if not evaluated or "test_top5" not in evaluated[-1]:  # no evaluation, or rows of an older run
-        return {}
-    at_best = max(evaluated, key=lambda r: r["test_acc"])  # the first of equals, as best_acc is kept
-    summary: dict[str, Any] = {"final_top5": evaluated[-1]["test_top5"],
-                               "best_top5": max(r["test_top5"] for r in evaluated),
-                               "top5_at_best": at_best["test_top5"]}
-    if "extra_test" in evaluated[-1]:
-        summary["extra_test"] = {
-            s: {"final_acc": v["acc"], "final_top5": v["top5"], "best_acc": max(r["extra_test"][s]["acc"] for r in evaluated),
-                "acc_at_best": at_best["extra_test"][s]["acc"], "top5_at_best": at_best["extra_test"][s]["top5"]}
-            for s, v in evaluated[-1]["extra_test"].items()}
-    return summary
 
 
 def skipped_images(comm: Communicator, bad: BadImages, dataset) -> dict[str, Any]:
