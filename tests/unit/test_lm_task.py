@@ -3,6 +3,7 @@ bad combinations are refused; the task seam leaves classification alone (the gol
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -43,6 +44,8 @@ def test_registry_names_every_task():
 def test_gpt_learns_below_eight_bits_per_byte(tmp_path, corpus, algo):
     s = train(lm_cfg(tmp_path, **{"algo.name": algo, "run.max_rounds": 8}), corpus)
     assert s["best_bpb"] < 7.0  # uniform over 256 byte values is 8 bits
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert split["source"] == "python-stdlib" and split["train_files"] and split["test_files"]
     assert s["best_bpb"] == min(r["test_bpb"] for r in map(eval_row, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "test_bpb" in r)
     if algo == "resist":
         assert s["eval_scale"] == pytest.approx(0.5) and s["scaled_blocks"] == [1, 2, 3, 4, 5, 6]

@@ -149,6 +149,10 @@ class TextDataset:
         if (len(corpus.test) - 1) // context < 1:
             raise DatasetError(f"the test text has {len(corpus.test):,} bytes, fewer than one window of {context}")
 
+    def split_record(self) -> dict:
+        """What the run folder records (``split.json``): the corpus, its split by file, its bytes."""
+        return self.corpus.split_record()
+
     @property
     def n_train(self) -> int:
         """Training examples per epoch: the non-overlapping windows."""

@@ -502,6 +502,8 @@ def train(cfg: Config, dataset: Dataset | None = None, resume: bool | str = Fals
         resume = lead and checkpoint.latest(Path(cfg.run.out)) is not None
     ckpt = resume_point(cfg, Path(cfg.run.out), dataset) if resume and lead else None
     out = prepare_run_dir(cfg, resuming=ckpt is not None, classes=dataset.classes) if lead else Path(cfg.run.out)
+    if lead and hasattr(dataset, "split_record"):  # text: which files went to train and test
+        atomic_write_json(dataset.split_record(), out / "split.json")
     if lead:
         log.info("%s: %s on %d workers (%s), %s, run folder %s%s", cfg.algo.name, cfg.model.name,
                  cfg.algo.workers, cfg.run.runtime, dataset.source, out,
