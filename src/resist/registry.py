@@ -20,6 +20,7 @@ BACKENDS = ("gloo", "nccl")
 DEVICES = ("cpu", "cuda", "auto")
 DATASETS = ("cifar10", "cifar100", "digits", "synthetic")
 INNER_OPTIMIZERS = ("sgd", "adamw")
+LR_SCHEDULES = ("step", "cosine")
 AMP_MODES = ("none", "bf16", "fp16")
 #: What may travel compressed (paper Appendix A.5): none, 16-bit floats, k-bit quantization, sparsification.
 CODECS = ("none", "fp16", "bf16", *(f"q{k}" for k in range(1, 9)), "topk", "randk")
