@@ -1,0 +1,153 @@
+"""The partitionable-model protocol (resist.models.protocol) over every registered model; the model's own
+initialization surviving per-part seeded initialization; the checker failing on models that break it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from resist.algorithms.parts import init_model, init_part
+from resist.models import ProtocolError, check_model, create_model, list_models, residual_stack
+from resist.models.protocol import parameter_counts
+
+GENERIC = {"paper_resnet", "preact_resnet", "resnet"}
+
+
+def tiny_builder(name, **kwargs):
+    kwargs = {"width": 1 / 16, "num_classes": 5, **kwargs}
+    if name in GENERIC:
+        kwargs.setdefault("layers", (1, 2, 3, 1))
+    return lambda: create_model(name, **kwargs)
+
+
+def example_input(name):
+    """A batch the model takes: every registered model so far classifies images."""
+    return torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_implements_the_protocol(name):
+    check_model(tiny_builder(name), example_input(name))
+
+
+# --- the model's own initialization survives per-part initialization -----------------------------
+
+class TinyGPTBlocks(nn.Module):
+    """A pre-norm MLP stack with GPT-2's rule (Radford et al. 2019; nanoGPT): residual output
+    projections N(0, 0.02 / sqrt(2 depth)), other linears N(0, 0.02)."""
+
+    def __init__(self, depth=8, dim=16, num_classes=10, width=1.0):
+        super().__init__()
+        self.stem = nn.Linear(dim, dim)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 4 * dim), nn.GELU(),
+                                                  nn.Linear(4 * dim, dim)) for _ in range(depth))
+        for b in self.blocks:
+            b[3].is_residual_projection = True
+        self.head = nn.Linear(dim, num_classes)
+        self.partitionable = self.skippable = tuple(range(depth))
+        self.skip, self.scale = frozenset(), [1.0] * depth
+
+    def reset_part(self, module):
+        for m in module.modules():
+            if isinstance(m, nn.Linear):
+                std = 0.02 / math.sqrt(2 * len(self.blocks)) if getattr(m, "is_residual_projection", False) else 0.02
+                nn.init.normal_(m.weight, std=std)
+                nn.init.zeros_(m.bias)
+            elif hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+    def set_residual_scale(self, indices, c):
+        for i in indices:
+            self.scale[i] = float(c)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for i, b in enumerate(self.blocks):
+            if i not in self.skip:
+                x = x + self.scale[i] * b(x)
+        return self.head(x)
+
+
+def test_scaled_residual_projection_init_survives_init_part():
+    """Per-part seeded initialization calls the model's reset_part: the scaled projections keep their
+    std 0.02 / sqrt(16) = 0.005, where ``reset_parameters`` would give 1/sqrt(3 * 64) = 0.072."""
+    with torch.device("meta"):
+        m = TinyGPTBlocks(depth=8, dim=16)
+    init_model(m, seed=3)
+    proj = torch.cat([b[3].weight.flatten() for b in m.blocks])
+    fc = torch.cat([b[1].weight.flatten() for b in m.blocks])
+    assert abs(proj.std().item() - 0.005) < 0.0005
+    assert abs(fc.std().item() - 0.02) < 0.002
+    check_model(lambda: TinyGPTBlocks(depth=4, dim=8), torch.randn(3, 8))
+
+
+class _Gain(nn.Module):
+    """A module with a parameter and no reset_parameters: nothing initializes it by default."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return x * self.gain
+
+
+def test_a_parameter_left_uninitialized_is_an_error_naming_it():
+    with torch.device("meta"):
+        m = residual_stack(nn.Linear(4, 4), [nn.Sequential(nn.Linear(4, 4), _Gain(4))], nn.Linear(4, 2),
+                           partitionable=[], scale=lambda block, c: None)
+    with pytest.raises(ValueError, match=r"part 0: 1 tensor\(s\) left uninitialized.*'1.gain'"):
+        init_part(m, 0, seed=0)
+
+
+# --- the checker fails where it should -----------------------------------------------------------
+
+class _Broken(TinyGPTBlocks):
+    def __init__(self, flaw, **kw):
+        super().__init__(**kw)
+        self.flaw = flaw
+        if flaw == "outside":
+            self.extra = nn.Linear(2, 2)
+        if flaw == "unsorted":
+            self.partitionable = (2, 1)
+        if flaw == "transient":
+            self.blocks[0].register_buffer("mask", torch.ones(2), persistent=False)
+
+    def set_residual_scale(self, indices, c):
+        if self.flaw != "scale_ignored":
+            super().set_residual_scale(indices, c)
+
+    def forward(self, x):
+        if self.flaw == "skip_ignored":
+            self.skip = frozenset()
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("flaw,message", [
+    ("outside", "outside stem, blocks and head"), ("unsorted", "must be sorted"), ("transient", "non-persistent"),
+    ("scale_ignored", "differs from scaling|changes nothing"), ("skip_ignored", "must not touch skipped blocks")])
+def test_check_model_rejects_a_model_that_breaks_the_protocol(flaw, message):
+    with pytest.raises(ProtocolError, match=message):
+        check_model(lambda: _Broken(flaw, depth=3, dim=8), torch.randn(3, 8))
+
+
+# --- models named by import path ------------------------------------------------------------------
+
+def test_create_model_imports_module_colon_function():
+    m = create_model("resist.models:paper_resnet101", num_classes=3, width=1 / 16)
+    assert len(m.blocks) == 33
+    with pytest.raises(ValueError, match="cannot import model factory 'no_such_module:f'"):
+        create_model("no_such_module:f")
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        create_model("nope")
