@@ -30,7 +30,8 @@ class ModelConfig:
     name: str = "paper_resnet101"
     """Registry name of the architecture (``resist models`` lists them)."""
     width: float = 1.0
-    """Channel multiplier: 1.0 is the paper's width; 0.25 trains at CPU scale."""
+    """Size multiplier: a ResNet's channels (1.0 is the paper's width; 0.25 trains at CPU scale), a
+    ViT's embedding dimension."""
     num_classes: int | None = None
     """Output classes; ``None`` takes the dataset's."""
     layers: tuple[int, ...] | None = None

@@ -41,7 +41,71 @@ def test_every_registered_model_implements_the_protocol(name):
     check_model(tiny_builder(name), example_input(name))
 
 
+# --- vision transformers -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,expected", [("vit_tiny", 5_717_416), ("vit_small", 22_050_664)])
+def test_vit_parameter_counts_equal_timms_patch16_224(name, expected):
+    """timm's vit_tiny_patch16_224 and vit_small_patch16_224 (1000 classes) have exactly these counts."""
+    with torch.device("meta"):
+        m = create_model(name, num_classes=1000, stem="imagenet")
+    counts = parameter_counts(m)
+    assert counts["total"] == expected
+    assert len(m.blocks) == 12 and m.partitionable == tuple(range(1, 11)) and m.skippable == tuple(range(12))
+    assert counts["shared"] == expected - 10 * counts["block1"]
+
+
+def test_vit_width_scales_the_embedding_in_whole_heads_and_cifar_stem_uses_4_pixel_patches():
+    with torch.device("meta"):
+        m = create_model("vit_small", width=0.25)
+        assert m.dim == 96 and m.stem.proj.kernel_size == (4, 4) and m.stem.pos_embed.shape == (1, 65, 96)
+        assert create_model("vit_tiny", width=1 / 100).dim == 3  # at least one dimension per head
+        assert create_model("vit_tiny", pool="mean").stem.pos_embed.shape == (1, 64, 192)
+        m = create_model("vit_tiny", shared_first=2, shared_last=3)
+        assert m.partitionable == tuple(range(2, 9))
+
+
+@pytest.mark.parametrize("kwargs", [dict(width=0), dict(num_classes=0), dict(stem="big"), dict(pool="max"),
+                                    dict(patch_size=5), dict(shared_first=7, shared_last=6), dict(shared_last=-1),
+                                    dict(layers=(1, 1, 4, 1))])
+def test_vit_bad_arguments_raise_value_error(kwargs):
+    with pytest.raises(ValueError):
+        create_model("vit_tiny", **kwargs)
+
+
+def test_vit_residual_scale_multiplies_both_branches():
+    torch.manual_seed(0)
+    block = create_model("vit_tiny", width=1 / 16).blocks[3].eval()
+    x = torch.randn(2, 5, block.norm1.normalized_shape[0])
+    with torch.no_grad():
+        block.residual_scale = 0.3
+        h = x + 0.3 * block.attn(block.norm1(x))
+        expected = h + 0.3 * block.mlp(block.norm2(h))
+        assert torch.allclose(block(x), expected, atol=1e-6)
+        block.residual_scale = 0.0
+        assert torch.equal(block(x), x)
+
+
+def test_vit_runs_on_another_grid_by_resizing_position_embeddings():
+    m = create_model("vit_tiny", width=1 / 16, num_classes=3).eval()
+    with torch.no_grad():
+        for size in (32, 12, 8):
+            assert m(torch.randn(2, 3, size, size)).shape == (2, 3)
+
+
 # --- the model's own initialization survives per-part initialization -----------------------------
+
+def test_vit_initialization_survives_init_part():
+    """ViT linears are N(0, 0.02) (timm), not PyTorch's default (std 1/sqrt(3 fan_in) = 0.17 at dim 12)."""
+    with torch.device("meta"):
+        m = create_model("vit_tiny", width=1 / 16)
+    init_part(m, 5, seed=0)
+    init_part(m, "stem", seed=0)
+    w = torch.cat([m.blocks[5].attn.qkv.weight.flatten(), m.blocks[5].mlp.fc1.weight.flatten(),
+                   m.blocks[5].mlp.fc2.weight.flatten()])
+    assert abs(w.std().item() - 0.02) < 0.003
+    assert not m.blocks[5].mlp.fc1.bias.any()
+    assert abs(m.stem.pos_embed.std().item() - 0.02) < 0.004 and m.stem.cls_token.abs().max() < 1e-5
+
 
 class TinyGPTBlocks(nn.Module):
     """A pre-norm MLP stack with GPT-2's rule (Radford et al. 2019; nanoGPT): residual output
@@ -90,6 +154,16 @@ def test_scaled_residual_projection_init_survives_init_part():
     assert abs(proj.std().item() - 0.005) < 0.0005
     assert abs(fc.std().item() - 0.02) < 0.002
     check_model(lambda: TinyGPTBlocks(depth=4, dim=8), torch.randn(3, 8))
+
+
+def test_init_part_is_seeded_per_part():
+    with torch.device("meta"):
+        a, b = create_model("vit_tiny", width=1 / 16), create_model("vit_tiny", width=1 / 16)
+    init_part(a, 4, seed=7)
+    init_part(b, 4, seed=7)
+    assert torch.equal(a.blocks[4].attn.qkv.weight, b.blocks[4].attn.qkv.weight)
+    init_part(b, 4, seed=8)
+    assert not torch.equal(a.blocks[4].attn.qkv.weight, b.blocks[4].attn.qkv.weight)
 
 
 class _Gain(nn.Module):
@@ -145,8 +219,8 @@ def test_check_model_rejects_a_model_that_breaks_the_protocol(flaw, message):
 # --- models named by import path ------------------------------------------------------------------
 
 def test_create_model_imports_module_colon_function():
-    m = create_model("resist.models:paper_resnet101", num_classes=3, width=1 / 16)
-    assert len(m.blocks) == 33
+    m = create_model("resist.models:vit_tiny", num_classes=3, width=1 / 16)
+    assert len(m.blocks) == 12
     with pytest.raises(ValueError, match="cannot import model factory 'no_such_module:f'"):
         create_model("no_such_module:f")
     with pytest.raises(ValueError, match="unknown model 'nope'"):

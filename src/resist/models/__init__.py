@@ -1,7 +1,9 @@
 """Model registry (timm style): ``create_model(name, num_classes=10, width=1.0, **kwargs)``.
 
-Factories pass extra kwargs (``stem``, ``layers``, ``block``) through to :class:`ResNet`. Every model
-implements the partitionable-model protocol (:mod:`resist.models.protocol`); :func:`residual_stack` makes one from
+Factories pass extra kwargs through: ``stem``, ``layers``, ``block`` to :class:`ResNet`; ``stem``
+(``cifar``: 32x32 images in 4-pixel patches, ``imagenet``: 224x224 in 16-pixel ones), ``pool``,
+``depth``, ``shared_first`` / ``shared_last`` to :class:`VisionTransformer`. Every model implements the
+partitionable-model protocol (:mod:`resist.models.protocol`); :func:`residual_stack` makes one from
 user modules.
 """
 
@@ -15,8 +17,9 @@ from torch import nn
 from resist.models.protocol import ProtocolError, check_model
 from resist.models.resnet import ResNet
 from resist.models.stack import ResidualStack, ScaledResidual, residual_stack
+from resist.models.vit import STEMS, VisionTransformer
 
-__all__ = ["ProtocolError", "ResNet", "ResidualStack", "ScaledResidual", "check_model",
+__all__ = ["ProtocolError", "ResNet", "ResidualStack", "ScaledResidual", "VisionTransformer", "check_model",
            "create_model", "list_models", "register_model", "residual_stack"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -133,3 +136,23 @@ def resnet152(num_classes=10, width=1.0, **kwargs):
 def resnet200(num_classes=10, width=1.0, **kwargs):
     return resnet(num_classes, width, layers=(3, 24, 36, 3), **kwargs)
 
+
+# Vision transformers (Dosovitskiy et al. 2021), pre-norm, at the DeiT sizes (Touvron et al. 2021):
+# ViT-Ti 192-dim and 3 heads, ViT-S 384-dim and 6 heads, both 12 blocks with MLP ratio 4.
+def _vit(dim: int, heads: int, num_classes: int, width: float, stem: str, kwargs: dict) -> VisionTransformer:
+    if stem not in STEMS:
+        raise ValueError(f"stem must be one of {', '.join(STEMS)}, got {stem!r}")
+    if "layers" in kwargs:  # a preset's ResNet sections (the smoke preset sets them)
+        raise ValueError("a vision transformer has no ResNet sections (layers); unset them with "
+                         "--set model.layers=null")
+    return VisionTransformer(dim=dim, heads=heads, num_classes=num_classes, width=width, **{**STEMS[stem], **kwargs})
+
+
+@register_model
+def vit_tiny(num_classes=10, width=1.0, *, stem="cifar", **kwargs):
+    return _vit(192, 3, num_classes, width, stem, kwargs)
+
+
+@register_model
+def vit_small(num_classes=10, width=1.0, *, stem="cifar", **kwargs):
+    return _vit(384, 6, num_classes, width, stem, kwargs)
