@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from resist.algorithms.parts import init_model, init_part
-from resist.models import ProtocolError, check_model, create_model, list_models, residual_stack
+from resist.models import ProtocolError, ScaledResidual, check_model, create_model, list_models, residual_stack
 from resist.models.protocol import parameter_counts
 
 GENERIC = {"paper_resnet", "preact_resnet", "resnet"}
@@ -154,6 +154,36 @@ def test_scaled_residual_projection_init_survives_init_part():
     assert abs(proj.std().item() - 0.005) < 0.0005
     assert abs(fc.std().item() - 0.02) < 0.002
     check_model(lambda: TinyGPTBlocks(depth=4, dim=8), torch.randn(3, 8))
+
+
+class RuleBlock(nn.Module):
+    """GPT-2's rule written as the block's own ``reset_parameters`` (a module-level rule, no reset_part)."""
+
+    def __init__(self, dim, depth):
+        super().__init__()
+        self.depth, self.ln, self.fc, self.proj = depth, nn.LayerNorm(dim), nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+    def reset_parameters(self):
+        self.ln.reset_parameters()
+        nn.init.normal_(self.fc.weight, std=0.02)
+        nn.init.normal_(self.proj.weight, std=0.02 / math.sqrt(2 * self.depth))
+        nn.init.zeros_(self.fc.bias)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x):
+        return self.proj(torch.nn.functional.gelu(self.fc(self.ln(x))))
+
+
+def test_a_modules_own_reset_parameters_initializes_all_it_contains():
+    """Without reset_part, a block's reset_parameters is its whole initialization: its linears' defaults
+    (std 1/sqrt(3 * 64) = 0.072 for the projection) do not overwrite it afterwards."""
+    with torch.device("meta"):
+        m = residual_stack(nn.Linear(16, 16), [ScaledResidual(RuleBlock(16, 8)) for _ in range(8)], nn.Linear(16, 3),
+                           partitionable=range(8))
+    init_model(m, seed=0)
+    proj = torch.cat([b.branch.proj.weight.flatten() for b in m.blocks])
+    assert abs(proj.std().item() - 0.005) < 0.0005
+    assert abs(torch.cat([b.branch.fc.weight.flatten() for b in m.blocks]).std().item() - 0.02) < 0.002
 
 
 def test_init_part_is_seeded_per_part():

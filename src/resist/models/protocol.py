@@ -33,11 +33,13 @@ A model (an ``nn.Module``) exposes:
 ``reset_part(module)`` (optional)
     Initialize one part (``module`` is ``stem``, ``head`` or one block) in place, drawing from
     torch's global random generator, which the caller seeds per part: every rank creates any part
-    identically without communication (:func:`resist.algorithms.parts.init_part`). Model-specific
-    rules live here (a ViT's truncated-normal linears, a GPT's residual projections scaled by
-    1/sqrt(2 depth)), and so does any buffer the constructor computed (a causal mask, a rotary table),
-    since a ``meta`` build holds none; without it every submodule's ``reset_parameters`` runs. A part
-    left with an uninitialized floating-point tensor is an error.
+    identically without communication (:func:`init_part`). Model-specific rules live here (a ViT's
+    truncated-normal linears), and so does any buffer the constructor computed (a causal mask, a
+    rotary table), since a ``meta`` build holds none. Without it, :func:`reset_tree` runs: each
+    submodule's ``reset_parameters``, where a module that has one initializes all it contains, so a
+    module-level rule (a GPT block scaling its residual projections by 1/sqrt(2 depth)) is kept, not
+    overwritten by its linears' defaults. A part left with an uninitialized floating-point tensor is
+    an error.
 
 The model is built on the ``meta`` device (``with torch.device("meta"): create_model(...)``) and parts
 are materialized one at a time, so its constructor must not compute with its tensors. Registered
@@ -68,13 +70,27 @@ def _part_key(model: nn.Module, part: Part) -> int:
     return part + 1 if isinstance(part, int) else (0 if part == "stem" else len(model.blocks) + 1)
 
 
+def reset_tree(module: nn.Module, rule: Callable[[nn.Module], bool] | None = None) -> None:
+    """Initialize ``module`` and everything in it, top-down in registration order: a submodule that
+    ``rule`` initializes (it returns True), or else one with ``reset_parameters``, is initialized with
+    all it contains; below any other the search goes on. Where only leaves have ``reset_parameters``
+    (PyTorch's layers, the ResNets) this is every leaf's ``reset_parameters`` in ``modules()`` order."""
+    if rule is not None and rule(module):
+        return
+    if hasattr(module, "reset_parameters"):
+        module.reset_parameters()
+        return
+    for child in module.children():
+        reset_tree(child, rule)
+
+
 @torch.no_grad()
 def init_part(model: nn.Module, part: Part, seed: int, device: torch.device | str = "cpu") -> None:
     """Allocate ``part`` of ``model`` and give it its initialization, drawn on the CPU from a seed of
     its own: the same on every rank and device, whoever holds the part.
 
     The initialization is the model's own: its ``reset_part(module)`` where it defines one, else
-    ``reset_parameters`` of every submodule that has one (PyTorch's defaults, which the ResNets use).
+    :func:`reset_tree` (the modules' own ``reset_parameters``; PyTorch's defaults for the ResNets).
     A floating-point tensor that it leaves unset is an error rather than uninitialized memory: every
     one is filled with NaN before and checked after."""
     module = part_module(model, part)
@@ -91,12 +107,10 @@ def init_part(model: nn.Module, part: Part, seed: int, device: torch.device | st
         if reset is not None:
             reset(module)
         else:
-            for m in module.modules():
-                if hasattr(m, "reset_parameters"):
-                    m.reset_parameters()
+            reset_tree(module)
     unset = [n for n, t in floats() if not bool(torch.isfinite(t).all())]
     if unset:
-        how = "its reset_part(module)" if reset is not None else "the reset_parameters() of its submodules"
+        how = "its reset_part(module)" if reset is not None else "the reset_parameters() of its modules"
         raise ValueError(f"{type(model).__name__} part {part!r}: {len(unset)} tensor(s) left uninitialized by "
                          f"{how}, first {unset[0]!r}; give the model a reset_part(module) that sets them")
     module.to(device)

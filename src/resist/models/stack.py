@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from .protocol import reset_tree
+
 
 class ScaledResidual(nn.Module):
     """``post(shortcut(x) + c * branch(x))``: a residual block from its branch f (and, optionally, a
@@ -90,13 +92,11 @@ class ResidualStack(nn.Module):
             self._set_scale = set_ends
 
     def reset_part(self, module: nn.Module) -> None:
-        """The user's initialization of one part where given, else PyTorch's defaults (the protocol's)."""
+        """The user's initialization of one part where given, else the modules' own (the protocol's)."""
         if self._init is not None:
             self._init(module)
-            return
-        for m in module.modules():
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+        else:
+            reset_tree(module)
 
     def set_residual_scale(self, indices: Iterable[int], c: float) -> None:
         for i in indices:
@@ -127,7 +127,8 @@ def residual_stack(stem: nn.Module, blocks: Iterable[nn.Module], head: nn.Module
             blocks have ``residual_scale``), the name(s) of the submodule(s) that end the branch, or a
             function ``(block, c)``. Only skippable blocks are ever scaled.
         init: ``init(module)`` initializes one part (the stem, the head or one block) in place from
-            torch's global generator, seeded per part; ``None``: PyTorch's defaults. Give the model's
+            torch's global generator, seeded per part; ``None``: the modules' own ``reset_parameters``
+            (:func:`resist.models.protocol.reset_tree`). Give the model's
             own initialization here: what its constructor did is not kept, because ranks build the model
             on the ``meta`` device and initialize each part they hold from its own seed.
 

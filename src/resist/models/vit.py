@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .protocol import reset_tree
+
 #: ``stem`` -> image size and patch size: 4-pixel patches of 32x32 CIFAR images (an 8x8 grid, as ViT
 #: variants trained on CIFAR from scratch use), 16-pixel patches of 224x224 ImageNet images (the ViT
 #: paper's /16 models, a 14x14 grid).
@@ -39,8 +41,9 @@ class PatchStem(nn.Module):
         self.pos_embed = nn.Parameter(torch.empty(1, self.grid**2 + int(class_token), dim))
 
     def reset_parameters(self) -> None:
-        """timm's ``VisionTransformer.init_weights``: position embeddings N(0, 0.02) truncated, class token
-        N(0, 1e-6); the patch projection keeps PyTorch's default (its own ``reset_parameters``)."""
+        """timm's ``VisionTransformer.init_weights``: the patch projection PyTorch's default, position
+        embeddings N(0, 0.02) truncated, class token N(0, 1e-6)."""
+        self.proj.reset_parameters()
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
@@ -176,13 +179,16 @@ class VisionTransformer(nn.Module):
     def reset_part(self, module: nn.Module) -> None:
         """timm's ViT initialization (``init_weights_vit_timm``) of one part: every linear layer
         N(0, 0.02) truncated with a zero bias; everything else its own ``reset_parameters`` (LayerNorm
-        to 1 and 0, the stem's embeddings and patch projection as :class:`PatchStem` says)."""
-        for m in module.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
-            elif hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+        to 1 and 0, the stem as :class:`PatchStem` says)."""
+
+        def linear(m: nn.Module) -> bool:
+            if not isinstance(m, nn.Linear):
+                return False
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+            return True
+
+        reset_tree(module, linear)
 
     def set_residual_scale(self, indices: Iterable[int], c: float) -> None:
         """Multiply both residual branches of the given blocks by ``c`` (§2.6)."""
