@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "results"
+# The library beside these scripts is the one measured, installed or not.
+sys.path.insert(0, str(ROOT / "src"))
 
 
 def git(*args: str) -> str:

@@ -116,9 +116,10 @@ def outer_table(runs: list[dict]) -> list[str]:
 
 # Compression (paper Appendix A.5, Table 9, Fig. 8), at 4 workers as the paper's Fig. 8. Most telling first,
 # so a suite cut short still has them; ``True`` marks the main points, run with every seed of --seeds (the
-# rest with the first seed only). Sparsification keeps 25% of the *update* with error feedback: the paper
-# keeps 25% of the weights it sends, which says nothing about the other 75%; a dropped update entry keeps
-# the round-start value and its residual is sent later, which is the reading that can train.
+# rest with the first seed only). Sparsification keeps 25% of the *update* (top-k with error feedback;
+# random-k, rescaled by 4 to stay unbiased, cannot take error feedback): the paper keeps 25% of the
+# weights it sends, which says nothing about the other 75%; a dropped update entry keeps the round-start
+# value (and with top-k its residual is sent later), which is the reading that can train.
 UPDATE_EF = ["--compress-what", "update", "--error-feedback"]
 COMPRESSION = [
     ("ResIST", True, ["--algo", "resist"]),
@@ -131,9 +132,10 @@ COMPRESSION = [
     ("ResIST, weights q6", False, ["--algo", "resist", "--compress", "q6"]),
     ("ResIST, weights q5", False, ["--algo", "resist", "--compress", "q5"]),
     ("ResIST, update top-25% + EF", False, ["--algo", "resist", "--compress", "topk", *UPDATE_EF]),
-    ("ResIST, update random-25% + EF", False, ["--algo", "resist", "--compress", "randk", *UPDATE_EF]),
+    ("ResIST, update random-25%", False, ["--algo", "resist", "--compress", "randk", "--compress-what", "update"]),
     ("local SGD, update q8 + EF", False, ["--algo", "local_sgd", "--compress", "q8", *UPDATE_EF]),
     ("data parallel", False, ["--algo", "data_parallel"]),
+    ("data parallel, gradients q8 + EF", False, ["--algo", "data_parallel", "--compress", "q8", "--error-feedback"]),
 ]
 
 
@@ -164,6 +166,15 @@ def compress_table(runs: list[dict]) -> list[str]:
                      f"{spread([r['final_acc'] for r in group])} | {spread([r['sent_mb'] for r in group])} | "
                      f"{spread(ratios) if ratios else '-'} |")
     return lines
+
+
+def compress_figure(runs: list[dict], out: Path) -> Path:
+    """Paper Fig. 8: test accuracy against cumulative bytes per worker (log scale), the first seed's runs."""
+    from resist.analysis.plot import plot_runs, read_run
+
+    first = [r for r in runs if r["seed"] == runs[0]["seed"]]
+    return plot_runs([read_run(r["dir"], need_eval=True) for r in first], [r["label"] for r in first], out,
+                     log_bytes=True)
 
 
 def ablation_specs(seeds: list[int]) -> list[Spec]:
@@ -383,6 +394,8 @@ def main() -> None:
         lines += ["## Outer optimization (DiLoCo) against plain averaging\n", *outer_table(outer_runs), ""]
     if compress_runs:
         lines += [f"## Compression (paper Table 9), {compress_runs[0]['workers']} workers\n", *compress_table(compress_runs), ""]
+        fig = compress_figure(compress_runs, OUT / f"{args.name}_fig8.png")
+        lines += [f"Fig. 8 (seed {compress_runs[0]['seed']}, every variant): [{fig.name}]({fig.name})\n"]
     if main_runs:
         lines += ["## PROJECTION (not a measurement): whole runs on 1, 10 and 100 Gbit/s links\n",
                   "Measured compute time plus each round's bytes (the slowest worker's larger direction, sent or received) over the link, 50 us per "

@@ -97,7 +97,7 @@ def run(algo: str, workers: int, mbit: float | None, args, out: Path) -> dict:
             cmd = ["ip", "netns", "exec", ns, "taskset", "-c", str(core), sys.executable, "-m", "resist.cli", "train",
                    args.preset, "--algo", algo, "--workers", str(workers), "--runtime", "dist", "--backend", "gloo",
                    "--data-dir", args.data_dir, "--out", str(out), "--seed", str(args.seed), "--timeout", "1800",
-                   *(["--max-rounds", str(args.max_rounds)] if args.max_rounds else [])]
+                   *(["--max-rounds", str(args.max_rounds)] if args.max_rounds else []), *args.extra]
             procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
         errors = [p.communicate()[1] for p in procs]
         if any(p.returncode for p in procs):
@@ -136,7 +136,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--runs", default="runs/rate_limited")
     ap.add_argument("--name", default="rate_limited")
+    ap.add_argument("--algos", nargs="+", choices=ALGOS, default=list(ALGOS))
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="skip a rate-limited run whose projection exceeds this many seconds (say so in the table)")
+    ap.add_argument("extra", nargs="*", help="more `resist train` flags for every run, after --")
     args = ap.parse_args()
+    if "local_sgd" not in args.algos:
+        raise SystemExit("rate_limited: local_sgd sets the link rates and the target; keep it in --algos")
     if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("tc"):
         print("rate_limited: needs root and iproute2 (ip, tc) to make network namespaces; nothing was run")
         return
@@ -151,17 +157,26 @@ def main() -> None:
     runs_dir, results = Path(args.runs), []
     for w in args.workers:
         # Unlimited links first: they calibrate the rates and are what the projection starts from.
-        free = {algo: run(algo, w, None, args, runs_dir / f"{algo}_w{w}_unlimited") for algo in ALGOS}
+        algos = [a for a in ALGOS if a in args.algos]
+        free = {algo: run(algo, w, None, args, runs_dir / f"{algo}_w{w}_unlimited") for algo in algos}
         compute, _, nbytes = per_round(free["local_sgd"]["rows"])
         for ratio in args.ratios:
             mbit = round(nbytes * 8 / (ratio * compute) / 1e6, 3)
+            projected = dict(zip(algos, compare([project_run(free[a]["rows"], a, [mbit / 1e3], args.delay_ms * 1e3, a)
+                                                 for a in algos])))
             group = {}
-            for algo in ALGOS:
+            for algo in algos:
+                guess = projected[algo].projected_s[mbit / 1e3]
+                if args.budget_s is not None and guess > args.budget_s:
+                    print(f"[rate_limited] {algo} w{w} {mbit} Mbit/s skipped: projected {guess:.0f} s", flush=True)
+                    results.append({"workers": w, "ratio": ratio, "mbit": mbit, "algo": algo, "skipped": True,
+                                    "projected_s": guess})
+                    continue
                 group[algo] = run(algo, w, mbit, args, runs_dir / f"{algo}_w{w}_r{ratio:g}")
                 print(f"[rate_limited] {algo} w{w} {mbit} Mbit/s: {per_round(group[algo]['rows'])}", flush=True)
             target = group["local_sgd"]["summary"]["best_acc"] - 1.0
-            projected = compare([project_run(free[a]["rows"], a, [mbit / 1e3], args.delay_ms * 1e3, a) for a in ALGOS])
-            for algo, proj in zip(ALGOS, projected):
+            for algo in group:
+                proj = projected[algo]
                 c, wall, b = per_round(group[algo]["rows"])
                 results.append({"workers": w, "ratio": ratio, "mbit": mbit, "algo": algo,
                                 "compute_per_round_s": c, "wall_per_round_s": wall, "bytes_per_round": b,
@@ -173,7 +188,9 @@ def main() -> None:
            "library": describe_library(start, library_state()), "cores": len(os.sched_getaffinity(0))}
     lines = [f"# MEASURED over rate-limited links ({args.name})\n",
              f"`sudo python bench/rate_limited.py --preset {args.preset} --workers {' '.join(map(str, args.workers))} "
-             f"--ratios {' '.join(f'{r:g}' for r in args.ratios)} --delay-ms {args.delay_ms:g}` ({env['date']}, "
+             f"--ratios {' '.join(f'{r:g}' for r in args.ratios)} --delay-ms {args.delay_ms:g} --algos {' '.join(args.algos)}"
+             f"{f' --max-rounds {args.max_rounds}' if args.max_rounds else ''}"
+             f"{f' --budget-s {args.budget_s:g}' if args.budget_s else ''}{' -- ' + ' '.join(args.extra) if args.extra else ''}` ({env['date']}, "
              f"library {env['library']}, {env['cores']} cores). Each rank in its own network namespace, one core "
              "each, htb egress limit. Projected = `resist project` of the same run on unlimited links (its "
              "compute and bytes) at that rate; the projection is wrong by the error column.\n",
@@ -181,6 +198,10 @@ def main() -> None:
              "projected run (s) | projection error | best acc (%) | time to target (s) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
+        if r.get("skipped"):
+            lines.append(f"| {r['workers']} | {r['mbit']:g} | {r['ratio']:g}x | {r['algo']} | not run: projected "
+                         f"{r['projected_s']:.0f} s, over --budget-s | | {r['projected_s']:.1f} | | | |")
+            continue
         err = (r["projected_s"] - r["measured_s"]) / r["measured_s"]
         ttt = f"{r['time_to_target_s']:.1f}" if r["time_to_target_s"] is not None else "not reached"
         lines.append(f"| {r['workers']} | {r['mbit']:g} | {r['ratio']:g}x | {r['algo']} | {r['wall_per_round_s']:.2f} | "

@@ -36,7 +36,8 @@ class _Parser(argparse.ArgumentParser):
 
 # A training flag for every config field, named after it (``--local-iters`` sets ``algo.local_iters``)
 # except where a shorter name reads better; its help is the field's docstring and its type the field's
-# own, so a new field needs one edit: the field. Booleans get ``--x`` / ``--no-x``.
+# own, so a new field needs one edit: the field. Booleans get ``--x`` / ``--no-x``; a tuple of strings is
+# a repeatable flag (``--extra-test A=DIR --extra-test B=DIR``), a tuple of numbers one comma-separated value.
 FLAG_NAMES = {"algo.name": "--algo", "model.name": "--model", "optim.inner": "--inner-optim",
               "algo.scale_activations": "--scale", "run.out": "--out"}
 # Fields whose values are a registry's vocabulary: the help lists it.
@@ -44,7 +45,8 @@ CHOICES = {"algo.name": registry.ALGORITHMS, "algo.partition": registry.PARTITIO
            "algo.bn_eval": registry.BN_EVAL_MODES, "data.dataset": registry.DATASETS, "run.runtime": registry.RUNTIMES,
            "run.backend": registry.BACKENDS, "run.device": registry.DEVICES, "optim.inner": registry.INNER_OPTIMIZERS,
            "run.amp": registry.AMP_MODES, "algo.compress": registry.CODECS,
-           "algo.compress_what": registry.COMPRESS_WHAT, "optim.lr_schedule": registry.LR_SCHEDULES}
+           "algo.compress_what": registry.COMPRESS_WHAT, "model.stem": registry.STEMS,
+           "optim.lr_schedule": registry.LR_SCHEDULES}
 
 
 def _numbers(kind: type) -> Callable[[str], tuple]:
@@ -61,6 +63,7 @@ class Flag:
     key: str
     type: Any  # a parser for the value, or bool for a --x / --no-x switch
     help: str
+    repeat: bool = False  # given once per value, collected into a tuple
 
 
 def train_flags() -> list[Flag]:
@@ -75,14 +78,17 @@ def train_flags() -> list[Flag]:
             hint = hints[f.name]
             args = [a for a in typing.get_args(hint) if a is not type(None)]
             base = args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
-            if typing.get_origin(base) is tuple:
+            repeat = False
+            if typing.get_origin(base) is tuple and typing.get_args(base)[0] is str:
+                kind, repeat = str, True
+            elif typing.get_origin(base) is tuple:
                 kind = _numbers(typing.get_args(base)[0])
             else:
                 kind = base
             help_ = docs[key].split(". ")[0].rstrip(".").replace("``", "'")
             if key in CHOICES:
                 help_ += f" [{'|'.join(CHOICES[key])}]"
-            flags.append(Flag(FLAG_NAMES.get(key, "--" + f.name.replace("_", "-")), key, kind, help_))
+            flags.append(Flag(FLAG_NAMES.get(key, "--" + f.name.replace("_", "-")), key, kind, help_, repeat))
     names = [f.name for f in flags]
     assert len(names) == len(set(names)), "two config fields map to one flag"
     return flags
@@ -119,7 +125,7 @@ def build_config(args: argparse.Namespace) -> Config:
     for flag in train_flags():
         value = getattr(args, flag.name[2:].replace("-", "_"))
         if value is not None:
-            overrides[flag.key] = value
+            overrides[flag.key] = tuple(value) if flag.repeat else value
     for item in args.set or []:
         key, sep, text = item.partition("=")
         if not sep:
@@ -140,6 +146,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     for flag in train_flags():
         if flag.type is bool:
             p.add_argument(flag.name, action=argparse.BooleanOptionalAction, default=None, help=flag.help)
+        elif flag.repeat:
+            p.add_argument(flag.name, action="append", default=None, help=flag.help + " (repeatable)")
         else:
             p.add_argument(flag.name, type=flag.type, default=None, help=flag.help)
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="any other config field")
@@ -200,7 +208,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from .analysis.plot import default_output, labels_for, plot_runs, read_run
 
     runs = [read_run(d, need_eval=True) for d in args.run_dirs]
-    out = plot_runs(runs, labels_for(runs, _run_labels(args.labels)), args.out or default_output(args.run_dirs))
+    out = plot_runs(runs, labels_for(runs, _run_labels(args.labels)), args.out or default_output(args.run_dirs),
+                    log_bytes=args.log_bytes)
     print(out)
     return 0
 
@@ -268,6 +277,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="output file (default RUN_DIR/accuracy.png, or RUN_DIR/../accuracy.png for several runs)")
     p.add_argument("--labels", default=None, metavar="A,B,...",
                    help="one legend label per run (default: algo S=workers)")
+    p.add_argument("--log-bytes", action="store_true", help="communication axis on a log scale (paper Fig. 8)")
     p.set_defaults(fn=cmd_plot)
     p = sub.add_parser("project", help="PROJECTION of each run's wall-clock time at other link speeds")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (with metrics.jsonl); speed-ups are "

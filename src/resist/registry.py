@@ -18,7 +18,13 @@ BN_EVAL_MODES = ("average", "batch", "recalibrate")
 RUNTIMES = ("inprocess", "dist")
 BACKENDS = ("gloo", "nccl")
 DEVICES = ("cpu", "cuda", "auto")
-DATASETS = ("cifar10", "cifar100", "digits", "synthetic")
+#: In-memory datasets (CIFAR, digits, synthetic) and class-per-folder image trees streamed from disk.
+DATASETS = ("cifar10", "cifar100", "digits", "synthetic", "imagefolder")
+#: Datasets whose images are files on disk, decoded in loader processes (``data/folder.py``).
+FOLDER_DATASETS = ("imagefolder",)
+#: Stems: CIFAR's 3x3 stride-1 conv, or ImageNet's 7x7 stride-2 conv + 3x3 stride-2 max pool (ResNets);
+#: 4-pixel patches of 32x32 images, or 16-pixel patches of 224x224 ones (ViTs).
+STEMS = ("cifar", "imagenet")
 INNER_OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("step", "cosine")
 AMP_MODES = ("none", "bf16", "fp16")
@@ -26,9 +32,11 @@ AMP_MODES = ("none", "bf16", "fp16")
 CODECS = ("none", "fp16", "bf16", *(f"q{k}" for k in range(1, 9)), "topk", "randk")
 COMPRESS_WHAT = ("weights", "update")
 #: Algorithms that can send their synchronization compressed.
-COMPRESSIBLE = ("resist", "local_sgd")
+COMPRESSIBLE = ("resist", "local_sgd", "data_parallel")
 #: Algorithms whose rounds end in an average of the parts, which an outer optimizer can step.
 OUTER_STEPPED = ("resist", "local_sgd")
+#: Algorithms that can average BatchNorm statistics less often than the parameters (``bn_sync_every``).
+BN_DEFERRABLE = ("resist", "local_sgd")
 
 
 def algorithm_class(name: str) -> type:

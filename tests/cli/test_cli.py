@@ -128,10 +128,14 @@ BAD = {
     "unknown codec": (["--compress", "q9"], "unknown codec 'q9'"),
     "zero keep fraction": (["--compress", "topk", "--keep-fraction", "0"], "keep_fraction must be in (0, 1]"),
     "zero chunk": (["--compress", "q4", "--chunk", "0"], "chunk must be >= 1"),
-    "compressed data parallel": (["--algo", "data_parallel", "--compress", "q8"], "not data_parallel"),
+    "compressed ensemble": (["--algo", "ensemble", "--compress", "q8"], "not ensemble"),
+    "data parallel update": (["--algo", "data_parallel", "--compress", "q8", "--compress-what", "update"],
+                             "compresses its gradients: drop --compress-what"),
     "unknown compress what": (["--compress", "q8", "--compress-what", "grads"], "unknown compress_what 'grads'"),
     "error feedback on weights": (["--compress", "q8", "--error-feedback"], "use --compress-what update"),
     "update without a codec": (["--compress-what", "update"], "need a codec"),
+    "random-k with feedback": (["--compress", "randk", "--compress-what", "update", "--error-feedback"],
+                               "error feedback diverges"),
     "zero checkpoint cadence": (["--checkpoint-every", "0"], "checkpoint_every must be >= 1"),
     "zero kept checkpoints": (["--keep-checkpoints", "0"], "keep_checkpoints must be >= 1"),
     "decay outside training": (["--set", "optim.lr_decay_at=[1.5]"], "lr_decay_at must lie in (0, 1)"),
@@ -141,6 +145,17 @@ BAD = {
     "zero classes": (["--num-classes", "0"], "num_classes must be >= 1"),
     "bad port": (["--master-port", "70000"], "master_port must be a TCP port"),
     "unknown dataset": (["--dataset", "mnist"], "mnist"),
+    "unknown stem": (["--stem", "vit"], "unknown stem 'vit'"),
+    "zero bn sync": (["--bn-sync-every", "0"], "bn_sync_every must be >= 1"),
+    "bn sync of data parallel": (["--algo", "data_parallel", "--bn-sync-every", "2"], "data_parallel has no round average"),
+    "extra test of in-memory data": (["--extra-test", "v2=/tmp"], "read with --dataset imagefolder, not synthetic"),
+    "extra test without a folder": (["--dataset", "imagefolder", "--extra-test", "v2"], "extra_test takes NAME=DIR"),
+    "extra test named test": (["--dataset", "imagefolder", "--extra-test", "test=/x"], "and not 'test'"),
+    "extra test twice": (["--dataset", "imagefolder", "--extra-test", "a=/x", "--extra-test", "a=/y"], "given twice"),
+    "tiny crop": (["--crop-size", "4"], "crop_size must be >= 8"),
+    "negative loader workers": (["--loader-workers", "-1"], "loader_workers must be >= 0"),
+    "no image folder": (["--dataset", "imagefolder", "--data-dir", "/nonexistent/imagenet"],
+                        "image folder /nonexistent/imagenet does not exist"),
 }
 if not torch.cuda.is_available():
     BAD["cuda without cuda"] = (["--device", "cuda"], "CUDA is not available")
@@ -239,7 +254,7 @@ def test_readme_lists_what_the_registry_holds():
     from resist import registry
 
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    vocab = {"--algo": tuple(registry.ALGORITHMS), "--partition": registry.PARTITIONS,
+    vocab = {"--algo": tuple(registry.ALGORITHMS), "--partition": registry.PARTITIONS, "--stem": registry.STEMS,
              "--bn-eval": registry.BN_EVAL_MODES, "--dataset": registry.DATASETS, "--runtime": registry.RUNTIMES,
              "--backend": registry.BACKENDS, "--device": registry.DEVICES, "--amp": registry.AMP_MODES,
              "--compress-what": registry.COMPRESS_WHAT, "--lr-schedule": registry.LR_SCHEDULES}
@@ -267,3 +282,59 @@ def test_every_config_field_is_a_flag_with_its_docstring_as_help(capsys):
     assert rc == 0 and cfg["algo"]["local_iters"] == 7 and cfg["data"]["augment"] is False
     assert cfg["optim"]["lr_decay_at"] == [0.3, 0.6] and cfg["algo"]["outer_nesterov"] is False
     assert cfg["data"]["eval_limit"] == 5
+
+
+# --- image folders --------------------------------------------------------------------------------
+
+def _folder_args(tree, out, *extra):
+    return ["train", "smoke", "--dataset", "imagefolder", "--data-dir", str(tree), "--crop-size", "16",
+            "--loader-workers", "0", "--batch-size", "8", "--workers", "2", "--local-iters", "2", "--max-rounds", "2",
+            "--eval-every", "1", "--out", str(out), *extra]
+
+
+def _empty(folder):
+    for f in folder.iterdir():
+        f.unlink()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda t: (t / "train").rename(t / "tr"), "has no train/ folder"),
+    (lambda t: _empty(t / "train" / "cat"), "train/cat has no images"),
+    (lambda t: (t / "val" / "dog").rename(t / "val" / "wolf"), "classes that"),
+    (lambda t: (t / "train" / "ant" / "notes.txt").write_text("ignored, as image-folder loaders do"), None),
+])
+def test_bad_image_trees_one_line_exit_2_nothing_written(capsys, image_tree, tmp_path, damage, message):
+    damage(image_tree)
+    out = tmp_path / "run"
+    rc, _, err = run(capsys, *_folder_args(image_tree, out))
+    if message is None:  # a non-image file is no error
+        assert rc == 0 and (out / "summary.json").is_file()
+        return
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_extra_test_set_with_unknown_classes(capsys, image_tree, tree_writer, tmp_path):
+    _, index_layout = tree_writer
+    v2 = index_layout(image_tree / "val", tmp_path / "v2")
+    (v2 / "3").rename(v2 / "12")
+    rc, _, err = run(capsys, *_folder_args(image_tree, tmp_path / "run", "--extra-test", f"mf={v2}"))
+    assert rc == 2 and "extra test set mf" in err and "'12'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("runtime", ["inprocess", "dist"])
+def test_unreadable_image_names_the_file_exit_2_files_whole(capsys, image_tree, tmp_path, runtime):
+    bad = image_tree / "train" / "dog" / "0005.jpg"
+    bad.write_bytes(bad.read_bytes()[:200])
+    out = tmp_path / "run"
+    rc, _, err = run(capsys, *_folder_args(image_tree, out, "--runtime", runtime, "--max-rounds", "8",
+                                           "--eval-every", "1", "--timeout", "60"))
+    errors = [line for line in err.splitlines() if line.startswith("resist: error")]  # the run began, and said so
+    assert rc == 2 and len(errors) == 1 and str(bad) in errors[0] and "--skip-bad-images" in errors[0]
+    assert "Traceback" not in err
+    assert not (out / "summary.json").exists() and not (out / "model.pt").exists()
+    assert all(json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines())
+    rc, _, _ = run(capsys, *_folder_args(image_tree, tmp_path / "skip", "--skip-bad-images", "--max-rounds", "8"))
+    summary = json.loads((tmp_path / "skip" / "summary.json").read_text())
+    assert rc == 0 and summary["skipped_images"] == {"train": 1, "test": 0, "files": [str(bad)]}

@@ -61,6 +61,13 @@ def test_plot_one_run_default_output_and_explicit_out(capsys, runs, tmp_path):
     assert rc == 0 and out.strip() == str(target) and target.read_bytes().startswith(PNG_MAGIC)
 
 
+def test_plot_log_bytes_axis(capsys, runs, tmp_path):
+    linear, log = tmp_path / "linear.png", tmp_path / "log.png"
+    assert run(capsys, "plot", runs["local_sgd"], runs["resist"], "--out", linear)[0] == 0
+    assert run(capsys, "plot", runs["local_sgd"], runs["resist"], "--out", log, "--log-bytes")[0] == 0
+    assert log.read_bytes().startswith(PNG_MAGIC) and log.read_bytes() != linear.read_bytes()
+
+
 def test_labels(runs):
     both = [read_run(runs["local_sgd"]), read_run(runs["resist"])]
     assert labels_for(both) == ["local_sgd S=2", "resist S=2"]

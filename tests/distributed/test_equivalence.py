@@ -45,6 +45,8 @@ CASES = [
     ("resist+outer", 2, 0), ("resist+outer", 3, 3), ("local_sgd+outer", 2, 0), ("local_sgd+outer", 3, 0),
     ("resist+bf16", 2, 0), ("data_parallel+fp16", 2, 0),
     ("resist+q8", 2, 0), ("resist+q4", 3, 3), ("local_sgd+q8", 3, 0), ("resist+q4ef", 2, 3), ("local_sgd+q2ef", 2, 0),
+    ("data_parallel+q8", 3, 0), ("data_parallel+q4dp", 2, 0),
+    ("resist+bn2", 2, 3), ("local_sgd+bn2", 3, 0),
     ("resist+vit", 2, 0), ("resist+vit", 3, 3), ("local_sgd+vit", 2, 0),
 ]
 # A vision transformer (no BatchNorm; LayerNorm, attention) with its recipe: AdamW, warm-up and cosine.
@@ -55,6 +57,8 @@ EXTRA = {"": {}, "outer": {"algo.outer_lr": 0.7, "algo.outer_momentum": 0.9},  #
          "q8": {"algo.compress": "q8"}, "q4": {"algo.compress": "q4"},
          "q4ef": {"algo.compress": "q4", "algo.compress_what": "update", "algo.error_feedback": True},
          "q2ef": {"algo.compress": "q2", "algo.compress_what": "update", "algo.error_feedback": True},
+         "q4dp": {"algo.compress": "q4", "algo.error_feedback": True},  # data parallel: gradients + feedback
+         "bn2": {"algo.bn_sync_every": 2},
          "vit": VIT}
 
 
@@ -98,3 +102,24 @@ def test_inprocess_equals_nccl(tmp_path, monkeypatch, algo):
     print(f"worst relative difference {rel[worst]:.2e} in {worst}")
     assert rel[worst] <= 1e-3, (worst, rel[worst])
     assert s_local["sent_bytes_per_worker"] == s_dist["sent_bytes_per_worker"]
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("algo", ["resist", "local_sgd"])
+def test_inprocess_equals_gloo_on_an_image_folder(image_tree, tmp_path, one_thread, algo):
+    """JPEG files decoded by loader processes (each rank scans the folder itself on gloo), the ImageNet
+    stem and random-resized crops: the two runtimes still end bitwise equal at 2 workers."""
+    over = {"algo.name": algo, "algo.workers": 2, "data.dataset": "imagefolder", "data.data_dir": str(image_tree),
+            "data.crop_size": 16, "data.loader_workers": 1, "model.stem": "imagenet", "run.max_rounds": 3,
+            "run.eval_every": 3, "algo.min_depth": 3}
+    models, summaries = {}, {}
+    for runtime in ("inprocess", "dist"):
+        cfg = preset("smoke").replace(**{**over, "model.layers": (1, 1, 7, 1), "data.batch_size": 8,
+                                         "algo.local_iters": 2, "run.runtime": runtime, "run.timeout": 60,
+                                         "run.out": str(tmp_path / runtime)})
+        summaries[runtime] = train(cfg)
+        models[runtime] = torch.load(tmp_path / runtime / "model.pt", weights_only=True)
+    assert all(torch.equal(models["inprocess"][k], models["dist"][k]) for k in models["inprocess"])
+    assert summaries["inprocess"]["best_acc"] == summaries["dist"]["best_acc"]
+    assert summaries["inprocess"]["final_top5"] == summaries["dist"]["final_top5"]
+    assert summaries["inprocess"]["sent_bytes_per_worker"] == summaries["dist"]["sent_bytes_per_worker"]

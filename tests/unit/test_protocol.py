@@ -186,6 +186,21 @@ def test_a_modules_own_reset_parameters_initializes_all_it_contains():
     assert abs(torch.cat([b.branch.fc.weight.flatten() for b in m.blocks]).std().item() - 0.02) < 0.002
 
 
+def test_gpt_scaled_residual_projections_survive_init_part():
+    """The GPT (models/gpt.py) writes GPT-2's rule as each block's reset_parameters: per-part seeded
+    initialization keeps it (before, the linears' defaults overwrote it: std 0.072)."""
+    from resist.models.gpt import GPT
+
+    with torch.device("meta"):
+        m = GPT(depth=8, dim=64, heads=4)
+    init_part(m, 3, seed=0)
+    block = m.blocks[3]
+    assert abs(block.proj.weight.std().item() - 0.02 / math.sqrt(16)) < 0.0005
+    assert abs(block.out.weight.std().item() - 0.02 / math.sqrt(16)) < 0.0005
+    assert abs(block.qkv.weight.std().item() - 0.02) < 0.002
+    check_model(lambda: GPT(depth=4, dim=16, heads=2, context=8, vocab=32), torch.randint(0, 32, (2, 8)))
+
+
 def test_init_part_is_seeded_per_part():
     with torch.device("meta"):
         a, b = create_model("vit_tiny", width=1 / 16), create_model("vit_tiny", width=1 / 16)

@@ -25,14 +25,17 @@ from .parts import Part, PartStore, SharedSync, assemble, evaluate_global
 class Evaluator(Protocol):
     """How the trainer (its task) evaluates a model; algorithms decide which model that is."""
 
-    def metric(self, model: nn.Module) -> float:
-        """The test metric of ``model`` (which the call may change: pass a model of its own)."""
+    names: tuple[str, ...]
+    """The metrics, in the order every rank agrees on (e.g. ``test/top1``, ``test/top5``)."""
 
-    def predict(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        """(outputs, targets) over the test set, float32 on the CPU; ``model`` is left as it was."""
+    def metric(self, model: nn.Module) -> dict[str, float]:
+        """The test metrics of ``model`` (which the call may change: pass a model of its own)."""
 
-    def score(self, outputs: torch.Tensor, targets: torch.Tensor) -> float:
-        """The test metric of outputs gathered from several models (an ensemble's average)."""
+    def predict(self, model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per test set, (outputs, targets), float32 on the CPU; ``model`` is left as it was."""
+
+    def score(self, outputs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+        """The test metrics of outputs gathered from several models (an ensemble's average)."""
 
 
 def make_store(comm: Communicator, build_model: Callable[[], nn.Module], device: torch.device, cfg: AlgoConfig,
@@ -76,9 +79,10 @@ class Algorithm(ABC):
         """Residual-branch multiplier for partitioned blocks when the whole network runs (§2.6)."""
         return 1.0
 
-    def evaluate(self, evaluator: Evaluator) -> float:
-        """Collective: the test metric of the assembled global model, on every rank."""
-        return evaluate_global(self.comm, self.store, self.holders_now(), self.eval_scale(), evaluator.metric)
+    def evaluate(self, evaluator: Evaluator) -> dict[str, float]:
+        """Collective: the test metrics of the assembled global model, on every rank."""
+        return evaluate_global(self.comm, self.store, self.holders_now(), self.eval_scale(), evaluator.metric,
+                               evaluator.names)
 
     #: The shared bucket's averaging extras (outer snapshot, compression), for algorithms that have them.
     sync: SharedSync | None = None

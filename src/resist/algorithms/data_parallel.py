@@ -9,6 +9,7 @@ from torch import nn
 
 from .. import aggregate
 from ..comm import Communicator
+from ..comm.codecs import make_codec
 from ..config import AlgoConfig
 from .base import Algorithm, make_store
 from .parts import Part, all_reduce_flats
@@ -22,7 +23,12 @@ class DataParallel(Algorithm):
     As in DistributedDataParallel, the gradients are views of flat buckets (about ``BUCKET_BYTES`` each,
     parameters in reverse order, roughly the order backward produces them), and a bucket's all-reduce
     starts as soon as backward has produced all of its gradients, overlapping the rest of the backward
-    pass; buckets start strictly in order, so every rank issues the same sequence."""
+    pass; buckets start strictly in order, so every rank issues the same sequence.
+
+    With a codec (``cfg.compress``) every bucket is averaged by a compressed all-reduce after backward
+    (gradient compression, as QSGD / 1-bit SGD / top-k SGD), keyed by (seed, round, step, bucket); with
+    ``cfg.error_feedback`` what compression took from this rank's gradients is added to its next
+    step's (Seide et al. 2014; Karimireddy et al. 2019), one residual per bucket, kept in checkpoints."""
 
     BUCKET_BYTES = 1 << 20
 
@@ -35,6 +41,10 @@ class DataParallel(Algorithm):
         self._sizes: list[int] = []
         self._missing: list[int] = []  # gradients each bucket still waits for in this backward
         self._started: list = []  # pending all-reduces, in bucket order
+        self.codec = make_codec(cfg.compress, cfg.keep_fraction, cfg.chunk)
+        self.error_feedback, self.seed = cfg.error_feedback, seed
+        self._round, self._step = 0, 0
+        self._residuals: list[torch.Tensor] = []
 
     def start(self, round_: int, state: dict[str, torch.Tensor] | None = None) -> None:
         parts = self.store.all_parts()
@@ -43,7 +53,7 @@ class DataParallel(Algorithm):
         self._bucket([p for _, p in self.store.trainable() if p.requires_grad])
 
     def begin_round(self, round_: int) -> None:
-        pass
+        self._round, self._step = round_, 0
 
     def _bucket(self, params: list[torch.Tensor]) -> None:
         groups: list[list[torch.Tensor]] = []
@@ -64,8 +74,12 @@ class DataParallel(Algorithm):
             self._buckets.append(flat)
         self._sizes = [len(g) for g in groups]
         self._missing = list(self._sizes)
+        if self.error_feedback:
+            self._residuals = [torch.zeros_like(b) for b in self._buckets]
 
     def _ready(self, k: int) -> None:
+        if self.codec is not None:  # compressed buckets are reduced after backward
+            return
         self._missing[k] -= 1
         # Start every bucket that is complete and whose predecessors have started: the same order on
         # every rank whatever order backward finishes them in.
@@ -74,12 +88,31 @@ class DataParallel(Algorithm):
 
     @torch.no_grad()
     def after_backward(self) -> None:
+        if self.codec is not None:
+            self._reduce_compressed()
+            return
         for k in range(len(self._started), len(self._buckets)):  # parameters backward did not reach
             self._started.append(self.comm.all_reduce_async(self._buckets[k], average=True))
         for pending in self._started:
             pending.wait()
         self._started = []
         self._missing = list(self._sizes)
+
+    def _reduce_compressed(self) -> None:
+        for k, bucket in enumerate(self._buckets):
+            key = (self.seed, self._round, self._step, k)
+            if self.error_feedback:
+                bucket += self._residuals[k]
+            self.comm.all_reduce_coded(bucket, self.codec, bucket.numel(), key,
+                                       self._residuals[k] if self.error_feedback else None)
+        self._step += 1
+
+    def rank_state(self) -> dict[str, torch.Tensor]:
+        return {f"residual_{k}": r for k, r in enumerate(self._residuals)}
+
+    def load_rank_state(self, state: dict[str, torch.Tensor]) -> None:
+        for k, r in enumerate(self._residuals):
+            r.copy_(state[f"residual_{k}"])
 
     @torch.no_grad()
     def end_round(self, round_: int, final: bool = False) -> None:

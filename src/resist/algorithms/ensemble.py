@@ -51,12 +51,14 @@ class Ensemble(Algorithm):
     def holders_now(self) -> dict[Part, tuple[int, ...]]:
         return self.holding
 
-    def evaluate(self, evaluator: Evaluator) -> float:
-        """Collective: the score of the members' averaged outputs, on every rank."""
-        logits, labels = evaluator.predict(self.store.model)
+    def evaluate(self, evaluator: Evaluator) -> dict[str, float]:
+        """Collective: the scores of the members' averaged outputs, on every rank (every rank holds the
+        test sets, in the same order)."""
+        outputs = evaluator.predict(self.store.model)
         with self.comm.tag("eval"):
-            self.comm.all_reduce(logits, average=True)
-        return evaluator.score(logits, labels)
+            for logits, _ in outputs.values():
+                self.comm.all_reduce(logits, average=True)
+        return evaluator.score(outputs)
 
     def save_final(self, out_dir: Path) -> None:
         """Each member's own weights: ``member{rank}.pt`` holds the state dict of the parts it has

@@ -14,7 +14,7 @@ and, where momentum persists across rounds, its momentum.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -57,6 +57,9 @@ class PartStore:
         #: Per bucket, how many leading values of its float32 buffer are parameters: what a codec may
         #: compress (BatchNorm statistics, integer counters and momenta travel exactly).
         self.lossy: dict[Part, int] = {}
+        #: Per bucket, how many float32 BatchNorm statistics follow those parameters in that buffer (its
+        #: other-dtype buffers, BatchNorm's batch counters, are statistics too).
+        self.stats: dict[Part, int] = {}
 
     # --- holding ---------------------------------------------------------------------------------
     def module(self, part: Part) -> nn.Module:
@@ -134,6 +137,7 @@ class PartStore:
         slots = self._slots(parts, outer)
         self.lossy[key] = sum(p.numel() for part in parts for p in self.module(part).parameters()
                               if p.dtype == torch.float32)
+        self.stats[key] = sum(b.numel() for part in parts for b in self.module(part).buffers() if b.dtype == torch.float32)
         tensors = [t for _, t in slots]
         flats = aggregate.empty_like_packed(tensors, self.device) if fresh else aggregate.pack(tensors)
         for (point, _), view in zip(slots, aggregate.views(flats, tensors)):
@@ -262,24 +266,36 @@ def assemble(comm: Communicator, store: PartStore, holders: dict[Part, tuple[int
 
 
 def evaluate_global(comm: Communicator, store: PartStore, holders: dict[Part, tuple[int, ...]], scale: float,
-                    metric: Callable[[nn.Module], float]) -> float:
-    """Collective: ``metric`` of the assembled global model, computed on rank 0, returned on every rank."""
+                    metric: Callable[[nn.Module], dict[str, float]], names: Sequence[str]) -> dict[str, float]:
+    """Collective: the metrics ``names`` of the assembled global model, computed on rank 0 by ``metric``,
+    returned on every rank."""
     model = assemble(comm, store, holders, scale)
-    value = torch.zeros(1, dtype=torch.float64)
+    values = torch.zeros(len(names), dtype=torch.float64)
     if model is not None:
-        value[0] = metric(model)
+        got = metric(model)
+        values[:] = torch.tensor([got[n] for n in names], dtype=torch.float64)
         del model
     with comm.tag("control"):
-        comm.broadcast(value, 0)
-    return float(value[0])
+        comm.broadcast(values, 0)
+    return dict(zip(names, values.tolist()))
 
 
-def all_reduce_flats(comm: Communicator, flats: Iterable[torch.Tensor], codec: Codec | None = None,
-                     lossy: int = 0, key: tuple[int, ...] = ()) -> None:
+def all_reduce_flats(comm: Communicator, flats: Sequence[torch.Tensor], codec: Codec | None = None,
+                     lossy: int = 0, key: tuple[int, ...] = (), stats: int | None = None) -> None:
     """Average flat buffers over all ranks, in place (one all-reduce per dtype buffer); with a codec,
-    the first ``lossy`` values of the first (float32) buffer travel encoded."""
-    for i, f in enumerate(flats):
-        comm.all_reduce_coded(f, codec, lossy if i == 0 and f.dtype == torch.float32 else 0, key)
+    the first ``lossy`` values of the first (float32) buffer travel encoded.
+
+    ``stats``: leave the BatchNorm statistics alone (a round that does not average them, ``bn_sync_every``):
+    the ``stats`` float32 values after the ``lossy`` parameters and every other-dtype buffer stay as
+    each rank has them, and only the parameters (and momenta) travel."""
+    if stats is None:
+        for i, f in enumerate(flats):
+            comm.all_reduce_coded(f, codec, lossy if i == 0 and f.dtype == torch.float32 else 0, key)
+        return
+    f = flats[0]
+    comm.all_reduce_coded(f[:lossy], codec, lossy, key)
+    if f.numel() > lossy + stats:
+        comm.all_reduce(f[lossy + stats:], average=True)
 
 
 class UpdateCompression:
@@ -288,7 +304,8 @@ class UpdateCompression:
     because every rank starts the round from the same θ_start; small changes quantize far better than
     the weights themselves (DiLoCo-style systems send updates at 2-8 bits).
 
-    With ``error_feedback`` what compression dropped (this rank's sent - decode(encode(sent))) is kept
+    With ``error_feedback`` what compression dropped from this rank's contribution (what it sent minus
+    the decoding of exactly the payloads it encoded, per shard of the compressed all-reduce) is kept
     and added to the next round's update (Seide et al. 2014, Karimireddy et al. 2019). That residual is
     this rank's alone; checkpoints keep every rank's (see :meth:`residuals`). Blocks that move between
     holders travel as weights (their receiver may not know θ_start)."""
@@ -302,22 +319,26 @@ class UpdateCompression:
         self.start = store.flats["shared"][0][:store.lossy["shared"]].clone()
 
     @torch.no_grad()
-    def all_reduce(self, comm: Communicator, store: PartStore, key: tuple[int, ...]) -> None:
-        """Average the shared bucket over all ranks, its parameters sent as compressed updates."""
+    def all_reduce(self, comm: Communicator, store: PartStore, key: tuple[int, ...], bn: bool = True) -> None:
+        """Average the shared bucket over all ranks, its parameters sent as compressed updates; without
+        ``bn`` the BatchNorm statistics stay as each rank has them."""
         assert self.start is not None, "begin_round() first"
         flats, lossy = store.flats["shared"], store.lossy["shared"]
         f = flats[0]
+        exact = lossy if bn else lossy + store.stats["shared"]  # where the values that travel exactly begin
         sent = f[:lossy] - self.start
+        dropped = None
         if self.error_feedback:
             if self.residual is not None:
                 sent += self.residual
-            mine = (*key, comm.rank)
-            self.residual = sent - self.codec.decode(self.codec.encode(sent, mine), lossy, mine)
-        travelling = torch.cat([sent, f[lossy:]])
-        comm.all_reduce_coded(travelling, self.codec, lossy, key)
+            dropped = torch.empty_like(sent)
+        travelling = torch.cat([sent, f[exact:]])
+        comm.all_reduce_coded(travelling, self.codec, lossy, key, dropped)
+        if dropped is not None:
+            self.residual = dropped
         f[:lossy].copy_(self.start + travelling[:lossy])
-        f[lossy:].copy_(travelling[lossy:])
-        for g in flats[1:]:
+        f[exact:].copy_(travelling[lossy:])
+        for g in flats[1:] if bn else []:
             comm.all_reduce(g, average=True)
 
     def residuals(self) -> dict[str, torch.Tensor]:
@@ -334,14 +355,21 @@ class UpdateCompression:
 
 class SharedSync:
     """What an algorithm that averages the shared bucket at the end of each round does around it: the
-    round-start snapshot for an outer step, and the codec, with compressed updates and their residuals
-    where asked for (``cfg.compress``, ``cfg.compress_what``, ``cfg.error_feedback``)."""
+    round-start snapshot for an outer step, the codec, with compressed updates and their residuals
+    where asked for (``cfg.compress``, ``cfg.compress_what``, ``cfg.error_feedback``), and BatchNorm
+    statistics averaged only every ``cfg.bn_sync_every`` rounds (paper §5: 1300 on ImageNet).
+
+    Between those rounds each rank's statistics are its own, so a checkpoint keeps every rank's
+    (:meth:`rank_state`); running statistics never enter a training step (BatchNorm trains on batch
+    statistics), so they change evaluations only, never the parameters."""
 
     def __init__(self, store: PartStore, cfg: AlgoConfig, seed: int) -> None:
         self.store, self.outer, self.seed = store, cfg.outer, seed
         self.codec = make_codec(cfg.compress, cfg.keep_fraction, cfg.chunk)
         self.update = (UpdateCompression(self.codec, cfg.error_feedback)
                        if self.codec is not None and cfg.compress_what == "update" else None)
+        self.syncs_bn = cfg.syncs_bn
+        self.local_stats = cfg.bn_sync_every > 1
 
     def begin_round(self) -> None:
         if self.outer:
@@ -350,16 +378,52 @@ class SharedSync:
             self.update.begin_round(self.store)
 
     def all_reduce(self, comm: Communicator, round_: int) -> None:
-        """Average the shared bucket over all ranks (compressed as configured)."""
-        key = (self.seed, round_, -1)
+        """Average the shared bucket over all ranks (compressed as configured; its BatchNorm statistics
+        only in the rounds that average them)."""
+        key, bn = (self.seed, round_, -1), self.syncs_bn(round_)
         if self.update is not None:
-            self.update.all_reduce(comm, self.store, key)
+            self.update.all_reduce(comm, self.store, key, bn)
         else:
-            all_reduce_flats(comm, self.store.flats["shared"], self.codec, self.store.lossy["shared"], key)
+            all_reduce_flats(comm, self.store.flats["shared"], self.codec, self.store.lossy["shared"], key,
+                             None if bn else self.store.stats["shared"])
 
     def rank_state(self) -> dict[str, torch.Tensor]:
-        return self.update.residuals() if self.update is not None else {}
+        state = self.update.residuals() if self.update is not None else {}
+        if self.local_stats:
+            state.update(statistics_state(self.store))
+        return state
 
     def load_rank_state(self, state: dict[str, torch.Tensor]) -> None:
         if self.update is not None:
             self.update.load_residuals(state)
+        if self.local_stats:
+            load_statistics_state(self.store, state)
+
+
+def statistics_state(store: PartStore) -> dict[str, torch.Tensor]:
+    """This rank's BatchNorm statistics of every part of the model, zeros for the parts it does not
+    hold, and which parts it holds: tensors of the same shapes on every rank (a checkpoint gathers them)."""
+    floats, counts, held = [], [], []
+    for part in store.all_parts():
+        mine = store.held(part)
+        held.append(int(mine))
+        for b in store.module(part).buffers():
+            flat = b.detach().reshape(-1) if mine else torch.zeros(b.numel(), dtype=b.dtype, device=store.device)
+            (floats if b.is_floating_point() else counts).append(flat)
+    none = torch.zeros(0, device=store.device)
+    return {"bn_stats": torch.cat([none, *floats]).float(), "bn_counts": torch.cat([none.long(), *counts]).long(),
+            "bn_held": torch.tensor(held, dtype=torch.int64, device=store.device)}
+
+
+@torch.no_grad()
+def load_statistics_state(store: PartStore, state: dict[str, torch.Tensor]) -> None:
+    """Put back the statistics of :func:`statistics_state` into the parts this rank held then and holds
+    now (a resume at the same round with the same workers: the same parts)."""
+    at = {"float": 0, "int": 0}
+    for part, was in zip(store.all_parts(), state["bn_held"].tolist()):
+        mine = store.held(part)
+        for b in store.module(part).buffers():
+            kind, source = ("float", state["bn_stats"]) if b.is_floating_point() else ("int", state["bn_counts"])
+            if was and mine:
+                b.copy_(source[at[kind]:at[kind] + b.numel()].view_as(b))
+            at[kind] += b.numel()

@@ -93,9 +93,10 @@ class ResIST(Algorithm):
         comm, store, me, c = self.comm, self.store, self.comm.rank, self.cfg
         everyone = [b for b in store.candidates if cur[b] == self.everyone and b in store.flats]
         codec, seed = self.sync.codec, self.seed
+        bn = self.sync.syncs_bn(round_)
         self.sync.all_reduce(comm, round_)
         for b in everyone:
-            all_reduce_flats(comm, store.flats[b], codec, store.lossy[b], (seed, round_, b))
+            all_reduce_flats(comm, store.flats[b], codec, store.lossy[b], (seed, round_, b), None if bn else store.stats[b])
         if c.outer:
             # Parts every rank holds are stepped after their average, identically everywhere; a block
             # with fewer holders is stepped by each holder before it travels (an affine step commutes
@@ -139,8 +140,21 @@ class ResIST(Algorithm):
         comm.exchange_coded(sends, recvs, codec)
 
         for b, copies in pending:
+            # In a round that leaves BatchNorm statistics alone, a holder keeps its own and a new holder
+            # takes the lowest-ranked holder's (copies are in rank order); saved before the average
+            # overwrites this rank's own copy, which may be the buffer itself.
+            source = copies[cur[b].index(me) if me in cur[b] else 0]
+            kept = [] if bn else [t.clone() for t in self.statistics(b, source)]
             for i, target in enumerate(store.flats[b]):
                 target.copy_(aggregate.mean([c[i] for c in copies]))
+            for target, value in zip(self.statistics(b, store.flats[b]), kept):
+                target.copy_(value)
         for b in store.candidates:
             if me not in nxt[b] and store.held(b):
                 store.release(b)
+
+    def statistics(self, b: Part, flats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Views of block ``b``'s BatchNorm statistics in ``flats`` (laid out as its bucket): the float32
+        ones after its parameters, and its other-dtype buffers (batch counters)."""
+        n, k = self.store.lossy[b], self.store.stats[b]
+        return [flats[0][n:n + k], *flats[1:]]

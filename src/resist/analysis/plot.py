@@ -91,8 +91,10 @@ def default_output(run_dirs: Sequence[str | Path]) -> Path:
     return first / "accuracy.png" if len(run_dirs) == 1 else first.parent / "accuracy.png"
 
 
-def plot_runs(runs: Sequence[Run], labels: Sequence[str], out: str | Path) -> Path:
-    """Write the two-panel PNG to ``out``; returns its path."""
+def plot_runs(runs: Sequence[Run], labels: Sequence[str], out: str | Path, log_bytes: bool = False) -> Path:
+    """Write the two-panel PNG to ``out``; returns its path. ``log_bytes``: the communication axis on a
+    log scale (paper Fig. 8), for runs whose bytes differ by orders of magnitude (data parallel against
+    compressed ResIST)."""
     try:
         from matplotlib.figure import Figure  # no pyplot: no global backend or state is touched
     except ImportError:
@@ -109,9 +111,11 @@ def plot_runs(runs: Sequence[Run], labels: Sequence[str], out: str | Path) -> Pa
         ax_b.plot([sent[id(r)] / 1e6 for r in ev], acc, **style)
     ax_t.set(title="Test accuracy vs. time", xlabel="parallel-equivalent time (s)", ylabel="test accuracy (%)")
     ax_b.set(title="Test accuracy vs. communication", xlabel="data sent per worker, cumulative (MB, max over workers)")
+    if log_bytes:
+        ax_b.set_xscale("log")
     for ax in (ax_t, ax_b):
         ax.grid(True, alpha=0.3)
-        if ax.get_xlim()[1] > 0:
+        if ax.get_xlim()[1] > 0 and ax.get_xscale() == "linear":
             ax.set_xlim(left=0)
     ax_b.legend(loc="lower right", fontsize="small")
     subtitle = _subtitle(runs)

@@ -121,7 +121,7 @@ class Communicator(ABC):
         return Pending(lambda: self.all_reduce(tensor, average))
 
     def all_reduce_coded(self, tensor: torch.Tensor, codec: "Codec | None", lossy: int,
-                         key: tuple[int, ...]) -> None:
+                         key: tuple[int, ...], dropped: torch.Tensor | None = None) -> None:
         """Average ``tensor`` over all ranks, in place, its first ``lossy`` values sent through ``codec``.
 
         A reduce-scatter of encoded shards, then one encoded all-gather: rank r receives every rank's
@@ -130,9 +130,15 @@ class Communicator(ABC):
         included, so all end with the same bits. A value is encoded twice (its contribution, then the
         average of its shard), never at every hop, and each rank sends and receives about
         2 (W-1)/W x the payload, as a ring all-reduce does uncompressed. The values that travel exactly
-        are all-reduced as they are."""
+        are all-reduced as they are.
+
+        ``dropped`` (``lossy`` values), if given, receives what compression took from this rank's
+        contribution: each shard minus the decoding of exactly the payload this rank encoded for it
+        (error feedback adds it to the next contribution). Zeros where nothing was compressed."""
         w, me = self.world_size, self.rank
         if codec is None or lossy == 0 or w == 1:
+            if dropped is not None:
+                dropped.zero_()
             self.all_reduce(tensor, average=True)
             return
         head, tail = tensor[:lossy], tensor[lossy:]
@@ -146,14 +152,18 @@ class Communicator(ABC):
         def average_of(j: int) -> tuple[int, ...]:
             return (*key, -1, j)
 
-        sends = [(j, p) for j in range(w) if j != me and shards[j].numel()
-                 for p in codec.encode(shards[j], contribution(me, j))]
+        encoded = {j: codec.encode(shards[j], contribution(me, j)) for j in range(w) if shards[j].numel()}
+        if dropped is not None:
+            for j, payload in encoded.items():
+                lo = j * size
+                dropped[lo:lo + shards[j].numel()] = shards[j] - codec.decode(payload, shards[j].numel(), contribution(me, j))
+        sends = [(j, p) for j, payload in encoded.items() if j != me for p in payload]
         incoming = {i: codec.empty_payload(mine.numel(), head.device) for i in range(w) if i != me and mine.numel()}
         self.exchange(sends, [(i, p) for i, ps in incoming.items() for p in ps])
         if mine.numel():
             total = None
             for i in range(w):
-                payload = codec.encode(mine, contribution(me, me)) if i == me else incoming[i]
+                payload = encoded[me] if i == me else incoming[i]
                 part = codec.decode(payload, mine.numel(), contribution(i, me))
                 total = part if total is None else total.add_(part)
             mean = divide_(total, w)

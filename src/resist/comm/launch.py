@@ -104,8 +104,10 @@ def _child(rank: int, world_size: int, port: int, backend: str, timeout: float,
         payload = pickle.dumps(("ok", result))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
         with contextlib.suppress(OSError):  # the parent may be gone already
+            # A ValueError is bad input (a config, a data file): the caller may report it as such.
+            usage = isinstance(exc, ValueError)
             conn.send_bytes(pickle.dumps(("error", isinstance(exc, CommError), _one_line(exc),
-                                          traceback.format_exc())))
+                                          traceback.format_exc(), usage)))
             conn.close()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -131,9 +133,10 @@ def _death(rank: int, exitcode: int | None) -> str:
     return f"rank {rank} died (exit code {exitcode})"
 
 
-def _failure(message: str, rank: int, tb: str | None = None) -> CommError:
+def _failure(message: str, rank: int, tb: str | None = None, usage: bool = False) -> CommError:
     err = CommError(message)
     err.rank = rank
+    err.usage = usage  # the rank raised a ValueError: bad input rather than a failed peer
     if tb and hasattr(err, "add_note"):
         err.add_note(f"--- traceback in rank {rank} ---\n{tb.rstrip()}")
     return err
@@ -163,9 +166,9 @@ def _collect(procs: list, conns: list[Connection]) -> list:
             if msg[0] == "ok":
                 results[r] = msg[1]
                 continue
-            _, is_comm, summary, tb = msg
+            _, is_comm, summary, tb, usage = msg
             if not is_comm:
-                raise _failure(f"rank {r} raised {summary}", r, tb)
+                raise _failure(f"rank {r} raised {summary}", r, tb, usage)
             victims[r] = (summary, tb)
             first_victim_at = first_victim_at or time.monotonic()
         if victims and pending and time.monotonic() - first_victim_at > _GRACE_S:

@@ -1,7 +1,9 @@
-"""Image-classification datasets as uint8 HWC tensors.
+"""Image-classification datasets as uint8 HWC tensors in memory, and the loader of every dataset.
 
 CIFAR-10/100 load from a numpy layout, the official python batches or the official tarball (optionally
-downloaded); ``synthetic`` and ``digits`` need no files and work offline.
+downloaded); ``synthetic`` and ``digits`` need no files and work offline. ``imagefolder`` (class-per-
+folder images streamed from disk) lives in ``folder.py``; both kinds offer the trainer the same
+:meth:`Dataset.train_stream` and :meth:`Dataset.eval_sets`.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -70,16 +73,39 @@ class Dataset:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     source: str
+    #: Class names in index order, where the dataset has them as folders (written to the run folder).
+    classes = None
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train.y)
+
+    def train_stream(self, world_size: int, rank: int, batch_size: int, seed: int, augment: bool = True, *,
+                     device=None, loader_workers: int = 0, bad=None):
+        """Worker ``rank``'s training batches (a :class:`~resist.data.sharding.BatchStream`, on the CPU;
+        ``device``, ``loader_workers`` and ``bad`` concern image folders only)."""
+        from .sharding import BatchStream
+
+        return BatchStream(self.train, self.mean, self.std, world_size, rank, batch_size, seed, augment=augment)
+
+    def eval_sets(self, batch_size: int, limit: int | None = None, *, device=None, loader_workers: int = 0,
+                  bad=None) -> dict[str, Callable[[], Iterator]]:
+        """The test set's batches in order (its first ``limit`` images); the keywords concern image folders."""
+        from .sharding import eval_batches
+
+        test = self.test if limit is None else ImageArrays(self.test.x[:limit], self.test.y[:limit])
+        return {"test": lambda: eval_batches(test, self.mean, self.std, batch_size)}
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = False, **kw) -> Dataset:
+def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = False, **kw):
     """Load dataset ``name`` (one of ``DATASETS``).
 
     CIFAR is looked for in ``data_dir`` (default ``./data``) and, if absent and ``download`` is true, fetched.
-    ``synthetic`` takes ``n_train, n_test, num_classes, size, seed``; ``digits`` takes ``seed``.
+    ``synthetic`` takes ``n_train, n_test, num_classes, size, seed``; ``digits`` takes ``seed``;
+    ``imagefolder`` (a :class:`~resist.data.folder.FolderDataset`) takes ``crop_size, extra_test``.
     """
     allowed = {"cifar10": set(), "cifar100": set(), "digits": {"seed"},
-               "synthetic": {"n_train", "n_test", "num_classes", "size", "seed"}}
+               "synthetic": {"n_train", "n_test", "num_classes", "size", "seed"}, "imagefolder": {"crop_size", "extra_test"}}
     if name not in allowed:
         raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if set(kw) - allowed[name]:
@@ -88,6 +114,10 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
         return _synthetic(**kw)
     if name == "digits":
         return _digits(**kw)
+    if name == "imagefolder":
+        from .folder import load_imagefolder
+
+        return load_imagefolder("data" if data_dir is None else data_dir, **kw)
     return _cifar(name, Path("data" if data_dir is None else data_dir), download)
 
 

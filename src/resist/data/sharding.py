@@ -35,9 +35,13 @@ def batch_indices(n: int, world_size: int, rank: int, step: int, batch_size: int
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     epoch, k = divmod(step, spe)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(_mix(seed, epoch)))
     start = rank * (n // world_size) + k * batch_size
-    return perm[start:start + batch_size]
+    return epoch_permutation(n, seed, epoch)[start:start + batch_size]
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
+    """The order of ``range(n)`` in ``epoch``, which every worker cuts into its shard."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(_mix(seed, epoch)))
 
 
 def batch_generator(seed: int, rank: int, step: int) -> torch.Generator:
@@ -67,6 +71,9 @@ class BatchStream:
         if self.augment:
             x = _augment(x, batch_generator(self.seed, self.rank, step))
         return normalize(x, self.mean, self.std), self.arrays.y[idx]
+
+    def close(self) -> None:
+        """Nothing to stop: the images are in memory (an image folder's stream stops its loaders)."""
 
 
 def eval_batches(arrays: ImageArrays, mean: Sequence[float], std: Sequence[float],

@@ -104,8 +104,11 @@ class ViTBlock(nn.Module):
         self.residual_scale = 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.residual_scale * self.attn(self.norm1(x))
-        return x + self.residual_scale * self.mlp(self.norm2(x))
+        c = self.residual_scale  # 1 while training: its multiply is skipped (x * 1.0 == x exactly)
+        a = self.attn(self.norm1(x))
+        x = x + a if c == 1.0 else x + c * a
+        m = self.mlp(self.norm2(x))
+        return x + m if c == 1.0 else x + c * m
 
 
 class ViTHead(nn.Module):

@@ -37,9 +37,10 @@ class MetricsWriter:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{record['loss']:.3f}")
         if summary:
+            extra = "".join(f"  {name} {v['acc']:6.2f}%" for name, v in record.get("extra_test", {}).items())
             line = (f"round {record['round'] + 1:>5}  epoch {record['epoch']:6.2f}  loss {record['loss']:.4f}  "
-                    f"test {record['test_acc']:6.2f}%  best {record['best_acc']:6.2f}%  "
-                    f"time {record['time_s']:8.1f}s  sent/worker {human_bytes(max(record['sent_bytes']))}")
+                    f"test {record['test_acc']:6.2f}% (top-5 {record['test_top5']:6.2f}%)  best {record['best_acc']:6.2f}%"
+                    f"{extra}  time {record['time_s']:8.1f}s  sent/worker {human_bytes(max(record['sent_bytes']))}")
             if self.bar is not None:
                 self.bar.write(line)
             else:

@@ -7,6 +7,7 @@ periodic evaluation of the assembled global model, metrics (paper Algorithm 1, Â
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -25,11 +26,11 @@ from ..comm import Communicator, run_in_process
 from ..comm import CommError
 from ..comm.launch import check_backend, check_port
 from ..config import RESUMABLE_CHANGES, Config, differences
-from ..data import BatchStream, Dataset, ImageArrays, eval_batches, load_dataset, steps_per_epoch
+from ..data import BadImages, Dataset, DatasetError, FolderDataset, load_dataset, steps_per_epoch
 from ..io import atomic_write_json, atomic_write_text
 from ..models import create_model
 from ..plan import candidate_blocks, validate
-from ..registry import algorithm_class
+from ..registry import FOLDER_DATASETS, algorithm_class
 from ..faults import fire, from_env
 from . import checkpoint
 from .metrics import MetricsWriter
@@ -53,6 +54,8 @@ def resolve_device(name: str) -> torch.device:
 def model_builder(cfg: Config, num_classes: int) -> Callable[[], torch.nn.Module]:
     """A factory for the architecture on the meta device: workers materialize only what they hold."""
     extra = {"layers": cfg.model.layers} if cfg.model.layers is not None else {}
+    if cfg.model.stem is not None:
+        extra["stem"] = cfg.model.stem
 
     def build() -> torch.nn.Module:
         with torch.device("meta"):
@@ -87,6 +90,14 @@ class Schedule:
         return cls(spe, total, rounds)
 
 
+def load_data(cfg: Config, download: bool = False) -> Dataset | FolderDataset:
+    """The dataset ``cfg.data`` names (image folders: scanned, not decoded)."""
+    d = cfg.data
+    if d.dataset in FOLDER_DATASETS:
+        return load_dataset(d.dataset, d.data_dir, crop_size=d.crop_size, extra_test=d.extra_tests)
+    return load_dataset(d.dataset, d.data_dir, download=download)
+
+
 def num_classes_of(cfg: Config, dataset: Dataset) -> int:
     n = cfg.model.num_classes or dataset.num_classes
     if n < dataset.num_classes:
@@ -102,10 +113,15 @@ def check(cfg: Config, dataset: Dataset) -> Schedule:
     if cfg.run.runtime == "dist" and cfg.run.master_port and not under_torchrun():
         check_port(cfg.run.master_port)
     build = model_builder(cfg, num_classes_of(cfg, dataset))
-    model = build()
+    try:
+        model = build()
+    except TypeError as e:
+        if cfg.model.stem is None or "stem" not in str(e):
+            raise
+        raise ValueError(f"model {cfg.model.name} has no stem to choose; drop --stem") from None
     cands = candidate_blocks(model.partitionable, model.skippable, cfg.algo.partition)
     validate(cfg.algo.workers, len(cands), cfg.algo.min_depth)
-    return Schedule.of(cfg, len(dataset.train.y))
+    return Schedule.of(cfg, dataset.n_train)
 
 
 @dataclass
@@ -157,22 +173,22 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
     ``resume``: a checkpoint (or its path) to continue from, exactly where it was written.
     """
     device = resolve_device(cfg.run.device)
-    sched = Schedule.of(cfg, len(dataset.train.y))
+    sched = Schedule.of(cfg, dataset.n_train)
     algo = build_algorithm(comm, cfg, num_classes_of(cfg, dataset), device, sched.steps_per_epoch)
     store = algo.store
     if isinstance(resume, str):
         resume = checkpoint.load(Path(resume))
     faults = from_env()
     d = cfg.data
-    stream = BatchStream(dataset.train, dataset.mean, dataset.std, comm.world_size, comm.rank,
-                         d.batch_size, cfg.run.seed, augment=d.augment)
-    plain = BatchStream(dataset.train, dataset.mean, dataset.std, comm.world_size, comm.rank,
-                        d.batch_size, cfg.run.seed + 1, augment=False)
-    test_set = dataset.test if d.eval_limit is None else ImageArrays(dataset.test.x[:d.eval_limit],
-                                                                      dataset.test.y[:d.eval_limit])
-    test = lambda: eval_batches(test_set, dataset.mean, dataset.std, d.eval_batch_size)  # noqa: E731
+    if dataset.classes is not None:
+        same_data_everywhere(comm, dataset)
+    bad = BadImages(skip=d.skip_bad_images)
+    loading = {"device": device, "loader_workers": d.loader_workers, "bad": bad}
+    stream = dataset.train_stream(comm.world_size, comm.rank, d.batch_size, cfg.run.seed, augment=d.augment, **loading)
+    plain = dataset.train_stream(comm.world_size, comm.rank, d.batch_size, cfg.run.seed + 1, augment=False, **loading)
+    sets = dataset.eval_sets(d.eval_batch_size, d.eval_limit, **loading)
     recal = lambda: (plain.batch(k) for k in range(cfg.algo.recalib_batches))  # noqa: E731
-    evaluator = Accuracy(test, recal, cfg.algo.bn_eval, device)
+    evaluator = Accuracy(sets.pop("test"), recal, cfg.algo.bn_eval, device, extra=sets)
     precision = Precision(cfg.run.amp, device)
     layout = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
     lead = comm.rank == 0
@@ -184,7 +200,7 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
     if resume is None:
         algo.start(0)
     else:
-        point = resume_point_in(resume, cfg, sched, len(dataset.train.y))
+        point = resume_point_in(resume, cfg, sched, dataset.n_train)
         first_round = point.round
         if lead and point.note:
             log.info("%s", point.note)
@@ -244,7 +260,8 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
         progress["parallel_s"] += float(table[:, 1].max() + table[:, 2].max())
         acc = None
         if (r + 1) % cfg.run.eval_every == 0 or last:
-            acc = algo.evaluate(evaluator)
+            scores = algo.evaluate(evaluator)
+            acc = scores["test/top1"]
             if acc > progress["best"]:
                 progress["best"], progress["best_time"] = acc, progress["parallel_s"]
         step = min(first + cfg.algo.local_iters, sched.total_steps)
@@ -255,7 +272,7 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
             "time_s": progress["parallel_s"], "elapsed_s": time.perf_counter() - start,
             "sent_bytes": [int(v) for v in table[:, 3]], "recv_bytes": [int(v) for v in table[:, 4]],
             "messages": int(table[:, 5].max()),  # this round's, of the worker that sent the most
-            **({"test_acc": acc, "best_acc": progress["best"]} if acc is not None else {}),
+            **(evaluation_record(scores, progress["best"]) if acc is not None else {}),
         }
         rows.append(record)
         if writer:
@@ -265,6 +282,8 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
             save_checkpoint(comm, algo, cfg, out, r + 1, step / sched.steps_per_epoch, progress, rows)
     if writer:
         writer.close()
+    stream.close()  # image folders: stop the loader processes now, not at garbage collection
+    plain.close()
     if out:
         algo.save_final(out)
     with comm.tag("control"):
@@ -285,6 +304,8 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
             "workers_before": point.workers_before, "epochs_before": point.epochs_before,
             "resumed_at_epoch": point.epoch, "epochs_after": end_epoch - point.epoch},
         "best_acc": progress["best"], "final_acc": rows[-1].get("test_acc") if rows else None,
+        **evaluation_summary(rows),
+        **({"skipped_images": skipped_images(comm, bad, dataset)} if d.skip_bad_images else {}),
         "time_s": progress["parallel_s"], "time_to_best_s": progress["best_time"],
         "elapsed_s": time.perf_counter() - start,
         "sent_bytes_per_worker": [int(v) for v in totals[:, 0]],
@@ -299,6 +320,66 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
         "peak_memory_kind": "cuda max allocated" if device.type == "cuda" else "process max RSS",
         "eval_scale": algo.eval_scale(), "scaled_blocks": list(store.candidates),
     }
+
+
+def same_data_everywhere(comm: Communicator, dataset: FolderDataset) -> None:
+    """Collective: under torchrun every node scans its own copy of an image folder; a copy with other
+    classes (or other files) would give the same output index another meaning on that node, silently."""
+    text = "\n".join([*dataset.classes, str(dataset.n_train), str(len(dataset.test))])
+    mine = torch.tensor([int(hashlib.sha1(text.encode()).hexdigest()[:15], 16)], dtype=torch.int64)
+    with comm.tag("control"):
+        everyone = [int(t) for t in comm.all_gather(mine)]
+    other = next((r for r, v in enumerate(everyone) if v != everyone[0]), None)
+    if other is not None:
+        raise DatasetError(f"rank {other} sees another image folder than rank 0 ({dataset.source} on rank "
+                           f"{comm.rank}): other classes or another number of images; give every node the same tree")
+
+
+def evaluation_record(scores: dict[str, float], best: float) -> dict[str, Any]:
+    """One evaluation in a metrics.jsonl row: test top-1 (``test_acc``, and the best so far) and top-5,
+    and each extra test set's under ``extra_test``."""
+    record: dict[str, Any] = {"test_acc": scores["test/top1"], "test_top5": scores["test/top5"], "best_acc": best}
+    extra = [k.split("/")[0] for k in scores if k.endswith("/top1") and k != "test/top1"]  # in the evaluator's order
+    if extra:
+        record["extra_test"] = {s: {"acc": scores[f"{s}/top1"], "top5": scores[f"{s}/top5"]} for s in extra}
+    return record
+
+
+def evaluation_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Top-5 and the extra test sets for summary.json, from the evaluated rows: final, best, and at the
+    evaluation where test top-1 was best (what a model selected on the test set scores elsewhere)."""
+    evaluated = [r for r in rows if r.get("test_acc") is not None]
+    if not evaluated or "test_top5" not in evaluated[-1]:  # no evaluation, or rows of an older run
+        return {}
+    at_best = max(evaluated, key=lambda r: r["test_acc"])  # the first of equals, as best_acc is kept
+    summary: dict[str, Any] = {"final_top5": evaluated[-1]["test_top5"],
+                               "best_top5": max(r["test_top5"] for r in evaluated),
+                               "top5_at_best": at_best["test_top5"]}
+    if "extra_test" in evaluated[-1]:
+        summary["extra_test"] = {
+            s: {"final_acc": v["acc"], "final_top5": v["top5"], "best_acc": max(r["extra_test"][s]["acc"] for r in evaluated),
+                "acc_at_best": at_best["extra_test"][s]["acc"], "top5_at_best": at_best["extra_test"][s]["top5"]}
+            for s, v in evaluated[-1]["extra_test"].items()}
+    return summary
+
+
+def skipped_images(comm: Communicator, bad: BadImages, dataset) -> dict[str, Any]:
+    """Collective: the unreadable images any rank skipped, per split (train, test, extra test sets),
+    counted once each however often they were drawn, with their paths (the first 100)."""
+    splits = ["train", "test", *getattr(dataset, "extra", {})]
+    counts, files = {}, []
+    with comm.tag("control"):
+        for split in splits:
+            mine = torch.tensor(sorted(bad.seen.get(split, {})), dtype=torch.int64)
+            sizes = comm.all_gather(torch.tensor([len(mine)], dtype=torch.int64))
+            longest = int(max(sizes).item())
+            padded = torch.full((longest,), -1, dtype=torch.int64)
+            padded[:len(mine)] = mine
+            union = sorted({int(i) for t in comm.all_gather(padded) for i in t.tolist() if i >= 0}) if longest else []
+            counts[split] = len(union)
+            table = dataset.train if split == "train" else dataset.test if split == "test" else dataset.extra[split]
+            files += [table.path(i) for i in union]
+    return {**counts, "files": files[:100]}
 
 
 def save_checkpoint(comm: Communicator, algo, cfg: Config, out: Path, next_round: int, epoch: float,
@@ -331,7 +412,7 @@ def _dist_entry(comm: Communicator, cfg_dict: dict, out: str | None, dataset: Da
                 resume: str | None) -> dict[str, Any]:
     cfg = Config.from_dict(cfg_dict)
     if dataset is None:
-        dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir, download=False)
+        dataset = load_data(cfg)
     if out:
         resume = agree_on_resume(comm, Path(out), resume)
     return run_worker(comm, cfg, dataset, Path(out) if out else None, resume)
@@ -362,22 +443,52 @@ def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
 
 
-def prepare_run_dir(cfg: Config, resuming: bool) -> Path:
+CLASSES_FILE = "classes.json"
+
+
+def prepare_run_dir(cfg: Config, resuming: bool, classes: tuple[str, ...] | None = None) -> Path:
+    """Create the run folder with ``config.json`` and, for a dataset whose classes are folder names,
+    ``classes.json`` (the class of each output index)."""
     out = Path(cfg.run.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         if not resuming:  # a fresh run must not be mistaken for the one that was here before
-            stale = checkpoint.all_checkpoints(out) + [out / "summary.json", out / "model.pt"]
+            stale = checkpoint.all_checkpoints(out) + [out / "summary.json", out / "model.pt", out / CLASSES_FILE]
             for path in stale + list(out.glob("member*.pt")):
                 path.unlink(missing_ok=True)
         atomic_write_text(cfg.dumps() + "\n", out / "config.json")
+        if classes is not None and not resuming:
+            atomic_write_json(list(classes), out / CLASSES_FILE)
     except OSError as e:
         raise ValueError(f"cannot write the run folder {out}: {e.strerror or e}") from None
     return out
 
 
-def resume_point(cfg: Config, run_dir: Path) -> Path:
-    """The checkpoint to continue ``run_dir`` from, after checking it belongs to ``cfg``."""
+def check_classes(run_dir: Path, classes: tuple[str, ...] | None, where: str) -> None:
+    """A resumed run must see the classes it was trained with, in the same order: the output index
+    of each class is its position in the sorted folder names, so one folder added, removed or renamed
+    shifts the meaning of every index after it."""
+    if classes is None:
+        return
+    path = Path(run_dir) / CLASSES_FILE
+    try:
+        saved = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DatasetError(f"{path} is missing, so the class of each output cannot be checked against "
+                           f"{where}; restore it or start a new run folder") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise DatasetError(f"{path} is unreadable ({e}); restore it or start a new run folder") from None
+    if list(saved) != list(classes):
+        first = next((i for i, (a, b) in enumerate(zip(saved, classes)) if a != b), min(len(saved), len(classes)))
+        theirs = repr(saved[first]) if first < len(saved) else "nothing"
+        ours = repr(classes[first]) if first < len(classes) else "nothing"
+        raise DatasetError(f"the classes of {where} ({len(classes)}) are not those this run was trained with "
+                           f"({len(saved)}, {path}): class {first} was {theirs}, now {ours}")
+
+
+def resume_point(cfg: Config, run_dir: Path, dataset: Dataset | FolderDataset | None = None) -> Path:
+    """The checkpoint to continue ``run_dir`` from, after checking it belongs to ``cfg`` (and that the
+    dataset has the classes the run was trained with)."""
     path = checkpoint.latest(run_dir)
     if path is None:
         raise ValueError(f"no checkpoint in {checkpoint.folder(run_dir)}; nothing to resume")
@@ -386,6 +497,8 @@ def resume_point(cfg: Config, run_dir: Path) -> Path:
     if changed:
         raise ValueError(f"{path} belongs to another config ({', '.join(changed)} differ); "
                          f"resume with the run's own config or start a new run folder")
+    if dataset is not None:
+        check_classes(run_dir, dataset.classes, dataset.source)
     return path
 
 
@@ -397,7 +510,7 @@ def train(cfg: Config, dataset: Dataset | None = None, resume: bool | str = Fals
     """
     given = dataset is not None
     if dataset is None:
-        dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir, download=cfg.data.download)
+        dataset = load_data(cfg, download=cfg.data.download)
     check(cfg, dataset)
     if resume is True and not algorithm_class(cfg.algo.name).checkpointable:
         raise ValueError(f"{cfg.algo.name} runs write no checkpoints, so they cannot be resumed")
@@ -408,8 +521,8 @@ def train(cfg: Config, dataset: Dataset | None = None, resume: bool | str = Fals
     lead = not torchrun or int(os.environ["RANK"]) == 0
     if resume == "auto":  # resume if there is a checkpoint; under torchrun rank 0 decides for all
         resume = lead and checkpoint.latest(Path(cfg.run.out)) is not None
-    ckpt = resume_point(cfg, Path(cfg.run.out)) if resume and lead else None
-    out = prepare_run_dir(cfg, resuming=ckpt is not None) if lead else Path(cfg.run.out)
+    ckpt = resume_point(cfg, Path(cfg.run.out), dataset) if resume and lead else None
+    out = prepare_run_dir(cfg, resuming=ckpt is not None, classes=dataset.classes) if lead else Path(cfg.run.out)
     if lead:
         log.info("%s: %s on %d workers (%s), %s, run folder %s%s", cfg.algo.name, cfg.model.name,
                  cfg.algo.workers, cfg.run.runtime, dataset.source, out,
@@ -431,6 +544,8 @@ def train(cfg: Config, dataset: Dataset | None = None, resume: bool | str = Fals
                 summary = spawn(cfg.algo.workers, _dist_entry, args=args, backend=cfg.run.backend,
                                 timeout=cfg.run.timeout, master_port=cfg.run.master_port)[0]
     except CommError as e:
+        if getattr(e, "usage", False):  # a rank found bad input (an unreadable image): exit 2, as in-process
+            raise ValueError(str(e)) from None
         last = checkpoint.latest(out)
         hint = (f"resume with: resist train --resume {out} (latest checkpoint {last.name})" if last
                 else "no checkpoint was written yet")

@@ -1,0 +1,1 @@
+"""Tasks beyond image classification: what data, head, loss and metrics a trainer needs for each."""
