@@ -45,7 +45,8 @@ CHOICES = {"algo.name": registry.ALGORITHMS, "algo.partition": registry.PARTITIO
            "algo.bn_eval": registry.BN_EVAL_MODES, "data.dataset": registry.DATASETS, "run.runtime": registry.RUNTIMES,
            "run.backend": registry.BACKENDS, "run.device": registry.DEVICES, "optim.inner": registry.INNER_OPTIMIZERS,
            "run.amp": registry.AMP_MODES, "algo.compress": registry.CODECS,
-           "algo.compress_what": registry.COMPRESS_WHAT, "model.stem": registry.STEMS, "data.task": registry.TASKS}
+           "algo.compress_what": registry.COMPRESS_WHAT, "model.stem": registry.STEMS, "data.task": registry.TASKS,
+           "optim.lr_schedule": registry.LR_SCHEDULES}
 
 
 def _numbers(kind: type) -> Callable[[str], tuple]:

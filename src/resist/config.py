@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .registry import (ALGORITHMS, AMP_MODES, BACKENDS, BN_DEFERRABLE, CODECS, COMPRESS_WHAT, COMPRESSIBLE, BN_EVAL_MODES,
-                       DATASETS, DEVICES, FOLDER_DATASETS, INNER_OPTIMIZERS, OUTER_STEPPED, PARTITIONS, RUNTIMES, STEMS,
-                       TASKS, TEXT_DATASETS)
+                       DATASETS, DEVICES, FOLDER_DATASETS, INNER_OPTIMIZERS, LR_SCHEDULES, OUTER_STEPPED, PARTITIONS,
+                       RUNTIMES, STEMS, TASKS, TEXT_DATASETS)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -32,14 +32,16 @@ class ModelConfig:
     name: str = "paper_resnet101"
     """Registry name of the architecture (``resist models`` lists them)."""
     width: float = 1.0
-    """Channel multiplier: 1.0 is the paper's width; 0.25 trains at CPU scale."""
+    """Size multiplier: a ResNet's channels (1.0 is the paper's width; 0.25 trains at CPU scale), a
+    ViT's embedding dimension."""
     num_classes: int | None = None
     """Output classes; ``None`` takes the dataset's."""
     layers: tuple[int, ...] | None = None
     """Blocks per section, for the generic factories (``paper_resnet``, ``preact_resnet``, ``resnet``)."""
     stem: str | None = None
-    """The ResNet stem: cifar (3x3 conv, stride 1) or imagenet (7x7 stride-2 conv and 3x3 stride-2 max pool,
-    for 224-pixel images, paper §5); ``None``: the architecture's own (cifar for every ResNet)."""
+    """The stem: cifar (a ResNet's 3x3 conv, stride 1; a ViT's 4-pixel patches of 32x32 images) or imagenet
+    (7x7 stride-2 conv and 3x3 stride-2 max pool for 224-pixel images, paper §5; a ViT's 16-pixel patches of
+    224x224 images); ``None``: the architecture's own (cifar for every ResNet and ViT)."""
 
     def __post_init__(self) -> None:
         _check(self.stem is None or self.stem in STEMS, f"unknown stem {self.stem!r}; choose one of: {', '.join(STEMS)}")
@@ -245,10 +247,17 @@ class OptimConfig:
     weight_decay: float = 5e-4
     """L2 weight decay."""
     lr_decay_at: tuple[float, ...] = (0.5, 0.75)
-    """Fractions of training at which the learning rate is divided by 10."""
+    """Fractions of training at which the learning rate is divided by 10 (the step schedule)."""
     inner: str = "sgd"
     """The workers' (inner) optimizer: ``sgd`` (with ``momentum``) or ``adamw`` (default betas). Like
     momentum, AdamW's moments restart every round unless ``carry_momentum`` (not available for AdamW)."""
+    lr_schedule: str = "step"
+    """Learning-rate schedule after the warm-up: ``step`` (divided by 10 at each ``lr_decay_at``, paper §5)
+    or ``cosine`` (half a cosine from lr down to 0 at the last step; Loshchilov & Hutter 2017, as ViTs
+    are trained)."""
+    lr_warmup_epochs: float = 0.0
+    """Epochs over which the learning rate first rises linearly to lr (Goyal et al. 2017; ViT and DeiT
+    warm up), before the schedule; 0: none."""
 
     def __post_init__(self) -> None:
         self.lr_decay_at = tuple(self.lr_decay_at)
@@ -259,6 +268,10 @@ class OptimConfig:
         _check(all(0 < f < 1 for f in self.lr_decay_at), f"lr_decay_at must lie in (0, 1), got {self.lr_decay_at}")
         _check(self.inner in INNER_OPTIMIZERS,
                f"unknown inner optimizer {self.inner!r}; choose one of: {', '.join(INNER_OPTIMIZERS)}")
+        _check(self.lr_schedule in LR_SCHEDULES,
+               f"unknown lr_schedule {self.lr_schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}")
+        _check(0 <= self.lr_warmup_epochs < self.epochs,
+               f"lr_warmup_epochs must be >= 0 and below epochs ({self.epochs}), got {self.lr_warmup_epochs}")
 
 
 @dataclass

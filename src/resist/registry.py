@@ -27,9 +27,11 @@ TEXT_DATASETS = ("pystdlib", "text")
 TASKS = ("classification", "lm")
 #: Datasets whose images are files on disk, decoded in loader processes (``data/folder.py``).
 FOLDER_DATASETS = ("imagefolder",)
-#: ResNet stems: CIFAR's 3x3 stride-1 conv, or ImageNet's 7x7 stride-2 conv + 3x3 stride-2 max pool.
+#: Stems: CIFAR's 3x3 stride-1 conv, or ImageNet's 7x7 stride-2 conv + 3x3 stride-2 max pool (ResNets);
+#: 4-pixel patches of 32x32 images, or 16-pixel patches of 224x224 ones (ViTs).
 STEMS = ("cifar", "imagenet")
 INNER_OPTIMIZERS = ("sgd", "adamw")
+LR_SCHEDULES = ("step", "cosine")
 AMP_MODES = ("none", "bf16", "fp16")
 #: What may travel compressed (paper Appendix A.5): none, 16-bit floats, k-bit quantization, sparsification.
 CODECS = ("none", "fp16", "bf16", *(f"q{k}" for k in range(1, 9)), "topk", "randk")

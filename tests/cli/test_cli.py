@@ -139,6 +139,8 @@ BAD = {
     "zero checkpoint cadence": (["--checkpoint-every", "0"], "checkpoint_every must be >= 1"),
     "zero kept checkpoints": (["--keep-checkpoints", "0"], "keep_checkpoints must be >= 1"),
     "decay outside training": (["--set", "optim.lr_decay_at=[1.5]"], "lr_decay_at must lie in (0, 1)"),
+    "unknown lr schedule": (["--lr-schedule", "linear"], "unknown lr_schedule 'linear'"),
+    "warm-up past the end": (["--epochs", "2", "--lr-warmup-epochs", "2"], "lr_warmup_epochs must be >= 0 and below"),
     "zero eval limit": (["--set", "data.eval_limit=0"], "eval_limit must be >= 1"),
     "zero classes": (["--num-classes", "0"], "num_classes must be >= 1"),
     "bad port": (["--master-port", "70000"], "master_port must be a TCP port"),
@@ -255,7 +257,8 @@ def test_readme_lists_what_the_registry_holds():
     vocab = {"--algo": tuple(registry.ALGORITHMS), "--partition": registry.PARTITIONS, "--stem": registry.STEMS,
              "--bn-eval": registry.BN_EVAL_MODES, "--dataset": registry.DATASETS, "--runtime": registry.RUNTIMES,
              "--backend": registry.BACKENDS, "--device": registry.DEVICES, "--amp": registry.AMP_MODES,
-             "--compress-what": registry.COMPRESS_WHAT, "--task": registry.TASKS}
+             "--compress-what": registry.COMPRESS_WHAT, "--task": registry.TASKS,
+             "--lr-schedule": registry.LR_SCHEDULES}
     for flag, names in vocab.items():
         found = re.findall(rf"`{flag} ([a-z0-9_]+(?:\|[a-z0-9_]+)+)`", readme)
         assert found, f"README lists no choices for {flag}"

@@ -80,7 +80,10 @@ def test_registered_detectors_build(name):
     assert len(m.partitionable) == len(m.sections[2]) - 1 and isinstance(m.head, YOLOHead)
 
 
-@pytest.mark.parametrize("backbone", list_models())
+RESNETS = [n for n in list_models() if not n.startswith("vit_")]  # the registry also holds vision transformers
+
+
+@pytest.mark.parametrize("backbone", RESNETS)
 def test_any_registered_resnet_is_a_backbone(backbone):
     kw = {"layers": (1, 1, 3, 1)} if backbone in ("paper_resnet", "preact_resnet", "resnet") else {}
     with torch.device("meta"):  # shapes only: the deep ones are slow to run for real
@@ -95,6 +98,8 @@ def test_any_registered_resnet_is_a_backbone(backbone):
 def test_bad_arguments():
     with pytest.raises(ValueError, match="unknown detection model"):
         create_detection_model("yolo_vgg16")
+    with pytest.raises(ValueError, match="'vit_tiny' is not a ResNet"):
+        create_detection_model("yolo:vit_tiny")
     with pytest.raises(ValueError, match="unknown model"):
         create_detection_model("yolo:vgg16", **TINY)
     with pytest.raises(ValueError, match="head_convs"):

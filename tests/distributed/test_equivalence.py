@@ -1,6 +1,6 @@
 """The two runtimes agree: the same seed and config give the same global model in-process and on
 real gloo processes (parameters and BatchNorm buffers), for ResIST with and without min-depth sharing,
-local SGD and data parallel.
+local SGD and data parallel, on ResNets and on a vision transformer.
 
 What holds, and is tested exactly: at 2 workers the two runtimes are bitwise equal for any number of
 rounds (a sum of two numbers is the same in either order). At 3+ workers gloo's ring sums in another
@@ -47,14 +47,19 @@ CASES = [
     ("resist+q8", 2, 0), ("resist+q4", 3, 3), ("local_sgd+q8", 3, 0), ("resist+q4ef", 2, 3), ("local_sgd+q2ef", 2, 0),
     ("data_parallel+q8", 3, 0), ("data_parallel+q4dp", 2, 0),
     ("resist+bn2", 2, 3), ("local_sgd+bn2", 3, 0),
+    ("resist+vit", 2, 0), ("resist+vit", 3, 3), ("local_sgd+vit", 2, 0),
 ]
+# A vision transformer (no BatchNorm; LayerNorm, attention) with its recipe: AdamW, warm-up and cosine.
+VIT = {"model.name": "vit_tiny", "model.layers": None, "model.width": 1 / 16, "optim.inner": "adamw",
+       "optim.lr": 1e-3, "optim.weight_decay": 0.05, "optim.lr_schedule": "cosine", "optim.lr_warmup_epochs": 0.5}
 EXTRA = {"": {}, "outer": {"algo.outer_lr": 0.7, "algo.outer_momentum": 0.9},  # DiLoCo's outer Nesterov SGD
          "bf16": {"run.amp": "bf16"}, "fp16": {"run.amp": "fp16"},
          "q8": {"algo.compress": "q8"}, "q4": {"algo.compress": "q4"},
          "q4ef": {"algo.compress": "q4", "algo.compress_what": "update", "algo.error_feedback": True},
          "q2ef": {"algo.compress": "q2", "algo.compress_what": "update", "algo.error_feedback": True},
          "q4dp": {"algo.compress": "q4", "algo.error_feedback": True},  # data parallel: gradients + feedback
-         "bn2": {"algo.bn_sync_every": 2}}
+         "bn2": {"algo.bn_sync_every": 2},
+         "vit": VIT}
 
 
 @pytest.mark.timeout(240)

@@ -50,6 +50,9 @@ OUTER = {"algo.outer_lr": 0.7, "algo.outer_momentum": 0.9}
 
 
 EF = {"algo.compress": "q4", "algo.compress_what": "update", "algo.error_feedback": True}
+# A vision transformer with its recipe (AdamW, whose moments restart each round; warm-up and cosine).
+VIT = {"model.name": "vit_tiny", "model.layers": None, "model.width": 1 / 16, "optim.inner": "adamw",
+       "optim.lr": 1e-3, "optim.weight_decay": 0.05, "optim.lr_schedule": "cosine", "optim.lr_warmup_epochs": 0.5}
 # Statistics averaged at rounds 4, 8, ...: the checkpoint at round 3 holds every rank's own.
 BN4 = {"algo.bn_sync_every": 4}
 
@@ -59,7 +62,8 @@ BN4 = {"algo.bn_sync_every": 4}
                                               ("local_sgd", False, OUTER), ("resist", False, EF),
                                               ("local_sgd", False, EF), ("resist", False, BN4),
                                               ("local_sgd", False, BN4),
-                                              ("data_parallel", False, {"algo.compress": "q4", "algo.error_feedback": True})])
+                                              ("data_parallel", False, {"algo.compress": "q4", "algo.error_feedback": True}),
+                                              ("resist", False, VIT), ("local_sgd", False, VIT)])
 def test_inprocess_resume_is_bitwise(tmp_path, faults, algo, carry, extra):
     over = {"algo.name": algo, "algo.carry_momentum": carry, "algo.min_depth": 3, **extra}
     whole = train(cfg_for(tmp_path / "whole", **over), DATA)

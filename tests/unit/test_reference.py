@@ -40,8 +40,9 @@ def _mean(copies):
 
 def reference(cfg) -> dict[str, torch.Tensor]:
     a, o, s = cfg.algo, cfg.optim, cfg.algo.workers
-    models = [init_model(create_model("paper_resnet", num_classes=4, width=cfg.model.width,
-                                      layers=cfg.model.layers), cfg.run.seed) for _ in range(s)]
+    extra = {"layers": cfg.model.layers} if cfg.model.layers is not None else {}
+    models = [init_model(create_model(cfg.model.name, num_classes=4, width=cfg.model.width, **extra), cfg.run.seed)
+              for _ in range(s)]
     cands = candidate_blocks(models[0].partitionable, models[0].skippable, "section3")
     streams = [BatchStream(DATA.train, DATA.mean, DATA.std, s, k, cfg.data.batch_size, cfg.run.seed) for k in range(s)]
     spe = len(DATA.train.y) // s // cfg.data.batch_size
@@ -132,6 +133,9 @@ CASES = {
                                                "algo.outer_momentum": 0.9},
     "DiLoCo, plain outer momentum": {"algo.name": "local_sgd", "algo.workers": 2, "algo.outer_lr": 0.5,
                                      "algo.outer_momentum": 0.5, "algo.outer_nesterov": False},
+    # A vision transformer: its 10 middle blocks dealt out (some shared, for the minimum depth).
+    "resist S=3 ViT min depth 4": {"model.name": "vit_tiny", "model.layers": None, "algo.workers": 3,
+                                   "algo.min_depth": 4},
 }
 
 

@@ -3,7 +3,8 @@
 A worker builds the architecture on the ``meta`` device (no memory) and materializes only the parts it
 holds: the stem, the head, the shared blocks, and the partitioned blocks of its current sub-network
 (paper §2.5, Fig. 3). A part is ``"stem"``, ``"head"`` or a block index. Every part is initialized
-from a seed of its own, so any rank can create any part identically without communication.
+from a seed of its own, so any rank can create any part identically without communication
+(:func:`resist.models.protocol.init_part`, with the model's own initialization).
 
 Every held tensor lives in a flat buffer per dtype of its bucket (``"shared"``, or a block index), so
 that synchronization sends and all-reduces those buffers as they are, with no copies (as DDP's buckets
@@ -13,7 +14,7 @@ and, where momentum persists across rounds, its momentum.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence, Union
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -22,38 +23,8 @@ from .. import aggregate
 from ..comm import Communicator
 from ..comm.codecs import Codec, make_codec
 from ..config import AlgoConfig
-from ..seeds import mix
-
-Part = Union[str, int]
-
-
-def part_module(model: nn.Module, part: Part) -> nn.Module:
-    return model.blocks[part] if isinstance(part, int) else getattr(model, part)
-
-
-def _part_key(model: nn.Module, part: Part) -> int:
-    return part + 1 if isinstance(part, int) else (0 if part == "stem" else len(model.blocks) + 1)
-
-
-@torch.no_grad()
-def init_part(model: nn.Module, part: Part, seed: int, device: torch.device | str = "cpu") -> None:
-    """Allocate ``part`` of ``model`` and give it its initialization, drawn on the CPU from a seed of
-    its own: the same on every rank and device, whoever holds the part."""
-    module = part_module(model, part)
-    module.to_empty(device="cpu")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(mix(seed, _part_key(model, part)))
-        for m in module.modules():
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
-    module.to(device)
-
-
-def init_model(model: nn.Module, seed: int, device: torch.device | str = "cpu") -> nn.Module:
-    """The whole global model as every algorithm initializes it (for references and tests)."""
-    for part in ["stem", "head", *range(len(model.blocks))]:
-        init_part(model, part, seed, device)
-    return model
+# How a part is made from its seed is the model protocol's (the model's own initialization); re-exported.
+from ..models.protocol import Part, init_model, init_part, part_module  # noqa: F401
 
 
 def tensors_of(module: nn.Module) -> list[torch.Tensor]:

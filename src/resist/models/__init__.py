@@ -1,17 +1,26 @@
 """Model registry (timm style): ``create_model(name, num_classes=10, width=1.0, **kwargs)``.
 
-Factories pass extra kwargs (``stem``, ``layers``, ``block``) through to :class:`ResNet`.
+Factories pass extra kwargs through: ``stem``, ``layers``, ``block`` to :class:`ResNet`; ``stem``
+(``cifar``: 32x32 images in 4-pixel patches, ``imagenet``: 224x224 in 16-pixel ones), ``pool``,
+``depth``, ``shared_first`` / ``shared_last`` to :class:`VisionTransformer`. Every model implements the
+partitionable-model protocol (:mod:`resist.models.protocol`); :func:`residual_stack` makes one from
+user modules.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
 from torch import nn
 
+from resist.models.protocol import ProtocolError, check_model
 from resist.models.resnet import ResNet
+from resist.models.stack import ResidualStack, ScaledResidual, residual_stack
+from resist.models.vit import STEMS, VisionTransformer
 
-__all__ = ["ResNet", "create_model", "list_models", "register_model"]
+__all__ = ["ProtocolError", "ResNet", "ResidualStack", "ScaledResidual", "VisionTransformer", "check_model",
+           "create_model", "list_models", "register_model", "residual_stack"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -26,10 +35,25 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def _factory(name: str) -> Callable[..., nn.Module]:
+    """A registered name, or ``"module:function"``: a factory importable in every process (spawned and
+    torchrun ranks import it themselves, where a registration made in one script would be missing)."""
+    if name in _MODELS:
+        return _MODELS[name]
+    module, sep, attr = name.partition(":")
+    if not sep:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}, or module:function")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot import model factory {name!r}: {e}") from None
+    if not callable(fn):
+        raise ValueError(f"model factory {name!r} is not callable")
+    return fn
+
+
 def create_model(name: str, num_classes: int = 10, width: float = 1.0, **kwargs) -> nn.Module:
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
-    return _MODELS[name](num_classes=num_classes, width=width, **kwargs)
+    return _factory(name)(num_classes=num_classes, width=width, **kwargs)
 
 
 # Paper ResNets (Dun et al., §2.1): pre-activation basic blocks, no BN-ReLU before the pooling.
@@ -111,6 +135,27 @@ def resnet152(num_classes=10, width=1.0, **kwargs):
 @register_model
 def resnet200(num_classes=10, width=1.0, **kwargs):
     return resnet(num_classes, width, layers=(3, 24, 36, 3), **kwargs)
+
+
+# Vision transformers (Dosovitskiy et al. 2021), pre-norm, at the DeiT sizes (Touvron et al. 2021):
+# ViT-Ti 192-dim and 3 heads, ViT-S 384-dim and 6 heads, both 12 blocks with MLP ratio 4.
+def _vit(dim: int, heads: int, num_classes: int, width: float, stem: str, kwargs: dict) -> VisionTransformer:
+    if stem not in STEMS:
+        raise ValueError(f"stem must be one of {', '.join(STEMS)}, got {stem!r}")
+    if "layers" in kwargs:  # a preset's ResNet sections (the smoke preset sets them)
+        raise ValueError("a vision transformer has no ResNet sections (layers); unset them with "
+                         "--set model.layers=null")
+    return VisionTransformer(dim=dim, heads=heads, num_classes=num_classes, width=width, **{**STEMS[stem], **kwargs})
+
+
+@register_model
+def vit_tiny(num_classes=10, width=1.0, *, stem="cifar", **kwargs):
+    return _vit(192, 3, num_classes, width, stem, kwargs)
+
+
+@register_model
+def vit_small(num_classes=10, width=1.0, *, stem="cifar", **kwargs):
+    return _vit(384, 6, num_classes, width, stem, kwargs)
 
 
 # Byte-level GPT (models/gpt.py): width scales the embedding size (256 at width 1, in whole heads).

@@ -35,7 +35,17 @@ def make_optimizer(store: PartStore, o: OptimConfig) -> torch.optim.Optimizer:
 
 
 def lr_at(o: OptimConfig, step: int, total_steps: int) -> float:
-    """Step decay: the learning rate divided by 10 at each fraction in ``lr_decay_at`` (paper §5)."""
+    """The learning rate of ``step`` (0-based) of ``total_steps``.
+
+    A linear warm-up over the first ``lr_warmup_epochs`` (lr (k + 1) / W at step k < W), then step decay
+    (divided by 10 at each fraction in ``lr_decay_at`` of the training, paper §5) or a cosine from lr to 0
+    over the steps after the warm-up (Loshchilov & Hutter 2017). Warm-up and decay are fractions of the
+    training, so a resume with another worker count (other steps per epoch) keeps them at the same epochs."""
+    warmup = math.ceil(o.lr_warmup_epochs / o.epochs * total_steps)
+    if step < warmup:
+        return o.lr * (step + 1) / warmup
+    if o.lr_schedule == "cosine":
+        return o.lr * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
     passed = sum(step >= math.ceil(f * total_steps) for f in o.lr_decay_at)
     return o.lr * 0.1**passed
 
