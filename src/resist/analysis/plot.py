@@ -102,11 +102,13 @@ def plot_runs(runs: Sequence[Run], labels: Sequence[str], out: str | Path, log_b
 
     fig = Figure(figsize=(11, 4.5), layout="constrained")
     ax_t, ax_b = fig.subplots(1, 2, sharey=True)
-    for run, label in zip(runs, labels):
+    for i, (run, label) in enumerate(zip(runs, labels)):
         sent = dict(zip((id(r) for r in run.rows), cumulative_sent(run.rows)))
         ev = run.evaluated
         acc = [r["test_acc"] for r in ev]
-        style = dict(marker="o", markersize=3 if len(ev) > 30 else 5, linewidth=1.6, label=label)
+        # past the colour cycle's 10 colours, another line style keeps every run apart
+        style = dict(marker="o" if i < 10 else "s", markersize=3 if len(ev) > 30 else 5, linewidth=1.6, label=label,
+                     linestyle=("-", "--", ":")[i // 10 % 3])
         ax_t.plot([r["time_s"] for r in ev], acc, **style)
         ax_b.plot([sent[id(r)] / 1e6 for r in ev], acc, **style)
     ax_t.set(title="Test accuracy vs. time", xlabel="parallel-equivalent time (s)", ylabel="test accuracy (%)")
