@@ -169,7 +169,7 @@ def main() -> None:
     ap.add_argument("--eval-limit", type=int, default=10000)
     ap.add_argument("--name", default="fair_baselines")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds any collective may wait before failing")
-    ap.add_argument("--deadline", type=float, default=1800.0, help="seconds a whole repetition may take")
+    ap.add_argument("--deadline", type=float, default=600.0, help="seconds a whole repetition may take (one takes about 40 s at the defaults; on 2026-11-27 a DDP repetition hung with one rank idle, which the collective timeout did not catch)")
     ap.add_argument("--retries", type=int, default=2, help="times a failed or hung repetition is retried")
     args = ap.parse_args()
     if not Path(args.data_dir).is_dir():
