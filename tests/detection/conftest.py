@@ -5,7 +5,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,9 +39,5 @@ def voc_copy(voc_tree, tmp_path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: these tensors are tiny, and on a busy machine a second thread only waits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """One thread (tests/conftest.py): these tensors are tiny, and on a busy machine a second thread only waits."""

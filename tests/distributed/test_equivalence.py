@@ -30,13 +30,6 @@ def final_model(tmp_path, runtime, **over):
     return torch.load(tmp_path / runtime / "model.pt", weights_only=True), summary
 
 
-@pytest.fixture
-def one_thread():
-    # Spawned workers compute with one thread each; the in-process run must too for equal bits.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 CASES = [

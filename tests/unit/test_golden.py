@@ -57,14 +57,9 @@ def run_case(name: str, out: Path) -> dict:
     return {"digest": digest(state), **{k: summary[k] for k in keys}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Intra-op parallelism splits reductions by the thread count, which changes the last bits: pin it, so
-    # that the digests do not depend on the machine's cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Intra-op parallelism splits reductions by the thread count, which changes the last bits: one thread
+# (tests/conftest.py), so that the digests do not depend on the machine's cores.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

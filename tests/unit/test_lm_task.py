@@ -58,8 +58,7 @@ def eval_row(line):
 
 
 @pytest.mark.timeout(240)
-def test_inprocess_equals_gloo_on_text(tmp_path, corpus):
-    torch.set_num_threads(1)
+def test_inprocess_equals_gloo_on_text(tmp_path, corpus, one_thread):
     a = train(lm_cfg(tmp_path / "a", **{"run.max_rounds": 2}), corpus)
     b = train(lm_cfg(tmp_path / "b", **{"run.max_rounds": 2, "run.runtime": "dist"}), corpus)
     ma, mb = final(tmp_path / "a"), final(tmp_path / "b")

@@ -31,12 +31,7 @@ def example_input(name):
     return torch.randn(2, 3, 16, 16, generator=gen)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: one compute thread
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -26,12 +26,7 @@ def example(monkeypatch):
     return importlib.import_module("user_resnet")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: one compute thread
 
 
 def test_the_example_implements_the_protocol(example):
