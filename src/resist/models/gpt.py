@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .protocol import run_stack
+
 
 class Embedding(nn.Module):
     """Token and learned position embeddings: the stem."""
@@ -116,8 +118,4 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         if idx.shape[1] > self.context:
             raise ValueError(f"sequence of {idx.shape[1]} tokens is longer than the context of {self.context}")
-        x = self.stem(idx)
-        for i, block in enumerate(self.blocks):
-            if i not in self.skip:
-                x = block(x)
-        return self.head(x)
+        return run_stack(self, idx)

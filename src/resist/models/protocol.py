@@ -84,6 +84,17 @@ def reset_tree(module: nn.Module, rule: Callable[[nn.Module], bool] | None = Non
         reset_tree(child, rule)
 
 
+def run_stack(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The protocol's forward pass: the stem, every block not in ``model.skip`` in order, the head. A
+    skipped block is never touched, so a rank may leave it unallocated (on ``meta``)."""
+    x = model.stem(x)
+    skip = model.skip
+    for i, block in enumerate(model.blocks):
+        if i not in skip:
+            x = block(x)
+    return model.head(x)
+
+
 @torch.no_grad()
 def init_part(model: nn.Module, part: Part, seed: int, device: torch.device | str = "cpu") -> None:
     """Allocate ``part`` of ``model`` and give it its initialization, drawn on the CPU from a seed of

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .protocol import run_stack
+
 
 def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
@@ -231,9 +233,4 @@ class ResNet(nn.Module):
             self.blocks[i].residual_scale = float(c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        skip = self.skip
-        for i, block in enumerate(self.blocks):
-            if i not in skip:
-                x = block(x)
-        return self.head(x)
+        return run_stack(self, x)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from .protocol import reset_tree
+from .protocol import reset_tree, run_stack
 
 
 class ScaledResidual(nn.Module):
@@ -103,12 +103,7 @@ class ResidualStack(nn.Module):
             self._set_scale(self.blocks[i], float(c))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        skip = self.skip
-        for i, block in enumerate(self.blocks):
-            if i not in skip:
-                x = block(x)
-        return self.head(x)
+        return run_stack(self, x)
 
 
 def residual_stack(stem: nn.Module, blocks: Iterable[nn.Module], head: nn.Module, *, partitionable: Iterable[int],

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .protocol import reset_tree
+from .protocol import reset_tree, run_stack
 
 #: ``stem`` -> image size and patch size: 4-pixel patches of 32x32 CIFAR images (an 8x8 grid, as ViT
 #: variants trained on CIFAR from scratch use), 16-pixel patches of 224x224 ImageNet images (the ViT
@@ -199,9 +199,4 @@ class VisionTransformer(nn.Module):
             self.blocks[i].residual_scale = float(c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)  # (B, N, D)
-        skip = self.skip
-        for i, block in enumerate(self.blocks):
-            if i not in skip:
-                x = block(x)
-        return self.head(x)
+        return run_stack(self, x)
