@@ -158,7 +158,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = build_config(args)
     summary = train(cfg, resume=True if args.resume else "auto" if args.auto_resume else False)
-    print(f"{cfg.algo.name}: best test accuracy {summary['best_acc']:.2f}% in {summary['time_s']:.1f} s "
+    from .tasks import make_task
+
+    print(f"{cfg.algo.name}: {make_task(cfg.data.task).headline_words(summary)} in {summary['time_s']:.1f} s "
           f"(parallel-equivalent), {max(summary['sent_bytes_per_worker']) / 1e6:.2f} MB sent per worker; "
           f"run folder {cfg.run.out}")
     return 0

@@ -93,6 +93,14 @@ def test_bad_lm_input_is_one_line(capsys, flags, message):
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_cli_trains_a_language_model_and_says_bits_per_byte(capsys, tmp_path):
+    rc = main(["train", "gpt_char_cpu", "--width", "0.125", "--context", "16", "--batch-size", "8",
+               "--text-bytes", "60000", "--eval-limit", "16", "--local-iters", "2", "--max-rounds", "1",
+               "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "bits per byte" in out and (tmp_path / "run" / "split.json").is_file()
+
+
 def test_bits_per_byte_is_nats_over_ln2(corpus):
     from resist.models import create_model
 

@@ -40,6 +40,8 @@ class Task:
     """Fields for summary.json from the rows."""
     describe: Callable[[dict[str, Any]], str]
     """An evaluated metrics row in words, for the log."""
+    headline_words: Callable[[dict[str, Any]], str]
+    """The run's best score in words, from summary.json (the CLI's last line)."""
 
     def better(self, score: float, best: float | None) -> bool:
         return best is None or (score > best if self.higher_is_better else score < best)
@@ -96,7 +98,8 @@ def classification() -> Task:
         return Accuracy(sets.pop("test"), recal, bn_eval, device, extra=sets)
 
     return Task("classification", F.cross_entropy, evaluator, "test/top1", True, classification_record,
-                classification_summary, classification_words)
+                classification_summary, classification_words,
+                lambda s: f"best test accuracy {s['best_acc']:.2f}%")
 
 
 # ------------------------------------------------------------------------------------ language modelling
@@ -154,7 +157,8 @@ def lm_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def language_model() -> Task:
     return Task("lm", next_token_loss, lambda sets, recal, bn_eval, device: BitsPerByte(sets["test"], device),
                 "test/bpb", False, lm_record, lm_summary,
-                lambda r: f"test {r['test_bpb']:.4f} bits/byte  best {r['best_bpb']:.4f}")
+                lambda r: f"test {r['test_bpb']:.4f} bits/byte  best {r['best_bpb']:.4f}",
+                lambda s: f"best {s['best_bpb']:.4f} bits per byte")
 
 
 TASK_FACTORIES: dict[str, Callable[[], Task]] = {"classification": classification, "lm": language_model}
