@@ -368,7 +368,8 @@ def main() -> None:
         raise SystemExit(f"cifar10_table: no finished runs under {runs_dir}")
     env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
            "python": platform.python_version(), "machine": platform.machine(), "cores": os.cpu_count(),
-           "library": describe_library(start, library_state())}
+           "library": describe_library(start, library_state()),
+           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     main_runs = [r for r in results if r["suite"] == "main"]
     abl_runs = [r for r in results if r["suite"] == "ablations"]
     outer_runs = [r for r in results if r["suite"] == "outer"]
@@ -377,8 +378,10 @@ def main() -> None:
     lines = [f"# CIFAR-10 ({args.name})\n",
              f"Preset `{args.preset}`: {cfg['model']['name']} at width {cfg['model']['width']}, "
              f"{cfg['optim']['epochs']:g} epoch(s), {cfg['algo']['local_iters']} local steps per round, "
-             f"batch {cfg['data']['batch_size']} per worker, lr {cfg['optim']['lr']}. {env['machine']} CPU with "
-             f"{env['cores']} cores, torch {env['torch']}, Python {env['python']}, library {env['library']}, "
+             f"batch {cfg['data']['batch_size']} per worker, lr {cfg['optim']['lr']}, amp {cfg['run']['amp']}"
+             f"{', channels-last' if cfg['run']['channels_last'] else ''}. "
+             f"{'One ' + env['gpu'] + ' (CUDA ' + str(torch.version.cuda) + '), ' if env['gpu'] else ''}"
+             f"{env['machine']} CPU with {env['cores']} cores, torch {env['torch']}, Python {env['python']}, library {env['library']}, "
              f"{env['date']}. In-process runtime; times are parallel-equivalent seconds (per round, the slowest "
              "worker's compute plus the synchronization, each measured while that worker alone held the "
              "cores); accuracy is on the whole CIFAR-10 test set; mean ± standard deviation over seeds. "

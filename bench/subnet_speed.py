@@ -8,6 +8,12 @@ machine noise hits them alike; the median is reported.
 
     python bench/subnet_speed.py [--model paper_resnet101] [--width 0.25] [--batch 32] [--reps 10]
     python bench/subnet_speed.py --device cuda --width 1 --batch 128 --workers 2 4 8 --reps 30 --name subnet_speed_gpu
+    python bench/subnet_speed.py --device cuda --width 1 --batch 128 --workers 2 4 8 --reps 30 \
+        --variants fp32 fp32+cl bf16 bf16+cl fp16 fp16+cl --name subnet_speed_amp_gpu
+
+A variant is a precision (fp32; bf16 or fp16 autocast, the trainer's ``--amp``, with fp16's gradient
+scaler) and, with ``+cl``, the channels-last memory layout of model and batch (``--channels-last``).
+Parameters and the optimizer stay fp32 in every variant, as in training.
 """
 
 from __future__ import annotations
@@ -25,24 +31,37 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchutil import OUT
 from resist.models import create_model
 from resist.plan import make_plan
+from resist.train.optim import Precision
 
-OUT = Path(__file__).resolve().parents[1] / "docs" / "results"
+AMP = {"fp32": "none", "bf16": "bf16", "fp16": "fp16"}
 
 
-def step(model, x, y, opt=None):
+def step(model, x, y, opt=None, precision: Precision | None = None):
     model.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), y).backward()
-    if opt is not None:
-        opt.step()  # parameters without a gradient (skipped blocks) are left alone
+    if precision is None or precision.dtype is None:
+        F.cross_entropy(model(x), y).backward()
+        if opt is not None:
+            opt.step()  # parameters without a gradient (skipped blocks) are left alone
+        return
+    with precision.autocast():
+        loss = F.cross_entropy(model(x), y)
+    if precision.scaler is None:
+        loss.backward()
+        opt.step()
+    else:
+        precision.scaler.scale(loss).backward()
+        precision.scaler.step(opt)
+        precision.scaler.update()
 
 
-def timed(model, x, y, opt) -> float:
+def timed(model, x, y, opt, precision=None) -> float:
     if x.is_cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    step(model, x, y, opt)
+    step(model, x, y, opt, precision)
     if x.is_cuda:
         torch.cuda.synchronize()
     return time.perf_counter() - t0
@@ -62,10 +81,17 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--variants", nargs="+", default=["fp32"],
+                    help="precision[+cl] each: fp32, bf16, fp16 (autocast), +cl for channels-last")
     ap.add_argument("--name", default="subnet_speed", help="docs/results/NAME.{md,json}")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("subnet_speed: --device cuda but CUDA is not available")
+    for v in args.variants:
+        if v.removesuffix("+cl") not in AMP:
+            raise SystemExit(f"subnet_speed: unknown variant {v!r}; use fp32, bf16 or fp16, optionally with +cl")
+        if v.startswith("fp16") and args.device == "cpu":
+            raise SystemExit("subnet_speed: fp16 autocast is for --device cuda; use bf16 on the CPU")
 
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -80,22 +106,40 @@ def main() -> None:
         model.skip = skip
         share[name] = flops(model, x, y)
     model, x, y = model.to(device), x.to(device), y.to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    for name, skip in configs.items():
-        model.skip = skip
-        for _ in range(3):  # warm-up (and cuDNN's kernel choice per shape)
-            step(model, x, y, opt)
-    for _ in range(args.reps):
+    # One model per memory layout, each with its own optimizer; both start from the same weights.
+    layouts = {}
+    for cl in sorted({v.endswith("+cl") for v in args.variants}):
+        m = create_model(args.model, num_classes=10, width=args.width).to(device)
+        m.load_state_dict(model.state_dict())
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        m = m.to(memory_format=fmt)
+        layouts[cl] = (m, torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9), x.contiguous(memory_format=fmt))
+    runs = {}
+    for v in args.variants:
+        m, opt, xv = layouts[v.endswith("+cl")]
+        prec = Precision(AMP[v.removesuffix("+cl")], device)
+        prec.new_round()
         for name, skip in configs.items():
-            model.skip = skip
-            times[name].append(timed(model, x, y, opt))
-    med = {n: statistics.median(v) for n, v in times.items()}
+            runs[(v, name)] = (m, opt, xv, prec, skip)
+    times = {key: [] for key in runs}
+    for m, opt, xv, prec, skip in runs.values():
+        m.skip = skip
+        for _ in range(3):  # warm-up (and cuDNN's kernel choice per shape)
+            step(m, xv, y, opt, prec)
+    for _ in range(args.reps):
+        for key, (m, opt, xv, prec, skip) in runs.items():
+            m.skip = skip
+            times[key].append(timed(m, xv, y, opt, prec))
+    med = {key: statistics.median(v) for key, v in times.items()}
+    base = med[(args.variants[0], "full")]
     rows = []
-    for name, skip in configs.items():
+    for (v, name), (m, opt, xv, prec, skip) in runs.items():
+        full = med[(v, "full")]
         rows.append({
-            "config": name, "blocks_held": len(model.partitionable) - len(skip),
-            "median_s": med[name], "time_ratio": med[name] / med["full"],
-            "images_per_s": args.batch / med[name], "speedup": med["full"] / med[name],
+            "variant": v, "config": name, "blocks_held": len(model.partitionable) - len(skip),
+            "median_s": med[(v, name)], "time_ratio": med[(v, name)] / full,
+            "images_per_s": args.batch / med[(v, name)], "speedup": full / med[(v, name)],
+            "vs_first_full": base / med[(v, name)],
             "flops": share[name], "flop_ratio": share[name] / share["full"],
         })
     env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
@@ -105,19 +149,23 @@ def main() -> None:
            "load_average_1min": os.getloadavg()[0]}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{args.name}.json").write_text(json.dumps({"args": vars(args), "env": env, "rows": rows}, indent=2))
-    where = (f"{env['device']} (CUDA, torch {env['torch']}, fp32 with cuDNN's default TF32 convolutions)"
+    where = (f"{env['device']} (CUDA, torch {env['torch']}; fp32 is cuDNN's default, TF32 convolutions)"
              if device.type == "cuda" else f"{env['machine']} CPU, {env['threads']} threads, torch {env['torch']}")
     lines = [f"# Sub-ResNet training step vs the whole model ({args.name})\n",
              f"`python bench/subnet_speed.py --model {args.model} --width {args.width} --batch {args.batch} "
-             f"--workers {' '.join(map(str, args.workers))} --reps {args.reps} --device {args.device} --name {args.name}` "
+             f"--workers {' '.join(map(str, args.workers))} --reps {args.reps} --device {args.device} "
+             f"--variants {' '.join(args.variants)} --name {args.name}` "
              f"on {where} (1-minute load average {env['load_average_1min']:.1f} at the start), {env['date']}. "
              f"Forward, backward and SGD update of one batch of {args.batch} 32x32 images, median of {args.reps} "
-             "interleaved repetitions; sub-ResNet = worker 0's blocks in round 0 of seed 0.\n",
-             "| config | partitioned blocks held | median step | images/s per worker | speed-up | time / full | FLOPs / full |",
-             "|---|---|---|---|---|---|---|"]
+             "interleaved repetitions; sub-ResNet = worker 0's blocks in round 0 of seed 0. Speed-up and time / "
+             f"full are within a variant; the last column is against the {args.variants[0]} full model.\n",
+             "| variant | config | partitioned blocks held | median step | images/s per worker | speed-up | time / full "
+             f"| FLOPs / full | vs {args.variants[0]} full |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['config']} | {r['blocks_held']} | {r['median_s'] * 1000:.1f} ms | {r['images_per_s']:.0f} | "
-                     f"{r['speedup']:.2f}x | {r['time_ratio']:.3f} | {r['flop_ratio']:.3f} |")
+        lines.append(f"| {r['variant']} | {r['config']} | {r['blocks_held']} | {r['median_s'] * 1000:.1f} ms | "
+                     f"{r['images_per_s']:.0f} | {r['speedup']:.2f}x | {r['time_ratio']:.3f} | {r['flop_ratio']:.3f} | "
+                     f"{r['vs_first_full']:.2f}x |")
     (OUT / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The checks of issue 15 for one lent GPU machine, in the stages its 15 minutes and 64 MiB transfers allow
+# (run from the repository root there; results go to $OUT, else to docs/results):
+#   bash bench/gpu_session.sh amp            images/s of the full model and S=2/4/8 sub-ResNets, fp32 /
+#                                            bf16 / fp16 autocast, with and without channels-last
+#   bash bench/gpu_session.sh train DATA E   ResIST vs local SGD, 4 workers, full width, E epochs of real
+#                                            CIFAR-10 in DATA (preset cifar10_gpu_short), tables + run folders
+# Uses the machine's own torch (no install): PYTHONPATH points at src/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD/src" PYTHONUNBUFFERED=1
+DEST=${OUT:-docs/results}
+mkdir -p "$DEST"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+case "${1:-}" in
+  amp)
+    python3 bench/subnet_speed.py --device cuda --width 1 --batch 128 --workers 2 4 8 --reps 30 \
+      --variants fp32 fp32+cl bf16 bf16+cl fp16 fp16+cl --name subnet_speed_amp_gpu
+    [ "$DEST" = docs/results ] || cp docs/results/subnet_speed_amp_gpu.md docs/results/subnet_speed_amp_gpu.json "$DEST"/
+    ;;
+  train)
+    data=$2 epochs=$3 runs=/tmp/gpu_runs
+    python3 bench/cifar10_table.py --data-dir "$data" --preset cifar10_gpu_short --workers 4 --seeds 0 \
+      --algos resist local_sgd --runs $runs --name cifar10_gpu_w4 -- --epochs "$epochs" \
+      || echo "gpu_session: training stopped early; tabulating what finished"
+    python3 bench/cifar10_table.py --data-dir "$data" --preset cifar10_gpu_short --workers 4 --seeds 0 \
+      --algos resist local_sgd --runs $runs --name cifar10_gpu_w4 --only-existing -- --epochs "$epochs" || true
+    # The run folders without their checkpoints (hundreds of MB at full width), as one file.
+    tar -C $runs --exclude checkpoints --exclude model.pt -czf "$DEST/cifar10_gpu_w4_runs.tar.gz" .
+    [ "$DEST" = docs/results ] || cp docs/results/cifar10_gpu_w4* "$DEST"/ 2>/dev/null || true
+    ;;
+  *) echo "usage: bash bench/gpu_session.sh amp | train DATA_DIR EPOCHS" >&2; exit 2 ;;
+esac
