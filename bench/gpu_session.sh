@@ -3,8 +3,9 @@
 # (run from the repository root there; results go to $OUT, else to docs/results):
 #   bash bench/gpu_session.sh amp            images/s of the full model and S=2/4/8 sub-ResNets, fp32 /
 #                                            bf16 / fp16 autocast, with and without channels-last
-#   bash bench/gpu_session.sh train DATA E   ResIST vs local SGD, 4 workers, full width, E epochs of real
-#                                            CIFAR-10 in DATA (preset cifar10_gpu_short), tables + run folders
+#   bash bench/gpu_session.sh train DATA E [S] ResIST vs local SGD, 4 workers, full width, E epochs of real
+#                                            CIFAR-10 in DATA (preset cifar10_gpu_short), tables + run folders;
+#                                            training stops after S seconds (default 420)
 # Uses the machine's own torch (no install): PYTHONPATH points at src/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,8 +21,8 @@ case "${1:-}" in
     [ "$DEST" = docs/results ] || cp docs/results/subnet_speed_amp_gpu.md docs/results/subnet_speed_amp_gpu.json "$DEST"/
     ;;
   train)
-    data=$2 epochs=$3 runs=/tmp/gpu_runs
-    python3 bench/cifar10_table.py --data-dir "$data" --preset cifar10_gpu_short --workers 4 --seeds 0 \
+    data=$2 epochs=$3 limit=${4:-420} runs=/tmp/gpu_runs
+    timeout "$limit" python3 bench/cifar10_table.py --data-dir "$data" --preset cifar10_gpu_short --workers 4 --seeds 0 \
       --algos resist local_sgd --runs $runs --name cifar10_gpu_w4 -- --epochs "$epochs" \
       || echo "gpu_session: training stopped early; tabulating what finished"
     python3 bench/cifar10_table.py --data-dir "$data" --preset cifar10_gpu_short --workers 4 --seeds 0 \
