@@ -12,34 +12,51 @@ from typing import Sequence
 import torch
 
 
-def layout(tensors: Sequence[torch.Tensor]) -> list[tuple[torch.dtype, int]]:
+def span(t: torch.Tensor, align: int = 0) -> int:
+    """How many values of its flat buffer ``t`` occupies: its own, rounded up so that the next tensor
+    starts ``align`` bytes after the buffer's start times a whole number (0: packed tight)."""
+    n = t.numel()
+    per = align // t.element_size() if align else 0
+    return -(-n // per) * per if per > 1 else n
+
+
+def layout(tensors: Sequence[torch.Tensor], align: int = 0) -> list[tuple[torch.dtype, int]]:
     """``(dtype, numel)`` of each flat buffer that :func:`pack` makes, in order of first appearance."""
     sizes: dict[torch.dtype, int] = {}
     for t in tensors:
-        sizes[t.dtype] = sizes.get(t.dtype, 0) + t.numel()
+        sizes[t.dtype] = sizes.get(t.dtype, 0) + span(t, align)
     return list(sizes.items())
 
 
-def empty_like_packed(tensors: Sequence[torch.Tensor], device: torch.device | str) -> list[torch.Tensor]:
-    """Receive buffers for :func:`pack` of ``tensors``; works when ``tensors`` live on the meta device."""
-    return [torch.empty(n, dtype=dt, device=device) for dt, n in layout(tensors)]
+def empty_like_packed(tensors: Sequence[torch.Tensor], device: torch.device | str, align: int = 0) -> list[torch.Tensor]:
+    """Receive buffers for :func:`pack` of ``tensors``; works when ``tensors`` live on the meta device.
+    With ``align`` the padding is zeroed (it travels and is averaged like the values)."""
+    make = torch.zeros if align else torch.empty
+    return [make(n, dtype=dt, device=device) for dt, n in layout(tensors, align)]
 
 
 @torch.no_grad()
-def pack(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Concatenate ``tensors`` into one flat buffer per dtype (copies)."""
-    order = [dt for dt, _ in layout(tensors)]
-    return [torch.cat([t.reshape(-1) for t in tensors if t.dtype == dt]) for dt in order]
+def pack(tensors: Sequence[torch.Tensor], align: int = 0) -> list[torch.Tensor]:
+    """Concatenate ``tensors`` into one flat buffer per dtype (copies); with ``align`` (bytes) every
+    tensor starts at a multiple of it from the buffer's start, zeros between (cuDNN's vectorized kernels,
+    channels-last batch norm among them, fail on parameters that are views at unaligned addresses)."""
+    if not align:
+        order = [dt for dt, _ in layout(tensors)]
+        return [torch.cat([t.reshape(-1) for t in tensors if t.dtype == dt]) for dt in order]
+    flats = empty_like_packed(tensors, tensors[0].device, align)
+    for t, view in zip(tensors, views(flats, tensors, align)):
+        view.copy_(t)
+    return flats
 
 
 @torch.no_grad()
-def unpack(flats: Sequence[torch.Tensor], tensors: Sequence[torch.Tensor]) -> None:
+def unpack(flats: Sequence[torch.Tensor], tensors: Sequence[torch.Tensor], align: int = 0) -> None:
     """Copy the flat buffers back into ``tensors`` (the inverse of :func:`pack`)."""
-    for t, view in zip(tensors, views(flats, tensors)):
+    for t, view in zip(tensors, views(flats, tensors, align)):
         t.copy_(view)
 
 
-def views(flats: Sequence[torch.Tensor], tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def views(flats: Sequence[torch.Tensor], tensors: Sequence[torch.Tensor], align: int = 0) -> list[torch.Tensor]:
     """Views into the flat buffers shaped like ``tensors`` (the layout of :func:`pack`)."""
     by_dtype = {f.dtype: f for f in flats}
     offsets = dict.fromkeys(by_dtype, 0)
@@ -47,7 +64,7 @@ def views(flats: Sequence[torch.Tensor], tensors: Sequence[torch.Tensor]) -> lis
     for t in tensors:
         off = offsets[t.dtype]
         out.append(by_dtype[t.dtype][off:off + t.numel()].view_as(t))
-        offsets[t.dtype] = off + t.numel()
+        offsets[t.dtype] = off + span(t, align)
     return out
 
 

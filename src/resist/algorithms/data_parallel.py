@@ -12,7 +12,7 @@ from ..comm import Communicator
 from ..comm.codecs import make_codec
 from ..config import AlgoConfig
 from .base import Algorithm, make_store
-from .parts import Part, all_reduce_flats
+from .parts import Part, alignment, all_reduce_flats
 
 
 class DataParallel(Algorithm):
@@ -67,8 +67,9 @@ class DataParallel(Algorithm):
             size += nbytes
         self._buckets = []
         for k, group in enumerate(groups):
-            flat = torch.zeros(sum(p.numel() for p in group), dtype=group[0].dtype, device=group[0].device)
-            for p, view in zip(group, aggregate.views([flat], group)):
+            align = alignment(group[0].device)
+            flat = torch.zeros(sum(aggregate.span(p, align) for p in group), dtype=group[0].dtype, device=group[0].device)
+            for p, view in zip(group, aggregate.views([flat], group, align)):
                 p.grad = view
                 p.register_post_accumulate_grad_hook(lambda _p, k=k: self._ready(k))
             self._buckets.append(flat)

@@ -32,6 +32,14 @@ def tensors_of(module: nn.Module) -> list[torch.Tensor]:
     return [p.data for p in module.parameters()] + list(module.buffers())
 
 
+def alignment(device: torch.device) -> int:
+    """Bytes each parameter's view is aligned to inside its flat bucket on ``device``: 128 on CUDA,
+    where cuDNN's vectorized kernels (channels-last batch norm and 1x1 convolutions among them) stop
+    with "misaligned address" on views at arbitrary offsets; 0 (packed tight) elsewhere, so the bytes on
+    the wire are exactly the values'. The padding is zeros, travels with the bucket and stays zero."""
+    return 128 if device.type == "cuda" else 0
+
+
 class PartStore:
     """One rank's parts of the global model: holding, flat buffers, state, and loading from a checkpoint.
 
@@ -44,6 +52,8 @@ class PartStore:
     def __init__(self, build_model: Callable[[], nn.Module], device: torch.device, candidates: tuple[int, ...],
                  carry_momentum: bool, init_seed: int, outer: bool = False) -> None:
         self.build_model, self.device, self.init_seed = build_model, device, init_seed
+        #: Bytes every state tensor's view is aligned to in its bucket (0: packed tight; see ``alignment``).
+        self.align = alignment(device)
         self.model = build_model()
         self.candidates = tuple(candidates)
         cset = set(self.candidates)
@@ -135,12 +145,14 @@ class PartStore:
         for a part about to be overwritten. ``outer=False`` leaves the outer momentum out of the bucket
         (for parts that every rank holds: it is the same everywhere, so it need not travel)."""
         slots = self._slots(parts, outer)
-        self.lossy[key] = sum(p.numel() for part in parts for p in self.module(part).parameters()
+        a = self.align
+        self.lossy[key] = sum(aggregate.span(p, a) for part in parts for p in self.module(part).parameters()
                               if p.dtype == torch.float32)
-        self.stats[key] = sum(b.numel() for part in parts for b in self.module(part).buffers() if b.dtype == torch.float32)
+        self.stats[key] = sum(aggregate.span(b, a) for part in parts for b in self.module(part).buffers()
+                              if b.dtype == torch.float32)
         tensors = [t for _, t in slots]
-        flats = aggregate.empty_like_packed(tensors, self.device) if fresh else aggregate.pack(tensors)
-        for (point, _), view in zip(slots, aggregate.views(flats, tensors)):
+        flats = aggregate.empty_like_packed(tensors, self.device, a) if fresh else aggregate.pack(tensors, a)
+        for (point, _), view in zip(slots, aggregate.views(flats, tensors, a)):
             point(view)
         self.flats[key] = flats
 
