@@ -3,10 +3,12 @@
 # (run from the repository root there; results go to $OUT, else to docs/results):
 #   bash bench/gpu_session.sh amp            images/s of the full model and S=2/4/8 sub-ResNets, fp32 /
 #                                            bf16 / fp16 autocast, with and without channels-last
-#   bash bench/gpu_session.sh train DATA E [S] ResIST vs local SGD, 4 workers, full width, E epochs of real
+#   bash bench/gpu_session.sh train DATA E [S] ResIST vs local SGD, 4 workers, full width, E epochs (14) of real
 #                                            CIFAR-10 in DATA (preset cifar10_gpu_short), tables + run folders;
 #                                            training stops after S seconds (default 420)
-# Uses the machine's own torch (no install): PYTHONPATH points at src/.
+# Uses the machine's own torch (no install): PYTHONPATH points at src/. CIFAR-10 (184 MB) is over one call's
+# 64 MiB transfer: send it in three calls (two train_x files each, then the rest) into one folder there
+# while the machine stays warm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src" PYTHONUNBUFFERED=1
