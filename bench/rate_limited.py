@@ -82,8 +82,20 @@ def make_network(workers: int, mbit: float | None, delay_ms: float) -> list[str]
     return names
 
 
+def load_run(out: Path) -> dict:
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {"summary": summary, "rows": rows}
+
+
 def run(algo: str, workers: int, mbit: float | None, args, out: Path) -> dict:
-    """One whole training run, each rank in its namespace on a core of its own; its summary and rows."""
+    """One whole training run, each rank in its namespace on a core of its own; its summary and rows.
+    A finished run of the same configuration in ``out`` is reused (``--reuse``)."""
+    record = json.dumps([algo, workers, mbit, args.preset, args.seed, args.max_rounds, args.delay_ms, args.extra])
+    if args.reuse and (out / "summary.json").is_file() and (out / "run.txt").is_file() \
+            and (out / "run.txt").read_text() == record:
+        print(f"[rate_limited] reusing {out}", flush=True)
+        return load_run(out)
     try:
         names = make_network(workers, mbit, args.delay_ms)
         cores = os.sched_getaffinity(0)
@@ -105,9 +117,64 @@ def run(algo: str, workers: int, mbit: float | None, args, out: Path) -> dict:
             raise RuntimeError(f"{algo} on {workers} ranks at {mbit} Mbit/s failed: {bad.strip().splitlines()[-1:]}")
     finally:
         cleanup()
-    summary = json.loads((out / "summary.json").read_text())
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return {"summary": summary, "rows": rows}
+    (out / "run.txt").write_text(record)
+    return load_run(out)
+
+
+def probe_rank(out: str, nbytes: int, reps: int) -> None:
+    """One rank of the link probe (run inside its namespace): the seconds of ``reps`` all-reduces of
+    ``nbytes`` and of 20 one-value all-reduces, after a one-value warm-up (TCP starts each transfer
+    afresh, as a round does); rank 0 writes them to ``out``."""
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", timeout=__import__("datetime").timedelta(seconds=900))
+    big, small = torch.zeros(max(1, nbytes // 4)), torch.zeros(1)
+    dist.all_reduce(small)  # warm-up: the connections
+    dist.barrier()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        dist.all_reduce(big)
+    t_big = (time.perf_counter() - t0) / reps
+    dist.barrier()
+    t0 = time.perf_counter()
+    for _ in range(20):
+        dist.all_reduce(small)
+    t_small = (time.perf_counter() - t0) / 20
+    if dist.get_rank() == 0:
+        Path(out).write_text(json.dumps({"t_big_s": t_big, "t_small_s": t_small, "bytes": big.numel() * 4}))
+    dist.destroy_process_group()
+
+
+def probe(workers: int, mbit: float | None, args, out: Path, nbytes: int) -> dict:
+    """The link as the projection counts it: goodput = the bytes a ring all-reduce moves per rank
+    (2 (W-1)/W of the tensor, the communicator's own count) over its measured time, and latency = a
+    one-value all-reduce's time over its 2 (W-1) sequential messages (used from the unlimited link). Nominal htb rates overstate what
+    gloo gets through them (Ethernet/IP/TCP headers, the ACKs queued behind data on the same egress,
+    TCP's window against the rate limit), and by how much depends on the transfer's size: the probe
+    all-reduces ``nbytes``, one local-SGD round's model, and this is what the calibrated projection uses."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        names = make_network(workers, mbit, args.delay_ms)
+        cores = sorted(os.sched_getaffinity(0))
+        procs = []
+        for k, ns in enumerate(names):
+            env = {**os.environ, "RANK": str(k), "WORLD_SIZE": str(workers), "MASTER_ADDR": f"{SUBNET}.1",
+                   "MASTER_PORT": str(PORT), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "eth0",
+                   "PYTHONPATH": str(ROOT / "src")}
+            cmd = ["ip", "netns", "exec", ns, "taskset", "-c", str(cores[k % len(cores)]), sys.executable,
+                   str(Path(__file__).resolve()), "--probe-rank", str(out), "--probe-bytes", str(nbytes)]
+            procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        errors = [p.communicate(timeout=1200)[1] for p in procs]
+        if any(p.returncode for p in procs):
+            bad = next(e for p, e in zip(procs, errors) if p.returncode)
+            raise RuntimeError(f"link probe on {workers} ranks at {mbit} Mbit/s failed: {bad.strip().splitlines()[-1:]}")
+    finally:
+        cleanup()
+    got = json.loads(out.read_text())
+    moved = 2 * (workers - 1) / workers * got["bytes"]
+    return {"goodput_mbit": moved * 8 / got["t_big_s"] / 1e6, "latency_us": got["t_small_s"] / (2 * (workers - 1)) * 1e6,
+            "probe_bytes": got["bytes"]}
 
 
 def per_round(rows: list[dict]) -> tuple[float, float, float]:
@@ -121,6 +188,42 @@ def per_round(rows: list[dict]) -> tuple[float, float, float]:
 
 def time_to(rows: list[dict], target: float) -> float | None:
     return next((r["time_s"] for r in rows if r.get("test_acc") is not None and r["test_acc"] >= target), None)
+
+
+def plot(results: list[dict], path: Path) -> None:
+    """Per-round wall time against the link rate: measured (points), projected at the nominal rate
+    (dotted) and calibrated (dashed), one colour per algorithm, one panel per worker count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = sorted({r["workers"] for r in results})
+    fig, axes = plt.subplots(1, len(counts), figsize=(6 * len(counts), 4.2), squeeze=False)
+    for ax, w in zip(axes[0], counts):
+        for k, algo in enumerate(ALGOS):
+            rows = sorted((r for r in results if r["workers"] == w and r["algo"] == algo), key=lambda r: r["mbit"])
+            if not rows:
+                continue
+            colour = f"C{k}"
+            done = [r for r in rows if not r.get("skipped")]
+            ax.plot([r["mbit"] for r in done], [r["measured_s"] / r["rounds"] for r in done], "o", color=colour,
+                    label=f"{algo} measured")
+            rounds = done[0]["rounds"] if done else 1  # the same schedule at every rate
+            ax.plot([r["mbit"] for r in rows], [r["projected_s"] / rounds for r in rows], ":", color=colour,
+                    label=f"{algo} projected (nominal rate)")
+            ax.plot([r["mbit"] for r in rows], [r["calibrated_s"] / rounds for r in rows], "--", color=colour,
+                    label=f"{algo} projected (probed link)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("link rate per rank (Mbit/s, htb)")
+        ax.set_ylabel("seconds per round")
+        ax.set_title(f"{w} workers, one core each")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -139,8 +242,14 @@ def main() -> None:
     ap.add_argument("--algos", nargs="+", choices=ALGOS, default=list(ALGOS))
     ap.add_argument("--budget-s", type=float, default=None,
                     help="skip a rate-limited run whose projection exceeds this many seconds (say so in the table)")
+    ap.add_argument("--reuse", action="store_true", help="reuse finished runs of the same configuration in --runs")
+    ap.add_argument("--probe-rank", default=None, help=argparse.SUPPRESS)  # internal: one rank of the link probe
+    ap.add_argument("--probe-bytes", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("extra", nargs="*", help="more `resist train` flags for every run, after --")
     args = ap.parse_args()
+    if args.probe_rank:
+        probe_rank(args.probe_rank, args.probe_bytes, reps=1)
+        return
     if "local_sgd" not in args.algos:
         raise SystemExit("rate_limited: local_sgd sets the link rates and the target; keep it in --algos")
     if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("tc"):
@@ -160,17 +269,30 @@ def main() -> None:
         algos = [a for a in ALGOS if a in args.algos]
         free = {algo: run(algo, w, None, args, runs_dir / f"{algo}_w{w}_unlimited") for algo in algos}
         compute, _, nbytes = per_round(free["local_sgd"]["rows"])
+        # Software latency per message (gloo, TCP, the veth pair) from the unlimited link: under a rate
+        # limit a lone small message also waits for htb's scheduling, which bulk transfers amortize and
+        # the probed goodput already holds; charging it per message as well would count it twice.
+        model_bytes = int(nbytes / (2 * (w - 1) / w))  # what one local-SGD round all-reduces
+        latency_us = probe(w, None, args, runs_dir / f"probe_w{w}_unlimited.json", model_bytes)["latency_us"] \
+            + args.delay_ms * 1e3
         for ratio in args.ratios:
             mbit = round(nbytes * 8 / (ratio * compute) / 1e6, 3)
             projected = dict(zip(algos, compare([project_run(free[a]["rows"], a, [mbit / 1e3], args.delay_ms * 1e3, a)
                                                  for a in algos])))
+            link = probe(w, mbit, args, runs_dir / f"probe_w{w}_r{ratio:g}.json", model_bytes)
+            good = link["goodput_mbit"] / 1e3
+            print(f"[rate_limited] w{w} {mbit} Mbit/s link: {link}", flush=True)
+            link["latency_us"] = latency_us
+            calibrated = dict(zip(algos, compare([project_run(free[a]["rows"], a, [good], latency_us, a)
+                                                  for a in algos])))
             group = {}
             for algo in algos:
-                guess = projected[algo].projected_s[mbit / 1e3]
+                guess = calibrated[algo].projected_s[good]
                 if args.budget_s is not None and guess > args.budget_s:
                     print(f"[rate_limited] {algo} w{w} {mbit} Mbit/s skipped: projected {guess:.0f} s", flush=True)
                     results.append({"workers": w, "ratio": ratio, "mbit": mbit, "algo": algo, "skipped": True,
-                                    "projected_s": guess})
+                                    "projected_s": projected[algo].projected_s[mbit / 1e3], "calibrated_s": guess,
+                                    **link})
                     continue
                 group[algo] = run(algo, w, mbit, args, runs_dir / f"{algo}_w{w}_r{ratio:g}")
                 print(f"[rate_limited] {algo} w{w} {mbit} Mbit/s: {per_round(group[algo]['rows'])}", flush=True)
@@ -182,6 +304,8 @@ def main() -> None:
                                 "compute_per_round_s": c, "wall_per_round_s": wall, "bytes_per_round": b,
                                 "measured_s": group[algo]["summary"]["time_s"],
                                 "projected_s": proj.projected_s[mbit / 1e3],
+                                "calibrated_s": calibrated[algo].projected_s[good], **link,
+                                "rounds": len(group[algo]["rows"]),
                                 "best_acc": group[algo]["summary"]["best_acc"], "target": target,
                                 "time_to_target_s": time_to(group[algo]["rows"], target)})
     env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -193,21 +317,45 @@ def main() -> None:
              f"{f' --budget-s {args.budget_s:g}' if args.budget_s else ''}{' -- ' + ' '.join(args.extra) if args.extra else ''}` ({env['date']}, "
              f"library {env['library']}, {env['cores']} cores). Each rank in its own network namespace, one core "
              "each, htb egress limit. Projected = `resist project` of the same run on unlimited links (its "
-             "compute and bytes) at that rate; the projection is wrong by the error column.\n",
-             "| workers | link (Mbit/s) | comm/compute target | algorithm | wall / round (s) | measured run (s) | "
-             "projected run (s) | projection error | best acc (%) | time to target (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "compute, bytes and messages) at the nominal rate with the netem delay per message; calibrated = "
+             "the same projection at the link's probed goodput and per-message latency (gloo all-reduces "
+             "timed through that link before the runs, bytes counted as the communicator counts them; the latency "
+             "is a one-value all-reduce's per message on the unlimited link plus the netem delay). The "
+             "error columns say how far each projection is from the measurement.\n",
+             "| workers | link (Mbit/s) | probed goodput (Mbit/s) | latency (us) | comm/compute target | "
+             "algorithm | wall / round (s) | measured run (s) | projected (s) | error | calibrated (s) | error | "
+             "best acc (%) | time to target (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
+        link = f"| {r['workers']} | {r['mbit']:g} | {r['goodput_mbit']:.3f} | {r['latency_us']:.0f} | {r['ratio']:g}x | {r['algo']} |"
         if r.get("skipped"):
-            lines.append(f"| {r['workers']} | {r['mbit']:g} | {r['ratio']:g}x | {r['algo']} | not run: projected "
-                         f"{r['projected_s']:.0f} s, over --budget-s | | {r['projected_s']:.1f} | | | |")
+            lines.append(f"{link} not run: calibrated projection {r['calibrated_s']:.0f} s, over --budget-s | | "
+                         f"{r['projected_s']:.1f} | | {r['calibrated_s']:.1f} | | | |")
             continue
         err = (r["projected_s"] - r["measured_s"]) / r["measured_s"]
+        cal = (r["calibrated_s"] - r["measured_s"]) / r["measured_s"]
         ttt = f"{r['time_to_target_s']:.1f}" if r["time_to_target_s"] is not None else "not reached"
-        lines.append(f"| {r['workers']} | {r['mbit']:g} | {r['ratio']:g}x | {r['algo']} | {r['wall_per_round_s']:.2f} | "
-                     f"{r['measured_s']:.1f} | {r['projected_s']:.1f} | {err:+.1%} | {r['best_acc']:.2f} | {ttt} |")
+        lines.append(f"{link} {r['wall_per_round_s']:.2f} | {r['measured_s']:.1f} | {r['projected_s']:.1f} | {err:+.1%} | "
+                     f"{r['calibrated_s']:.1f} | {cal:+.1%} | {r['best_acc']:.2f} | {ttt} |")
+    measured = [r for r in results if not r.get("skipped")]
+    if measured:
+        worst = max(measured, key=lambda r: abs(r["calibrated_s"] / r["measured_s"] - 1))
+        lines += ["", f"Largest calibrated-projection error: {worst['calibrated_s'] / worst['measured_s'] - 1:+.1%} "
+                  f"({worst['algo']}, {worst['workers']} workers, {worst['mbit']:g} Mbit/s)."]
+        speed = []
+        for w in sorted({r["workers"] for r in measured}):
+            for ratio in sorted({r["ratio"] for r in measured if r["workers"] == w}):
+                got = {r["algo"]: r for r in measured if (r["workers"], r["ratio"]) == (w, ratio)}
+                if "resist" in got and "local_sgd" in got:
+                    speed.append(f"{w} workers at {got['resist']['mbit']:g} Mbit/s ({ratio:g}x): "
+                                 f"{got['local_sgd']['wall_per_round_s'] / got['resist']['wall_per_round_s']:.2f}x")
+        if speed:
+            lines += ["", "ResIST's measured speed-up per round over local SGD (paper Table 4: 3.60x at 4 workers, "
+                      "full width on a real cluster): " + "; ".join(speed) + "."]
+    lines += ["", f"Plot: [{args.name}.png]({args.name}.png)"]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{args.name}.json").write_text(json.dumps({"args": vars(args), "env": env, "rows": results}, indent=2))
+    plot(results, OUT / f"{args.name}.png")
     (OUT / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
