@@ -378,8 +378,8 @@ def main() -> None:
     lines = [f"# CIFAR-10 ({args.name})\n",
              f"Preset `{args.preset}`: {cfg['model']['name']} at width {cfg['model']['width']}, "
              f"{cfg['optim']['epochs']:g} epoch(s), {cfg['algo']['local_iters']} local steps per round, "
-             f"batch {cfg['data']['batch_size']} per worker, lr {cfg['optim']['lr']}, amp {cfg['run']['amp']}"
-             f"{', channels-last' if cfg['run']['channels_last'] else ''}. "
+             f"batch {cfg['data']['batch_size']} per worker, lr {cfg['optim']['lr']}, amp {cfg['run'].get('amp', 'none')}"
+             f"{', channels-last' if cfg['run'].get('channels_last') else ''}. "
              f"{'One ' + env['gpu'] + ' (CUDA ' + str(torch.version.cuda) + '), ' if env['gpu'] else ''}"
              f"{env['machine']} CPU with {env['cores']} cores, torch {env['torch']}, Python {env['python']}, library {env['library']}, "
              f"{env['date']}. In-process runtime; times are parallel-equivalent seconds (per round, the slowest "
