@@ -210,9 +210,9 @@ def plot(results: list[dict], path: Path) -> None:
             ax.plot([r["mbit"] for r in done], [r["measured_s"] / r["rounds"] for r in done], "o", color=colour,
                     label=f"{algo} measured")
             rounds = done[0]["rounds"] if done else 1  # the same schedule at every rate
-            ax.plot([r["mbit"] for r in rows], [r["projected_s"] / rounds for r in rows], ":", color=colour,
+            ax.plot([r["mbit"] for r in rows], [r["projected_s"] / rounds for r in rows], ":x", color=colour,
                     label=f"{algo} projected (nominal rate)")
-            ax.plot([r["mbit"] for r in rows], [r["calibrated_s"] / rounds for r in rows], "--", color=colour,
+            ax.plot([r["mbit"] for r in rows], [r["calibrated_s"] / rounds for r in rows], "--+", color=colour,
                     label=f"{algo} projected (probed link)")
         ax.set_xscale("log")
         ax.set_yscale("log")
