@@ -10,8 +10,9 @@ It needs root (``ip netns``, ``tc``); without it, it says so and exits.
 Link rates are chosen per worker count so that local SGD's communication per round is about 0.1x, 1x
 and 10x its compute per round (from a calibration run on unlimited links): the compute/communication
 ratios that the full-width paper ResNet101 on an H100 has at about 100, 10 and 1 Gbit/s (see
-docs/results/paper_scale_projection.md). Each run is a whole ``resist train`` on real CIFAR-10, one core
-per rank; per-round wall time and time to a common target accuracy come from its metrics.jsonl.
+docs/results/paper_scale_projection.md). Each run is a whole ``resist train`` on real CIFAR-10, its ranks
+pinned round robin to the cores this script may use (one core per rank when there are enough: run it
+under ``taskset`` to choose); per-round wall time and time to a common target accuracy come from its metrics.jsonl.
 
     sudo python bench/rate_limited.py --data-dir ../shared/data/cifar10 --workers 2 --ratios 0.1 1 10
 """
@@ -190,7 +191,7 @@ def time_to(rows: list[dict], target: float) -> float | None:
     return next((r["time_s"] for r in rows if r.get("test_acc") is not None and r["test_acc"] >= target), None)
 
 
-def plot(results: list[dict], path: Path) -> None:
+def plot(results: list[dict], path: Path, cores: int) -> None:
     """Per-round wall time against the link rate: measured (points), projected at the nominal rate
     (dotted) and calibrated (dashed), one colour per algorithm, one panel per worker count."""
     import matplotlib
@@ -218,7 +219,7 @@ def plot(results: list[dict], path: Path) -> None:
         ax.set_yscale("log")
         ax.set_xlabel("link rate per rank (Mbit/s, htb)")
         ax.set_ylabel("seconds per round")
-        ax.set_title(f"{w} workers, one core each")
+        ax.set_title(f"{w} workers on {cores} core{'s' if cores > 1 else ''}")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -315,8 +316,9 @@ def main() -> None:
              f"--ratios {' '.join(f'{r:g}' for r in args.ratios)} --delay-ms {args.delay_ms:g} --algos {' '.join(args.algos)}"
              f"{f' --max-rounds {args.max_rounds}' if args.max_rounds else ''}"
              f"{f' --budget-s {args.budget_s:g}' if args.budget_s else ''}{' -- ' + ' '.join(args.extra) if args.extra else ''}` ({env['date']}, "
-             f"library {env['library']}, {env['cores']} cores). Each rank in its own network namespace, one core "
-             "each, htb egress limit. Projected = `resist project` of the same run on unlimited links (its "
+             f"library {env['library']}, {env['cores']} cores). Each rank in its own network namespace, "
+             f"{'one core each' if env['cores'] >= max(args.workers) else 'the ranks sharing those cores round robin'}, "
+             "htb egress limit. Projected = `resist project` of the same run on unlimited links (its "
              "compute, bytes and messages) at the nominal rate with the netem delay per message; calibrated = "
              "the same projection at the link's probed goodput and per-message latency (gloo all-reduces "
              "timed through that link before the runs, bytes counted as the communicator counts them; the latency "
@@ -355,7 +357,7 @@ def main() -> None:
     lines += ["", f"Plot: [{args.name}.png]({args.name}.png)"]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{args.name}.json").write_text(json.dumps({"args": vars(args), "env": env, "rows": results}, indent=2))
-    plot(results, OUT / f"{args.name}.png")
+    plot(results, OUT / f"{args.name}.png", env["cores"])
     (OUT / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
