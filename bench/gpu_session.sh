@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The checks of issue 15 for one lent GPU machine, in the stages its 15 minutes and 64 MiB transfers allow
 # (run from the repository root there; results go to $OUT, else to docs/results):
+#   bash bench/gpu_session.sh nccl           the CUDA / NCCL tests (NCCL needs one GPU per rank: as many ranks
+#                                            as there are GPUs), then the whole test suite under that torch
 #   bash bench/gpu_session.sh amp            images/s of the full model and S=2/4/8 sub-ResNets, fp32 /
 #                                            bf16 / fp16 autocast, with and without channels-last
 #   bash bench/gpu_session.sh train DATA E [S] ResIST vs local SGD, 4 workers, full width, E epochs (14) of real
@@ -33,5 +35,9 @@ case "${1:-}" in
     tar -C $runs --exclude checkpoints --exclude model.pt -czf "$DEST/cifar10_gpu_w4_runs.tar.gz" .
     [ "$DEST" = docs/results ] || cp docs/results/cifar10_gpu_w4* "$DEST"/ 2>/dev/null || true
     ;;
-  *) echo "usage: bash bench/gpu_session.sh amp | train DATA_DIR EPOCHS" >&2; exit 2 ;;
+  nccl)
+    python3 -m pytest -q -p no:cacheprovider -rs tests/distributed -k "nccl or cuda" 2>&1 | tee "$DEST/pytest_gpu.txt"
+    python3 -m pytest -q -p no:cacheprovider -n 8 tests 2>&1 | tail -25 | tee "$DEST/pytest_all_on_gpu_machine.txt"
+    ;;
+  *) echo "usage: bash bench/gpu_session.sh nccl | amp | train DATA_DIR EPOCHS [SECONDS]" >&2; exit 2 ;;
 esac
