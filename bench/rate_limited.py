@@ -155,6 +155,9 @@ def probe(workers: int, mbit: float | None, args, out: Path, nbytes: int) -> dic
     TCP's window against the rate limit), and by how much depends on the transfer's size: the probe
     all-reduces ``nbytes``, one local-SGD round's model, and this is what the calibrated projection uses."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.reuse and out.is_file() and json.loads(out.read_text())["bytes"] == max(1, nbytes // 4) * 4:
+        print(f"[rate_limited] reusing the probe {out}", flush=True)
+        return _link(workers, json.loads(out.read_text()))
     try:
         names = make_network(workers, mbit, args.delay_ms)
         cores = sorted(os.sched_getaffinity(0))
@@ -172,7 +175,10 @@ def probe(workers: int, mbit: float | None, args, out: Path, nbytes: int) -> dic
             raise RuntimeError(f"link probe on {workers} ranks at {mbit} Mbit/s failed: {bad.strip().splitlines()[-1:]}")
     finally:
         cleanup()
-    got = json.loads(out.read_text())
+    return _link(workers, json.loads(out.read_text()))
+
+
+def _link(workers: int, got: dict) -> dict:
     moved = 2 * (workers - 1) / workers * got["bytes"]
     return {"goodput_mbit": moved * 8 / got["t_big_s"] / 1e6, "latency_us": got["t_small_s"] / (2 * (workers - 1)) * 1e6,
             "probe_bytes": got["bytes"]}
@@ -244,7 +250,8 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=None,
                     help="skip a rate-limited run (not local SGD's, the reference) whose calibrated projection "
                          "exceeds this many seconds (the table says so)")
-    ap.add_argument("--reuse", action="store_true", help="reuse finished runs of the same configuration in --runs")
+    ap.add_argument("--reuse", action="store_true",
+                    help="reuse finished runs of the same configuration and link probes of the same size in --runs")
     ap.add_argument("--probe-rank", default=None, help=argparse.SUPPRESS)  # internal: one rank of the link probe
     ap.add_argument("--probe-bytes", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("extra", nargs="*", help="more `resist train` flags for every run, after --")
@@ -298,6 +305,16 @@ def main() -> None:
                     continue
                 group[algo] = run(algo, w, mbit, args, runs_dir / f"{algo}_w{w}_r{ratio:g}")
                 print(f"[rate_limited] {algo} w{w} {mbit} Mbit/s: {per_round(group[algo]['rows'])}", flush=True)
+            # The link again after the runs: at the lowest rates its goodput moves from one probe to the
+            # next, so the projection uses the mean of the two and the table shows both.
+            after = probe(w, mbit, args, runs_dir / f"probe_w{w}_r{ratio:g}_after.json", model_bytes)
+            link["goodput_after_mbit"] = after["goodput_mbit"]
+            good = (link["goodput_mbit"] + after["goodput_mbit"]) / 2 / 1e3
+            calibrated = dict(zip(algos, compare([project_run(free[a]["rows"], a, [good], latency_us, a)
+                                                  for a in algos])))
+            for r in results:
+                if r.get("skipped") and (r["workers"], r["ratio"]) == (w, ratio):
+                    r["goodput_after_mbit"], r["calibrated_s"] = after["goodput_mbit"], calibrated[r["algo"]].projected_s[good]
             target = group["local_sgd"]["summary"]["best_acc"] - 1.0
             for algo in group:
                 proj = projected[algo]
@@ -321,16 +338,18 @@ def main() -> None:
              f"{'one core each' if env['cores'] >= max(args.workers) else 'the ranks sharing those cores round robin'}, "
              "htb egress limit. Projected = `resist project` of the same run on unlimited links (its "
              "compute, bytes and messages) at the nominal rate with the netem delay per message; calibrated = "
-             "the same projection at the link's probed goodput and per-message latency (gloo all-reduces "
-             "timed through that link before the runs, bytes counted as the communicator counts them; the latency "
+             "the same projection at the link's probed goodput (the mean of a gloo all-reduce of one local-SGD "
+             "round's model timed through that link before and after the runs, bytes counted as the communicator counts them; the latency "
              "is a one-value all-reduce's per message on the unlimited link plus the netem delay). The "
-             "error columns say how far each projection is from the measurement.\n",
-             "| workers | link (Mbit/s) | probed goodput (Mbit/s) | latency (us) | comm/compute target | "
+             "error columns say how far each projection is from the measurement. Data parallel's link time is "
+             "projected to overlap its backward pass (`resist.analysis.projection`, FORWARD_SHARE).\n",
+             "| workers | link (Mbit/s) | probed goodput before / after (Mbit/s) | latency (us) | comm/compute target | "
              "algorithm | wall / round (s) | measured run (s) | projected (s) | error | calibrated (s) | error | "
              "best acc (%) | time to target (s) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        link = f"| {r['workers']} | {r['mbit']:g} | {r['goodput_mbit']:.3f} | {r['latency_us']:.0f} | {r['ratio']:g}x | {r['algo']} |"
+        link = (f"| {r['workers']} | {r['mbit']:g} | {r['goodput_mbit']:.3f} / {r['goodput_after_mbit']:.3f} | "
+                f"{r['latency_us']:.0f} | {r['ratio']:g}x | {r['algo']} |")
         if r.get("skipped"):
             lines.append(f"{link} not run: calibrated projection {r['calibrated_s']:.0f} s, over --budget-s | | "
                          f"{r['projected_s']:.1f} | | {r['calibrated_s']:.1f} | | | |")

@@ -16,6 +16,12 @@ For every round::
   count existed fall back to an estimate: ``2 (W-1)`` per all-reduce, one per synchronization and, for
   data parallel, one per SGD step, with point-to-point messages uncounted (a lower bound).
 
+Data parallel all-reduces its gradients every step, in buckets that start while backward is still
+running, so its link time hides behind backward: per step it is projected as
+``FORWARD_SHARE * c + max((1 - FORWARD_SHARE) * c, link)``, with ``c`` and ``link`` the round's compute
+and link time divided by its steps (a serial sum overstated a measured data-parallel run over a
+rate-limited link by 26-41%, docs/results/rate_limited_probed.md).
+
 The projected run time is the sum over its rounds; the speed-up of a run is the first run's
 projected time divided by its own, at the same link speed.
 """
@@ -31,6 +37,9 @@ DEFAULT_GBITS: tuple[float, ...] = (1.0, 10.0, 100.0)
 DEFAULT_LATENCY_US = 50.0
 # Once per SGD step, not once per round: their gradients are all-reduced after every backward pass.
 PER_STEP_ALLREDUCE = ("data_parallel",)
+#: The share of a step's compute that a gradient all-reduce cannot hide behind: the forward pass
+#: (backward costs about twice the forward: two matrix products per layer against one).
+FORWARD_SHARE = 1 / 3
 
 
 def allreduce_messages(workers: int) -> int:
@@ -112,9 +121,14 @@ def round_messages(rows: Sequence[Mapping[str, Any]], algo: str | None = None) -
 
 
 def projected_round_s(compute_s: float, sent_bytes: float, messages: int, gbits: float,
-                      latency_s: float) -> float:
-    """One round: measured compute + serialization of the bytes at ``gbits`` + latency per message."""
-    return compute_s + sent_bytes * 8 / (gbits * 1e9) + messages * latency_s
+                      latency_s: float, overlap_steps: int = 0) -> float:
+    """One round: measured compute + serialization of the bytes at ``gbits`` + latency per message;
+    with ``overlap_steps`` (data parallel's steps) each step's link time overlaps its backward pass."""
+    link = sent_bytes * 8 / (gbits * 1e9) + messages * latency_s
+    if overlap_steps <= 0:
+        return compute_s + link
+    c, t = compute_s / overlap_steps, link / overlap_steps
+    return overlap_steps * (FORWARD_SHARE * c + max((1 - FORWARD_SHARE) * c, t))
 
 
 @dataclass
@@ -147,6 +161,7 @@ def project_run(rows: Sequence[Mapping[str, Any]], label: str, gbits: Sequence[f
     if not rows:
         raise ValueError(f"{label}: no rounds to project")
     sent, msgs = round_bytes(rows), round_messages(rows, algo)
+    overlap = round_steps(rows) if algo in PER_STEP_ALLREDUCE else [0] * len(rows)
     compute = [float(r["compute_s"]) for r in rows]
     latency_s = latency_us * 1e-6
     n = len(rows)
@@ -154,7 +169,7 @@ def project_run(rows: Sequence[Mapping[str, Any]], label: str, gbits: Sequence[f
         label=label, rounds=n, steps=int(rows[-1]["step"]), workers=len(rows[-1]["sent_bytes"]),
         compute_s=sum(compute), measured_s=float(rows[-1]["time_s"]),
         sent_per_round=sum(sent) / n, messages_per_round=sum(msgs) / n,
-        projected_s={g: sum(projected_round_s(c, b, m, g, latency_s) for c, b, m in zip(compute, sent, msgs))
+        projected_s={g: sum(projected_round_s(c, b, m, g, latency_s, k) for c, b, m, k in zip(compute, sent, msgs, overlap))
                      for g in gbits},
     )
 
