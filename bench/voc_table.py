@@ -165,7 +165,7 @@ def main() -> None:
         f"--voc-dir {voc_dir} --workers {' '.join(map(str, args.workers))} --seeds {' '.join(map(str, args.seeds))} "
         f"--runs {runs_dir} --name {args.name}", "```\n",
         f"**Data**: {args.train_2007} + {args.train_2012} training images (VOC2007 + VOC2012 trainval) and "
-        f"{args.test_2007} test images (VOC2007 test), 96-160 pixels, 1-4 objects each of 5 VOC classes drawn as "
+        f"{args.test_2007} test images (VOC2007 test), 96-160 pixels (stretched to {d['input_size']}), 1-4 objects each of 5 VOC classes drawn as "
         "shapes over smooth noise (objects under 10% of the image side marked difficult). "
         f"**Setting** (preset `{args.preset}`): {m['name']} at width {m['width']:g}, {d['input_size']}-pixel inputs, "
         f"batch {d['batch_size']} per worker, {o['epochs']:g} epochs, SGD momentum {o['momentum']} (restarted each round), "
