@@ -77,14 +77,15 @@ class DataConfig:
     """Batch size for evaluation. It changes results under ``bn_eval=batch``, where each test batch is
     normalized with its own statistics; with ``average`` and ``recalibrate`` it only changes speed."""
     eval_limit: int | None = None
-    """Evaluate on this many test images only (a quick look): the first ones of an in-memory test set,
-    evenly spaced ones of an image folder (whose files are in class order); ``None``: the whole test set."""
+    """Evaluate on this many test images only (a quick look): the first ones of an in-memory test set or
+    of VOC's test split, evenly spaced ones of an image folder (whose files are in class order); ``None``:
+    the whole test set."""
     crop_size: int = 224
     """Image folders: side of the square training crop (random-resized crop) and of the evaluation center
     crop, taken after resizing the shorter side to 256/224 of it (224 for ImageNet, smaller for
     downsampled trees)."""
     loader_workers: int = 4
-    """Image folders: processes per worker that decode and augment images (DataLoader workers); 0
+    """Image folders and VOC: processes per worker that decode and augment images (DataLoader workers); 0
     decodes in the training process itself."""
     extra_test: tuple[str, ...] = ()
     """Image folders: extra test sets as NAME=DIR, each a class-per-folder tree whose folders are

@@ -173,6 +173,12 @@ def test_bad_detection_config_is_one_line(capsys, flags, message):
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_fixed_depth_model_refuses_layers(capsys, voc_tree, tmp_path):
+    rc = main(["train", "voc_cpu", "--data-dir", str(voc_tree), "--layers", "1,1,4,1", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "yolo_resnet101 has a fixed depth; drop --layers" in err and len(err.strip().splitlines()) == 1
+
+
 def test_presets_follow_the_paper():
     cfg = preset("voc_resnet101_paper")
     assert (cfg.data.task, cfg.data.dataset, cfg.model.name) == ("detection", "voc", "yolo_resnet101")

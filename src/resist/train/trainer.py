@@ -126,6 +126,9 @@ def check(cfg: Config, dataset: Dataset) -> Schedule:
     try:
         model = build()
     except TypeError as e:
+        if cfg.model.layers is not None and "'layers'" in str(e):  # a fixed-depth model, e.g. yolo_resnet101
+            raise ValueError(f"model {cfg.model.name} has a fixed depth; drop --layers (a preset's: "
+                             f"--set model.layers=null)") from None
         if cfg.model.stem is None or "stem" not in str(e):
             raise
         raise ValueError(f"model {cfg.model.name} has no stem to choose; drop --stem") from None
