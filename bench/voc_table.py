@@ -40,7 +40,7 @@ PAPER_TABLE6 = {
     ("resist", 2): ("5.99 ± 0.01", "24058 ± 3.22", "1.64x"),
     ("resist", 4): ("6.69 ± 0.17", "11264 ± 49.38", "1.49x"),
 }
-RUN_FILES = ("command.txt", "config.json", "metrics.jsonl", "summary.json", "wall_s.txt", "classes.json")
+RUN_FILES = ("command.txt", "library.txt", "config.json", "metrics.jsonl", "summary.json", "wall_s.txt", "classes.json")
 
 
 def generate(voc_dir: Path, counts: dict[str, int], seed: int) -> str:
@@ -70,6 +70,8 @@ def run(algo: str, workers: int, seed: int, preset: str, voc_dir: Path, runs: Pa
     print(f"[voc] {record}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").unlink(missing_ok=True)
+    state = library_state()
+    (out / "library.txt").write_text(describe_library(state, state) + "\n")  # what this run was trained with
     t0 = time.perf_counter()
     proc = subprocess.run(argv, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
@@ -90,6 +92,7 @@ def collect(run_dir: Path) -> dict:
             "best_map50": s["best_map50"], "final_test_loss": s["final_test_loss"], "final_map50": s["final_map50"],
             "time_s": s["time_s"], "time_to_best_s": s["time_to_best_s"],
             "wall_s": float((run_dir / "wall_s.txt").read_text()), "sent_mb": max(s["sent_bytes_per_worker"]) / 1e6,
+            "library": (run_dir / "library.txt").read_text().strip(),
             "first_test_loss": next(r["test_loss"] for r in rows if "test_loss" in r),
             "curve": [(round(r["epoch"], 3), r["test_loss"], r["map50"]) for r in rows if "test_loss" in r],
             "config": cfg}
