@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .registry import (ALGORITHMS, AMP_MODES, BACKENDS, BN_DEFERRABLE, CODECS, COMPRESS_WHAT, COMPRESSIBLE, BN_EVAL_MODES,
-                       DATASETS, DEVICES, FOLDER_DATASETS, INNER_OPTIMIZERS, LR_SCHEDULES, OUTER_STEPPED, PARTITIONS,
+                       DATASETS, DETECTION_DATASETS, DETECTION_MODEL_PREFIX, DEVICES, FOLDER_DATASETS, INNER_OPTIMIZERS, LR_SCHEDULES, OUTER_STEPPED, PARTITIONS,
                        RUNTIMES, STEMS, TASKS, TEXT_DATASETS)
 
 
@@ -57,8 +57,9 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     task: str = "classification"
-    """What is learned (``resist.registry.TASKS``): ``classification`` of images, or ``lm``, the next byte
-    of text (a byte-level language model; metric: bits per byte)."""
+    """What is learned (``resist.registry.TASKS``): ``classification`` of images, ``lm``, the next byte of
+    text (a byte-level language model; metric: bits per byte), or ``detection``, objects' boxes and
+    classes (Pascal VOC with a yolo_* model, paper §5; metric: test loss, with mAP@0.5 beside it)."""
     dataset: str = "cifar10"
     """The dataset (``resist.registry.DATASETS``; digits ship with scikit-learn, synthetic is for tests,
     imagefolder reads class-per-folder images from ``data_dir``/train and ``data_dir``/val)."""
@@ -68,21 +69,23 @@ class DataConfig:
     download: bool = False
     """Download the official CIFAR tarball (checksum-verified) when it is not in ``data_dir``."""
     augment: bool = True
-    """Pad-4 random crop and horizontal flip on training batches."""
+    """Pad-4 random crop and horizontal flip on training batches (classification; detection has
+    ``flip``, which this must leave on to take effect)."""
     batch_size: int = 128
     """Training batch per worker (paper: 128 on CIFAR)."""
     eval_batch_size: int = 500
     """Batch size for evaluation. It changes results under ``bn_eval=batch``, where each test batch is
     normalized with its own statistics; with ``average`` and ``recalibrate`` it only changes speed."""
     eval_limit: int | None = None
-    """Evaluate on this many test images only (a quick look): the first ones of an in-memory test set,
-    evenly spaced ones of an image folder (whose files are in class order); ``None``: the whole test set."""
+    """Evaluate on this many test images only (a quick look): the first ones of an in-memory test set or
+    of VOC's test split, evenly spaced ones of an image folder (whose files are in class order); ``None``:
+    the whole test set."""
     crop_size: int = 224
     """Image folders: side of the square training crop (random-resized crop) and of the evaluation center
     crop, taken after resizing the shorter side to 256/224 of it (224 for ImageNet, smaller for
     downsampled trees)."""
     loader_workers: int = 4
-    """Image folders: processes per worker that decode and augment images (DataLoader workers); 0
+    """Image folders and VOC: processes per worker that decode and augment images (DataLoader workers); 0
     decodes in the training process itself."""
     extra_test: tuple[str, ...] = ()
     """Image folders: extra test sets as NAME=DIR, each a class-per-folder tree whose folders are
@@ -95,6 +98,16 @@ class DataConfig:
     skip_bad_images: bool = False
     """Image folders: skip (and count in summary.json) images that cannot be decoded, instead of
     stopping the run with the file's name."""
+    input_size: int = 416
+    """Detection: side in pixels of the square input every image is stretched to, boxes with it (paper §5
+    and YOLOv2: 416, a 13 x 13 grid with the ImageNet stem's stride of 32)."""
+    voc_train: str = "2007-trainval+2012-trainval"
+    """Detection: the VOC splits trained on, YEAR-SPLIT joined by '+' (paper §5: 2007 and 2012 trainval)."""
+    voc_test: str = "2007-test"
+    """Detection: the VOC splits evaluated on (paper §5: the 2007 test set)."""
+    flip: bool = False
+    """Detection: mirror training images and their boxes left-right with probability 1/2 (YOLOv2 does; the
+    paper's VOC runs use no augmentation, §5)."""
 
     def __post_init__(self) -> None:
         self.extra_test = tuple(self.extra_test)
@@ -103,9 +116,20 @@ class DataConfig:
         _check(self.eval_limit is None or self.eval_limit >= 1, f"eval_limit must be >= 1, got {self.eval_limit}")
         _check(self.crop_size >= 8, f"crop_size must be >= 8, got {self.crop_size}")
         _check(self.task in TASKS, f"unknown task {self.task!r}; choose one of: {', '.join(TASKS)}")
-        _check((self.task == "lm") == (self.dataset in TEXT_DATASETS),
+        _check((self.task == "lm") == (self.dataset in TEXT_DATASETS)
+               and (self.task == "detection") == (self.dataset in DETECTION_DATASETS),
                f"task {self.task} cannot learn from dataset {self.dataset}: language modelling (--task lm) reads "
-               f"{' or '.join(TEXT_DATASETS)}, classification reads images")
+               f"{' or '.join(TEXT_DATASETS)}, detection (--task detection) reads {' or '.join(DETECTION_DATASETS)}, "
+               f"classification reads images")
+        detection = self.task == "detection"
+        _check(self.input_size >= 32, f"input_size must be >= 32 (one cell of a stride-32 network), got {self.input_size}")
+        for name in ("voc_train", "voc_test"):
+            _voc_splits(getattr(self, name), name)
+        _check(not self.flip or detection, "--flip mirrors detection images; classification's flips are --augment")
+        _check(not (self.flip and not self.augment), "--no-augment turns --flip off; drop one of them")
+        _check(not (self.skip_bad_images and detection),
+               "VOC images are checked against their annotations and cannot be skipped; fix or remove the file "
+               "(and its line in ImageSets) and drop --skip-bad-images")
         _check(self.context >= 2, f"context must be >= 2, got {self.context}")
         _check(self.text_bytes is None or self.text_bytes >= 1024, f"text_bytes must be >= 1024, got {self.text_bytes}")
         _check(self.loader_workers >= 0, f"loader_workers must be >= 0, got {self.loader_workers}")
@@ -118,6 +142,17 @@ class DataConfig:
     def extra_tests(self) -> dict[str, str]:
         """The extra test sets, name -> folder, in the order given."""
         return _extra_tests(self.extra_test)
+
+
+def _voc_splits(text: str, name: str) -> tuple[tuple[str, str], ...]:
+    """``"2007-trainval+2012-trainval"`` -> ((year, split), ...); the same rule as the VOC reader's."""
+    splits = []
+    for part in str(text).split("+"):
+        year, sep, split = part.strip().partition("-")
+        _check(bool(sep) and year.isdigit() and bool(split),
+               f"{name} takes YEAR-SPLIT joined by '+' (e.g. 2007-trainval+2012-trainval), got {text!r}")
+        splits.append((year, split))
+    return tuple(splits)
 
 
 def _extra_tests(items: tuple[str, ...]) -> dict[str, str]:
@@ -337,12 +372,15 @@ class Config:
         _check(self.optim.inner == "sgd" or not (self.algo.carry_momentum or self.algo.name == "data_parallel"),
                "the adamw inner optimizer restarts with every round; it cannot carry its state "
                "(--carry-momentum, data_parallel): use --inner-optim sgd")
-        lm = self.data.task == "lm"
-        _check(lm == self.model.name.startswith("gpt"),
-               f"model {self.model.name} does not fit task {self.data.task}: language modelling takes a gpt_* model, "
-               "classification an image model")
+        task = self.data.task
+        lm, detection = task == "lm", task == "detection"
+        _check(lm == self.model.name.startswith("gpt") and detection == self.model.name.startswith(DETECTION_MODEL_PREFIX),
+               f"model {self.model.name} does not fit task {task}: language modelling takes a gpt_* model, "
+               f"detection a {DETECTION_MODEL_PREFIX}* model (e.g. yolo_resnet101), classification an image model")
         _check(not lm or self.model.layers is None, "--layers shapes ResNets; gpt_char has its own depth: drop --layers")
-        _check(not lm or self.algo.name != "ensemble", "shallow ensembles are for classification; use another --algo")
+        _check(task == "classification" or self.algo.name != "ensemble",
+               f"shallow ensembles are for classification (their members' class scores are averaged); --task {task} "
+               f"trains with --algo resist, local_sgd or data_parallel")
         _check(not lm or not self.run.channels_last, "channels-last is an image layout; drop --channels-last for --task lm")
 
     def to_dict(self) -> dict[str, Any]:
@@ -488,6 +526,54 @@ def gpt_char_cpu() -> Config:
     return cfg
 
 
+def voc_resnet101_paper() -> Config:
+    """Paper §5 and Table 6 on Pascal VOC (``--data-dir DIR`` with VOCdevkit/VOC2007 and VOC2012): the
+    YOLOv2-style yolo_resnet101 (post-activation ResNet101, ImageNet stem, one prediction conv), trained on
+    VOC 2007+2012 trainval and tested on VOC 2007 test, 416-pixel inputs, batch 10 per worker, 100 epochs,
+    no augmentation, the learning rate raised linearly over the first 30 epochs and divided by 10 at
+    epochs 60 and 90; 2 workers (Table 6 also has 4); best test loss.
+
+    Where the paper gives no number (its text lost them): the peak learning rate 1e-3 and weight decay
+    5e-4 (YOLOv2's yolo-voc.cfg), the division factor 10, 50 local iterations (the paper's default, §4).
+    Local SGD from this preset: ``--algo local_sgd``."""
+    cfg = Config()
+    cfg.data.task, cfg.data.dataset = "detection", "voc"
+    cfg.data.input_size = 416
+    cfg.data.batch_size = 10
+    cfg.data.eval_batch_size = 50
+    cfg.model.name = "yolo_resnet101"
+    cfg.optim.epochs = 100
+    cfg.optim.lr = 1e-3
+    cfg.optim.lr_warmup_epochs = 30
+    cfg.optim.lr_decay_at = (60 / 100, 90 / 100)
+    cfg.optim.weight_decay = 5e-4
+    cfg.algo.workers = 2
+    cfg.algo.local_iters = 50
+    cfg.run.eval_every = 33  # about every 2 epochs at 2 workers (16,551 images: 827 steps of 10 an epoch)
+    cfg.run.device = "auto"
+    return cfg
+
+
+def voc_cpu() -> Config:
+    """Detection at CPU scale, on a generated VOC-format set (bench/make_voc_like.py: 2,000 training and
+    500 test images, 5 of the VOC classes drawn as shapes): ``voc_resnet101_paper``'s model at 1/16 width
+    (168 K parameters with the 20 VOC classes), 96-pixel inputs (a 3 x 3 grid), 8 epochs, peak lr 0.01
+    reached after 30% of them and divided by 10 at 60% and 90%, 25 local steps per round, evaluated every 4
+    rounds on the whole test set, images decoded in the training process. A run took 2 to 3.5 minutes of
+    wall time on one shared core (docs/results/voc_cpu.md)."""
+    cfg = voc_resnet101_paper()
+    cfg.model.width = 1 / 16
+    cfg.data.input_size = 96
+    cfg.data.loader_workers = 0
+    cfg.optim.epochs = 8
+    cfg.optim.lr = 0.01
+    cfg.optim.lr_warmup_epochs = 0.3 * 8
+    cfg.algo.local_iters = 25
+    cfg.run.eval_every = 4
+    cfg.run.device = "cpu"
+    return cfg
+
+
 def demo() -> Config:
     """A few minutes on 2 CPU cores: paper ResNet101 at 1/8 width, 4 workers, 0.6 epoch of CIFAR-10,
     evaluated on the first 2,000 test images."""
@@ -564,6 +650,8 @@ PRESETS: dict[str, Callable[[], Config]] = {
     "cifar10_gpu_short": cifar10_gpu_short,
     "imagenet_resnet101_paper": imagenet_resnet101_paper,
     "gpt_char_cpu": gpt_char_cpu,
+    "voc_resnet101_paper": voc_resnet101_paper,
+    "voc_cpu": voc_cpu,
     "demo": demo,
     "demo_digits": demo_digits,
     "smoke": smoke,

@@ -18,13 +18,18 @@ BN_EVAL_MODES = ("average", "batch", "recalibrate")
 RUNTIMES = ("inprocess", "dist")
 BACKENDS = ("gloo", "nccl")
 DEVICES = ("cpu", "cuda", "auto")
-#: In-memory datasets (CIFAR, digits, synthetic), class-per-folder image trees streamed from disk, and
-#: text for language modelling (the Python standard library's sources, or a folder of text files).
-DATASETS = ("cifar10", "cifar100", "digits", "synthetic", "imagefolder", "pystdlib", "text")
+#: In-memory datasets (CIFAR, digits, synthetic), class-per-folder image trees streamed from disk,
+#: text for language modelling (the Python standard library's sources, or a folder of text files), and
+#: Pascal VOC for detection.
+DATASETS = ("cifar10", "cifar100", "digits", "synthetic", "imagefolder", "pystdlib", "text", "voc")
 #: Datasets of bytes, for the language-modelling task.
 TEXT_DATASETS = ("pystdlib", "text")
-#: What a run learns (``resist.tasks``): image classes, or the next byte of text.
-TASKS = ("classification", "lm")
+#: Datasets of images with boxes, for the detection task (a VOC devkit tree, ``tasks/detection/voc.py``).
+DETECTION_DATASETS = ("voc",)
+#: What a run learns (``resist.tasks``): image classes, the next byte of text, or objects' boxes and classes.
+TASKS = ("classification", "lm", "detection")
+#: The prefix of the detection models' registry names (``yolo_resnet101``, ...): a ResNet + YOLOv2 head.
+DETECTION_MODEL_PREFIX = "yolo_"
 #: Datasets whose images are files on disk, decoded in loader processes (``data/folder.py``).
 FOLDER_DATASETS = ("imagefolder",)
 #: Stems: CIFAR's 3x3 stride-1 conv, or ImageNet's 7x7 stride-2 conv + 3x3 stride-2 max pool (ResNets);

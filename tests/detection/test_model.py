@@ -80,7 +80,8 @@ def test_registered_detectors_build(name):
     assert len(m.partitionable) == len(m.sections[2]) - 1 and isinstance(m.head, YOLOHead)
 
 
-RESNETS = [n for n in list_models() if not n.startswith(("vit_", "gpt_"))]  # the registry also holds transformers
+# The registry also holds transformers, and the detectors themselves.
+RESNETS = [n for n in list_models() if not n.startswith(("vit_", "gpt_", "yolo_"))]
 
 
 @pytest.mark.parametrize("backbone", RESNETS)
@@ -100,6 +101,8 @@ def test_bad_arguments():
         create_detection_model("yolo_vgg16")
     with pytest.raises(ValueError, match="'vit_tiny' is not a ResNet"):
         create_detection_model("yolo:vit_tiny")
+    with pytest.raises(ValueError, match="'yolo_resnet101' is already a detector"):
+        create_detection_model("yolo:yolo_resnet101")
     with pytest.raises(ValueError, match="unknown model"):
         create_detection_model("yolo:vgg16", **TINY)
     with pytest.raises(ValueError, match="head_convs"):

@@ -147,7 +147,7 @@ def test_nothing_found(tmp_path):
 def test_unknown_dataset_and_option():
     raises_one_line("unknown dataset", load_dataset, "mnist")
     raises_one_line("does not take", load_dataset, "synthetic", colour=True)
-    assert DATASETS == ("cifar10", "cifar100", "digits", "synthetic", "imagefolder", "pystdlib", "text")
+    assert DATASETS == ("cifar10", "cifar100", "digits", "synthetic", "imagefolder", "pystdlib", "text", "voc")
 
 
 @pytest.mark.parametrize("damage, match", [

@@ -13,7 +13,7 @@ from resist.algorithms.parts import init_model, init_part
 from resist.models import ProtocolError, ScaledResidual, check_model, create_model, list_models, residual_stack
 from resist.models.protocol import parameter_counts
 
-GENERIC = {"paper_resnet", "preact_resnet", "resnet"}
+GENERIC = {"paper_resnet", "preact_resnet", "resnet", "yolo_resnet"}  # factories that take layers=
 
 
 def tiny_builder(name, **kwargs):

@@ -103,11 +103,13 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
     CIFAR is looked for in ``data_dir`` (default ``./data``) and, if absent and ``download`` is true, fetched.
     ``synthetic`` takes ``n_train, n_test, num_classes, size, seed``; ``digits`` takes ``seed``;
     ``imagefolder`` (a :class:`~resist.data.folder.FolderDataset`) takes ``crop_size, extra_test``;
-    ``pystdlib`` and ``text`` (a :class:`~resist.data.text.TextDataset`) take ``context, max_bytes``.
+    ``pystdlib`` and ``text`` (a :class:`~resist.data.text.TextDataset`) take ``context, max_bytes``;
+    ``voc`` (a :class:`~resist.tasks.detection.voc.VOCDataset`) takes ``size, train_splits, test_splits, flip``.
     """
     allowed = {"cifar10": set(), "cifar100": set(), "digits": {"seed"},
                "synthetic": {"n_train", "n_test", "num_classes", "size", "seed"}, "imagefolder": {"crop_size", "extra_test"},
-               "pystdlib": {"context", "max_bytes"}, "text": {"context", "max_bytes"}}
+               "pystdlib": {"context", "max_bytes"}, "text": {"context", "max_bytes"},
+               "voc": {"size", "train_splits", "test_splits", "flip"}}
     if name not in allowed:
         raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if set(kw) - allowed[name]:
@@ -121,6 +123,10 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
 
         context = kw.pop("context", 128)
         return TextDataset(load_text(None if name == "pystdlib" else data_dir or "data", **kw), context)
+    if name == "voc":
+        from ..tasks.detection.voc import VOCDataset
+
+        return VOCDataset("data" if data_dir is None else data_dir, **kw)
     if name == "imagefolder":
         from .folder import load_imagefolder
 

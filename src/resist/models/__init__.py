@@ -31,13 +31,29 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
+def _register_detectors() -> None:
+    """Register the detectors (paper §5: the post-activation ResNets with a YOLOv2 head,
+    ``resist.tasks.detection.model.DETECTION_MODELS``) on first use: that module builds on
+    ``resist.models.resnet``, so importing it while this package loads would be circular."""
+    if not _DETECTORS_REGISTERED:
+        from resist.tasks.detection.model import DETECTION_MODELS
+
+        _MODELS.update(DETECTION_MODELS)
+        _DETECTORS_REGISTERED.append(True)
+
+
+_DETECTORS_REGISTERED: list[bool] = []
+
+
 def list_models() -> list[str]:
+    _register_detectors()
     return sorted(_MODELS)
 
 
 def _factory(name: str) -> Callable[..., nn.Module]:
     """A registered name, or ``"module:function"``: a factory importable in every process (spawned and
     torchrun ranks import it themselves, where a registration made in one script would be missing)."""
+    _register_detectors()
     if name in _MODELS:
         return _MODELS[name]
     module, sep, attr = name.partition(":")
@@ -165,3 +181,4 @@ def gpt_char(num_classes=256, width=1.0, *, depth=8, heads=4, context=128, **kwa
 
     dim = max(1, round(64 * width)) * heads
     return GPT(depth=depth, dim=dim, heads=heads, context=context, vocab=num_classes, **kwargs)
+

@@ -9,8 +9,9 @@ The data a task reads comes from the dataset (``train_stream`` / ``eval_sets``),
   top-1 is kept (``test_acc``, ``best_acc``).
 * ``lm``: next-byte cross-entropy over every position of a window; bits per byte on the test text; the
   lowest is kept (``test_bpb``, ``best_bpb``).
-
-Detection (``resist.tasks.detection``) brings its own loss and evaluator for the same seam.
+* ``detection`` (paper §5, Table 6; the pieces in ``resist.tasks.detection``): the YOLOv2 loss with the
+  model's anchors; the test loss and VOC mAP@0.5 on the test images; the lowest test loss is kept
+  (``test_loss``, ``best_loss``), as the paper reports it.
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ def classification_words(record: dict[str, Any]) -> str:
             f"{extra}")
 
 
-def classification() -> Task:
+def classification(model: nn.Module | None = None) -> Task:
+    """``model``: unused (every task factory takes the model being trained; detection's loss needs it)."""
     from ..train.optim import Accuracy
 
     def evaluator(sets, recal, bn_eval, device):
@@ -154,15 +156,55 @@ def lm_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "final_test_loss": evaluated[-1]["test_loss"]}
 
 
-def language_model() -> Task:
+def language_model(model: nn.Module | None = None) -> Task:
+    """``model``: unused, as for :func:`classification`."""
     return Task("lm", next_token_loss, lambda sets, recal, bn_eval, device: BitsPerByte(sets["test"], device),
                 "test/bpb", False, lm_record, lm_summary,
                 lambda r: f"test {r['test_bpb']:.4f} bits/byte  best {r['best_bpb']:.4f}",
                 lambda s: f"best {s['best_bpb']:.4f} bits per byte")
 
 
-TASK_FACTORIES: dict[str, Callable[[], Task]] = {"classification": classification, "lm": language_model}
+# ------------------------------------------------------------------------------------ detection
+def detection_record(scores: dict[str, float], best: float) -> dict[str, Any]:
+    return {"test_loss": scores["test/loss"], "map50": scores["test/map50"],
+            "map50_voc07": scores["test/map50_voc07"], "best_loss": best}
 
 
-def make_task(name: str) -> Task:
-    return TASK_FACTORIES[name]()
+def detection_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final and best test loss, and mAP@0.5 at the evaluation with the best test loss (what the paper's
+    selection, Table 6, would keep) beside the best mAP seen."""
+    evaluated = [r for r in rows if r.get("map50") is not None]
+    if not evaluated:
+        return {}
+    at_best = min(evaluated, key=lambda r: r["test_loss"])  # the first of equals, as best_loss is kept
+    return {"best_test_loss": at_best["test_loss"], "final_test_loss": evaluated[-1]["test_loss"],
+            "map50_at_best": at_best["map50"], "map50_voc07_at_best": at_best["map50_voc07"],
+            "final_map50": evaluated[-1]["map50"], "final_map50_voc07": evaluated[-1]["map50_voc07"],
+            "best_map50": max(r["map50"] for r in evaluated)}
+
+
+def detection(model: nn.Module | None = None) -> Task:
+    """The YOLOv2 loss with ``model``'s anchors and classes (without a model, those every registered
+    ``yolo_*`` model has: YOLOv2's five VOC anchors, the 20 VOC classes); the test loss and mAP@0.5."""
+    from .detection import VOC_ANCHORS, VOC_CLASSES, DetectionScores, YOLOv2Loss
+
+    anchors = getattr(model, "anchors", VOC_ANCHORS)
+    num_classes = getattr(model, "num_classes", len(VOC_CLASSES))
+    loss = YOLOv2Loss(anchors)
+
+    def evaluator(sets, recal, bn_eval, device):
+        return DetectionScores(sets["test"], recal, bn_eval, device, loss, num_classes)
+
+    return Task("detection", loss, evaluator, "test/loss", False, detection_record, detection_summary,
+                lambda r: (f"test loss {r['test_loss']:.4f}  mAP@0.5 {r['map50']:5.2f}% (VOC07 {r['map50_voc07']:5.2f}%)"
+                           f"  best loss {r['best_loss']:.4f}"),
+                lambda s: f"best test loss {s['best_test_loss']:.4f} (mAP@0.5 {s['map50_at_best']:.2f}% there)")
+
+
+TASK_FACTORIES: dict[str, Callable[..., Task]] = {"classification": classification, "lm": language_model,
+                                                  "detection": detection}
+
+
+def make_task(name: str, model: nn.Module | None = None) -> Task:
+    """The task ``name``; ``model``: the network being trained (detection's loss takes its anchors)."""
+    return TASK_FACTORIES[name](model)

@@ -30,7 +30,7 @@ from ..data import BadImages, Dataset, DatasetError, FolderDataset, load_dataset
 from ..io import atomic_write_json, atomic_write_text
 from ..models import create_model
 from ..plan import candidate_blocks, validate
-from ..registry import FOLDER_DATASETS, TEXT_DATASETS, algorithm_class
+from ..registry import DETECTION_DATASETS, FOLDER_DATASETS, TEXT_DATASETS, algorithm_class
 from ..faults import fire, from_env
 from . import checkpoint
 from .metrics import MetricsWriter
@@ -100,6 +100,11 @@ def load_data(cfg: Config, download: bool = False) -> Dataset | FolderDataset:
         return load_dataset(d.dataset, d.data_dir, crop_size=d.crop_size, extra_test=d.extra_tests)
     if d.dataset in TEXT_DATASETS:
         return load_dataset(d.dataset, d.data_dir, context=d.context, max_bytes=d.text_bytes)
+    if d.dataset in DETECTION_DATASETS:
+        from ..tasks.detection.voc import parse_splits
+
+        return load_dataset(d.dataset, d.data_dir, size=d.input_size, train_splits=parse_splits(d.voc_train),
+                            test_splits=parse_splits(d.voc_test), flip=d.flip)
     return load_dataset(d.dataset, d.data_dir, download=download)
 
 
@@ -121,6 +126,9 @@ def check(cfg: Config, dataset: Dataset) -> Schedule:
     try:
         model = build()
     except TypeError as e:
+        if cfg.model.layers is not None and "'layers'" in str(e):  # a fixed-depth model, e.g. yolo_resnet101
+            raise ValueError(f"model {cfg.model.name} has a fixed depth; drop --layers (a preset's: "
+                             f"--set model.layers=null)") from None
         if cfg.model.stem is None or "stem" not in str(e):
             raise
         raise ValueError(f"model {cfg.model.name} has no stem to choose; drop --stem") from None
@@ -193,7 +201,7 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
     plain = dataset.train_stream(comm.world_size, comm.rank, d.batch_size, cfg.run.seed + 1, augment=False, **loading)
     sets = dataset.eval_sets(d.eval_batch_size, d.eval_limit, **loading)
     recal = lambda: (plain.batch(k) for k in range(cfg.algo.recalib_batches))  # noqa: E731
-    task = make_task(cfg.data.task)
+    task = make_task(cfg.data.task, store.model)  # detection's loss takes the model's anchors
     evaluator = task.evaluator(sets, recal, cfg.algo.bn_eval, device)
     precision = Precision(cfg.run.amp, device)
     layout = torch.channels_last if cfg.run.channels_last else torch.contiguous_format

@@ -17,7 +17,8 @@ the matching and the curve against pycocotools, which has none either).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -194,3 +195,37 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Targets]], loss_f
     for x, targets in batches:
         ev.update(model(x.to(device)), targets.to(device))
     return ev.compute()
+
+
+class DetectionScores:
+    """The detection task's evaluator for the trainer (``resist.algorithms.base.Evaluator``): the test
+    loss (the paper's metric, Table 6) and mAP@0.5 of a whole model, with the BatchNorm choice
+    ``bn_eval`` of §2.6 (``average``: running statistics; ``batch``: each test batch's own;
+    ``recalibrate``: re-estimated on ``recal()`` training batches first).
+
+    ``test()`` gives a fresh iterable of (x, :class:`Targets`) batches. Metrics: ``test/loss`` (mean per
+    image), ``test/map50`` (VOC 2010+ area) and ``test/map50_voc07`` (11-point), in percent. There is no
+    ``predict`` / ``score``: those serve shallow ensembles, whose averaged class scores have no
+    counterpart for raw box predictions (the config refuses ``--algo ensemble`` for detection).
+    """
+
+    names = ("test/loss", "test/map50", "test/map50_voc07")
+
+    def __init__(self, test: Callable[[], Iterable[tuple[Tensor, Targets]]], recal: Callable[[], Iterable] | None,
+                 bn_eval: str, device: torch.device, loss_fn: YOLOv2Loss, num_classes: int):
+        self.test, self.recal, self.bn_eval, self.device = test, recal, bn_eval, device
+        self.loss_fn, self.num_classes = loss_fn, num_classes
+
+    @torch.no_grad()
+    def metric(self, model: nn.Module) -> dict[str, float]:
+        from ...algorithms.evaluation import recalibrate, test_batch_statistics
+
+        if self.bn_eval == "recalibrate":
+            recalibrate(model, self.recal(), self.device)
+        model.eval()
+        ev = DetectionEvaluator(self.loss_fn, self.num_classes)
+        with test_batch_statistics(model) if self.bn_eval == "batch" else contextlib.nullcontext():
+            for x, targets in self.test():
+                ev.update(model(x.to(self.device)).float(), targets.to(self.device))
+        r = ev.compute()
+        return {"test/loss": r["test_loss"], "test/map50": r["map50"], "test/map50_voc07": r["map50_voc07"]}

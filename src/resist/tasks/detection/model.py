@@ -89,6 +89,8 @@ def yolo(backbone: str, num_classes: int = 20, width: float = 1.0, *,
     ``kwargs`` go to the backbone (``stem`` defaults to ``"imagenet"``, ``layers`` where it takes them)."""
     from ...models import create_model
 
+    if backbone in DETECTION_MODELS:  # registered beside the classification models, but already detectors
+        raise ValueError(f"{backbone!r} is already a detector; give yolo: a classification ResNet")
     kwargs.setdefault("stem", "imagenet")
     model = create_model(backbone, num_classes=1, width=width, **kwargs)
     if not isinstance(model, ResNet):

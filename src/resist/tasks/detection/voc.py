@@ -28,7 +28,7 @@ from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from ...data.datasets import DatasetError
 from ...data.sharding import batch_generator, batch_indices, steps_per_epoch
@@ -304,20 +304,20 @@ def batch_keys(n: int, world_size: int, rank: int, step: int, batch_size: int, s
 
 
 class StepBatchSampler(Sampler[list[tuple[int, bool]]]):
-    """The keys of :func:`batch_keys` for steps ``start`` .. ``stop - 1``, one list per batch."""
+    """The keys of :func:`batch_keys` for steps ``start`` .. ``stop - 1`` (on and on when ``stop`` is
+    ``None``), one list per batch."""
 
-    def __init__(self, n: int, world_size: int, rank: int, batch_size: int, seed: int, start: int, stop: int,
+    def __init__(self, n: int, world_size: int, rank: int, batch_size: int, seed: int, start: int, stop: int | None,
                  flip: bool = False):
         steps_per_epoch(n, world_size, batch_size)  # raises if the dataset is too small
         self.args = (n, world_size, rank)
         self.batch_size, self.seed, self.start, self.stop, self.flip = batch_size, seed, start, stop, flip
 
     def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
-        for step in range(self.start, self.stop):
+        step = self.start
+        while self.stop is None or step < self.stop:  # unbounded: the consumer stops asking
             yield batch_keys(*self.args, step, self.batch_size, self.seed, self.flip)
-
-    def __len__(self) -> int:
-        return max(0, self.stop - self.start)
+            step += 1
 
 
 class DetectionBatchStream:
@@ -325,11 +325,13 @@ class DetectionBatchStream:
     ahead in ``num_workers`` DataLoader processes (in this process when 0).
 
     Consecutive steps come from one DataLoader iterator; asking for any other step (a resume, a new
-    run segment) starts a new iterator there. ``total_steps`` bounds the prefetching.
+    run segment) starts a new iterator there. ``total_steps`` bounds the prefetching; ``None`` (the
+    trainer's streams, which stop asking when training ends) leaves it unbounded, so the loader
+    processes decode at most their prefetch of batches past the last step.
     """
 
     def __init__(self, dataset: VOCDetection, world_size: int, rank: int, batch_size: int, seed: int,
-                 total_steps: int, flip: bool = False, num_workers: int = 2, multiprocessing_context=None):
+                 total_steps: int | None, flip: bool = False, num_workers: int = 2, multiprocessing_context=None):
         self.dataset, self.world_size, self.rank = dataset, world_size, rank
         self.batch_size, self.seed, self.total_steps, self.flip = batch_size, seed, total_steps, flip
         self.num_workers, self.mp_context = num_workers, multiprocessing_context
@@ -340,7 +342,7 @@ class DetectionBatchStream:
         self._next = -1
 
     def batch(self, step: int) -> tuple[Tensor, Targets]:
-        if not 0 <= step < self.total_steps:
+        if step < 0 or (self.total_steps is not None and step >= self.total_steps):
             raise ValueError(f"step {step} outside [0, {self.total_steps})")
         if step != self._next or self._it is None:
             sampler = StepBatchSampler(len(self.dataset), self.world_size, self.rank, self.batch_size, self.seed,
@@ -352,6 +354,11 @@ class DetectionBatchStream:
         self._next = step + 1
         with one_line_errors():
             return next(self._it)
+
+    def close(self) -> None:
+        """Stop the loader processes now (the trainer closes its streams when training ends)."""
+        self._it = None
+        self._next = -1
 
 
 def eval_batches(dataset: VOCDetection, batch_size: int = 10, num_workers: int = 2,
@@ -371,3 +378,58 @@ def one_line_errors() -> Iterator[None]:
         yield
     except DatasetError as e:
         raise DatasetError(str(e).rsplit("DatasetError: ", 1)[-1]) from None
+
+
+# --------------------------------------------------------------------------------- the trainer's view
+
+def splits_text(splits: Sequence[tuple[str, str]]) -> str:
+    """``(("2007", "trainval"), ("2012", "trainval"))`` -> ``"2007-trainval+2012-trainval"``."""
+    return "+".join(f"{year}-{split}" for year, split in splits)
+
+
+class VOCDataset:
+    """Pascal VOC as the trainer takes datasets (``--task detection --dataset voc``, paper §5): training
+    batches from :class:`DetectionBatchStream` (``train_stream``), the test set in order
+    (``eval_sets``), ``n_train`` images per epoch, the 20 VOC classes.
+
+    Both splits are parsed and checked here, before any rank starts, so bad annotations, unknown
+    classes, missing images and empty split files end the run at once with one line naming the file.
+    ``flip`` mirrors training images (and boxes) with probability 1/2 in the augmented stream only;
+    the paper trains without (§5: "no data augmentation techniques are used").
+    """
+
+    name = "voc"
+
+    def __init__(self, data_dir: str | Path, train_splits: Sequence[tuple[str, str]] = TRAIN_SPLITS,
+                 test_splits: Sequence[tuple[str, str]] = TEST_SPLITS, size: int = 416, flip: bool = False,
+                 classes: Sequence[str] = VOC_CLASSES):
+        self.train = VOCDetection(data_dir, train_splits, size, classes)
+        self.test = VOCDetection(data_dir, test_splits, size, classes)
+        self.flip = flip
+        #: The class of each output index (written to the run folder as classes.json; checked on resume
+        #: and across torchrun nodes like an image folder's).
+        self.classes = self.train.classes
+        self.source = (f"Pascal VOC in {voc_root(data_dir)} (train {splits_text(train_splits)}, "
+                       f"{len(self.train)} images; test {splits_text(test_splits)}, {len(self.test)}; {size} px)")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def n_train(self) -> int:
+        """Training images per epoch (every worker takes a disjoint 1 / S of them)."""
+        return len(self.train)
+
+    def train_stream(self, world_size: int, rank: int, batch_size: int, seed: int, augment: bool = True, *,
+                     device=None, loader_workers: int = 0, bad=None) -> DetectionBatchStream:
+        """Worker ``rank``'s batches, decoded in ``loader_workers`` processes; flipped only when both
+        ``augment`` (the trainer's main stream, not its BatchNorm-recalibration one) and ``flip``."""
+        return DetectionBatchStream(self.train, world_size, rank, batch_size, seed, None, flip=self.flip and augment,
+                                    num_workers=loader_workers)
+
+    def eval_sets(self, batch_size: int, limit: int | None = None, *, device=None, loader_workers: int = 0,
+                  bad=None) -> dict:
+        """The test images in order, unflipped (the first ``limit`` of them)."""
+        test = self.test if limit is None or limit >= len(self.test) else Subset(self.test, range(limit))
+        return {"test": lambda: eval_batches(test, batch_size, loader_workers)}
