@@ -80,10 +80,10 @@ def main_table(runs: list[dict], key: str, unit: str, higher: bool, target_delta
     return lines
 
 
-def scale_table(runs: list[dict], reference: list[dict]) -> list[str]:
+def scale_table(runs: list[dict], reference: list[dict], key: str, unit: str) -> list[str]:
     """ResIST evaluated with its residual branches scaled by c against unscaled, same workers and seed. The
     scale changes no training step here, so the training losses must agree: the table says whether they do."""
-    lines = ["| workers | seed | c | best bits/byte, scaled by c | best bits/byte, unscaled | final, scaled | "
+    lines = [f"| workers | seed | c | best {unit}, scaled by c | best, unscaled | final, scaled | "
              "final, unscaled | training losses identical |", "|---|---|---|---|---|---|---|---|"]
     for r in runs:
         base = next((b for b in reference if b["algo"] == "resist" and (b["workers"], b["seed"]) == (r["workers"], r["seed"])), None)
@@ -91,8 +91,8 @@ def scale_table(runs: list[dict], reference: list[dict]) -> list[str]:
             continue
         same = [x.get("loss") for x in base["rows"]] == [x.get("loss") for x in r["rows"]]
         c = json.loads((Path(base["dir"]) / "summary.json").read_text())["eval_scale"]
-        lines.append(f"| {r['workers']} | {r['seed']} | {c:g} | {base['best_bpb']:.3f} | {r['best_bpb']:.3f} | "
-                     f"{base['final_bpb']:.3f} | {r['final_bpb']:.3f} | {'yes' if same else 'NO'} |")
+        lines.append(f"| {r['workers']} | {r['seed']} | {c:g} | {base[f'best_{key}']:.3f} | {r[f'best_{key}']:.3f} | "
+                     f"{base[f'final_{key}']:.3f} | {r[f'final_{key}']:.3f} | {'yes' if same else 'NO'} |")
     return lines
 
 
@@ -107,9 +107,9 @@ def copy_run(run_dir: Path, dest: Path) -> None:
 def plot(runs: list[dict], out: Path) -> Path:
     """``resist plot`` of the runs, as a user would draw it."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    labels = ",".join(f"{r['label']} s{r['seed']}" for r in runs)
+    labels = ",".join(f"{r['label'].replace(',', '')} S={r['workers']} seed {r['seed']}" for r in runs)  # --labels splits at commas
     subprocess.run([sys.executable, "-m", "resist.cli", "plot", *[r["dir"] for r in runs], "--out", str(out),
-                    "--labels", labels], env=env, check=True, stdout=subprocess.DEVNULL)
+                    "--labels", labels], env=env, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
     return out
 
 
@@ -120,7 +120,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--scale-seeds", type=int, nargs="*", default=None,
-                    help="gpt: seeds of the unscaled-evaluation runs (default: --seeds)")
+                    help="seeds of the unscaled-evaluation runs (default: --seeds for gpt, none for vit)")
     ap.add_argument("--runs", default="runs/transformers", help="folder for the run folders")
     ap.add_argument("--only-existing", action="store_true", help="tabulate the finished runs; train nothing")
     args = ap.parse_args()
@@ -129,7 +129,8 @@ def main() -> None:
     if not lm and not Path(args.data_dir).is_dir():
         raise SystemExit(f"transformers_table: data folder {args.data_dir} does not exist; pass --data-dir")
     runs_dir = Path(args.runs) / suite["name"]
-    specs = specs_for(args.workers, args.seeds, (args.seeds if args.scale_seeds is None else args.scale_seeds) if lm else [])
+    specs = specs_for(args.workers, args.seeds, args.scale_seeds if args.scale_seeds is not None
+                      else args.seeds if lm else [])
     start = library_state()
     results = []
     for spec in specs:
@@ -155,12 +156,12 @@ def tabulate(args, suite: dict, lm: bool, runs_dir: Path, results: list[dict], l
            "cores": os.cpu_count(), "trained_with_library": trained, "tabulated_with_library": library}
     main_runs = [r for r in results if r["suite"] == "main"]
     key, unit, higher, delta = ("bpb", "test bits/byte", False, 0.05) if lm else ("acc", "test acc (%)", True, 1.0)
-    preset_cmd = f"resist train {suite['preset']} {' '.join(suite['flags'])}"
+    preset_cmd = f"resist train {suite['preset']} --algo ALGO --workers S --seed SEED --data-dir D --out DIR {' '.join(suite['flags'])}"
     seeds = sorted({r["seed"] for r in main_runs})
     lines = [f"# {suite['title']} (CPU scale)\n",
              f"Written by `python bench/transformers_table.py --suite {args.suite} --workers "
              f"{' '.join(map(str, args.workers))} --seeds {' '.join(map(str, args.seeds))}` on {env['date']}. "
-             f"Every run is `{preset_cmd} --algo ALGO --workers S --seed SEED` (the exact command of each is in "
+             f"Every run is `{preset_cmd}` (the exact command of each is in "
              f"{name}.json and in its folder under {name}/, copied without checkpoints). Trained with library "
              f"{trained}; tabulated with {library}. {env['machine']} CPU ({env['cores']} cores, every run pinned "
              f"to one core that other jobs shared, so wall times are inflated), torch {env['torch']}, Python "
@@ -176,17 +177,20 @@ def tabulate(args, suite: dict, lm: bool, runs_dir: Path, results: list[dict], l
                   "(`algo.scale_activations`, CLI `--scale` / `--no-scale`). Without a warm-up (`--warmup-epochs` 0, "
                   "the default) and with LayerNorm instead of BatchNorm, c enters nothing but that evaluation: "
                   "the `--no-scale` run below is the same training evaluated unscaled (the last column checks the "
-                  "training losses of every round).\n", *scale_table(noscale, main_runs), ""]
+                  "training losses of every round).\n", *scale_table(noscale, main_runs, key, unit), ""]
     lines += ["## PROJECTION (not a measurement): whole runs on 1, 10 and 100 Gbit/s links\n",
               "`resist project`'s arithmetic: measured compute time plus each round's bytes over the link, 50 us "
               "per message; speed-up over local SGD with the same workers and seed.\n", *projection_table(main_runs), ""]
     OUT.mkdir(parents=True, exist_ok=True)
+    for r in results:  # the tables' sources beside them; the figures are drawn from these copies
+        dest = OUT / name / Path(r["dir"]).name
+        copy_run(Path(r["dir"]), dest)
+        r["dir"] = str(dest.relative_to(ROOT))
     for w in sorted({r["workers"] for r in results}):
         group = [r for r in results if r["workers"] == w and r["seed"] == seeds[0]]
         fig = plot(group, OUT / f"{name}_w{w}.png")
-        lines.append(f"Seed {seeds[0]}, {w} workers (`resist plot`): ![{fig.name}]({fig.name})\n")
-    for r in results:
-        copy_run(Path(r["dir"]), OUT / name / Path(r["dir"]).name)
+        lines.append(f"Seed {seeds[0]}, {w} workers (`resist plot {' '.join(r['dir'] for r in group)}`): "
+                     f"![{fig.name}]({fig.name})\n")
     body = {"env": env, "preset": suite["preset"], "flags": suite["flags"],
             "runs": [{k: v for k, v in r.items() if k not in ("config", "rows")} for r in results]}
     (OUT / f"{name}.json").write_text(json.dumps(body, indent=2) + "\n")
