@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from benchutil import OUT, ROOT, describe_library, library_state
+from benchutil import OUT, ROOT, describe_library, git, library_state
 from cifar10_table import Spec, collect, main_specs, projection_table, run, spread, time_to
 
 SUITES = {
@@ -84,7 +84,8 @@ def scale_table(runs: list[dict], reference: list[dict], key: str, unit: str) ->
     """ResIST evaluated with its residual branches scaled by c against unscaled, same workers and seed. The
     scale changes no training step here, so the training losses must agree: the table says whether they do."""
     lines = [f"| workers | seed | c | best {unit}, scaled by c | best, unscaled | final, scaled | "
-             "final, unscaled | training losses identical |", "|---|---|---|---|---|---|---|---|"]
+             "final, unscaled | training losses identical | time (s), scaled run / unscaled run |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         base = next((b for b in reference if b["algo"] == "resist" and (b["workers"], b["seed"]) == (r["workers"], r["seed"])), None)
         if base is None:
@@ -92,7 +93,8 @@ def scale_table(runs: list[dict], reference: list[dict], key: str, unit: str) ->
         same = [x.get("loss") for x in base["rows"]] == [x.get("loss") for x in r["rows"]]
         c = json.loads((Path(base["dir"]) / "summary.json").read_text())["eval_scale"]
         lines.append(f"| {r['workers']} | {r['seed']} | {c:g} | {base[f'best_{key}']:.3f} | {r[f'best_{key}']:.3f} | "
-                     f"{base[f'final_{key}']:.3f} | {r[f'final_{key}']:.3f} | {'yes' if same else 'NO'} |")
+                     f"{base[f'final_{key}']:.3f} | {r[f'final_{key}']:.3f} | {'yes' if same else 'NO'} | "
+                     f"{base['time_s']:.1f} / {r['time_s']:.1f} |")
     return lines
 
 
@@ -141,8 +143,9 @@ def main() -> None:
         else:
             out = run(spec, suite["preset"], args.data_dir, runs_dir, suite["flags"])
         results.append(collect(spec, out))
-    if not args.only_existing:  # which library trained them, for the tables written later
-        (runs_dir / "library.txt").write_text(describe_library(start, library_state()) + "\n")
+    if not args.only_existing:  # which library trained them, one line per invocation, for the tables written later
+        with (runs_dir / "library.txt").open("a") as f:
+            f.write(describe_library(start, library_state()) + "\n")
     if not results:
         raise SystemExit(f"transformers_table: no finished runs under {runs_dir}")
     tabulate(args, suite, lm, runs_dir, results, describe_library(start, library_state()))
@@ -150,7 +153,12 @@ def main() -> None:
 
 def tabulate(args, suite: dict, lm: bool, runs_dir: Path, results: list[dict], library: str) -> None:
     name = suite["name"]
-    trained = (runs_dir / "library.txt").read_text().strip() if (runs_dir / "library.txt").is_file() else "unknown"
+    commits = list(dict.fromkeys((runs_dir / "library.txt").read_text().splitlines())) \
+        if (runs_dir / "library.txt").is_file() else []
+    trained = ", ".join(commits) or "unknown"
+    if len(commits) > 1:  # what differs between them under src/, so a reader can tell whether it matters
+        changed = git("diff", "--name-only", commits[0].split()[0], commits[-1].split()[0], "--", "src").split()
+        trained += f" (their src/ differs in {', '.join(changed) or 'nothing'})"
     env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
            "python": platform.python_version(), "machine": platform.machine(), "processor": platform.processor(),
            "cores": os.cpu_count(), "trained_with_library": trained, "tabulated_with_library": library}
@@ -159,8 +167,7 @@ def tabulate(args, suite: dict, lm: bool, runs_dir: Path, results: list[dict], l
     preset_cmd = f"resist train {suite['preset']} --algo ALGO --workers S --seed SEED --data-dir D --out DIR {' '.join(suite['flags'])}"
     seeds = sorted({r["seed"] for r in main_runs})
     lines = [f"# {suite['title']} (CPU scale)\n",
-             f"Written by `python bench/transformers_table.py --suite {args.suite} --workers "
-             f"{' '.join(map(str, args.workers))} --seeds {' '.join(map(str, args.seeds))}` on {env['date']}. "
+             f"Written by `python bench/transformers_table.py {' '.join(sys.argv[1:])}` on {env['date']}. "
              f"Every run is `{preset_cmd}` (the exact command of each is in "
              f"{name}.json and in its folder under {name}/, copied without checkpoints). Trained with library "
              f"{trained}; tabulated with {library}. {env['machine']} CPU ({env['cores']} cores, every run pinned "
@@ -171,12 +178,24 @@ def tabulate(args, suite: dict, lm: bool, runs_dir: Path, results: list[dict], l
              "numbers compare the algorithms at this budget and say nothing about converged quality.\n",
              "## ResIST vs local SGD\n", *main_table(main_runs, key, unit, higher, delta), ""]
     noscale = [r for r in results if r["suite"] == "noscale"]
+    twins = [(b["time_s"], r["time_s"]) for r in noscale for b in main_runs
+             if b["algo"] == "resist" and (b["workers"], b["seed"]) == (r["workers"], r["seed"])]
+    if twins:  # the same computation timed twice: how far the shared core moved a measured time
+        worst = max(max(a, b) / min(a, b) for a, b in twins)
+        # local SGD's rounds all do the same work (the last may be cut short): their spread is the machine's
+        within = max(max(c) / min(c) for c in ([x["compute_s"] for x in r["rows"][:-1]] for r in main_runs
+                                                if r["algo"] == "local_sgd") if c)
+        lines += [f"**Timing noise.** The core these runs shared carried other jobs' load that came and went: "
+                  f"the rounds of one local SGD run, all the same work, took up to {within:.2f}x one another's "
+                  f"compute time, and the same training measured twice (ResIST and its unscaled twin below, "
+                  f"identical losses) differs by up to {worst:.2f}x in parallel-equivalent time. Times compare "
+                  "the algorithms only within that factor; bytes and scores are exact.\n"]
     if noscale:
         lines += ["## Activation scaling at evaluation\n",
                   "ResIST scales each partitioned block's residual branch by c when the whole model is evaluated "
                   "(`algo.scale_activations`, CLI `--scale` / `--no-scale`). Without a warm-up (`--warmup-epochs` 0, "
                   "the default) and with LayerNorm instead of BatchNorm, c enters nothing but that evaluation: "
-                  "the `--no-scale` run below is the same training evaluated unscaled (the last column checks the "
+                  "the `--no-scale` run below is the same training evaluated unscaled (a column checks the "
                   "training losses of every round).\n", *scale_table(noscale, main_runs, key, unit), ""]
     lines += ["## PROJECTION (not a measurement): whole runs on 1, 10 and 100 Gbit/s links\n",
               "`resist project`'s arithmetic: measured compute time plus each round's bytes over the link, 50 us "
