@@ -3,12 +3,15 @@ the Python standard library's sources and for ViT-tiny on CIFAR-10, at CPU scale
 
 Each suite is a preset plus fixed flags (below: what makes one run fit about 4 minutes on one shared
 core). Runs, reuse and resume are ``cifar10_table.run``; the tables are written to docs/results/NAME.{md,json}
-with a ``resist plot`` figure per worker count. The GPT suite also evaluates ResIST without activation
-scaling (``--no-scale``): with no warm-up and no BatchNorm, the scale only enters evaluation of the whole
-model, so the two runs train identically and the table checks that from their training losses.
+with a ``resist plot`` figure per worker count, and the run folders are copied beside them without
+checkpoints. ResIST is also run without activation scaling (``--no-scale``; for ``--scale-seeds``, by
+default every seed for gpt and none for vit): with no warm-up and no BatchNorm, the scale only enters
+evaluation of the whole model, so the two runs train identically and the table checks that from their
+training losses. The published files came from:
 
     python bench/transformers_table.py --suite gpt --workers 2 4 --seeds 0 1 --runs runs/transformers
-    python bench/transformers_table.py --suite vit --data-dir ../shared/data/cifar10 --runs runs/transformers
+    python bench/transformers_table.py --suite vit --workers 2 4 --seeds 0 1 --scale-seeds 0 1 \
+        --data-dir ../shared/data/cifar10 --runs runs/transformers
 """
 
 from __future__ import annotations
