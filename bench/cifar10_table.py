@@ -226,19 +226,22 @@ def collect(spec: Spec, run_dir: Path) -> dict:
     cfg = json.loads((run_dir / "config.json").read_text())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     wall = run_dir / "wall_s.txt"
+    # A language model's headline is bits per byte (lower is better); the tables of this file read
+    # best_acc / final_acc / curve, so an LM run fills best_bpb / final_bpb and a bits-per-byte curve.
+    metric, key = ("test_bpb", "bpb") if cfg.get("data", {}).get("task") == "lm" else ("test_acc", "acc")
     return {"name": spec.name, "suite": spec.suite, "label": spec.label, "dir": str(run_dir),
             "command": (run_dir / "command.txt").read_text(), "algo": summary["algo"], "workers": summary["workers"],
-            "seed": cfg["run"]["seed"], "best_acc": summary["best_acc"], "final_acc": summary["final_acc"],
+            "seed": cfg["run"]["seed"], f"best_{key}": summary[f"best_{key}"], f"final_{key}": summary[f"final_{key}"],
             "time_to_best_s": summary["time_to_best_s"], "time_s": summary["time_s"],
             "wall_s": float(wall.read_text()) if wall.is_file() else None,
             "sent_mb": max(summary["sent_bytes_per_worker"]) / 1e6,
-            "curve": [(r["time_s"], r["test_acc"]) for r in rows if r.get("test_acc") is not None],
+            "curve": [(r["time_s"], r[metric]) for r in rows if r.get(metric) is not None],
             "config": cfg, "rows": rows}
 
 
-def time_to(curve: list, target: float) -> float | None:
-    """Parallel-equivalent seconds until the first evaluation at or above ``target``."""
-    return next((t for t, acc in curve if acc >= target), None)
+def time_to(curve: list, target: float, higher_is_better: bool = True) -> float | None:
+    """Parallel-equivalent seconds until the first evaluation at or better than ``target``."""
+    return next((t for t, score in curve if (score >= target if higher_is_better else score <= target)), None)
 
 
 def spread(values: list[float]) -> str:

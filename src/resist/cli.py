@@ -207,31 +207,36 @@ def _run_labels(text: str | None) -> list[str] | None:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .analysis.plot import default_output, labels_for, plot_runs, read_run
+    from .analysis.plot import common_task, default_output, labels_for, plot_runs, read_run
 
     runs = [read_run(d, need_eval=True) for d in args.run_dirs]
-    out = plot_runs(runs, labels_for(runs, _run_labels(args.labels)), args.out or default_output(args.run_dirs),
-                    log_bytes=args.log_bytes)
+    out = args.out or default_output(args.run_dirs, common_task(runs))
+    out = plot_runs(runs, labels_for(runs, _run_labels(args.labels)), out, log_bytes=args.log_bytes)
     print(out)
     return 0
 
 
 def cmd_project(args: argparse.Namespace) -> int:
-    from .analysis.plot import labels_for, read_run
+    from .analysis.plot import HEADLINES, common_task, labels_for, read_run
     from .analysis.projection import check_link, compare, format_table, notes, project_run
 
     check_link(args.gbits, args.latency_us)
     runs = [read_run(d) for d in args.run_dirs]
+    head = HEADLINES[common_task(runs)]
     labels = labels_for(runs, _run_labels(args.labels))
     algos = [r.algo for r in runs]
     projected = compare([project_run(r.rows, label, args.gbits, args.latency_us, r.algo)
                          for r, label in zip(runs, labels)])
     if args.json:
+        best = [{"metric": head.key, "value": r.best(), "higher_is_better": head.higher_is_better} for r in runs]
         print(json.dumps({"projection": True, "gbits": args.gbits, "latency_us": args.latency_us,
-                          "runs": [dict(p.to_dict(), run_dir=str(r.path)) for p, r in zip(projected, runs)],
+                          "runs": [dict(p.to_dict(), run_dir=str(r.path), best=b)
+                                   for p, r, b in zip(projected, runs, best)],
                           "notes": notes(projected, args.latency_us, algos)}, indent=2))
     else:
-        print(format_table(projected, args.latency_us, algos))
+        best = ["-" if r.best() is None else head.format(r.best()) for r in runs]
+        column = f"best {head.unit} ({'higher' if head.higher_is_better else 'lower'} better)"
+        print(format_table(projected, args.latency_us, algos, scores=(column, best)))
     return 0
 
 
@@ -273,10 +278,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--compress", default="none", help=f"measure with this codec [{'|'.join(registry.CODECS)}]")
     p.add_argument("--json", action="store_true", help="print one JSON object (exact bytes)")
     p.set_defaults(fn=cmd_comm)
-    p = sub.add_parser("plot", help="test accuracy vs time and vs bytes sent, one line per run (a PNG)")
+    p = sub.add_parser("plot", help="the task's test score (accuracy; bits per byte for --task lm) vs time and "
+                       "vs bytes sent, one line per run (a PNG)")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (with metrics.jsonl)")
     p.add_argument("--out", default=None, metavar="FILE.png",
-                   help="output file (default RUN_DIR/accuracy.png, or RUN_DIR/../accuracy.png for several runs)")
+                   help="output file (default RUN_DIR/accuracy.png, bits_per_byte.png for --task lm; "
+                   "RUN_DIR/../ for several runs)")
     p.add_argument("--labels", default=None, metavar="A,B,...",
                    help="one legend label per run (default: algo S=workers)")
     p.add_argument("--log-bytes", action="store_true", help="communication axis on a log scale (paper Fig. 8)")

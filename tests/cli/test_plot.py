@@ -194,6 +194,9 @@ def test_project_prints_table(capsys, runs):
     for speed in ("1 Gbit/s", "10 Gbit/s", "100 Gbit/s"):
         assert f"proj. {speed}" in header
     assert lines[2].startswith("local_sgd S=2") and lines[3].startswith("resist S=2")
+    assert "best % (higher better)" in header  # what each run reached, beside its speed-up
+    best = max(json.loads(line).get("test_acc") or -1 for line in (runs["resist"] / "metrics.jsonl").open())
+    assert f"{best:.2f}%" in lines[3]
     assert lines[2].count("(1.00x)") == 3  # the first run is the reference
     assert "2(W-1)" in out  # the message-count assumption is stated
 
@@ -238,3 +241,101 @@ def test_projection_charges_the_busier_direction_and_counted_messages():
     p = project_run(rows, "x", gbits=[8.0], latency_us=1000.0)
     # round 0: rank 1 received 3 GB -> 3 s at 8 Gbit/s, + 7 ms; round 1: rank 0 received 3 GB more -> 3 s
     assert p.projected_s[8.0] == pytest.approx(1 + 3 + 0.007 + 1 + 3)
+
+
+# --- language-model runs: the headline is bits per byte, lower is better ----------------------------
+def fake_run(path, algo, scores, task="lm", config=True):
+    """A run folder as training writes it, without training: 2 workers, one evaluation per round with
+    ``scores`` as the task's headline (bits per byte, or accuracy for ``task="classification"``)."""
+    from resist.config import preset
+
+    path.mkdir(parents=True)
+    name = "gpt_char_cpu" if task == "lm" else "smoke"
+    if config:
+        cfg = preset(name).replace(**{"algo.name": algo, "algo.workers": 2})
+        (path / "config.json").write_text(cfg.dumps())
+    rows, best = [], None
+    for r, score in enumerate(scores):
+        row = {"round": r, "step": 10 * (r + 1), "loss": 3.0, "compute_s": 1.0 + r, "comm_s": 0.0,
+               "time_s": float(sum(range(1, r + 2))), "sent_bytes": [1000 * (r + 1)] * 2}
+        if task == "lm":
+            best = score if best is None else min(best, score)
+            row.update(test_loss=score * 0.6931, test_bpb=score, best_bpb=best)
+        else:
+            best = score if best is None else max(best, score)
+            row.update(test_acc=score, test_top5=score, best_acc=best)
+        rows.append(row)
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    key = "bpb" if task == "lm" else "acc"
+    (path / "summary.json").write_text(json.dumps({"algo": algo, f"best_{key}": best, f"final_{key}": scores[-1]}))
+    return path
+
+
+@pytest.fixture
+def lm_runs(tmp_path):
+    return {"local_sgd": fake_run(tmp_path / "lsgd", "local_sgd", [4.0, 3.2, 2.9, 3.0]),
+            "resist": fake_run(tmp_path / "resist", "resist", [4.1, 3.5, 3.1, 2.95])}
+
+
+def test_lm_run_reads_bits_per_byte(lm_runs):
+    r = read_run(lm_runs["resist"], need_eval=True)
+    assert r.task == "lm" and r.headline.key == "test_bpb" and not r.headline.higher_is_better
+    assert len(r.evaluated) == 4 and r.best() == 2.95  # the lowest, not the highest or the last
+    (lm_runs["resist"] / "config.json").unlink()  # a folder copied without its config: summary.json tells
+    assert read_run(lm_runs["resist"]).task == "lm"
+
+
+def test_plot_lm_runs(capsys, lm_runs):
+    rc, out, err = run(capsys, "plot", lm_runs["local_sgd"], lm_runs["resist"])
+    png = lm_runs["resist"].parent / "bits_per_byte.png"
+    assert rc == 0, err
+    assert out.strip() == str(png) and png.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_plot_lm_axis_is_bits_per_byte(lm_runs, monkeypatch, tmp_path):
+    from resist.analysis import plot as plot_mod
+
+    drawn = []
+    real = plot_mod.plot_runs
+
+    def spy(runs, labels, out, log_bytes=False):
+        path = real(runs, labels, out, log_bytes)
+        drawn.append([[r[runs[0].headline.key] for r in run.evaluated] for run in runs])
+        return path
+
+    monkeypatch.setattr(plot_mod, "plot_runs", spy)
+    assert main(["plot", str(lm_runs["resist"]), "--out", str(tmp_path / "p.png")]) == 0
+    assert drawn == [[[4.1, 3.5, 3.1, 2.95]]]
+
+
+def test_plot_and_project_refuse_mixed_tasks(capsys, lm_runs, tmp_path):
+    image = fake_run(tmp_path / "image", "resist", [10.0, 20.0], task="classification")
+    for command in ("plot", "project"):
+        rc, _, err = run(capsys, command, lm_runs["resist"], image)
+        one_line_error(rc, err, "different tasks", "(lm)", "(classification)")
+
+
+def test_project_lm_shows_best_bits_per_byte(capsys, lm_runs):
+    rc, out, err = run(capsys, "project", lm_runs["local_sgd"], lm_runs["resist"])
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert "best bits/byte (lower better)" in lines[1]
+    assert "2.9000" in lines[2] and "2.9500" in lines[3]  # each run's lowest, not its last (3.0 / 2.95)
+    rc, out, _ = run(capsys, "project", lm_runs["local_sgd"], lm_runs["resist"], "--json")
+    best = [r["best"] for r in json.loads(out)["runs"]]
+    assert best == [{"metric": "test_bpb", "value": 2.9, "higher_is_better": False},
+                    {"metric": "test_bpb", "value": 2.95, "higher_is_better": False}]
+
+
+def test_headlines_match_the_tasks():
+    """plot's table of headlines (kept free of torch) says what each task records and prefers."""
+    from resist.analysis.plot import HEADLINES
+    from resist.registry import TASKS
+    from resist.tasks import make_task
+
+    scores = {"test/top1": 50.0, "test/top5": 90.0, "test/loss": 2.0, "test/bpb": 2.9}
+    assert set(HEADLINES) == set(TASKS)
+    for name in TASKS:
+        task = make_task(name)
+        assert HEADLINES[name].higher_is_better == task.higher_is_better
+        assert HEADLINES[name].key in task.record(scores, task.worst)

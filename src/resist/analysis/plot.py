@@ -1,6 +1,7 @@
-"""Accuracy curves of run folders (paper Figs. 4, 5, 8): test accuracy against parallel-equivalent
-time and against the data each worker sent, one line per run, read only from ``metrics.jsonl`` (and
-``config.json`` for the default label).
+"""Score curves of run folders (paper Figs. 4, 5, 8): the task's headline score (test accuracy; a
+language model's bits per byte) against parallel-equivalent time and against the data each worker sent,
+one line per run, read only from ``metrics.jsonl`` (and ``config.json`` / ``summary.json`` for the task
+and the default label).
 
 matplotlib is an optional extra (``pip install 'resist[plot]'``), imported only when a plot is drawn.
 """
@@ -17,19 +18,49 @@ from .projection import cumulative_sent
 REQUIRED = ("round", "step", "compute_s", "time_s", "sent_bytes")
 
 
+@dataclass(frozen=True)
+class Headline:
+    """A task's headline score as metrics.jsonl records it. Kept here rather than taken from
+    ``resist.tasks`` so that reading a run folder needs no torch; a test holds the two in step."""
+
+    key: str  # the metrics.jsonl field
+    name: str  # in words, for axes and tables
+    unit: str
+    higher_is_better: bool
+
+    def format(self, value: float) -> str:
+        return f"{value:.2f}%" if self.unit == "%" else f"{value:.4f}"
+
+
+HEADLINES = {"classification": Headline("test_acc", "test accuracy", "%", True),
+             "lm": Headline("test_bpb", "test bits per byte", "bits/byte", False)}
+
+
 @dataclass
 class Run:
     path: Path
     rows: list[dict[str, Any]]
     config: dict[str, Any] | None  # None when config.json is missing or unreadable
+    task: str = "classification"
 
     @property
     def algo(self) -> str | None:
         return (self.config or {}).get("algo", {}).get("name")
 
     @property
+    def headline(self) -> Headline:
+        return HEADLINES[self.task]
+
+    @property
     def evaluated(self) -> list[dict[str, Any]]:
-        return [r for r in self.rows if r.get("test_acc") is not None]
+        return [r for r in self.rows if r.get(self.headline.key) is not None]
+
+    def best(self) -> float | None:
+        """The best headline score over the evaluated rounds (None before the first evaluation)."""
+        scores = [r[self.headline.key] for r in self.evaluated]
+        if not scores:
+            return None
+        return max(scores) if self.headline.higher_is_better else min(scores)
 
     def default_label(self) -> str:
         if self.config is None:
@@ -62,10 +93,38 @@ def read_run(run_dir: str | Path, need_eval: bool = False) -> Run:
             rows.append(row)
     if not rows:
         raise ValueError(f"{path} has no rounds")
-    run = Run(run_dir, rows, _read_config(run_dir / "config.json"))
+    config = _read_config(run_dir / "config.json")
+    run = Run(run_dir, rows, config, _task(run_dir, config, rows))
     if need_eval and not run.evaluated:
-        raise ValueError(f"{path} has no evaluated round (no test_acc); nothing to plot")
+        raise ValueError(f"{path} has no evaluated round (no {run.headline.key}); nothing to plot")
     return run
+
+
+def _task(run_dir: Path, config: dict[str, Any] | None, rows: list[dict[str, Any]]) -> str:
+    """The run's task: config.json says it; a run folder without one (copied by hand, or from before
+    the LM task) is told by summary.json's best score, else by what its rows recorded."""
+    data = (config or {}).get("data")
+    task = data.get("task") if isinstance(data, dict) else None
+    if task is None:
+        summary = _read_config(run_dir / "summary.json") or {}
+        if "best_bpb" in summary or any("test_bpb" in r for r in rows):
+            task = "lm"
+        else:
+            task = "classification"
+    if task not in HEADLINES:
+        raise ValueError(f"{run_dir / 'config.json'} has task {task!r}, which plot/project cannot read; "
+                         f"known: {', '.join(HEADLINES)}")
+    return task
+
+
+def common_task(runs: Sequence[Run]) -> str:
+    """The one task of ``runs``: their scores cannot share an axis or a column otherwise."""
+    tasks = dict.fromkeys(r.task for r in runs)
+    if len(tasks) > 1:
+        which = ", ".join(f"{r.path} ({r.task})" for r in runs)
+        raise ValueError(f"the runs have different tasks, whose scores cannot be compared: {which}; "
+                         "give runs of one task")
+    return next(iter(tasks), "classification")
 
 
 def _read_config(path: Path) -> dict[str, Any] | None:
@@ -86,9 +145,10 @@ def labels_for(runs: Sequence[Run], labels: Sequence[str] | None = None) -> list
     return [f"{label} ({r.path.name})" if out.count(label) > 1 else label for label, r in zip(out, runs)]
 
 
-def default_output(run_dirs: Sequence[str | Path]) -> Path:
+def default_output(run_dirs: Sequence[str | Path], task: str = "classification") -> Path:
+    name = "bits_per_byte.png" if task == "lm" else "accuracy.png"
     first = Path(run_dirs[0])
-    return first / "accuracy.png" if len(run_dirs) == 1 else first.parent / "accuracy.png"
+    return first / name if len(run_dirs) == 1 else first.parent / name
 
 
 def plot_runs(runs: Sequence[Run], labels: Sequence[str], out: str | Path, log_bytes: bool = False) -> Path:
@@ -100,26 +160,31 @@ def plot_runs(runs: Sequence[Run], labels: Sequence[str], out: str | Path, log_b
     except ImportError:
         raise ValueError("plotting needs matplotlib; install it with: pip install 'resist[plot]'") from None
 
+    head = HEADLINES[common_task(runs)]
     fig = Figure(figsize=(11, 4.5), layout="constrained")
     ax_t, ax_b = fig.subplots(1, 2, sharey=True)
     for i, (run, label) in enumerate(zip(runs, labels)):
         sent = dict(zip((id(r) for r in run.rows), cumulative_sent(run.rows)))
         ev = run.evaluated
-        acc = [r["test_acc"] for r in ev]
+        score = [r[head.key] for r in ev]
         # past the colour cycle's 10 colours, another line style keeps every run apart
         style = dict(marker="o" if i < 10 else "s", markersize=3 if len(ev) > 30 else 5, linewidth=1.6, label=label,
                      linestyle=("-", "--", ":")[i // 10 % 3])
-        ax_t.plot([r["time_s"] for r in ev], acc, **style)
-        ax_b.plot([sent[id(r)] / 1e6 for r in ev], acc, **style)
-    ax_t.set(title="Test accuracy vs. time", xlabel="parallel-equivalent time (s)", ylabel="test accuracy (%)")
-    ax_b.set(title="Test accuracy vs. communication", xlabel="data sent per worker, cumulative (MB, max over workers)")
+        ax_t.plot([r["time_s"] for r in ev], score, **style)
+        ax_b.plot([sent[id(r)] / 1e6 for r in ev], score, **style)
+    title = head.name[0].upper() + head.name[1:]
+    better = "higher is better" if head.higher_is_better else "lower is better"
+    ax_t.set(title=f"{title} vs. time", xlabel="parallel-equivalent time (s)",
+             ylabel=f"{head.name} ({head.unit}, {better})")
+    ax_b.set(title=f"{title} vs. communication", xlabel="data sent per worker, cumulative (MB, max over workers)")
     if log_bytes:
         ax_b.set_xscale("log")
     for ax in (ax_t, ax_b):
         ax.grid(True, alpha=0.3)
         if ax.get_xlim()[1] > 0 and ax.get_xscale() == "linear":
             ax.set_xlim(left=0)
-    ax_b.legend(loc="lower right", fontsize="small")
+    # the curves end where the score is best: the legend goes in the corner they leave free
+    ax_b.legend(loc="lower right" if head.higher_is_better else "upper right", fontsize="small")
     subtitle = _subtitle(runs)
     if subtitle:
         fig.suptitle(subtitle)

@@ -213,17 +213,20 @@ def notes(runs: Sequence[RunProjection], latency_us: float, algos: Sequence[str 
     return out
 
 
-def format_table(runs: Sequence[RunProjection], latency_us: float, algos: Sequence[str | None] = ()) -> str:
-    """The table ``resist project`` prints."""
+def format_table(runs: Sequence[RunProjection], latency_us: float, algos: Sequence[str | None] = (),
+                 scores: tuple[str, Sequence[str]] | None = None) -> str:
+    """The table ``resist project`` prints. ``scores``: a column title and each run's best score as
+    text, so that a speed-up is read next to what the run reached."""
     gbits = list(runs[0].projected_s) if runs else []
     title = (f"PROJECTION (not a measurement): wall-clock time on links of {', '.join(f'{g:g}' for g in gbits)} "
              f"Gbit/s with {latency_us:g} us per message")
-    head = ["run", "rounds", "compute s", "measured s", "bytes/worker/round", "msgs/round"]
+    head = ["run", *([scores[0]] if scores else []), "rounds", "compute s", "measured s", "bytes/worker/round",
+            "msgs/round"]
     head += [f"proj. {g:g} Gbit/s" for g in gbits]
     body = []
-    for r in runs:
-        cells = [r.label, str(r.rounds), f"{r.compute_s:.2f}", f"{r.measured_s:.2f}",
-                 human_bytes(r.sent_per_round), f"{r.messages_per_round:g}"]
+    for i, r in enumerate(runs):
+        cells = [r.label, *([scores[1][i]] if scores else []), str(r.rounds), f"{r.compute_s:.2f}",
+                 f"{r.measured_s:.2f}", human_bytes(r.sent_per_round), f"{r.messages_per_round:g}"]
         cells += [f"{r.projected_s[g]:.2f} s ({r.speedup.get(g, float('nan')):.2f}x)" for g in gbits]
         body.append(cells)
     widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
