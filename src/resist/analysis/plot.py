@@ -33,7 +33,8 @@ class Headline:
 
 
 HEADLINES = {"classification": Headline("test_acc", "test accuracy", "%", True),
-             "lm": Headline("test_bpb", "test bits per byte", "bits/byte", False)}
+             "lm": Headline("test_bpb", "test bits per byte", "bits/byte", False),
+             "detection": Headline("test_loss", "test loss (YOLOv2)", "loss", False)}
 
 
 @dataclass
@@ -109,6 +110,8 @@ def _task(run_dir: Path, config: dict[str, Any] | None, rows: list[dict[str, Any
         summary = _read_config(run_dir / "summary.json") or {}
         if "best_bpb" in summary or any("test_bpb" in r for r in rows):
             task = "lm"
+        elif "best_test_loss" in summary or any("map50" in r for r in rows):
+            task = "detection"
         else:
             task = "classification"
     if task not in HEADLINES:
