@@ -83,6 +83,28 @@ def make_network(workers: int, mbit: float | None, delay_ms: float) -> list[str]
     return names
 
 
+def launch(workers: int, mbit: float | None, args, what: str, argv: list[str]) -> None:
+    """``python argv`` as every rank of a gloo world, each in its namespace of a fresh network and on a
+    core of its own (round robin over the cores this script may use); the network goes afterwards."""
+    try:
+        names = make_network(workers, mbit, args.delay_ms)
+        cores = sorted(os.sched_getaffinity(0))
+        procs = []
+        for k, ns in enumerate(names):
+            env = {**os.environ, "RANK": str(k), "WORLD_SIZE": str(workers), "LOCAL_RANK": str(k),
+                   "MASTER_ADDR": f"{SUBNET}.1", "MASTER_PORT": str(PORT), "OMP_NUM_THREADS": "1",
+                   "GLOO_SOCKET_IFNAME": "eth0",  # gloo would pick the host name's address, unknown in here
+                   "PYTHONPATH": str(ROOT / "src")}
+            cmd = ["ip", "netns", "exec", ns, "taskset", "-c", str(cores[k % len(cores)]), sys.executable, *argv]
+            procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        errors = [p.communicate()[1] for p in procs]
+        if any(p.returncode for p in procs):
+            bad = next(e for p, e in zip(procs, errors) if p.returncode)
+            raise RuntimeError(f"{what} failed: {bad.strip().splitlines()[-1:]}")
+    finally:
+        cleanup()
+
+
 def load_run(out: Path) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -97,27 +119,10 @@ def run(algo: str, workers: int, mbit: float | None, args, out: Path) -> dict:
             and (out / "run.txt").read_text() == record:
         print(f"[rate_limited] reusing {out}", flush=True)
         return load_run(out)
-    try:
-        names = make_network(workers, mbit, args.delay_ms)
-        cores = os.sched_getaffinity(0)
-        procs = []
-        for k, ns in enumerate(names):
-            env = {**os.environ, "RANK": str(k), "WORLD_SIZE": str(workers), "LOCAL_RANK": str(k),
-                   "MASTER_ADDR": f"{SUBNET}.1", "MASTER_PORT": str(PORT), "OMP_NUM_THREADS": "1",
-                   "GLOO_SOCKET_IFNAME": "eth0",  # gloo would pick the host name's address, unknown in here
-                   "PYTHONPATH": str(ROOT / "src")}
-            core = sorted(cores)[k % len(cores)]
-            cmd = ["ip", "netns", "exec", ns, "taskset", "-c", str(core), sys.executable, "-m", "resist.cli", "train",
-                   args.preset, "--algo", algo, "--workers", str(workers), "--runtime", "dist", "--backend", "gloo",
-                   "--data-dir", args.data_dir, "--out", str(out), "--seed", str(args.seed), "--timeout", "1800",
-                   *(["--max-rounds", str(args.max_rounds)] if args.max_rounds else []), *args.extra]
-            procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-        errors = [p.communicate()[1] for p in procs]
-        if any(p.returncode for p in procs):
-            bad = next(e for p, e in zip(procs, errors) if p.returncode)
-            raise RuntimeError(f"{algo} on {workers} ranks at {mbit} Mbit/s failed: {bad.strip().splitlines()[-1:]}")
-    finally:
-        cleanup()
+    launch(workers, mbit, args, f"{algo} on {workers} ranks at {mbit} Mbit/s", [
+        "-m", "resist.cli", "train", args.preset, "--algo", algo, "--workers", str(workers), "--runtime", "dist",
+        "--backend", "gloo", "--data-dir", args.data_dir, "--out", str(out), "--seed", str(args.seed),
+        "--timeout", "1800", *(["--max-rounds", str(args.max_rounds)] if args.max_rounds else []), *args.extra])
     (out / "run.txt").write_text(record)
     return load_run(out)
 
@@ -150,31 +155,16 @@ def probe_rank(out: str, nbytes: int, reps: int) -> None:
 def probe(workers: int, mbit: float | None, args, out: Path, nbytes: int) -> dict:
     """The link as the projection counts it: goodput = the bytes a ring all-reduce moves per rank
     (2 (W-1)/W of the tensor, the communicator's own count) over its measured time, and latency = a
-    one-value all-reduce's time over its 2 (W-1) sequential messages (used from the unlimited link). Nominal htb rates overstate what
-    gloo gets through them (Ethernet/IP/TCP headers, the ACKs queued behind data on the same egress,
+    one-value all-reduce's time over its 2 (W-1) sequential messages (used from the unlimited link).
+    Nominal htb rates overstate what gloo gets through them (Ethernet/IP/TCP headers, the ACKs queued behind data on the same egress,
     TCP's window against the rate limit), and by how much depends on the transfer's size: the probe
     all-reduces ``nbytes``, one local-SGD round's model, and this is what the calibrated projection uses."""
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.reuse and out.is_file() and json.loads(out.read_text())["bytes"] == max(1, nbytes // 4) * 4:
         print(f"[rate_limited] reusing the probe {out}", flush=True)
         return _link(workers, json.loads(out.read_text()))
-    try:
-        names = make_network(workers, mbit, args.delay_ms)
-        cores = sorted(os.sched_getaffinity(0))
-        procs = []
-        for k, ns in enumerate(names):
-            env = {**os.environ, "RANK": str(k), "WORLD_SIZE": str(workers), "MASTER_ADDR": f"{SUBNET}.1",
-                   "MASTER_PORT": str(PORT), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "eth0",
-                   "PYTHONPATH": str(ROOT / "src")}
-            cmd = ["ip", "netns", "exec", ns, "taskset", "-c", str(cores[k % len(cores)]), sys.executable,
-                   str(Path(__file__).resolve()), "--probe-rank", str(out), "--probe-bytes", str(nbytes)]
-            procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-        errors = [p.communicate(timeout=1200)[1] for p in procs]
-        if any(p.returncode for p in procs):
-            bad = next(e for p, e in zip(procs, errors) if p.returncode)
-            raise RuntimeError(f"link probe on {workers} ranks at {mbit} Mbit/s failed: {bad.strip().splitlines()[-1:]}")
-    finally:
-        cleanup()
+    launch(workers, mbit, args, f"link probe on {workers} ranks at {mbit} Mbit/s",
+           [str(Path(__file__).resolve()), "--probe-rank", str(out), "--probe-bytes", str(nbytes)])
     return _link(workers, json.loads(out.read_text()))
 
 

@@ -115,20 +115,21 @@ def _break_xml(root):
     return f
 
 
-def _box_outside(root):
+def _set_first(root, tag, value):
+    """The first ``<tag>`` of the first annotation set to ``value``."""
     f = _first_xml(root)
     text = f.read_text()
-    start = text.index("<xmax>") + len("<xmax>")
-    f.write_text(text[:start] + "100000" + text[text.index("</xmax>"):])
+    start = text.index(f"<{tag}>") + len(tag) + 2
+    f.write_text(text[:start] + value + text[text.index(f"</{tag}>"):])
     return f
+
+
+def _box_outside(root):
+    return _set_first(root, "xmax", "100000")
 
 
 def _unknown_class(root):
-    f = _first_xml(root)
-    text = f.read_text()
-    start = text.index("<name>") + len("<name>")
-    f.write_text(text[:start] + "unicorn" + text[text.index("</name>"):])
-    return f
+    return _set_first(root, "name", "unicorn")
 
 
 def _missing_image(root):

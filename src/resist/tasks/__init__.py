@@ -84,7 +84,6 @@ def classification_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-
 def classification_words(record: dict[str, Any]) -> str:
     extra = "".join(f"  {name} {v['acc']:6.2f}%" for name, v in record.get("extra_test", {}).items())
     return (f"test {record['test_acc']:6.2f}% (top-5 {record['test_top5']:6.2f}%)  best {record['best_acc']:6.2f}%"
