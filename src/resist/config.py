@@ -187,6 +187,15 @@ class AlgoConfig:
     """Carry SGD momentum across rounds (averaged with the blocks) instead of restarting it."""
     warmup_epochs: float = 0.0
     """ResIST only: epochs of local SGD on the whole (scaled) network before ResIST starts (§2.6)."""
+    cooldown_epochs: float = 0.0
+    """ResIST only: the last epochs of training run as local SGD on the whole network (the mirror of the
+    warm-up; not in the paper). Rounds are whole, so it starts at the first round boundary within that
+    many epochs of the end of the epoch schedule (``--max-rounds`` does not move it)."""
+    cooldown_fold: bool = True
+    """At the start of the cool-down, fold the evaluation scale c into the weights that end each
+    partitioned residual branch (c f(x) = f'(x) exactly), so that the branches train at scale 1 as they
+    did in their sub-networks; off, or where a model's blocks do not name their branch outputs, the
+    cool-down trains the branches scaled by c, as the warm-up does."""
     bn_eval: str = "average"
     """Evaluation BatchNorm: ``average`` (running stats averaged over holders), ``batch`` (test-batch
     statistics, as the paper's code), or ``recalibrate`` (re-estimated on training batches)."""
@@ -230,6 +239,12 @@ class AlgoConfig:
         _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         _check(self.warmup_epochs == 0 or self.name == "resist",
                f"warmup_epochs is ResIST's local-SGD warm-up; {self.name} has none: drop --warmup-epochs")
+        _check(self.cooldown_epochs >= 0, f"cooldown_epochs must be >= 0, got {self.cooldown_epochs}")
+        _check(self.cooldown_epochs == 0 or self.name == "resist",
+               f"cooldown_epochs is ResIST's local-SGD cool-down; {self.name} has none: drop --cooldown-epochs")
+        _check(not (self.cooldown_epochs and self.cooldown_fold and self.error_feedback),
+               "folding the scale into the weights at the cool-down would leave error-feedback residuals in the "
+               "old units: add --no-cooldown-fold or drop --error-feedback")
         _check(self.bn_eval in BN_EVAL_MODES,
                f"unknown bn_eval {self.bn_eval!r}; choose one of: {', '.join(BN_EVAL_MODES)}")
         _check(self.recalib_batches >= 1, f"recalib_batches must be >= 1, got {self.recalib_batches}")
@@ -369,6 +384,9 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
+        _check(self.algo.warmup_epochs + self.algo.cooldown_epochs < self.optim.epochs,
+               f"warm-up ({self.algo.warmup_epochs:g}) plus cool-down ({self.algo.cooldown_epochs:g}) epochs leave no "
+               f"ResIST in {self.optim.epochs:g} epochs: shorten them or raise --epochs")
         _check(self.optim.inner == "sgd" or not (self.algo.carry_momentum or self.algo.name == "data_parallel"),
                "the adamw inner optimizer restarts with every round; it cannot carry its state "
                "(--carry-momentum, data_parallel): use --inner-optim sgd")

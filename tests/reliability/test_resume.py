@@ -53,6 +53,10 @@ EF = {"algo.compress": "q4", "algo.compress_what": "update", "algo.error_feedbac
 # A vision transformer with its recipe (AdamW, whose moments restart each round; warm-up and cosine).
 VIT = {"model.name": "vit_tiny", "model.layers": None, "model.width": 1 / 16, "optim.inner": "adamw",
        "optim.lr": 1e-3, "optim.weight_decay": 0.05, "optim.lr_schedule": "cosine", "optim.lr_warmup_epochs": 0.5}
+# A cool-down of the last 3 of 6 rounds (folded at round 3, where the run is cut) and of the last 4
+# (folded at round 2, before the cut), with every state the fold rescales.
+COOL3 = {"optim.epochs": 1, "algo.cooldown_epochs": 0.5, **OUTER}
+COOL2 = {"optim.epochs": 1, "algo.cooldown_epochs": 0.6, **OUTER}
 # Statistics averaged at rounds 4, 8, ...: the checkpoint at round 3 holds every rank's own.
 BN4 = {"algo.bn_sync_every": 4}
 
@@ -63,7 +67,8 @@ BN4 = {"algo.bn_sync_every": 4}
                                               ("local_sgd", False, EF), ("resist", False, BN4),
                                               ("local_sgd", False, BN4),
                                               ("data_parallel", False, {"algo.compress": "q4", "algo.error_feedback": True}),
-                                              ("resist", False, VIT), ("local_sgd", False, VIT)])
+                                              ("resist", False, VIT), ("local_sgd", False, VIT),
+                                              ("resist", True, COOL3), ("resist", True, COOL2)])
 def test_inprocess_resume_is_bitwise(tmp_path, faults, algo, carry, extra):
     over = {"algo.name": algo, "algo.carry_momentum": carry, "algo.min_depth": 3, **extra}
     whole = train(cfg_for(tmp_path / "whole", **over), DATA)

@@ -302,6 +302,53 @@ def test_warmup_trains_the_whole_scaled_network_then_resist_moves_less(tmp_path)
     assert warmed[warm:] == plain[warm:] and max(warmed[warm:-1]) < min(lsgd)
 
 
+def test_cooldown_ends_as_local_sgd_on_the_folded_whole_network(tmp_path):
+    """Cool-down rounds (the last 0.5 of 2 epochs) are local SGD on the whole network: each sends exactly
+    local SGD's bytes, the rounds before it a plain ResIST run's; c is folded into the branch outputs at
+    its first round, so the branches train and are evaluated at scale 1 and the summary says so."""
+    cfg = tiny(**{"algo.workers": 2, "algo.cooldown_epochs": 0.5, "optim.epochs": 2})
+
+    def body(w):
+        first = w.cooldown_from
+        assert w.holders(first - 1) != w.holders(first) and w.holders(first)[w.store.candidates[0]] == (0, 1)
+        return first
+
+    first = _workers(cfg, body)[0]
+    cooled = _sent_per_round(trained(cfg, tmp_path / "cool"))
+    lsgd = _sent_per_round(trained(cfg.replace(**{"algo.name": "local_sgd", "algo.cooldown_epochs": 0}), tmp_path / "l"))
+    plain = _sent_per_round(trained(cfg.replace(**{"algo.cooldown_epochs": 0}), tmp_path / "r"))
+    assert 0 < first < len(cooled) - 1
+    # The round before the cool-down delivers every block to everyone, so it sends more than ResIST's.
+    assert cooled[:first - 1] == plain[:first - 1] and cooled[first:] == lsgd[first:]
+    summary = json.loads((tmp_path / "cool" / "summary.json").read_text())
+    assert summary["eval_scale"] == 1.0
+    kept = trained(cfg.replace(**{"algo.cooldown_fold": False}), tmp_path / "keep")
+    assert json.loads((kept / "summary.json").read_text())["eval_scale"] == 0.5
+
+
+def test_cooldown_fold_rescales_carried_and_outer_momentum():
+    """w' = c w divides the gradients of a folded weight by c and multiplies its changes by c: a carried
+    momentum (averaged gradients) follows the first, an outer momentum (averaged changes) the second."""
+    cfg = tiny(**{"algo.workers": 2, "algo.cooldown_epochs": 0.5, "optim.epochs": 2, "algo.carry_momentum": True,
+                  "algo.outer_lr": 0.7, "algo.outer_momentum": 0.9})
+
+    def body(w):
+        store, name = w.store, f"blocks.{w.store.candidates[0]}.conv2.weight"
+        for b in store.candidates:
+            if not store.held(b):
+                store.bucket(b, [b], fresh=True)
+                for t in store.state_tensors(b):
+                    t.fill_(1.0)
+        store.momentum[name].fill_(1.0)
+        store.outer_momentum[name].fill_(1.0)
+        weight = store.model.get_parameter(name).detach().clone()
+        w.fold_scale()
+        return (store.momentum[name].unique().tolist(), store.outer_momentum[name].unique().tolist(),
+                torch.equal(store.model.get_parameter(name), weight * 0.5), w.eval_scale())
+
+    assert _workers(cfg, body)[0] == ([2.0], [0.5], True, 1.0)
+
+
 def trained(cfg, out):
     train(cfg.replace(**{"run.out": str(out)}), DATA)
     return out

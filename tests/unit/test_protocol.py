@@ -11,7 +11,7 @@ from torch import nn
 
 from resist.algorithms.parts import init_model, init_part
 from resist.models import ProtocolError, ScaledResidual, check_model, create_model, list_models, residual_stack
-from resist.models.protocol import parameter_counts
+from resist.models.protocol import can_fold, fold_residual_scale, parameter_counts
 
 GENERIC = {"paper_resnet", "preact_resnet", "resnet", "yolo_resnet"}  # factories that take layers=
 
@@ -37,6 +37,25 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: one com
 @pytest.mark.parametrize("name", list_models())
 def test_every_registered_model_implements_the_protocol(name):
     check_model(tiny_builder(name), example_input(name))
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_folding_the_scale_into_branch_outputs_keeps_the_function(name):
+    """ResIST's cool-down folds c into the layers that end each partitioned branch: the whole network
+    with branches scaled by c and the folded one at scale 1 compute the same function (every built-in
+    model names its branch outputs, so none falls back to training scaled branches)."""
+    model = init_model(tiny_builder(name)(), seed=3)
+    model.eval()
+    blocks = model.partitionable or model.skippable[:1]
+    assert can_fold(model, blocks)
+    x = example_input(name)
+    model.set_residual_scale(blocks, 0.25)
+    with torch.no_grad():
+        scaled = model(x)
+    folded = fold_residual_scale(model, blocks, 0.25)
+    assert folded and {b.residual_scale for b in model.blocks} == {1.0}
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), scaled, rtol=1e-5, atol=1e-5)
 
 
 # --- vision transformers -------------------------------------------------------------------------

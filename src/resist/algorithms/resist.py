@@ -6,7 +6,8 @@ all-reduced as one flat buffer per dtype, and each partitioned block goes straig
 holders to next round's holders in one batched point-to-point exchange; a receiver averages the
 holders' copies in rank order. A block kept by the same single holder moves nothing. BatchNorm running
 statistics (and carried momentum) travel with their block. An optional warm-up (§2.6) first trains the
-whole network, its partitioned branches scaled by c, as local SGD.
+whole network, its partitioned branches scaled by c, as local SGD; an optional cool-down (ours, not the
+paper's) ends training the same way, with c folded into the weights that end each branch.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import nn
 from .. import aggregate
 from ..comm import Communicator
 from ..config import AlgoConfig
+from ..models.protocol import can_fold, fold_residual_scale
 from ..plan import Plan, eval_scale, make_plan
 from .base import Algorithm, make_store
 from .parts import Part, SharedSync, all_reduce_flats
@@ -27,8 +29,9 @@ from .parts import Part, SharedSync, all_reduce_flats
 
 class ResIST(Algorithm):
     def __init__(self, comm: Communicator, build_model: Callable[[], nn.Module], device: torch.device,
-                 cfg: AlgoConfig, seed: int, warmup_rounds: int = 0) -> None:
+                 cfg: AlgoConfig, seed: int, warmup_rounds: int = 0, cooldown_from: int | None = None) -> None:
         self.comm, self.cfg, self.seed, self.warmup_rounds = comm, cfg, seed, warmup_rounds
+        self.cooldown_from = cooldown_from  # first round of the cool-down (None: none)
         self.store = make_store(comm, build_model, device, cfg, cfg.carry_momentum, seed, outer=cfg.outer)
         self.everyone = tuple(range(comm.world_size))
         n = len(self.store.candidates)
@@ -37,25 +40,35 @@ class ResIST(Algorithm):
         self.sync = SharedSync(self.store, cfg, seed)
         self.round = 0
         self.holding: dict[Part, tuple[int, ...]] = {}  # who holds each block now, between rounds
+        self.fold = (cooldown_from is not None and cfg.cooldown_fold and self.c != 1.0
+                     and can_fold(self.store.model, self.store.candidates))
+        self.folded = False  # whether the weights hold c (from the cool-down's first round on)
 
     def _plan(self, round_: int) -> Plan:
         return make_plan(self.seed, round_, self.comm.world_size, self.store.candidates, self.cfg.min_depth)
 
     def holders(self, round_: int) -> dict[Part, tuple[int, ...]]:
-        """Who trains each candidate block in ``round_``: everyone during the warm-up, else the plan."""
-        if round_ < self.warmup_rounds:
+        """Who trains each candidate block in ``round_``: everyone during the warm-up and the cool-down,
+        else the plan."""
+        if self.whole(round_):
             return {b: self.everyone for b in self.store.candidates}
         plan = self.plan(round_)
         return {b: plan.holders(b) for b in self.store.candidates}
+
+    def whole(self, round_: int) -> bool:
+        """Whether ``round_`` trains the whole network as local SGD (warm-up or cool-down)."""
+        return round_ < self.warmup_rounds or (self.cooldown_from is not None and round_ >= self.cooldown_from)
 
     def holders_now(self) -> dict[Part, tuple[int, ...]]:
         return self.holding
 
     def eval_scale(self) -> float:
-        return self.c
+        return 1.0 if self.folded else self.c
 
     def start(self, round_: int, state: dict[str, torch.Tensor] | None = None) -> None:
         store, self.round = self.store, round_
+        # A checkpoint written after the cool-down's first round began holds folded weights.
+        self.folded = self.fold and round_ > self.cooldown_from
         holders = self.holding = self.holders(round_)
         mine = [b for b in store.candidates if self.comm.rank in holders[b]]
         store.start(store.shared_parts + mine, state)
@@ -68,8 +81,12 @@ class ResIST(Algorithm):
         holders = self.holders(round_)
         model = self.store.model
         model.skip = frozenset(b for b in self.store.candidates if self.comm.rank not in holders[b])
-        # A sub-ResNet trains unscaled; the whole network (warm-up) with its branches scaled by c (§2.6).
-        model.set_residual_scale(self.store.candidates, self.c if round_ < self.warmup_rounds else 1.0)
+        if self.fold and round_ == self.cooldown_from:
+            self.fold_scale()
+        # A sub-ResNet trains unscaled; the whole network (warm-up, cool-down) with its branches scaled
+        # by c (§2.6), unless c is folded into the weights.
+        whole_scaled = self.whole(round_) and not self.folded
+        model.set_residual_scale(self.store.candidates, self.c if whole_scaled else 1.0)
         self.sync.begin_round()
 
     def end_round(self, round_: int, final: bool = False) -> None:
@@ -80,6 +97,20 @@ class ResIST(Algorithm):
         self.synchronize(cur, nxt, round_)
         self.holding = nxt
         self.round = round_ + 1
+
+    @torch.no_grad()
+    def fold_scale(self) -> None:
+        """Fold c into the partitioned branches' output weights, identically on every rank (each holds
+        the whole network in the cool-down). State that lives in the old units follows: a carried
+        momentum averages gradients, which the reparametrization w' = c w divides by c; an outer
+        momentum accumulates changes of w, which it multiplies by c."""
+        store = self.store
+        for name, c in fold_residual_scale(store.model, store.candidates, self.c):
+            if name in store.momentum:
+                store.momentum[name].div_(c)
+            if name in store.outer_momentum:
+                store.outer_momentum[name].mul_(c)
+        self.folded = True
 
     @torch.no_grad()
     def synchronize(self, cur: dict[Part, tuple[int, ...]], nxt: dict[Part, tuple[int, ...]], round_: int = 0) -> None:

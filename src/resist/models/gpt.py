@@ -41,6 +41,8 @@ class Embedding(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + c * attn(ln1(x)), then x + c * mlp(ln2(x))."""
 
+    branch_outputs = ("proj", "out")
+
     def __init__(self, dim: int, heads: int, depth: int):
         super().__init__()
         if dim % heads:

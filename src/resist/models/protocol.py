@@ -30,6 +30,10 @@ A model (an ``nn.Module``) exposes:
     as a transformer's attention and MLP): the block computes x + c f(x) for a pre-activation or
     pre-norm block, and post(x + c f(x)) for a post-activation one. c = 1 is the block itself, bit for
     bit; c = 0 is skipping it.
+``branch_outputs`` (optional, on a block)
+    Names of the block's submodules whose affine output ends each residual branch (a last conv or
+    linear, or a post-activation block's last BatchNorm): scaling their weight and bias by c scales the
+    branch by c exactly. ResIST's cool-down folds c into them (:func:`fold_residual_scale`).
 ``reset_part(module)`` (optional)
     Initialize one part (``module`` is ``stem``, ``head`` or one block) in place, drawing from
     torch's global random generator, which the caller seeds per part: every rank creates any part
@@ -68,6 +72,29 @@ def part_module(model: nn.Module, part: Part) -> nn.Module:
 
 def _part_key(model: nn.Module, part: Part) -> int:
     return part + 1 if isinstance(part, int) else (0 if part == "stem" else len(model.blocks) + 1)
+
+
+def can_fold(model: nn.Module, indices: Iterable[int]) -> bool:
+    """Whether every given block names the modules that end its residual branches."""
+    return all(getattr(model.blocks[i], "branch_outputs", None) for i in indices)
+
+
+@torch.no_grad()
+def fold_residual_scale(model: nn.Module, indices: Iterable[int], c: float) -> list[tuple[str, float]]:
+    """Fold c into the given blocks' branch outputs (their weight and bias times c) and set their scale
+    to 1: the model computes the same function with branches that train at scale 1. Returns the
+    parameter names folded, each with the factor its parameter was multiplied by."""
+    indices = list(indices)
+    folded = []
+    for i in indices:
+        block = model.blocks[i]
+        for name in block.branch_outputs:
+            for pname, p in block.get_submodule(name).named_parameters(recurse=False):
+                if pname in ("weight", "bias"):
+                    p.mul_(c)
+                    folded.append((f"blocks.{i}.{name}.{pname}", c))
+    model.set_residual_scale(indices, 1.0)
+    return folded
 
 
 def reset_tree(module: nn.Module, rule: Callable[[nn.Module], bool] | None = None) -> None:

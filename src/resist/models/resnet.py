@@ -41,6 +41,7 @@ class PreActBasicBlock(nn.Module):
     A projection shortcut (1x1 conv) is applied to the already-activated input.
     """
 
+    branch_outputs = ("conv2",)
     expansion = 1
 
     def __init__(self, in_ch: int, planes: int, stride: int = 1):
@@ -65,6 +66,7 @@ class PreActBottleneck(nn.Module):
     """Pre-activation bottleneck: BN-ReLU-conv1x1-BN-ReLU-conv3x3(stride)-BN-ReLU-conv1x1, expansion 4
     (He et al. 2016). A projection shortcut is applied to the already-activated input."""
 
+    branch_outputs = ("conv3",)
     expansion = 4
 
     def __init__(self, in_ch: int, planes: int, stride: int = 1):
@@ -98,6 +100,7 @@ def _post_act_projection(in_ch: int, out_ch: int, stride: int) -> nn.Module | No
 class BasicBlock(nn.Module):
     """Post-activation basic block: conv3x3-BN-ReLU-conv3x3-BN, add, ReLU (He et al. 2015, Fig. 2)."""
 
+    branch_outputs = ("bn2",)
     expansion = 1
 
     def __init__(self, in_ch: int, planes: int, stride: int = 1):
@@ -121,6 +124,7 @@ class Bottleneck(nn.Module):
     """Post-activation bottleneck: (conv-BN-ReLU) x2, conv-BN, add, ReLU; expansion 4, stride on the 3x3
     conv (He et al. 2015, Fig. 5). Projection shortcut is conv1x1 + BN."""
 
+    branch_outputs = ("bn3",)
     expansion = 4
 
     def __init__(self, in_ch: int, planes: int, stride: int = 1):

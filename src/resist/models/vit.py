@@ -95,6 +95,8 @@ class Mlp(nn.Module):
 class ViTBlock(nn.Module):
     """Pre-norm transformer block: x + c attn(LN(x)), then x + c mlp(LN(x)); c is ``residual_scale``."""
 
+    branch_outputs = ("attn.proj", "mlp.fc2")
+
     def __init__(self, dim: int, heads: int, mlp_ratio: float):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)

@@ -70,9 +70,14 @@ def model_builder(cfg: Config, num_classes: int) -> Callable[[], torch.nn.Module
 def build_algorithm(comm: Communicator, cfg: Config, num_classes: int, device: torch.device,
                     steps_per_epoch: int) -> Algorithm:
     """This rank's algorithm object, from the registry, given the parts of the config it needs."""
-    warmup_rounds = math.ceil(cfg.algo.warmup_epochs * steps_per_epoch / cfg.algo.local_iters)
-    return algorithm_class(cfg.algo.name)(comm, model_builder(cfg, num_classes), device, cfg.algo, cfg.run.seed,
-                                          warmup_rounds)
+    a = cfg.algo
+    warmup_rounds = math.ceil(a.warmup_epochs * steps_per_epoch / a.local_iters)
+    phases = {}
+    if a.cooldown_epochs:  # counted back from the end of the epoch schedule, whatever --max-rounds says
+        rounds = math.ceil(max(1, math.ceil(cfg.optim.epochs * steps_per_epoch)) / a.local_iters)
+        phases["cooldown_from"] = max(warmup_rounds, rounds - math.ceil(a.cooldown_epochs * steps_per_epoch / a.local_iters))
+    return algorithm_class(a.name)(comm, model_builder(cfg, num_classes), device, a, cfg.run.seed, warmup_rounds,
+                                   **phases)
 
 
 @dataclass
