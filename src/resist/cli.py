@@ -206,12 +206,31 @@ def _run_labels(text: str | None) -> list[str] | None:
     return None if text is None else [t.strip() for t in text.split(",")]
 
 
+def _targets(runs: list, given: float | None) -> list:
+    from .analysis.target import Target, default_targets
+
+    return [Target("--target", given)] if given is not None else default_targets(runs)
+
+
+def _step_costs(runs: list, path: str | None) -> list:
+    from .analysis.target import cost_for, load_step_costs
+
+    if path is None:
+        return [None] * len(runs)
+    table = load_step_costs(path)
+    return [cost_for(r, table) for r in runs]
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from .analysis.plot import common_task, default_output, labels_for, plot_runs, read_run
+    from .analysis.target import format_targets
 
     runs = [read_run(d, need_eval=True) for d in args.run_dirs]
     out = args.out or default_output(args.run_dirs, common_task(runs))
-    out = plot_runs(runs, labels_for(runs, _run_labels(args.labels)), out, log_bytes=args.log_bytes)
+    labels = labels_for(runs, _run_labels(args.labels))
+    targets = _targets(runs, args.target)
+    out = plot_runs(runs, labels, out, log_bytes=args.log_bytes, targets=targets)
+    print(format_targets(runs, labels, targets, _step_costs(runs, args.step_costs)))
     print(out)
     return 0
 
@@ -227,17 +246,37 @@ def cmd_project(args: argparse.Namespace) -> int:
     algos = [r.algo for r in runs]
     projected = compare([project_run(r.rows, label, args.gbits, args.latency_us, r.algo)
                          for r, label in zip(runs, labels)])
+    targets, costs = _targets(runs, args.target), _step_costs(runs, args.step_costs)
     if args.json:
+        from dataclasses import asdict
+
+        from .analysis.target import time_to
+
         best = [{"metric": head.key, "value": r.best(), "higher_is_better": head.higher_is_better} for r in runs]
+        to = [{t.name: {"target": t.value, "reached": (lambda g: g and asdict(g))(time_to(r, t.value, c))}
+               for t in targets} for r, c in zip(runs, costs)]
         print(json.dumps({"projection": True, "gbits": args.gbits, "latency_us": args.latency_us,
-                          "runs": [dict(p.to_dict(), run_dir=str(r.path), best=b)
-                                   for p, r, b in zip(projected, runs, best)],
+                          "runs": [dict(p.to_dict(), run_dir=str(r.path), best=b, to_target=tt)
+                                   for p, r, b, tt in zip(projected, runs, best, to)],
                           "notes": notes(projected, args.latency_us, algos)}, indent=2))
     else:
+        from .analysis.target import format_targets
+
         best = ["-" if r.best() is None else head.format(r.best()) for r in runs]
         column = f"best {head.unit} ({'higher' if head.higher_is_better else 'lower'} better)"
         print(format_table(projected, args.latency_us, algos, scores=(column, best)))
+        if any(r.evaluated for r in runs):
+            print(format_targets(runs, labels, targets, costs))
     return 0
+
+
+def _add_target_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", type=float, default=None, metavar="SCORE",
+                   help="report time and bytes to first reach this score (default: the lowest of the runs' best "
+                   "scores, and the first local SGD run's final score less 0.5 point of accuracy)")
+    p.add_argument("--step-costs", default=None, metavar="FILE.json",
+                   help="bench/step_breakdown.py results: adds a deterministic cost to the target (steps x the "
+                   "step time measured on an idle core), for the models and widths it measured")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -287,6 +326,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default=None, metavar="A,B,...",
                    help="one legend label per run (default: algo S=workers)")
     p.add_argument("--log-bytes", action="store_true", help="communication axis on a log scale (paper Fig. 8)")
+    _add_target_args(p)
     p.set_defaults(fn=cmd_plot)
     p = sub.add_parser("project", help="PROJECTION of each run's wall-clock time at other link speeds")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (with metrics.jsonl); speed-ups are "
@@ -296,6 +336,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-us", type=float, default=50.0, help="latency per message in microseconds (default 50)")
     p.add_argument("--labels", default=None, metavar="A,B,...", help="one label per run (default: algo S=workers)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_target_args(p)
     p.set_defaults(fn=cmd_project)
     return parser
 

@@ -4,6 +4,7 @@ arithmetic checked by hand on synthetic rows."""
 from __future__ import annotations
 
 import json
+import pathlib
 import shutil
 import sys
 
@@ -47,18 +48,18 @@ def test_plot_two_runs_default_output(capsys, runs):
     rc, out, err = run(capsys, "plot", runs["local_sgd"], runs["resist"])
     png = runs["resist"].parent / "accuracy.png"
     assert rc == 0, err
-    assert out.strip() == str(png)
+    assert out.strip().splitlines()[-1] == str(png)
     data = png.read_bytes()
     assert data.startswith(PNG_MAGIC) and len(data) > 10_000
 
 
 def test_plot_one_run_default_output_and_explicit_out(capsys, runs, tmp_path):
     rc, out, _ = run(capsys, "plot", runs["resist"])
-    assert rc == 0 and out.strip() == str(runs["resist"] / "accuracy.png")
+    assert rc == 0 and out.strip().splitlines()[-1] == str(runs["resist"] / "accuracy.png")
     assert (runs["resist"] / "accuracy.png").read_bytes().startswith(PNG_MAGIC)
     target = tmp_path / "figs" / "mine.png"
     rc, out, _ = run(capsys, "plot", runs["local_sgd"], runs["resist"], "--out", target, "--labels", "LSGD,ResIST")
-    assert rc == 0 and out.strip() == str(target) and target.read_bytes().startswith(PNG_MAGIC)
+    assert rc == 0 and out.strip().splitlines()[-1] == str(target) and target.read_bytes().startswith(PNG_MAGIC)
 
 
 def test_plot_log_bytes_axis(capsys, runs, tmp_path):
@@ -289,7 +290,7 @@ def test_plot_lm_runs(capsys, lm_runs):
     rc, out, err = run(capsys, "plot", lm_runs["local_sgd"], lm_runs["resist"])
     png = lm_runs["resist"].parent / "bits_per_byte.png"
     assert rc == 0, err
-    assert out.strip() == str(png) and png.read_bytes().startswith(PNG_MAGIC)
+    assert out.strip().splitlines()[-1] == str(png) and png.read_bytes().startswith(PNG_MAGIC)
 
 
 def test_plot_lm_axis_is_bits_per_byte(lm_runs, monkeypatch, tmp_path):
@@ -298,8 +299,8 @@ def test_plot_lm_axis_is_bits_per_byte(lm_runs, monkeypatch, tmp_path):
     drawn = []
     real = plot_mod.plot_runs
 
-    def spy(runs, labels, out, log_bytes=False):
-        path = real(runs, labels, out, log_bytes)
+    def spy(runs, labels, out, log_bytes=False, targets=()):
+        path = real(runs, labels, out, log_bytes, targets)
         drawn.append([[r[runs[0].headline.key] for r in run.evaluated] for run in runs])
         return path
 
@@ -340,3 +341,75 @@ def test_headlines_match_the_tasks():
         task = make_task(name)
         assert HEADLINES[name].higher_is_better == task.higher_is_better
         assert HEADLINES[name].key in task.record(scores, task.worst)
+
+
+# --- time and bytes to a target ------------------------------------------------------------------
+def _rows(scores, step=10, sent=100, epoch_steps=40):
+    """Metrics rows: one round of ``step`` steps each, ``sent`` bytes per worker per round."""
+    return [{"round": i, "step": step * (i + 1), "epoch": step * (i + 1) / epoch_steps, "compute_s": 1.0,
+             "time_s": 2.0 * (i + 1), "elapsed_s": 3.0 * (i + 1), "sent_bytes": [sent * (i + 1)] * 2,
+             **({} if s is None else {"test_acc": s})} for i, s in enumerate(scores)]
+
+
+def _run(rows, algo="resist", task="classification", **algo_cfg):
+    from resist.analysis.plot import Run
+
+    cfg = {"algo": {"name": algo, "workers": 2, "local_iters": 10, **algo_cfg}, "optim": {"epochs": 1.0},
+           "model": {"name": "paper_resnet101", "width": 0.125}, "data": {"task": task}}
+    return Run(pathlib.Path("x"), rows, cfg, task)
+
+
+def test_time_to_target_is_the_first_evaluation_at_least_as_good():
+    from resist.analysis.target import time_to
+
+    run = _run(_rows([40.0, None, 55.0, 50.0, 60.0]))
+    got = time_to(run, 55.0)
+    assert (got.round, got.steps, got.time_s, got.wall_s, got.sent_bytes) == (2, 30, 6.0, 9.0, 300)
+    assert time_to(run, 60.5) is None
+    lm = _run([{**r, "test_bpb": r.pop("test_acc")} if "test_acc" in r else r for r in _rows([3.0, 2.5, 2.6])],
+              task="lm")
+    assert time_to(lm, 2.55).round == 1 and time_to(lm, 2.4) is None  # lower is better
+
+
+def test_default_targets_are_the_lowest_best_and_local_sgds_final_less_half_a_point():
+    from resist.analysis.target import default_targets
+
+    lsgd, resist = _run(_rows([50.0, 62.0, 61.0]), "local_sgd"), _run(_rows([45.0, 59.0, 58.0]))
+    got = {t.name: t.value for t in default_targets([lsgd, resist])}
+    assert got == {"lowest best": 59.0, "local SGD final - 0.5": 60.5}
+    assert [t.name for t in default_targets([resist])] == ["lowest best"]
+
+
+def test_deterministic_cost_counts_the_busiest_workers_blocks_and_whole_rounds():
+    """22 partitionable blocks over 2 workers: 11 each; the warm-up's round (0) and the cool-down's last
+    (round 3 of 4: 40 steps an epoch, 10 a round, cool-down 0.25 epoch) train all 22."""
+    from resist.analysis.target import StepCost
+
+    cost = StepCost(full_s=1.0, per_block_s=0.02, blocks=22, source="test")
+    run = _run(_rows([1, 2, 3, 4]), warmup_epochs=0.25, cooldown_epochs=0.25)
+    assert cost.held_by_slowest(run) == [22, 11, 11, 22]
+    assert cost.cumulative(run) == pytest.approx([10.0, 17.8, 25.6, 35.6])
+    assert cost.held_by_slowest(_run(_rows([1, 2]), "local_sgd")) == [22, 22]
+    assert cost.held_by_slowest(_run(_rows([1]), min_depth=14)) == [14]
+
+
+def test_project_and_plot_report_time_to_target(capsys, runs, tmp_path):
+    rc, out, err = run(capsys, "project", runs["local_sgd"], runs["resist"], "--target", "101")
+    assert rc == 0, err
+    assert "To --target = 101.00%" in out and out.count("not reached") == 2
+    rc, out, err = run(capsys, "project", runs["local_sgd"], runs["resist"])
+    assert rc == 0 and "To lowest best" in out and "To local SGD final - 0.5" in out
+    rc, out, _ = run(capsys, "project", runs["local_sgd"], runs["resist"], "--json")
+    body = json.loads(out)
+    assert body["runs"][0]["to_target"]["lowest best"]["reached"]["round"] >= 0
+    png = tmp_path / "t.png"
+    rc, out, err = run(capsys, "plot", runs["local_sgd"], runs["resist"], "--out", png, "--target", "10")
+    assert rc == 0, err
+    assert "To --target = 10.00%" in out and out.strip().splitlines()[-1] == str(png)
+
+
+def test_step_costs_file_that_is_not_a_step_breakdown_is_one_line(capsys, runs, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    rc, _, err = run(capsys, "project", runs["local_sgd"], "--step-costs", bad)
+    one_line_error(rc, err, "is not a step_breakdown result")

@@ -154,10 +154,12 @@ def default_output(run_dirs: Sequence[str | Path], task: str = "classification")
     return first / name if len(run_dirs) == 1 else first.parent / name
 
 
-def plot_runs(runs: Sequence[Run], labels: Sequence[str], out: str | Path, log_bytes: bool = False) -> Path:
+def plot_runs(runs: Sequence[Run], labels: Sequence[str], out: str | Path, log_bytes: bool = False,
+              targets: Sequence[Any] = ()) -> Path:
     """Write the two-panel PNG to ``out``; returns its path. ``log_bytes``: the communication axis on a
     log scale (paper Fig. 8), for runs whose bytes differ by orders of magnitude (data parallel against
-    compressed ResIST)."""
+    compressed ResIST). ``targets`` (:class:`resist.analysis.target.Target`): a dotted line each, with
+    a ring where each run first reaches it."""
     try:
         from matplotlib.figure import Figure  # no pyplot: no global backend or state is touched
     except ImportError:
@@ -173,8 +175,19 @@ def plot_runs(runs: Sequence[Run], labels: Sequence[str], out: str | Path, log_b
         # past the colour cycle's 10 colours, another line style keeps every run apart
         style = dict(marker="o" if i < 10 else "s", markersize=3 if len(ev) > 30 else 5, linewidth=1.6, label=label,
                      linestyle=("-", "--", ":")[i // 10 % 3])
-        ax_t.plot([r["time_s"] for r in ev], score, **style)
+        line, = ax_t.plot([r["time_s"] for r in ev], score, **style)
         ax_b.plot([sent[id(r)] / 1e6 for r in ev], score, **style)
+        for t in targets:
+            got = next((r for r in ev if (r[head.key] >= t.value if head.higher_is_better else r[head.key] <= t.value)), None)
+            if got is not None:
+                ring = dict(marker="o", markersize=11, markerfacecolor="none", color=line.get_color())
+                ax_t.plot([got["time_s"]], [got[head.key]], **ring)
+                ax_b.plot([sent[id(got)] / 1e6], [got[head.key]], **ring)
+    for t in targets:
+        for ax in (ax_t, ax_b):
+            ax.axhline(t.value, color="0.4", linestyle=":", linewidth=1)
+        ax_t.annotate(f"{t.name} {head.format(t.value)}", (0, t.value), xycoords=("axes fraction", "data"),
+                      fontsize="x-small", color="0.3", va="bottom")
     title = head.name[0].upper() + head.name[1:]
     better = "higher is better" if head.higher_is_better else "lower is better"
     ax_t.set(title=f"{title} vs. time", xlabel="parallel-equivalent time (s)",
