@@ -37,6 +37,7 @@ FOLDER_DATASETS = ("imagefolder",)
 STEMS = ("cifar", "imagenet")
 INNER_OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("step", "cosine")
+EPOCH_UNITS = ("shard", "dataset")
 AMP_MODES = ("none", "bf16", "fp16")
 #: What may travel compressed (paper Appendix A.5): none, 16-bit floats, k-bit quantization, sparsification.
 CODECS = ("none", "fp16", "bf16", *(f"q{k}" for k in range(1, 9)), "topk", "randk")

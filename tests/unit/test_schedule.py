@@ -53,3 +53,21 @@ def test_the_trainer_steps_with_the_schedule(tmp_path):
     total = 16  # 2 epochs of 64 images per worker in batches of 8
     assert [r["lr"] for r in rows] == [lr_at(cfg.optim, r["step"] - 1, total) for r in rows]
     assert rows[0]["lr"] == pytest.approx(0.05 * 2 / 4)  # the round's last step, 2 of the 4 warm-up steps
+
+
+def test_dataset_epochs_give_every_worker_a_pass_over_the_whole_set():
+    """The authors' code has every worker iterate the whole training set each epoch: with epoch_unit
+    dataset an epoch is n / B steps per worker at any worker count (S x a shard epoch's), which is
+    what the paper presets count; shard epochs shrink with S."""
+    from resist.config import preset
+    from resist.train.trainer import Schedule
+
+    paper = preset("cifar10_resnet101_paper")
+    assert paper.optim.epoch_unit == "dataset" and preset("cifar10_gpu_short").optim.epoch_unit == "shard"
+    for s in (2, 4, 8):
+        cfg = paper.replace(**{"algo.workers": s})
+        dataset = Schedule.of(cfg, 50_000)
+        shard = Schedule.of(cfg.replace(**{"optim.epoch_unit": "shard"}), 50_000)
+        assert dataset.steps_per_epoch == s * shard.steps_per_epoch
+        assert dataset.total_steps == 160 * s * ((50_000 // s) // 128)
+    assert Schedule.of(paper, 50_000).total_steps == 160 * 4 * 97  # 62,080 steps per worker at 4 workers

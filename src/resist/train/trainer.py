@@ -82,7 +82,7 @@ def build_algorithm(comm: Communicator, cfg: Config, num_classes: int, device: t
 
 @dataclass
 class Schedule:
-    """How many steps and rounds a run has (an epoch is one pass over a worker's shard)."""
+    """How many steps and rounds a run has (an epoch: ``optim.epoch_unit``)."""
 
     steps_per_epoch: int
     total_steps: int
@@ -91,6 +91,8 @@ class Schedule:
     @classmethod
     def of(cls, cfg: Config, n_train: int) -> "Schedule":
         spe = steps_per_epoch(n_train, cfg.algo.workers, cfg.data.batch_size)
+        if cfg.optim.epoch_unit == "dataset":
+            spe *= cfg.algo.workers
         total = max(1, math.ceil(cfg.optim.epochs * spe))
         rounds = math.ceil(total / cfg.algo.local_iters)
         if cfg.run.max_rounds is not None:
