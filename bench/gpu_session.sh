@@ -8,6 +8,10 @@
 #   bash bench/gpu_session.sh train DATA E [S] ResIST vs local SGD, 4 workers, full width, E epochs (14) of real
 #                                            CIFAR-10 in DATA (preset cifar10_gpu_short), tables + run folders;
 #                                            training stops after S seconds (default 420)
+#   bash bench/gpu_session.sh tta DATA [S]    issue 20's GPU twin: full width, 4 workers, 14 epochs, 25 local steps
+#                                            (4 evaluations an epoch): ResIST and local SGD seed 1, the part-3
+#                                            recipe, a time-matched local SGD (8.3 epochs), then seed 0 of the
+#                                            pair; stops after S seconds (default 540), run folders as a tarball
 # Uses the machine's own torch (no install): PYTHONPATH points at src/. CIFAR-10 (184 MB) is over one call's
 # 64 MiB transfer: send it in three calls (two train_x files each, then the rest) into one folder there
 # while the machine stays warm.
@@ -35,9 +39,17 @@ case "${1:-}" in
     tar -C $runs --exclude checkpoints --exclude model.pt -czf "$DEST/cifar10_gpu_w4_runs.tar.gz" .
     [ "$DEST" = docs/results ] || cp docs/results/cifar10_gpu_w4* "$DEST"/ 2>/dev/null || true
     ;;
+  tta)
+    data=$2 limit=${3:-540} runs=/tmp/gpu_tta
+    timeout "$limit" python3 bench/tta_suite.py --data-dir "$data" --runs $runs --only gpu_resist_w4_s1 \
+      gpu_lsgd_w4_s1 gpu_recipe_w4_s0 gpu_tmlsgd_w4_s0 gpu_resist_w4_s0 gpu_lsgd_w4_s0 \
+      || echo "gpu_session: the twin stopped early; the finished runs are in the tarball"
+    nvidia-smi --query-gpu=name --format=csv,noheader > $runs/device.txt
+    tar -C $runs --exclude checkpoints --exclude model.pt -czf "$DEST/tta_gpu_runs.tar.gz" .
+    ;;
   nccl)
     python3 -m pytest -q -p no:cacheprovider -rs tests/distributed -k "nccl or cuda" 2>&1 | tee "$DEST/pytest_gpu.txt" || true
     python3 -m pytest -q -p no:cacheprovider -n 8 tests 2>&1 | tail -25 | tee "$DEST/pytest_all_on_gpu_machine.txt"
     ;;
-  *) echo "usage: bash bench/gpu_session.sh nccl | amp | train DATA_DIR EPOCHS [SECONDS]" >&2; exit 2 ;;
+  *) echo "usage: bash bench/gpu_session.sh nccl | amp | train DATA_DIR EPOCHS [SECONDS] | tta DATA_DIR [SECONDS]" >&2; exit 2 ;;
 esac

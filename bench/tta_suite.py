@@ -25,6 +25,12 @@ from benchutil import git
 from cifar10_table import Spec, run
 
 PRESET = "cifar10_cpu_long"
+GPU_PRESET = "cifar10_gpu_short"  # full width, 14 epochs, on one GPU (bench/gpu_session.sh tta)
+
+
+def recipe(epochs: float) -> list[str]:
+    """Part 3's best recipe as flags for a run of ``epochs`` (the GPU twin repeats it at full width)."""
+    return ["--cooldown-epochs", f"{0.1 * epochs:g}"]
 
 
 def _spec(name: str, workers: int, seed: int, algo: str, *flags: str) -> Spec:
@@ -66,6 +72,14 @@ def specs() -> list[Spec]:
     # Local SGD for the epochs that cost what ResIST's 8 epochs cost (ResIST's step at 4 workers is
     # about 0.55x local SGD's on this machine: docs/results/step_breakdown.md).
     out += [_spec(f"tm_lsgd_w4_s{seed}", 4, seed, "local_sgd", "--epochs", "4.4") for seed in (0, 1)]
+    # The GPU twin (part 6): full width, cifar10_gpu_short, most telling first: a second seed of the pair
+    # measured on the H200, the recipe, and local SGD for the epochs that cost what ResIST's 14 cost
+    # there (0.59x: docs/results/cifar10_gpu_w4_tables.md). 25 local steps give 4 evaluations an epoch.
+    gpu = ["--local-iters", "25", "--device", "auto"]
+    out += [_spec("gpu_resist_w4_s1", 4, 1, "resist", *gpu), _spec("gpu_lsgd_w4_s1", 4, 1, "local_sgd", *gpu),
+            _spec("gpu_recipe_w4_s0", 4, 0, "resist", *gpu, *recipe(14)),
+            _spec("gpu_tmlsgd_w4_s0", 4, 0, "local_sgd", *gpu, "--epochs", "8.3"),
+            _spec("gpu_resist_w4_s0", 4, 0, "resist", *gpu), _spec("gpu_lsgd_w4_s0", 4, 0, "local_sgd", *gpu)]
     return out
 
 
@@ -91,7 +105,8 @@ def main() -> None:
         out = Path(args.runs) / name
         out.mkdir(parents=True, exist_ok=True)
         (out / "library.txt").write_text(library + "\n")
-        run(every[name], PRESET, args.data_dir, Path(args.runs), ["--eval-every", "1"])
+        preset = GPU_PRESET if name.startswith("gpu_") else PRESET
+        run(every[name], preset, args.data_dir, Path(args.runs), ["--eval-every", "1"])
         print(f"[tta] done {name}", flush=True)
     sys.exit(0)
 
