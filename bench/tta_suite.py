@@ -56,6 +56,9 @@ def specs() -> list[Spec]:
         "cool05": ["--cooldown-epochs", "0.4"],
         "cool10": ["--cooldown-epochs", "0.8"],
         "cool20": ["--cooldown-epochs", "1.6"],
+        # The gap opens after the first learning-rate decay (epoch 4): cool-downs that cover it.
+        "cool30": ["--cooldown-epochs", "2.4"],
+        "cool50": ["--cooldown-epochs", "4"],
     }
     for seed in (0, 1):
         out += [_spec(f"var_{k}_w4_s{seed}", 4, seed, "resist", *v) for k, v in variants.items()]
