@@ -171,12 +171,15 @@ def launch(spec: Spec, runs: Path, data_dir: str | None, extra: list[str] = ()) 
         argv = [*argv[:4], "--resume", str(out)]
         before = float(wall.read_text()) if wall.is_file() else 0.0
         print(f"[experiments] resuming {out}", flush=True)
-        library = (out / "library.txt").read_text() + library if (out / "library.txt").is_file() else library
+        prev = (out / "library.txt").read_text() if (out / "library.txt").is_file() else ""
+        library = prev if library in prev else prev + library  # one line per library that trained it
     else:
         print(f"[experiments] {cmd}", flush=True)
         if out.is_dir() and any(out.iterdir()):
             argv += force_flag()
         out.mkdir(parents=True, exist_ok=True)
+        for stale in (done, out / "summary.json"):  # another command's finished run is not this one
+            stale.unlink(missing_ok=True)
         started.write_text(cmd)
     (out / "library.txt").write_text(library)
     t0 = time.perf_counter()

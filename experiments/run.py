@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     specs = [every[n] for n in args.only] if args.only else specs
     start = common.library_state()
     if hasattr(suite, "execute"):  # runs that are not one `resist train` each (namespaces, PyTorch's own)
+        if args.only_existing:
+            raise SystemExit(f"{args.suite}: its runs are not `resist train` folders; --only-existing does not apply")
         results = suite.execute(args, specs)
     else:
         if not (args.only_existing or getattr(suite, "TABULATE_ONLY", False)) and hasattr(suite, "prepare"):

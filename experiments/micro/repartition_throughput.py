@@ -206,7 +206,7 @@ def _rank(comm, spec: dict) -> dict:
     # Local copies: the whole model packed into fresh buffers (what aggregate.pack does) and into buffers
     # allocated once (torch.cat(out=)): the difference is the cost of first-touching fresh memory.
     store = workers["local_sgd"].store
-    whole = [t for part in store.all_parts() for t in store.state_tensors(part)]
+    whole = [t for part in store.all_parts() for t in store.state_tensors(part) if not t.is_meta]  # no momentum yet
     whole_bytes = sum(t.numel() * t.element_size() for t in whole)
     kept = [torch.zeros(k, dtype=dt) for dt, k in aggregate.layout(whole)]
 

@@ -91,7 +91,7 @@ def tabulate(args, results: list[dict], env: dict) -> None:
     for r in results:
         s, rows = r["summary"], r["rows"]
         r |= {k: s[k] for k in ("map50_at_best", "map50_voc07_at_best", "best_map50", "final_map50")}
-        r["library"] = (Path(r["dir"]) / "library.txt").read_text().strip()
+        r["library"] = ", ".join(dict.fromkeys((Path(r["dir"]) / "library.txt").read_text().splitlines()))
         r["first_test_loss"] = next(x["test_loss"] for x in rows if "test_loss" in x)
         r["curve"] = [(round(x["epoch"], 3), x["test_loss"], x["map50"]) for x in rows if "test_loss" in x]
     env |= {"affinity": sorted(os.sched_getaffinity(0)), "threads": os.environ.get("OMP_NUM_THREADS")}
