@@ -105,20 +105,28 @@ def record(name: str, body: dict, lines: list[str], cmd: str, env: dict, md: str
     print("\n".join(lines))
 
 
-def parser(doc: str, **options) -> argparse.ArgumentParser:
-    """An argument parser from ``name=default`` (or ``name=(default, help)``): a list takes one or more
-    values of its first item's type, False is a switch, None a string."""
-    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-    for name, value in options.items():
-        default, text = value if isinstance(value, tuple) else (value, None)
+def options(ap: argparse.ArgumentParser, **named) -> argparse.ArgumentParser:
+    """Options from ``name=default`` (or ``name=(default, help)`` or ``(default, help, choices)``): a list
+    takes one or more values of its first item's type, False is a switch, None a string, a type (int,
+    float, str) that type with no default."""
+    for name, value in named.items():
+        default, text, choices = (*value, None)[:3] if isinstance(value, tuple) else (value, None, None)
         flag = "--" + name.replace("_", "-")
         if default is False:
             ap.add_argument(flag, action="store_true", help=text)
+        elif isinstance(default, type):
+            ap.add_argument(flag, type=default, help=text, choices=choices)
         elif isinstance(default, list):
-            ap.add_argument(flag, nargs="+", type=type(default[0]) if default else str, default=default, help=text)
+            ap.add_argument(flag, nargs="+", type=type(default[0]), default=default, help=text, choices=choices)
         else:
-            ap.add_argument(flag, type=str if default is None else type(default), default=default, help=text)
+            ap.add_argument(flag, type=str if default is None else type(default), default=default, help=text,
+                            choices=choices)
     return ap
+
+
+def parser(doc: str, **named) -> argparse.ArgumentParser:
+    """An argument parser with the first paragraph of ``doc`` and the `options` ``named``."""
+    return options(argparse.ArgumentParser(description=doc.split("\n\n")[0]), **named)
 
 
 # ---- runs of ``resist train`` ----

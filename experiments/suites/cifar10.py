@@ -23,20 +23,16 @@ import statistics
 from pathlib import Path
 
 import common
-from common import Spec, gap, main_table, projection_table, public, record, spread, table
+from common import Spec, gap, main_table, options, projection_table, public, record, spread, table
 
 ALGOS = ("resist", "local_sgd", "data_parallel")
 RUNS = "runs/cifar10"
 
 
 def add_arguments(ap) -> None:
-    ap.add_argument("--preset", default="cifar10_cpu")
-    ap.add_argument("--parts", nargs="+", choices=("main", "ablations", "outer", "compress"), default=["main"])
-    ap.add_argument("--workers", type=int, nargs="+", default=[2, 4])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--algos", nargs="+", choices=ALGOS, default=list(ALGOS), help="algorithms of the main part")
-    ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--name", default="cifar10")
+    options(ap, preset="cifar10_cpu", parts=(["main"], None, ("main", "ablations", "outer", "compress")),
+            workers=[2, 4], seeds=[0, 1], algos=(list(ALGOS), "algorithms of the main part", ALGOS), ablation_seeds=[0],
+            name="cifar10")
 
 
 def run_flags(algo: str, workers: int, seed: int, *flags: str) -> list[str]:

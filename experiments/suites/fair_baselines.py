@@ -38,7 +38,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from common import ROOT, Spec, record, spread
+from common import ROOT, Spec, options, record, spread
 from resist.comm import find_free_port
 from resist.data import load_dataset
 from resist.data.datasets import ImageArrays
@@ -148,19 +148,12 @@ PAIRS = [("local_sgd", "post_local_sgd"), ("data_parallel", "ddp")]
 
 
 def add_arguments(ap) -> None:
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--model", default="paper_resnet101")
-    ap.add_argument("--width", type=float, default=0.125)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--local-iters", type=int, default=25)
-    ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--eval-limit", type=int, default=10000)
-    ap.add_argument("--name", default="fair_baselines")
-    ap.add_argument("--timeout", type=float, default=120.0, help="seconds any collective may wait before failing")
-    ap.add_argument("--deadline", type=float, default=600.0, help="seconds a whole repetition may take (one takes about 40 s at the defaults; on 2026-11-27 a DDP repetition hung with one rank idle, which the collective timeout did not catch)")
-    ap.add_argument("--retries", type=int, default=2, help="times a failed or hung repetition is retried")
+    options(ap, workers=2, model="paper_resnet101", width=0.125, batch=128, local_iters=25, rounds=4, lr=0.05, reps=3,
+            eval_limit=10000, name="fair_baselines",
+            timeout=(120.0, "seconds any collective may wait before failing"),
+            deadline=(600.0, "seconds a whole repetition may take (one takes about 40 s at the defaults; on 2026-11-27 "
+                             "a DDP repetition hung with one rank idle, which the collective timeout did not catch)"),
+            retries=(2, "times a failed or hung repetition is retried"))
 
 
 def specs(args) -> list[Spec]:

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, Spec, public, record, table
+from common import ROOT, Spec, options, public, record, table
 
 sys.path.insert(0, str(ROOT / "experiments" / "data"))
 from cifar_to_imagefolder import load_cifar, write_tree  # noqa: E402
@@ -34,16 +34,11 @@ RUNS = "runs/imagefolder_cifar"
 
 
 def add_arguments(ap) -> None:
-    ap.add_argument("--tree", type=Path, default=Path("data/cifar10_jpeg64"), help="the JPEG tree (written if missing)")
-    ap.add_argument("--size", type=int, default=64, help="pixels of the tree's images, when it is written")
-    ap.add_argument("--crop", type=int, default=56, help="--crop-size of the folder runs")
-    ap.add_argument("--preset", default="cifar10_cpu")
-    ap.add_argument("--epochs", type=float, default=1.0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--loader-workers", type=int, default=1, help="per worker, for the folder runs")
-    ap.add_argument("--threads", type=int, default=1, help="intra-op threads of each run (OMP_NUM_THREADS)")
-    ap.add_argument("--max-rounds", type=int, default=None, help="cut every run short (a smoke check, not a result)")
-    ap.add_argument("--name", default="imagefolder_cifar10")
+    options(ap, tree=(Path("data/cifar10_jpeg64"), "the JPEG tree (written if missing)"),
+            size=(64, "pixels of the tree's images, when it is written"), crop=(56, "--crop-size of the folder runs"),
+            preset="cifar10_cpu", epochs=1.0, seed=0, loader_workers=(1, "per worker, for the folder runs"),
+            threads=(1, "intra-op threads of each run (OMP_NUM_THREADS)"),
+            max_rounds=(int, "cut every run short (a smoke check, not a result)"), name="imagefolder_cifar10")
 
 
 def specs(args) -> list[Spec]:

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import common
-from common import ROOT, Spec, reach, read_run, record
+from common import ROOT, Spec, options, reach, read_run, record
 
 PREFIX = f"rs{os.getpid() % 100000}"
 SUBNET = "10.77.0"
@@ -221,21 +221,14 @@ def plot(results: list[dict], path: Path, cores: int) -> None:
 
 
 def add_arguments(ap) -> None:
-    ap.add_argument("--preset", default="cifar10_cpu")
-    ap.add_argument("--workers", type=int, nargs="+", default=[2])
-    ap.add_argument("--ratios", type=float, nargs="+", default=[0.1, 1.0, 10.0],
-                    help="local SGD's communication / compute per round to set the link rate for")
-    ap.add_argument("--delay-ms", type=float, default=0.0,
-                    help="one-way delay added per packet (netem; needs the kernel's sch_netem)")
-    ap.add_argument("--max-rounds", type=int, default=None, help="cut each run short (a quick look)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--name", default="rate_limited")
-    ap.add_argument("--algos", nargs="+", choices=ALGOS, default=list(ALGOS))
-    ap.add_argument("--budget-s", type=float, default=None,
-                    help="skip a rate-limited run (not local SGD's, the reference) whose calibrated projection "
-                         "exceeds this many seconds (the table says so)")
-    ap.add_argument("--reuse", action="store_true",
-                    help="reuse finished runs of the same configuration and link probes of the same size in --runs")
+    options(ap, preset="cifar10_cpu", workers=[2],
+            ratios=([0.1, 1.0, 10.0], "local SGD's communication / compute per round to set the link rate for"),
+            delay_ms=(0.0, "one-way delay added per packet (netem; needs the kernel's sch_netem)"),
+            max_rounds=(int, "cut each run short (a quick look)"), seed=0, name="rate_limited",
+            algos=(list(ALGOS), None, ALGOS),
+            budget_s=(float, "skip a rate-limited run (not local SGD's, the reference) whose calibrated projection "
+                             "exceeds this many seconds (the table says so)"),
+            reuse=(False, "reuse finished runs of the same configuration and link probes of the same size in --runs"))
     ap.add_argument("--probe-rank", default=None, help=argparse.SUPPRESS)  # internal: one rank of the link probe
     ap.add_argument("--probe-bytes", type=int, default=0, help=argparse.SUPPRESS)
 

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 import common
-from common import ROOT, copy_runs, public, record, spread, table
+from common import ROOT, copy_runs, options, public, record, spread, table
 from suites.cifar10 import main_specs
 
 ALGOS = ("resist", "local_sgd")
@@ -37,13 +37,8 @@ PAPER_TABLE6 = {
 
 
 def add_arguments(ap) -> None:
-    for split, n in (("train-2007", 1000), ("test-2007", 500), ("train-2012", 1000)):
-        ap.add_argument(f"--{split}", type=int, default=n, help="images of the generated set")
-    ap.add_argument("--data-seed", type=int, default=0)
-    ap.add_argument("--preset", default="voc_cpu")
-    ap.add_argument("--workers", type=int, nargs="+", default=[2, 4])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--name", default="voc_cpu")
+    options(ap, train_2007=(1000, "images of the generated set"), test_2007=500, train_2012=1000, data_seed=0,
+            preset="voc_cpu", workers=[2, 4], seeds=[0], name="voc_cpu")
     ap.set_defaults(data_dir="/tmp/voc_like")
 
 
