@@ -1,4 +1,4 @@
-"""bench/cifar_to_imagefolder.py as a user runs it: CIFAR-10's numpy layout in, a JPEG class-folder tree
+"""experiments/data/cifar_to_imagefolder.py as a user runs it: CIFAR-10's numpy layout in, a JPEG class-folder tree
 out that the image-folder dataset reads with the same labels."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def fake_cifar(folder: Path) -> dict[str, np.ndarray]:
 
 def convert(*args):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    return subprocess.run([sys.executable, str(ROOT / "bench" / "cifar_to_imagefolder.py"), *map(str, args)],
+    return subprocess.run([sys.executable, str(ROOT / "experiments" / "data" / "cifar_to_imagefolder.py"), *map(str, args)],
                           capture_output=True, text=True, env=env, timeout=120)
 
 

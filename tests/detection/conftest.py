@@ -1,4 +1,4 @@
-"""Fixtures for the detection tests: a small generated data set in VOC's layout (bench/make_voc_like.py)."""
+"""Fixtures for the detection tests: a small generated data set in VOC's layout (experiments/data/make_voc_like.py)."""
 
 import importlib.util
 import shutil
@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load_generator():
-    spec = importlib.util.spec_from_file_location("make_voc_like", ROOT / "bench" / "make_voc_like.py")
+    spec = importlib.util.spec_from_file_location("make_voc_like", ROOT / "experiments" / "data" / "make_voc_like.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

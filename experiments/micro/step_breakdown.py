@@ -12,40 +12,31 @@ interleaved, so machine noise hits them alike; medians over repetitions.
 The FLOP share is forward + backward FLOPs (``FlopCounterMode``) relative to the whole model's: what
 the step time would be if time followed FLOPs.
 
-    OMP_NUM_THREADS=1 python bench/step_breakdown.py --data-dir ../shared/data/cifar10 --widths 0.125 0.25 --workers 4
+    OMP_NUM_THREADS=1 python experiments/micro/step_breakdown.py --data-dir ../shared/data/cifar10 --widths 0.125 0.25 --workers 4
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import statistics
+import sys
 import time
-from datetime import datetime, timezone
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
-from torch.utils.flop_counter import FlopCounterMode
 
-from benchutil import OUT, describe_library, library_state
-from resist.config import Config
-from resist.data import BatchStream, load_dataset
-from resist.models import create_model
-from resist.plan import make_plan
-from resist.train.optim import make_optimizer
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import command, environment, flops, library_state, parser, record, table  # noqa: E402
+from resist.config import Config  # noqa: E402
+from resist.data import BatchStream, load_dataset  # noqa: E402
+from resist.models import create_model  # noqa: E402
+from resist.plan import make_plan  # noqa: E402
+from resist.train.optim import make_optimizer  # noqa: E402
 
 PHASES = ("data", "forward", "backward", "zero_grad", "optimizer")
-
-
-def flops(model, x, y) -> int:
-    with FlopCounterMode(display=False) as counter:
-        F.cross_entropy(model(x), y).backward()
-    model.zero_grad(set_to_none=True)
-    return counter.get_total_flops()
 
 
 def timed_step(model, opt, stream, step: int) -> dict[str, float]:
@@ -79,17 +70,9 @@ def op_share(model, opt, stream) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data-dir", default=os.environ.get("RESIST_DATA_DIR", "data"))
-    ap.add_argument("--model", default="paper_resnet101")
-    ap.add_argument("--widths", type=float, nargs="+", default=[0.125, 0.25])
-    ap.add_argument("--workers", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--min-depth", type=int, default=4)
-    ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--channels-last", action="store_true", help="model and batches in channels-last layout")
-    ap.add_argument("--name", default="step_breakdown")
-    args = ap.parse_args()
+    args = parser(__doc__, data_dir=os.environ.get("RESIST_DATA_DIR", "data"), model="paper_resnet101",
+                  widths=[0.125, 0.25], workers=4, batch=128, min_depth=4, reps=10,
+                  channels_last=(False, "model and batches in channels-last layout"), name="step_breakdown").parse_args()
     start = library_state()
     cfg = Config()
     cfg.data.data_dir = args.data_dir
@@ -159,47 +142,26 @@ def main() -> None:
         removable = sum(s_["skippable_blocks"] * s_["per_block_ms"] for s_ in sections)
         tables.append({"width": width, "rows": [r for r in rows if not r["config"].startswith("probe")],
                        "sections": sections, "fixed_ms": full["median_s"]["total"] * 1000 - removable})
-    env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
-           "python": platform.python_version(), "machine": platform.machine(), "threads": torch.get_num_threads(),
-           "load_average_1min": os.getloadavg()[0], "library": describe_library(start, library_state())}
-    command = (f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '?')} python bench/step_breakdown.py --data-dir "
-               f"{args.data_dir} --model {args.model} --widths {' '.join(map(str, args.widths))} --workers "
-               f"{args.workers} --batch {args.batch} --min-depth {args.min_depth} --reps {args.reps}"
-               f"{' --channels-last' if args.channels_last else ''} --name {args.name}")
     lines = [f"# One local step, whole model vs sub-ResNets ({args.name})\n",
-             f"`{command}` on {env['machine']} CPU, {env['threads']} thread(s), torch {env['torch']}, Python "
-             f"{env['python']}, library {env['library']}, {env['date']} (1-minute load average "
-             f"{env['load_average_1min']:.1f} at the end). Batch {args.batch} of real CIFAR-10, SGD with momentum "
-             "and weight decay over the parameters held, as the trainer steps; medians of "
-             f"{args.reps} interleaved repetitions. *ATen share*: fraction of forward + backward inside ATen "
-             "operators (the rest is Python and dispatch).\n"]
+             f"{torch.get_num_threads()} thread(s). Batch {args.batch} of real CIFAR-10, SGD with momentum and weight "
+             f"decay over the parameters held, as the trainer steps; medians of {args.reps} interleaved repetitions. "
+             "*ATen share*: fraction of forward + backward inside ATen operators (the rest is Python and dispatch).\n"]
     for t in tables:
-        lines += [f"## Width {t['width']}\n",
-                  "| config | blocks held | params held | data | forward | backward | zero_grad | optimizer | "
-                  "step | time / full | FLOPs / full | time / FLOP share | ATen share |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in t["rows"]:
-            m = r["median_s"]
-            lines.append(f"| {r['config']} | {r['blocks_held']} | {r['params_held']:,} | "
-                         + " | ".join(f"{m[p] * 1000:.1f}" for p in (*PHASES, "total"))
-                         + f" | {r['time_ratio']:.3f} | {r['flop_ratio']:.3f} | {r['ratio_over_flop_share']:.2f}x | "
-                         f"{r['aten_share_fwd_bwd']:.2f} |")
-        lines += ["\n(times in ms)\n",
+        lines += [f"## Width {t['width']}\n", *table(
+            ["config", "blocks held", "params held", *PHASES, "step", "time / full", "FLOPs / full", "time / FLOP share",
+             "ATen share"], [[r["config"], r["blocks_held"], f"{r['params_held']:,}",
+                              *(f"{r['median_s'][p] * 1000:.1f}" for p in (*PHASES, "total")), f"{r['time_ratio']:.3f}",
+                              f"{r['flop_ratio']:.3f}", f"{r['ratio_over_flop_share']:.2f}x", f"{r['aten_share_fwd_bwd']:.2f}"]
+                             for r in t["rows"]]),
+                  "\n(times in ms)\n",
                   "Cost of one non-strided block per section (whole model's step minus the step with that "
                   "section's non-strided blocks skipped, divided by their number):\n",
-                  "| section | blocks | ms / block | GFLOPs / block | ms / GFLOP |", "|---|---|---|---|---|"]
-        for c in t["sections"]:
-            lines.append(f"| {c['section']} | {c['skippable_blocks']} | {c['per_block_ms']:.1f} | "
-                         f"{c['per_block_gflops']:.3f} | {c['ms_per_gflop']:.1f} |")
-        lines.append(f"\nLeft when every non-strided block is taken away (stem, strided blocks, head, data, "
-                     f"optimizer): {t['fixed_ms']:.1f} ms.\n")
-    OUT.mkdir(parents=True, exist_ok=True)
-    body = json.dumps({"command": command, "env": env, "tables": tables}, indent=2)
-    tmp = OUT / f".{args.name}.json.tmp"
-    tmp.write_text(body)
-    tmp.replace(OUT / f"{args.name}.json")
-    (OUT / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+                  *table(["section", "blocks", "ms / block", "GFLOPs / block", "ms / GFLOP"],
+                         [[c["section"], c["skippable_blocks"], f"{c['per_block_ms']:.1f}", f"{c['per_block_gflops']:.3f}",
+                           f"{c['ms_per_gflop']:.1f}"] for c in t["sections"]]),
+                  f"\nLeft when every non-strided block is taken away (stem, strided blocks, head, data, "
+                  f"optimizer): {t['fixed_ms']:.1f} ms.\n"]
+    record(args.name, {"tables": tables}, lines, command(), environment(start, threads=torch.get_num_threads()))
 
 
 def _skipped(name: str, skip: frozenset[int]) -> bool:

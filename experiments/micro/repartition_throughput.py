@@ -34,26 +34,23 @@ into buffers allocated once.
 Per rank the median over repetitions is taken; tables show the mean over ranks of those medians (and
 the per-rank spread in the JSON).
 
-    python bench/repartition_throughput.py [--workers 2 4] [--width 1.0] [--size-mb 32] [--reps 15] [--quick]
+    python experiments/micro/repartition_throughput.py [--workers 2 4] [--width 1.0] [--size-mb 32] [--reps 15] [--quick]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import random
 import statistics
+import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from benchutil import describe_library, library_state  # noqa: E402  (bench/ is on sys.path)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import command, environment, library_state, parser, record, table  # noqa: E402
 
-OUT = Path(__file__).resolve().parents[1] / "docs" / "results"
 RAW = ("exchange", "isend_irecv", "send_recv", "all_reduce", "isend_irecv_fresh")
 LOCAL = ("pack_fresh", "pack_into")
 SYNC = ("resist", "local_sgd")
@@ -209,7 +206,7 @@ def _rank(comm, spec: dict) -> dict:
     # Local copies: the whole model packed into fresh buffers (what aggregate.pack does) and into buffers
     # allocated once (torch.cat(out=)): the difference is the cost of first-touching fresh memory.
     store = workers["local_sgd"].store
-    whole = [t for part in store.all_parts() for t in store.state_tensors(part)]
+    whole = [t for part in store.all_parts() for t in store.state_tensors(part) if not t.is_meta]  # no momentum yet
     whole_bytes = sum(t.numel() * t.element_size() for t in whole)
     kept = [torch.zeros(k, dtype=dt) for dt, k in aggregate.layout(whole)]
 
@@ -338,15 +335,9 @@ def first_touch(sizes_mb=(16, 64), reps=8) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workers", type=int, nargs="+", default=[2, 4])
-    ap.add_argument("--model", default="paper_resnet101")
-    ap.add_argument("--width", type=float, default=1.0)
-    ap.add_argument("--size-mb", type=float, default=32.0, help="raw buffer per message, decimal MB")
-    ap.add_argument("--reps", type=int, default=15)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--target", type=float, default=0.70)
-    ap.add_argument("--quick", action="store_true", help="width 0.5, 16 MB, 4 repetitions (about a minute)")
+    ap = parser(__doc__, workers=[2, 4], model="paper_resnet101", width=1.0,
+                size_mb=(32.0, "raw buffer per message, decimal MB"), reps=15, warmup=2, target=0.70,
+                quick=(False, "width 0.5, 16 MB, 4 repetitions (about a minute)"), name="repartition_throughput")
     args = ap.parse_args()
     if args.quick:
         args.width, args.size_mb, args.reps, args.warmup = 0.5, 16.0, 4, 1
@@ -373,28 +364,12 @@ def main() -> None:
               f"local SGD {s['local_sgd']['GBps']:.2f} [{results[w]['wall_s']:.0f}s]", flush=True)
 
     touch = first_touch()
-    env = {"library_start": lib_start, "library_end": library_state(),
-           "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "torch": torch.__version__,
-           "python": platform.python_version(), "machine": platform.machine(),
-           "processor": platform.processor() or "unknown", "cpus": os.cpu_count(),
-           "threads_per_rank": threads, "backend": "gloo", "total_wall_s": time.perf_counter() - t_start,
-           "loadavg_1min_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)]}
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "repartition_throughput.json").write_text(json.dumps(
-        {"args": vars(args), "env": env, "first_touch": touch,
-         "results": {str(w): r for w, r in results.items()}}, indent=2))
-
-    cmd = (f"python bench/repartition_throughput.py --workers {' '.join(map(str, args.workers))} "
-           f"--model {args.model} --width {args.width} --size-mb {args.size_mb} --reps {args.reps} "
-           f"--warmup {args.warmup}")
-    load = env["loadavg_1min_start_end"]
+    load = [round(load_start[0], 2), round(os.getloadavg()[0], 2)]
+    env = environment(lib_start, threads_per_rank=threads, backend="gloo", total_wall_s=time.perf_counter() - t_start,
+                      loadavg_1min_start_end=load)
     lines = ["# ResIST repartition throughput vs raw gloo send/recv\n",
-             f"`{cmd}` on {env['machine']} CPU ({env['cpus']} cores, shared with other work: 1-min load "
-             f"average {load[0]:.1f} at the start, {load[1]:.1f} at the end), "
-             f"{env['threads_per_rank']} torch thread(s) per rank, gloo over loopback, torch {env['torch']}, "
-             f"python {env['python']}, {env['date']}; total {env['total_wall_s']:.0f} s; library at commit "
-             f"{describe_library(env['library_start'], env['library_end'])}.\n",
+             f"Cores shared with other work (1-min load average {load[0]:.1f} at the start), "
+             f"{env['threads_per_rank']} torch thread(s) per rank, gloo over loopback; total {env['total_wall_s']:.0f} s.\n",
              f"Every rank times each variant after a barrier, the variants interleaved (order shuffled) over "
              f"{args.reps} repetitions (after {args.warmup} warm-up). Throughput = bytes this rank sent + "
              "received / time (all-reduces counted as a ring, 2(W-1)/W x size each way, as the "
@@ -404,21 +379,17 @@ def main() -> None:
              "10 classes, rounds with no training between them. *Replayed*: the all-reduces and messages "
              "(sizes, peers, order) this rank's previous ResIST `end_round` made, sent with plain `dist` "
              "calls from buffers allocated before the clock starts: the same traffic without packing, "
-             "copies or allocation.\n",
-             "| W | variant | MB moved / call (this rank) | median time | throughput GB/s | vs raw isend/irecv |",
-             "|---|---|---|---|---|---|"]
+             "copies or allocation.\n"]
+    fmt = lambda mb, g: f"{mb:.1f} @ {g:.2f}" if g else "-"  # noqa: E731
     label = {"exchange": "raw, `comm.exchange`", "isend_irecv": "raw, plain `dist.isend`/`irecv` (baseline)",
              "send_recv": "raw, blocking `dist.send`/`recv`", "all_reduce": "raw, plain `dist.all_reduce`",
              "isend_irecv_fresh": "raw, `isend`/`irecv` into a buffer allocated for the call",
              "resist": "**ResIST repartition** (`end_round`)", "local_sgd": "local SGD `end_round` (all-reduce)",
              "resist_replay": "ResIST's messages replayed, kept buffers, no copies"}
-    for w, r in results.items():
-        s = r["summary"]
-        base = s["isend_irecv"]["GBps"]
-        for name in RAW + SYNC + REPLAY:
-            v = s[name]
-            lines.append(f"| {w} | {label[name]} | {v['MB']:.1f} | {v['median_s'] * 1000:.1f} ms | "
-                         f"{v['GBps']:.2f} [{v['min_GBps']:.2f}] | {100 * v['GBps'] / base:.0f}% |")
+    lines += table(["W", "variant", "MB moved / call (this rank)", "median time", "throughput GB/s", "vs raw isend/irecv"],
+                   [[w, label[name], f"{v['MB']:.1f}", f"{v['median_s'] * 1000:.1f} ms", f"{v['GBps']:.2f} [{v['min_GBps']:.2f}]",
+                     f"{100 * v['GBps'] / r['summary']['isend_irecv']['GBps']:.0f}%"]
+                    for w, r in results.items() for name in RAW + SYNC + REPLAY for v in [r["summary"][name]]])
     lines += ["", f"Target: ResIST >= {100 * args.target:.0f}% of raw. "
               + "; ".join(f"W={w}: {100 * r['summary']['ratio']['resist_vs_raw']:.0f}% "
                           f"(worst rank {100 * r['summary']['ratio']['resist_vs_raw_min_rank']:.0f}%) "
@@ -433,30 +404,22 @@ def main() -> None:
               "inside `bucket` counts as pack); other = the rest (Python, frees). Wire GB/s = bytes / wire "
               "time of that verb alone; wire-only GB/s = all bytes / (both wire times), the call's "
               "throughput if nothing but the backend calls took time.\n",
-              "| W | algo | time / call | " + " | ".join(PHASES) + " | all-reduce MB @ wire GB/s | "
-              "exchange MB @ wire GB/s | wire-only GB/s (vs raw) |",
-              "|---|---|---|" + "---|" * len(PHASES) + "---|---|---|"]
-    for w, r in results.items():
-        for algo in SYNC:
-            b = r["summary"][algo]["breakdown"]
-            fmt = lambda mb, g: f"{mb:.1f} @ {g:.2f}" if g else "-"  # noqa: E731
-            lines.append(f"| {w} | {algo} | {b['mean_s'] * 1000:.0f} ms | "
-                         + " | ".join(f"{b['phases_pct'][k]:.0f}%" for k in PHASES)
-                         + f" | {fmt(b['all_reduce_MB'], b['all_reduce_wire_GBps'])} | "
-                         f"{fmt(b['exchange_MB'], b['exchange_wire_GBps'])} | {b['wire_only_GBps']:.2f} "
-                         f"({100 * b['wire_only_GBps'] / r['summary']['isend_irecv']['GBps']:.0f}%) |")
+              *table(["W", "algo", "time / call", *PHASES, "all-reduce MB @ wire GB/s", "exchange MB @ wire GB/s",
+                      "wire-only GB/s (vs raw)"], [
+                  [w, algo, f"{b['mean_s'] * 1000:.0f} ms", *(f"{b['phases_pct'][k]:.0f}%" for k in PHASES),
+                   fmt(b["all_reduce_MB"], b["all_reduce_wire_GBps"]), fmt(b["exchange_MB"], b["exchange_wire_GBps"]),
+                   f"{b['wire_only_GBps']:.2f} ({100 * b['wire_only_GBps'] / r['summary']['isend_irecv']['GBps']:.0f}%)"]
+                  for w, r in results.items() for algo in SYNC for b in [r["summary"][algo]["breakdown"]]])]
     lines += ["", "## Local copies (no network)\n",
               "The whole model state (local SGD worker) packed into one flat buffer per dtype with "
               "`aggregate.pack` (`torch.cat` into a freshly allocated buffer), and into buffers allocated "
               "once (`torch.cat(..., out=)`); GB/s = bytes copied / time, per-rank median, mean over "
               "ranks, all ranks at once. This is what a synchronization that packs every round pays, and "
               "what making a flat buffer for a block that arrives costs.\n",
-              "| W | MB | pack (fresh buffers) | pack into kept buffers | fresh / kept time |", "|---|---|---|---|---|"]
-    for w, r in results.items():
-        s = r["summary"]
-        f, k = s["pack_fresh"], s["pack_into"]
-        lines.append(f"| {w} | {f['MB']:.0f} | {f['median_s'] * 1000:.1f} ms ({f['GBps']:.2f} GB/s) | "
-                     f"{k['median_s'] * 1000:.1f} ms ({k['GBps']:.2f} GB/s) | {f['median_s'] / k['median_s']:.1f}x |")
+              *table(["W", "MB", "pack (fresh buffers)", "pack into kept buffers", "fresh / kept time"], [
+                  [w, f"{f['MB']:.0f}", f"{f['median_s'] * 1000:.1f} ms ({f['GBps']:.2f} GB/s)",
+                   f"{k['median_s'] * 1000:.1f} ms ({k['GBps']:.2f} GB/s)", f"{f['median_s'] / k['median_s']:.1f}x"]
+                  for w, r in results.items() for f, k in [(r["summary"]["pack_fresh"], r["summary"]["pack_into"])]])]
     lines += ["", "Why: first touches of fresh memory are expensive on this machine. One thread, filling a buffer "
               "allocated just before vs one kept (best of 8): "
               + "; ".join(f"{t['MB']:g} MB: {t['fresh_GBps']:.2f} vs {t['kept_GBps']:.2f} GB/s" for t in touch)
@@ -464,8 +427,8 @@ def main() -> None:
               "afresh and may or may not recycle heap memory): the raw receive into a buffer allocated for "
               "the call above happens to be recycled and shows no cost, while `aggregate.pack`'s flats "
               "(table above) pay it."]
-    (OUT / "repartition_throughput.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    record(args.name, {"args": vars(args), "first_touch": touch, "results": {str(w): r for w, r in results.items()}},
+           lines, command(), env)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,9 @@ cheaper. This measures that on this machine. A step is forward, backward and the
 parameters the worker holds. Configurations are interleaved (round robin over repetitions) so that
 machine noise hits them alike; the median is reported.
 
-    python bench/subnet_speed.py [--model paper_resnet101] [--width 0.25] [--batch 32] [--reps 10]
-    python bench/subnet_speed.py --device cuda --width 1 --batch 128 --workers 2 4 8 --reps 30 --name subnet_speed_gpu
-    python bench/subnet_speed.py --device cuda --width 1 --batch 128 --workers 2 4 8 --reps 30 \
+    python experiments/micro/subnet_speed.py [--model paper_resnet101] [--width 0.25] [--batch 32] [--reps 10]
+    python experiments/micro/subnet_speed.py --device cuda --width 1 --batch 128 --workers 2 4 8 --reps 30 --name subnet_speed_gpu
+    python experiments/micro/subnet_speed.py --device cuda --width 1 --batch 128 --workers 2 4 8 --reps 30 \
         --variants fp32 fp32+cl bf16 bf16+cl fp16 fp16+cl --name subnet_speed_amp_gpu
 
 A variant is a precision (fp32; bf16 or fp16 autocast, the trainer's ``--amp``, with fp16's gradient
@@ -18,39 +18,30 @@ Parameters and the optimizer stay fp32 in every variant, as in training.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
 import statistics
+import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
-from benchutil import OUT
-from resist.models import create_model
-from resist.plan import make_plan
-from resist.train.optim import Precision
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import command, environment, flops, parser, record, table  # noqa: E402
+from resist.models import create_model  # noqa: E402
+from resist.plan import make_plan  # noqa: E402
+from resist.train.optim import Precision  # noqa: E402
 
 AMP = {"fp32": "none", "bf16": "bf16", "fp16": "fp16"}
 
 
-def step(model, x, y, opt=None, precision: Precision | None = None):
+def step(model, x, y, opt, precision: Precision) -> None:
     model.zero_grad(set_to_none=True)
-    if precision is None or precision.dtype is None:
-        F.cross_entropy(model(x), y).backward()
-        if opt is not None:
-            opt.step()  # parameters without a gradient (skipped blocks) are left alone
-        return
     with precision.autocast():
         loss = F.cross_entropy(model(x), y)
     if precision.scaler is None:
         loss.backward()
-        opt.step()
+        opt.step()  # parameters without a gradient (skipped blocks) are left alone
     else:
         precision.scaler.scale(loss).backward()
         precision.scaler.step(opt)
@@ -67,24 +58,11 @@ def timed(model, x, y, opt, precision=None) -> float:
     return time.perf_counter() - t0
 
 
-def flops(model, x, y) -> int:
-    with FlopCounterMode(display=False) as counter:
-        step(model, x, y)
-    return counter.get_total_flops()
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="paper_resnet101")
-    ap.add_argument("--width", type=float, default=0.25)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--workers", type=int, nargs="+", default=[2, 4])
-    ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--variants", nargs="+", default=["fp32"],
-                    help="precision[+cl] each: fp32, bf16, fp16 (autocast), +cl for channels-last")
-    ap.add_argument("--name", default="subnet_speed", help="docs/results/NAME.{md,json}")
-    args = ap.parse_args()
+    args = parser(__doc__, model="paper_resnet101", width=0.25, batch=32, workers=[2, 4], reps=10,
+                  device=("cpu", "cpu or cuda"), variants=(["fp32"], "precision[+cl] each: fp32, bf16, fp16 "
+                                                           "(autocast), +cl for channels-last"),
+                  name=("subnet_speed", "docs/results/NAME.{md,json}")).parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("subnet_speed: --device cuda but CUDA is not available")
     for v in args.variants:
@@ -142,32 +120,19 @@ def main() -> None:
             "vs_first_full": base / med[(v, name)],
             "flops": share[name], "flop_ratio": share[name] / share["full"],
         })
-    env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
-           "python": platform.python_version(), "machine": platform.machine(),
-           "processor": platform.processor() or "unknown", "threads": torch.get_num_threads(),
-           "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-           "load_average_1min": os.getloadavg()[0]}
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{args.name}.json").write_text(json.dumps({"args": vars(args), "env": env, "rows": rows}, indent=2))
-    where = (f"{env['device']} (CUDA, torch {env['torch']}; fp32 is cuDNN's default, TF32 convolutions)"
-             if device.type == "cuda" else f"{env['machine']} CPU, {env['threads']} threads, torch {env['torch']}")
+    where = ("CUDA; fp32 is cuDNN's default, TF32 convolutions" if device.type == "cuda"
+             else f"CPU, {torch.get_num_threads()} threads")
     lines = [f"# Sub-ResNet training step vs the whole model ({args.name})\n",
-             f"`python bench/subnet_speed.py --model {args.model} --width {args.width} --batch {args.batch} "
-             f"--workers {' '.join(map(str, args.workers))} --reps {args.reps} --device {args.device} "
-             f"--variants {' '.join(args.variants)} --name {args.name}` "
-             f"on {where} (1-minute load average {env['load_average_1min']:.1f} at the start), {env['date']}. "
-             f"Forward, backward and SGD update of one batch of {args.batch} 32x32 images, median of {args.reps} "
-             "interleaved repetitions; sub-ResNet = worker 0's blocks in round 0 of seed 0. Speed-up and time / "
-             f"full are within a variant; the last column is against the {args.variants[0]} full model.\n",
-             "| variant | config | partitioned blocks held | median step | images/s per worker | speed-up | time / full "
-             f"| FLOPs / full | vs {args.variants[0]} full |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['variant']} | {r['config']} | {r['blocks_held']} | {r['median_s'] * 1000:.1f} ms | "
-                     f"{r['images_per_s']:.0f} | {r['speedup']:.2f}x | {r['time_ratio']:.3f} | {r['flop_ratio']:.3f} | "
-                     f"{r['vs_first_full']:.2f}x |")
-    (OUT / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+             f"On {where}. Forward, backward and SGD update of one batch of {args.batch} 32x32 images, median of "
+             f"{args.reps} interleaved repetitions; sub-ResNet = worker 0's blocks in round 0 of seed 0. Speed-up and "
+             f"time / full are within a variant; the last column is against the {args.variants[0]} full model.\n",
+             *table(["variant", "config", "partitioned blocks held", "median step", "images/s per worker", "speed-up",
+                     "time / full", "FLOPs / full", f"vs {args.variants[0]} full"],
+                    [[r["variant"], r["config"], r["blocks_held"], f"{r['median_s'] * 1000:.1f} ms", f"{r['images_per_s']:.0f}",
+                      f"{r['speedup']:.2f}x", f"{r['time_ratio']:.3f}", f"{r['flop_ratio']:.3f}", f"{r['vs_first_full']:.2f}x"]
+                     for r in rows])]
+    record(args.name, {"args": vars(args), "rows": rows}, lines, command(), environment(
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", threads=torch.get_num_threads()))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ about 10, 1 and 0.1 Gbit/s. Each run is a whole ``resist train`` on real CIFAR-1
 pinned round robin to the cores this script may use (one core per rank when there are enough: run it
 under ``taskset`` to choose); per-round wall time and time to a common target accuracy come from its metrics.jsonl.
 
-    sudo python bench/rate_limited.py --data-dir ../shared/data/cifar10 --workers 2 --ratios 0.1 1 10
+    sudo python experiments/run.py rate_limited --data-dir ../shared/data/cifar10 --workers 2 --ratios 0.1 1 10
 """
 
 from __future__ import annotations
@@ -29,15 +29,16 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-from benchutil import OUT, ROOT, describe_library, library_state
+import common
+from common import ROOT, Spec, options, reach, read_run, record
 
 PREFIX = f"rs{os.getpid() % 100000}"
 SUBNET = "10.77.0"
 PORT = 29577
 ALGOS = ("local_sgd", "resist", "data_parallel")
+RUNS = "runs/rate_limited"
 _made: list[str] = []
 
 
@@ -107,9 +108,8 @@ def launch(workers: int, mbit: float | None, args, what: str, argv: list[str]) -
 
 
 def load_run(out: Path) -> dict:
-    summary = json.loads((out / "summary.json").read_text())
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return {"summary": summary, "rows": rows}
+    run = read_run(out)
+    return {"summary": json.loads((out / "summary.json").read_text()), "rows": run.rows, "run": run}
 
 
 def run(algo: str, workers: int, mbit: float | None, args, out: Path) -> dict:
@@ -164,8 +164,8 @@ def probe(workers: int, mbit: float | None, args, out: Path, nbytes: int) -> dic
     if args.reuse and out.is_file() and json.loads(out.read_text())["bytes"] == max(1, nbytes // 4) * 4:
         print(f"[rate_limited] reusing the probe {out}", flush=True)
         return _link(workers, json.loads(out.read_text()))
-    launch(workers, mbit, args, f"link probe on {workers} ranks at {mbit} Mbit/s",
-           [str(Path(__file__).resolve()), "--probe-rank", str(out), "--probe-bytes", str(nbytes)])
+    launch(workers, mbit, args, f"link probe on {workers} ranks at {mbit} Mbit/s", [
+        str(ROOT / "experiments" / "run.py"), "rate_limited", "--probe-rank", str(out), "--probe-bytes", str(nbytes)])
     return _link(workers, json.loads(out.read_text()))
 
 
@@ -182,10 +182,6 @@ def per_round(rows: list[dict]) -> tuple[float, float, float]:
     n = len(rows)
     return (sum(r["compute_s"] for r in rows) / n, sum(r["compute_s"] + r["comm_s"] for r in rows) / n,
             sum(round_bytes(rows)) / n)
-
-
-def time_to(rows: list[dict], target: float) -> float | None:
-    return next((r["time_s"] for r in rows if r.get("test_acc") is not None and r["test_acc"] >= target), None)
 
 
 def plot(results: list[dict], path: Path, cores: int) -> None:
@@ -224,45 +220,41 @@ def plot(results: list[dict], path: Path, cores: int) -> None:
     plt.close(fig)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data-dir", default=os.environ.get("RESIST_DATA_DIR", "data"))
-    ap.add_argument("--preset", default="cifar10_cpu")
-    ap.add_argument("--workers", type=int, nargs="+", default=[2])
-    ap.add_argument("--ratios", type=float, nargs="+", default=[0.1, 1.0, 10.0],
-                    help="local SGD's communication / compute per round to set the link rate for")
-    ap.add_argument("--delay-ms", type=float, default=0.0,
-                    help="one-way delay added per packet (netem; needs the kernel's sch_netem)")
-    ap.add_argument("--max-rounds", type=int, default=None, help="cut each run short (a quick look)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--runs", default="runs/rate_limited")
-    ap.add_argument("--name", default="rate_limited")
-    ap.add_argument("--algos", nargs="+", choices=ALGOS, default=list(ALGOS))
-    ap.add_argument("--budget-s", type=float, default=None,
-                    help="skip a rate-limited run (not local SGD's, the reference) whose calibrated projection "
-                         "exceeds this many seconds (the table says so)")
-    ap.add_argument("--reuse", action="store_true",
-                    help="reuse finished runs of the same configuration and link probes of the same size in --runs")
+def add_arguments(ap) -> None:
+    options(ap, preset="cifar10_cpu", workers=[2],
+            ratios=([0.1, 1.0, 10.0], "local SGD's communication / compute per round to set the link rate for"),
+            delay_ms=(0.0, "one-way delay added per packet (netem; needs the kernel's sch_netem)"),
+            max_rounds=(int, "cut each run short (a quick look)"), seed=0, name="rate_limited",
+            algos=(list(ALGOS), None, ALGOS),
+            budget_s=(float, "skip a rate-limited run (not local SGD's, the reference) whose calibrated projection "
+                             "exceeds this many seconds (the table says so)"),
+            reuse=(False, "reuse finished runs of the same configuration and link probes of the same size in --runs"))
     ap.add_argument("--probe-rank", default=None, help=argparse.SUPPRESS)  # internal: one rank of the link probe
     ap.add_argument("--probe-bytes", type=int, default=0, help=argparse.SUPPRESS)
-    ap.add_argument("extra", nargs="*", help="more `resist train` flags for every run, after --")
-    args = ap.parse_args()
+
+
+def specs(args) -> list[Spec]:
+    """The runs, unlimited links first (they set the rates), each on ``--workers`` gloo ranks."""
+    return [Spec(f"{algo}_w{w}_{'unlimited' if ratio is None else f'r{ratio:g}'}", args.preset,
+                 ["--algo", algo, "--workers", str(w), "--runtime", "dist", "--backend", "gloo"], algo)
+            for w in args.workers for ratio in (None, *args.ratios) for algo in ALGOS if algo in args.algos]
+
+
+def execute(args, specs: list[Spec]) -> list[dict] | None:
+    """The runs over links of each ratio (not one ``resist train`` each: every rank in a namespace)."""
     if args.probe_rank:
         probe_rank(args.probe_rank, args.probe_bytes, reps=1)
-        return
+        return None
     if "local_sgd" not in args.algos:
         raise SystemExit("rate_limited: local_sgd sets the link rates and the target; keep it in --algos")
     if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("tc"):
         print("rate_limited: needs root and iproute2 (ip, tc) to make network namespaces; nothing was run")
-        return
-    if not Path(args.data_dir).is_dir() and args.preset != "smoke":
-        raise SystemExit(f"rate_limited: data folder {args.data_dir} does not exist; pass --data-dir")
+        return None
     atexit.register(cleanup)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: (cleanup(), sys.exit(130)))
     from resist.analysis.projection import compare, project_run
 
-    start = library_state()
     runs_dir, results = Path(args.runs), []
     for w in args.workers:
         # Unlimited links first: they calibrate the rates and are what the projection starts from.
@@ -317,16 +309,15 @@ def main() -> None:
                                 "calibrated_s": calibrated[algo].projected_s[good], **link,
                                 "rounds": len(group[algo]["rows"]),
                                 "best_acc": group[algo]["summary"]["best_acc"], "target": target,
-                                "time_to_target_s": time_to(group[algo]["rows"], target)})
-    env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "library": describe_library(start, library_state()), "cores": len(os.sched_getaffinity(0))}
+                                "time_to_target_s": reach(group[algo]["run"], target)})
+    return results
+
+
+def tabulate(args, results: list[dict], env: dict) -> None:
+    env["cores_used"] = len(os.sched_getaffinity(0))
     lines = [f"# MEASURED over rate-limited links ({args.name})\n",
-             f"`sudo python bench/rate_limited.py --preset {args.preset} --workers {' '.join(map(str, args.workers))} "
-             f"--ratios {' '.join(f'{r:g}' for r in args.ratios)} --delay-ms {args.delay_ms:g} --algos {' '.join(args.algos)}"
-             f"{f' --max-rounds {args.max_rounds}' if args.max_rounds else ''}"
-             f"{f' --budget-s {args.budget_s:g}' if args.budget_s else ''}{' -- ' + ' '.join(args.extra) if args.extra else ''}` ({env['date']}, "
-             f"library {env['library']}, {env['cores']} cores). Each rank in its own network namespace, "
-             f"{'one core each' if env['cores'] >= max(args.workers) else 'the ranks sharing those cores round robin'}, "
+             f"{env['cores_used']} cores. Each rank in its own network namespace, "
+             f"{'one core each' if env['cores_used'] >= max(args.workers) else 'the ranks sharing those cores round robin'}, "
              "htb egress limit. Projected = `resist project` of the same run on unlimited links (its "
              "compute, bytes and messages) at the nominal rate with the netem delay per message; calibrated = "
              "the same projection at the link's probed goodput (the mean of a gloo all-reduce of one local-SGD "
@@ -366,12 +357,5 @@ def main() -> None:
             lines += ["", "ResIST's measured speed-up per round over local SGD (paper Table 4: 3.60x at 4 workers, "
                       "full width on a real cluster): " + "; ".join(speed) + "."]
     lines += ["", f"Plot: [{args.name}.png]({args.name}.png)"]
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{args.name}.json").write_text(json.dumps({"args": vars(args), "env": env, "rows": results}, indent=2))
-    plot(results, OUT / f"{args.name}.png", env["cores"])
-    (OUT / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
-
-if __name__ == "__main__":
-    main()
+    plot(results, common.RESULTS / f"{args.name}.png", env["cores_used"])
+    record(args.name, {"args": vars(args), "rows": results}, lines, "sudo " + args.command, env)

@@ -1,5 +1,5 @@
 """The headline table (issue 20): ResIST against local SGD in every setting measured, at equal epochs and
-at equal accuracy, read from the committed run folders.
+at equal accuracy, read from the committed run folders (this suite trains nothing).
 
 Per setting and seed, ResIST and local SGD trained the same epochs with the same seed. Per seed:
 * gap: ResIST's best test accuracy minus local SGD's;
@@ -12,22 +12,22 @@ Per setting and seed, ResIST and local SGD trained the same epochs with the same
 Then the mean (± standard deviation) over seeds. The rate-limited rows come from
 ``docs/results/rate_limited*.json`` (3 rounds each: per-round wall time, no accuracy).
 
-    python bench/headline.py            # writes docs/results/headline.{md,json} and the two README tables
+    python experiments/run.py headline   # docs/results/headline.{md,json} and the two README tables
 """
 
 from __future__ import annotations
 
 import json
 import re
-import statistics
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchutil import OUT, ROOT, git
+import common
+from common import OUT, ROOT, Spec, ratios, reach, record, spread, table, write
+from resist.analysis.target import TOLERANCE, load_step_costs
 
-from resist.analysis.plot import read_run
-from resist.analysis.target import TOLERANCE, cost_for, load_step_costs, time_to
+TABULATE_ONLY = True
+RUNS = OUT
 
 
 @dataclass
@@ -41,9 +41,19 @@ class Setting:
 
 PAPER_GAP = {2: "-0.41", 4: "-0.55", 8: "-0.55"}  # Table 2, CIFAR-10, ResNet101, 160 epochs (2 workers: 80)
 PAPER_SPEEDUP = {4: "3.60x", 8: "3.77x"}  # Table 4, 160 epochs, wall-clock on their cluster
+TTA = {  # the time-to-accuracy suite (experiments/suites/tta.py): 4 evaluations an epoch
+    "ResNet101 1/8 width, 8 epochs, 4 workers, CPU (one core), CIFAR-10": ("base_lsgd_w4", "base_resist_w4", 4),
+    "ResNet101 1/8 width, 16 epochs, 4 workers, CPU (one core), CIFAR-10": ("len16_lsgd_w4", "len16_resist_w4", 4),
+    "ResNet101 1/4 width, 8 epochs, 4 workers, CPU (one core), CIFAR-10": ("wide4_lsgd_w4", "wide4_resist_w4", 4),
+    "ResNet101 1/8 width, 8 epochs, 8 workers, CPU (one core), CIFAR-10": ("w8_lsgd_w8", "w8_resist_w8", 8),
+    "ResNet101 1/8 width, 8 epochs, 4 workers, CPU (one core), CIFAR-10, ResIST with a 10% cool-down":
+        ("base_lsgd_w4", "var_cool10_w4", 4),
+    "ResNet101 1/8 width, 8 epochs, 4 workers, CPU (one core), CIFAR-10, ResIST with a 20% cool-down":
+        ("base_lsgd_w4", "var_cool20_w4", 4),
+}
 
 
-def settings() -> list[Setting]:
+def settings(runs: Path) -> list[Setting]:
     out = [
         Setting("ResNet101 1/8 width, 1 epoch, 4 workers, 2 seeds, CPU (shared core), CIFAR-10",
                 [(f"cifar10_outer/outer_local_sgd_i25_a_w4_s{s}", f"cifar10_outer/outer_resist_i25_a_w4_s{s}")
@@ -58,20 +68,10 @@ def settings() -> list[Setting]:
                 [("cifar10_gpu_w4/local_sgd_w4_s0", "cifar10_gpu_w4/resist_w4_s0")],
                 PAPER_GAP[4], PAPER_SPEEDUP[4], "about 1 evaluation an epoch"),
     ]
-    tta = OUT / "tta"
-    groups = {  # the time-to-accuracy suite (bench/tta_suite.py): 4 evaluations an epoch
-        "ResNet101 1/8 width, 8 epochs, 4 workers, CPU (one core), CIFAR-10": ("base_lsgd_w4", "base_resist_w4", 4),
-        "ResNet101 1/8 width, 16 epochs, 4 workers, CPU (one core), CIFAR-10": ("len16_lsgd_w4", "len16_resist_w4", 4),
-        "ResNet101 1/4 width, 8 epochs, 4 workers, CPU (one core), CIFAR-10": ("wide4_lsgd_w4", "wide4_resist_w4", 4),
-        "ResNet101 1/8 width, 8 epochs, 8 workers, CPU (one core), CIFAR-10": ("w8_lsgd_w8", "w8_resist_w8", 8),
-        "ResNet101 1/8 width, 8 epochs, 4 workers, CPU (one core), CIFAR-10, ResIST with a 10% cool-down":
-            ("base_lsgd_w4", "var_cool10_w4", 4),
-        "ResNet101 1/8 width, 8 epochs, 4 workers, CPU (one core), CIFAR-10, ResIST with a 20% cool-down":
-            ("base_lsgd_w4", "var_cool20_w4", 4),
-    }
-    for name, (lsgd, resist, w) in groups.items():
+    for name, (lsgd, resist, w) in TTA.items():
         pairs = [(f"tta/{lsgd}_s{s}", f"tta/{resist}_s{s}") for s in (0, 1)
-                 if (tta / f"{lsgd}_s{s}" / "summary.json").is_file() and (tta / f"{resist}_s{s}" / "summary.json").is_file()]
+                 if (runs / f"tta/{lsgd}_s{s}" / "summary.json").is_file()
+                 and (runs / f"tta/{resist}_s{s}" / "summary.json").is_file()]
         if pairs:
             seeds = f"{len(pairs)} seed{'s' if len(pairs) > 1 else ''}"
             out.append(Setting(name.replace(" workers,", f" workers, {seeds},", 1), pairs, PAPER_GAP[w],
@@ -79,40 +79,30 @@ def settings() -> list[Setting]:
     return out
 
 
-def spread(values: list[float], fmt: str = "{:.2f}") -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return fmt.format(values[0])
-    return f"{fmt.format(statistics.fmean(values))} ± {fmt.replace('+', '').format(statistics.stdev(values))}"
+def specs(args) -> list[Spec]:
+    """The run folders the table reads (under docs/results)."""
+    return [Spec(d, "", []) for s in settings(args.runs) for pair in s.pairs for d in pair]
 
 
-def measure(setting: Setting, costs) -> dict:
+def measure(setting: Setting, runs: dict, costs) -> dict:
     per_seed = []
     for lsgd_dir, resist_dir in setting.pairs:
-        lsgd, resist = read_run(OUT / lsgd_dir, need_eval=True), read_run(OUT / resist_dir, need_eval=True)
-        key = lsgd.headline.key
+        lsgd, resist = runs[lsgd_dir], runs[resist_dir]
         lb, rb = lsgd.best(), resist.best()
-        target = min(lb, rb)
-        lc, rc = cost_for(lsgd, costs), cost_for(resist, costs)
-        lt, rt = time_to(lsgd, target, lc), time_to(resist, target, rc)
-        match = lsgd.evaluated[-1][key] - TOLERANCE["classification"]
+        acc = ratios(lsgd, resist, min(lb, rb), costs)
+        match = lsgd.evaluated[-1][lsgd.headline.key] - TOLERANCE["classification"]
         per_seed.append({
             "local_sgd": lsgd_dir, "resist": resist_dir, "local_sgd_best": lb, "resist_best": rb, "gap": rb - lb,
-            "epoch_time_ratio": lsgd.rows[-1]["time_s"] / resist.rows[-1]["time_s"],
-            "target": target, "acc_time_ratio": lt.time_s / rt.time_s,
-            "acc_bytes_ratio": lt.sent_bytes / rt.sent_bytes,
-            "acc_cost_ratio": lt.cost_s / rt.cost_s if lt.cost_s and rt.cost_s else None,
-            "match_target": match, "resist_matches": time_to(resist, match) is not None,
+            "epoch_time_ratio": lsgd.rows[-1]["time_s"] / resist.rows[-1]["time_s"], "target": min(lb, rb),
+            "acc_time_ratio": acc["time"], "acc_bytes_ratio": acc["bytes"], "acc_cost_ratio": acc["cost"],
+            "match_target": match, "resist_matches": reach(resist, match) is not None,
         })
-    col = lambda k: [s[k] for s in per_seed if s[k] is not None]  # noqa: E731
+    col = lambda k, fmt="{:.2f}x": spread([s[k] for s in per_seed], fmt)  # noqa: E731
     return {"setting": setting.name, "note": setting.note, "seeds": per_seed,
-            "row": [setting.name, spread(col("local_sgd_best")), spread(col("resist_best")),
-                    f"{spread(col('gap'), '{:+.2f}')} ({setting.paper_gap})", spread(col("epoch_time_ratio"), "{:.2f}x"),
-                    spread(col("acc_time_ratio"), "{:.2f}x"), spread(col("acc_cost_ratio"), "{:.2f}x"),
-                    spread(col("acc_bytes_ratio"), "{:.2f}x"),
-                    f"{sum(s['resist_matches'] for s in per_seed)}/{len(per_seed)}", setting.paper_speedup,
-                    setting.note]}
+            "row": [setting.name, col("local_sgd_best", "{:.2f}"), col("resist_best", "{:.2f}"),
+                    f"{col('gap', '{:+.2f}')} ({setting.paper_gap})", col("epoch_time_ratio"), col("acc_time_ratio"),
+                    col("acc_cost_ratio"), col("acc_bytes_ratio"),
+                    f"{sum(s['resist_matches'] for s in per_seed)}/{len(per_seed)}", setting.paper_speedup, setting.note]}
 
 
 def rate_limited_rows() -> list[list[str]]:
@@ -140,46 +130,33 @@ HEAD = ["setting", "local SGD best (%)", "ResIST best (%)", "gap, points (paper'
         "ResIST reaches local SGD final - 0.5", "paper's speed-up", "note"]
 
 
-def markdown(rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)] + ["| " + " | ".join(r) + " |" for r in rows]
-
-
 def splice(path: Path, lines: list[str]) -> None:
     """Replace the text between the headline markers of ``path`` (written whole, atomically)."""
     text = path.read_text()
     start, end = "<!-- headline:start -->", "<!-- headline:end -->"
     if start not in text or end not in text:
         raise SystemExit(f"headline: {path} has no {start} ... {end} markers")
-    new = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: "\n".join([start, *lines, end]), text, flags=re.S)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(new)
-    tmp.replace(path)
+    write(path, re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: "\n".join([start, *lines, end]), text,
+                       flags=re.S))
 
 
-def main() -> None:
+def tabulate(args, results: list[dict], env: dict) -> None:
     costs = load_step_costs(OUT / "step_breakdown.json")
-    measured = [measure(s, costs) for s in settings()]
+    runs = {r["name"]: r["run"] for r in results}
+    measured = [measure(s, runs, costs) for s in settings(args.runs)]
     rows = [m["row"] for m in measured] + rate_limited_rows()
-    commit = git("rev-parse", "--short", "HEAD")
-    command = "python bench/headline.py"
-    intro = [f"`{command}` (library {commit}; run folders under docs/results; step costs "
-             f"{next(iter(costs.values())).source}). Ratios are local SGD's figure / ResIST's (>1: ResIST "
-             "sooner or fewer bytes); equal accuracy = the lower of the two runs' best scores, per seed; "
-             "mean ± sd over seeds. Times are parallel-equivalent compute + synchronization measured while "
-             "the runs trained (noisy where the core was shared); cost = steps x step time measured once on "
-             "an idle core. The paper's gap is Table 2's (160 epochs; 80 at 2 workers), its speed-up Table 4's "
-             "(wall-clock to 160 epochs, not at equal accuracy).", ""]
-    table = markdown(rows)
-    body = {"command": command, "library": commit, "step_costs": next(iter(costs.values())).source,
-            "settings": [{k: v for k, v in m.items() if k != "row"} for m in measured], "rows": rows, "head": HEAD}
-    tmp = OUT / ".headline.json.tmp"
-    tmp.write_text(json.dumps(body, indent=2))
-    tmp.replace(OUT / "headline.json")
-    (OUT / "headline.md").write_text("\n".join(["# Headline: ResIST vs local SGD at equal accuracy\n", *intro, *table]) + "\n")
-    splice(OUT / "README.md", [*intro, *table])
-    splice(ROOT / "README.md", table)
-    print("\n".join(table))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    source = next(iter(costs.values())).source
+    about = ("Ratios are local SGD's figure / ResIST's (>1: ResIST sooner or fewer bytes); equal accuracy = the lower "
+             "of the two runs' best scores, per seed; mean ± sd over seeds. Times are parallel-equivalent compute + "
+             "synchronization measured while the runs trained (noisy where the core was shared); cost = steps x "
+             "step time measured once on an idle core. The paper's gap is Table 2's (160 epochs; 80 at 2 workers), "
+             "its speed-up Table 4's (wall-clock to 160 epochs, not at equal accuracy).")
+    lines = table(HEAD, rows)
+    record("headline", {"step_costs": source, "settings": [{k: v for k, v in m.items() if k != "row"} for m in measured],
+                        "rows": rows, "head": HEAD}, ["# Headline: ResIST vs local SGD at equal accuracy\n",
+                                                     f"Run folders under docs/results; step costs {source}. {about}\n",
+                                                     *lines], args.command, env)
+    if common.RESULTS.resolve() == OUT:  # the README tables, when the results are the repository's
+        splice(OUT / "README.md", [f"`{args.command}` (library {env['library']}; run folders under docs/results; "
+                                   f"step costs {source}). {about}", "", *lines])
+        splice(ROOT / "README.md", lines)

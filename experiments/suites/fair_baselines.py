@@ -18,20 +18,18 @@ DDP's defaults (bucketed all-reduce overlapped with backward, buffers broadcast 
 PyTorch's models are evaluated as PyTorch leaves them (rank 0's BatchNorm statistics) and, apart, with
 the statistics averaged over the ranks as ours are.
 
-    python bench/fair_baselines.py --data-dir ../shared/data/cifar10 [--rounds 4 --local-iters 25 --reps 3]
+    python experiments/run.py fair_baselines --data-dir ../shared/data/cifar10 [--rounds 4 --local-iters 25 --reps 3]
 """
 
 from __future__ import annotations
 
-import argparse
+import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
-import datetime
 import time
 from pathlib import Path
 
@@ -40,7 +38,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from benchutil import OUT, ROOT, describe_library, library_state
+from common import ROOT, Spec, options, record, spread
 from resist.comm import find_free_port
 from resist.data import load_dataset
 from resist.data.datasets import ImageArrays
@@ -136,9 +134,8 @@ def run_ours(algo: str, a: dict) -> dict:
                 "--batch-size", str(a["batch"]), "--seed", str(a["seed"]), "--carry-momentum",
                 "--set", "optim.lr_decay_at=[]", "--set", f"data.eval_limit={a['eval_limit']}",
                 "--data-dir", a["data_dir"], "--out", tmp, "--timeout", str(a["timeout"])]
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
         try:
-            proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=a["deadline"])
+            proc = subprocess.run(argv, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, capture_output=True, text=True, timeout=a["deadline"])
         except subprocess.TimeoutExpired:
             raise Hung(f"{algo} passed its {a['deadline']:.0f} s deadline") from None
         if proc.returncode != 0:
@@ -147,77 +144,69 @@ def run_ours(algo: str, a: dict) -> dict:
         return {"time_s": summary["time_s"], "acc": summary["final_acc"]}
 
 
-def _spread(values: list[float]) -> str:
-    mean = statistics.fmean(values)
-    return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {statistics.stdev(values):.2f}"
-
-
 PAIRS = [("local_sgd", "post_local_sgd"), ("data_parallel", "ddp")]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data-dir", default=os.environ.get("RESIST_DATA_DIR", "data"))
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--model", default="paper_resnet101")
-    ap.add_argument("--width", type=float, default=0.125)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--local-iters", type=int, default=25)
-    ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--eval-limit", type=int, default=10000)
-    ap.add_argument("--name", default="fair_baselines")
-    ap.add_argument("--timeout", type=float, default=120.0, help="seconds any collective may wait before failing")
-    ap.add_argument("--deadline", type=float, default=600.0, help="seconds a whole repetition may take (one takes about 40 s at the defaults; on 2026-11-27 a DDP repetition hung with one rank idle, which the collective timeout did not catch)")
-    ap.add_argument("--retries", type=int, default=2, help="times a failed or hung repetition is retried")
-    args = ap.parse_args()
+def add_arguments(ap) -> None:
+    options(ap, workers=2, model="paper_resnet101", width=0.125, batch=128, local_iters=25, rounds=4, lr=0.05, reps=3,
+            eval_limit=10000, name="fair_baselines",
+            timeout=(120.0, "seconds any collective may wait before failing"),
+            deadline=(600.0, "seconds a whole repetition may take (one takes about 40 s at the defaults; on 2026-11-27 "
+                             "a DDP repetition hung with one rank idle, which the collective timeout did not catch)"),
+            retries=(2, "times a failed or hung repetition is retried"))
+
+
+def specs(args) -> list[Spec]:
+    """Repetition k of each implementation, in the interleaved order they run (ours: ``resist train``)."""
+    return [Spec(f"{name}_rep{rep}", "cifar10_cpu", ["--algo", name] if name == ours else [], name)
+            for rep in range(args.reps) for ours, theirs in PAIRS
+            for name in ((ours, theirs) if rep % 2 == 0 else (theirs, ours))]
+
+
+def execute(args, specs: list[Spec]) -> dict:
+    """Each repetition of each implementation, retried when it fails or hangs; ``results`` by implementation."""
     if not Path(args.data_dir).is_dir():
         raise SystemExit(f"fair_baselines: data folder {args.data_dir} does not exist; pass --data-dir")
     a = {"data_dir": args.data_dir, "workers": args.workers, "model": args.model, "width": args.width,
          "batch": args.batch, "local_iters": args.local_iters, "rounds": args.rounds, "lr": args.lr,
          "momentum": 0.9, "wd": 5e-4, "eval_limit": args.eval_limit, "timeout": args.timeout,
          "deadline": args.deadline}
-    start = library_state()
     results: dict[str, list[dict]] = {name: [] for pair in PAIRS for name in pair}
     failures: list[dict] = []
-    for rep in range(args.reps):
+    for spec in specs:
+        name, rep = spec.label, int(spec.name.rsplit("_rep", 1)[1])
         a["seed"] = rep  # a new seed (initial weights, batch order, augmentation) per repetition, shared by all
-        for ours, theirs in PAIRS:
-            for name in ((ours, theirs) if rep % 2 == 0 else (theirs, ours)):
-                for attempt in range(args.retries + 1):
-                    try:
-                        r = {"seed": rep, **(run_ours(name, a) if name == ours else run_torch(name, a))}
-                        break
-                    except Hung as e:
-                        failures.append({"rep": rep, "name": name, "attempt": attempt, "error": str(e)})
-                        print(f"[rep {rep}] {name}: {e}; {'retrying' if attempt < args.retries else 'giving up'}",
-                              flush=True)
-                else:
-                    raise SystemExit(f"fair_baselines: {name} failed {args.retries + 1} times in repetition {rep}")
-                results[name].append(r)
-                print(f"[rep {rep}] {name}: {r['time_s']:.2f} s, {r['acc']:.2f}%"
-                      + (f" ({r['acc_bn_averaged']:.2f}% with BN statistics averaged)" if "acc_bn_averaged" in r else ""),
-                      flush=True)
-    med = {n: statistics.median(r["time_s"] for r in rs) for n, rs in results.items()}
-    env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
-           "python": platform.python_version(), "machine": platform.machine(), "cores": os.cpu_count(),
-           "cores_used": len(os.sched_getaffinity(0)), "library": describe_library(start, library_state())}
+        for attempt in range(args.retries + 1):
+            try:
+                r = {"seed": rep, **(run_ours(name, a) if spec.flags else run_torch(name, a))}
+                break
+            except Hung as e:
+                failures.append({"rep": rep, "name": name, "attempt": attempt, "error": str(e)})
+                print(f"[rep {rep}] {name}: {e}; {'retrying' if attempt < args.retries else 'giving up'}", flush=True)
+        else:
+            raise SystemExit(f"fair_baselines: {name} failed {args.retries + 1} times in repetition {rep}")
+        results[name].append(r)
+        print(f"[rep {rep}] {name}: {r['time_s']:.2f} s, {r['acc']:.2f}%"
+              + (f" ({r['acc_bn_averaged']:.2f}% with BN statistics averaged)" if "acc_bn_averaged" in r else ""),
+              flush=True)
+    return {"results": results, "failures": failures}
+
+
+def tabulate(args, got: dict, env: dict) -> None:
+    results, failures = got["results"], got["failures"]
+    env["cores_used"] = len(os.sched_getaffinity(0))
+    med = {n: statistics.median(r["time_s"] for r in rs) for n, rs in results.items() if rs}
     lines = ["# Our baselines vs PyTorch's own implementations\n",
-             f"`python bench/fair_baselines.py --workers {args.workers} --model {args.model} --width {args.width} "
-             f"--batch {args.batch} --local-iters {args.local_iters} --rounds {args.rounds} --lr {args.lr} "
-             f"--reps {args.reps} --eval-limit {args.eval_limit}` on {env['machine']} CPU with {env['cores']} cores, "
-             f"torch {env['torch']}, library {env['library']}, {env['date']}. {args.workers} gloo processes on "
-             f"127.0.0.1 sharing {env['cores_used']} core(s), one compute thread each, {args.rounds * args.local_iters} SGD steps of real CIFAR-10 "
-             f"(constant lr {args.lr}, momentum 0.9, weight decay 5e-4); accuracy on the first "
-             f"{args.eval_limit} test images. Repetition k uses seed k for everything random, in both "
-             f"implementations; median training time and mean ± standard deviation of accuracy over "
-             f"{args.reps} interleaved repetitions.\n",
+             f"{args.workers} gloo processes on 127.0.0.1 sharing {env['cores_used']} core(s), one compute thread "
+             f"each, {args.rounds * args.local_iters} SGD steps of real CIFAR-10 (constant lr {args.lr}, momentum "
+             f"0.9, weight decay 5e-4); accuracy on the first {args.eval_limit} test images. Repetition k uses seed "
+             "k for everything random, in both implementations; median training time and mean ± standard "
+             f"deviation of accuracy over {args.reps} interleaved repetitions.\n",
              "| ours | time (s) | acc (%) | PyTorch | time (s) | acc (%) | acc, BN statistics averaged (%) | "
              "ours / PyTorch time |", "|---|---|---|---|---|---|---|---|"]
     for ours, theirs in PAIRS:
-        acc = {n: _spread([r["acc"] for r in results[n]]) for n in (ours, theirs)}
-        bn = _spread([r["acc_bn_averaged"] for r in results[theirs]])
+        acc = {n: spread([r["acc"] for r in results[n]]) for n in (ours, theirs)}
+        bn = spread([r["acc_bn_averaged"] for r in results[theirs]])
         lines.append(f"| {ours} | {med[ours]:.2f} | {acc[ours]} | {theirs} | {med[theirs]:.2f} | {acc[theirs]} | {bn} | "
                      f"{med[ours] / med[theirs]:.3f} |")
     lines += ["", "Per repetition (ours / PyTorch time): " + "; ".join(
@@ -225,12 +214,4 @@ def main() -> None:
         for ours, theirs in PAIRS) + ".",
               "", f"Failed or hung attempts, retried: {len(failures)}" + "".join(
                   f"\n- repetition {f['rep']}, {f['name']}, attempt {f['attempt']}: {f['error']}" for f in failures)]
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{args.name}.json").write_text(json.dumps({"args": vars(args), "env": env, "results": results,
-                                                       "failures": failures}, indent=2))
-    (OUT / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
-
-if __name__ == "__main__":
-    main()
+    record(args.name, {"args": vars(args), "results": results, "failures": failures}, lines, args.command, env)

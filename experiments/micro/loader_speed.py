@@ -8,37 +8,34 @@ collated and normalized) with decoding in the training process and in one loader
 
 The files are stand-ins, made here: at 224, CIFAR-10 test images upscaled to ImageNet's typical 500x375
 with noise added so that their JPEGs are about as large as photographs (the file sizes are reported);
-at 64, CIFAR-10 upscaled to 64 pixels as ``bench/cifar_to_imagefolder.py`` writes it. The model side:
+at 64, CIFAR-10 upscaled to 64 pixels as ``experiments/data/cifar_to_imagefolder.py`` writes it. The model side:
 the paper ResNet101 with the ImageNet stem, its forward + backward FLOPs per image, a measured CPU step
 here (1/8 width, 64 pixels), and a PROJECTION of an H100's images/s at full width: the H100's measured
 rate at 32 pixels (docs/results/subnet_speed_gpu.json) times the FLOP ratio, i.e. assuming the same
 achieved FLOP rate at the larger size.
 
-    python bench/loader_speed.py --cifar ../shared/data/cifar10 --seconds 4
+    python experiments/micro/loader_speed.py --cifar ../shared/data/cifar10 --seconds 4
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import random
+import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
-from torch.utils.flop_counter import FlopCounterMode
 
-from benchutil import OUT, describe_library, library_state
-from resist.data import load_dataset
-from resist.data.transforms import decode, eval_transform, to_uint8_chw, train_transform
-from resist.models import create_model
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import OUT, command, environment, flops, library_state, parser, record, sgd_step, table  # noqa: E402
+from resist.data import load_dataset  # noqa: E402
+from resist.data.transforms import decode, eval_transform, to_uint8_chw, train_transform  # noqa: E402
+from resist.models import create_model  # noqa: E402
 
 
 def source_images(cifar: Path | None, n: int, seed: int = 0) -> np.ndarray:
@@ -93,9 +90,7 @@ def flops_per_image(size: int, classes: int, stem: str, width: float = 1.0) -> f
     with torch.device("meta"):
         model = create_model("paper_resnet101", num_classes=classes, width=width, stem=stem)
         x, y = torch.randn(2, 3, size, size), torch.randint(0, classes, (2,))
-    with FlopCounterMode(display=False) as counter:
-        F.cross_entropy(model(x), y).backward()
-    return counter.get_total_flops() / 2
+    return flops(model, x, y) / 2
 
 
 def cpu_step_rate(size: int, width: float, batch: int, seconds: float) -> float:
@@ -103,29 +98,18 @@ def cpu_step_rate(size: int, width: float, batch: int, seconds: float) -> float:
     model = create_model("paper_resnet101", num_classes=10, width=width, stem="imagenet")
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
-
-    def step():
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    step()
+    sgd_step(model, x, y, opt)
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        step()
+        sgd_step(model, x, y, opt)
         n += 1
     return n * batch / (time.perf_counter() - t0)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cifar", type=Path, default=Path(os.environ.get("RESIST_DATA_DIR", "data")),
-                    help="CIFAR-10's numpy layout, for the stand-in images (else synthetic ones)")
-    ap.add_argument("--seconds", type=float, default=4.0, help="per measurement")
-    ap.add_argument("--images", type=int, default=128, help="files per crop size")
-    ap.add_argument("--name", default="loader_speed")
-    args = ap.parse_args()
+    args = parser(__doc__, cifar=(Path(os.environ.get("RESIST_DATA_DIR", "data")), "CIFAR-10's numpy layout, for the "
+                                  "stand-in images (else synthetic ones)"), seconds=(4.0, "per measurement"),
+                  images=(128, "files per crop size"), name="loader_speed").parse_args()
     torch.set_num_threads(1)
     start = library_state()
     images = source_images(args.cifar, args.images)
@@ -160,50 +144,35 @@ def main() -> None:
                       "h100_images_per_s_projected": projected, "loaders_per_gpu_projected": projected / train_rate})
     cpu = {"width": 0.125, "crop": 64, "batch": 32,
            "images_per_s": cpu_step_rate(64, 0.125, 32, max(args.seconds, 3.0))}
-    env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
-           "pillow": Image.__version__, "python": platform.python_version(), "machine": platform.machine(),
-           "cpus": os.cpu_count(), "library": describe_library(start, library_state()),
-           "load_avg_1min": os.getloadavg()[0]}
-    command = f"python bench/loader_speed.py --cifar {args.cifar} --seconds {args.seconds:g} --images {args.images}"
     lines = ["# Loader speed: images/s per loader process, beside the model's step rate\n",
-             f"`{command}` ({env['date']}; {env['machine']}, {env['cpus']} CPUs shared with other work, 1-minute "
-             f"load average {env['load_avg_1min']:.1f} at the end; torch {env['torch']}, Pillow {env['pillow']}; "
-             f"library {env['library']}). One process, one thread, each figure {args.seconds:g} s over "
+             f"Pillow {Image.__version__}. One process, one thread, each figure {args.seconds:g} s over "
              f"{args.images} files. Stand-in files: at 224, CIFAR-10 test images upscaled to 500x375 with noise "
              "(ImageNet's training JPEGs average about 110 KB at about 400x350); at 64, CIFAR-10 upscaled to 64 "
-             "pixels, as `bench/cifar_to_imagefolder.py` writes it. Absolute rates depend on the CPU and on "
+             "pixels, as `experiments/data/cifar_to_imagefolder.py` writes it. Absolute rates depend on the CPU and on "
              "what else it runs: this machine's cores were busy with other benchmarks.\n",
-             "| crop | files | mean file | decode | train transform | eval transform | stream, decoding inline "
-             "| stream, 1 loader process |", "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['crop']} | {r['file_px'][0]}x{r['file_px'][1]} JPEG q{r['jpeg_quality']} | "
-                     f"{r['mean_file_kb']:.1f} KB | {r['decode']:.0f} | {r['train']:.0f} | {r['eval']:.0f} | "
-                     f"{r['stream_inline']:.0f} | {r['stream_1_loader']:.0f} |")
-    lines += ["", "Images/s. Train transform = decode + random-resized crop + flip + uint8 tensor; the stream "
-              "adds collation into batches of 64 and normalization (inline: in the training process; 1 loader: "
-              "decoded in one DataLoader process, handed over through shared memory).\n",
-              "## Against the model\n",
-              f"The paper ResNet101 (ImageNet stem), forward + backward. Measured here: {cpu['images_per_s']:.0f} "
-              f"images/s on one CPU thread at 1/8 width, 64 pixels, batch 32. PROJECTED for one "
-              f"{h100_32['device']} at full width (its measured {h100_32['images_per_s']:.0f} images/s at 32 pixels, "
-              f"{h100_32['flops_per_image'] / 1e9:.1f} GFLOPs per image, {h100_32['date'][:10]}, scaled by the FLOP "
-              "ratio; fp32 with TF32 convolutions, the whole model, not a sub-ResNet):\n",
-              "| crop | classes | GFLOPs / image | H100 images/s (projected) | loader processes per GPU (projected) |",
-              "|---|---|---|---|---|"]
-    for m in model:
-        lines.append(f"| {m['crop']} | {m['classes']} | {m['gflops_per_image']:.1f} | {m['h100_images_per_s_projected']:.0f} "
-                     f"| {m['loaders_per_gpu_projected']:.1f} |")
-    lines += ["", "Loader processes per GPU = projected images/s / one process's train-transform rate above. A "
-              "sub-ResNet steps faster than the whole model (1.29x at 2 workers on the H100, "
-              "[subnet_speed_gpu.md](subnet_speed_gpu.md)), mixed precision faster again, so ResIST with "
-              "`--amp bf16` needs more loaders than this; a server core is also faster than this shared one. "
-              "Set `--loader-workers` from the rate of your own CPU: `python bench/loader_speed.py` there."]
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{args.name}.json").write_text(json.dumps({"command": command, "args": {k: str(v) for k, v in vars(args).items()},
-                                                       "env": env, "rows": rows, "model": model, "cpu_step": cpu,
-                                                       "h100_reference": h100_32}, indent=2) + "\n")
-    (OUT / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+             *table(["crop", "files", "mean file", "decode", "train transform", "eval transform",
+                     "stream, decoding inline", "stream, 1 loader process"],
+                    [[r["crop"], f"{r['file_px'][0]}x{r['file_px'][1]} JPEG q{r['jpeg_quality']}", f"{r['mean_file_kb']:.1f} KB",
+                      *(f"{r[k]:.0f}" for k in ("decode", "train", "eval", "stream_inline", "stream_1_loader"))] for r in rows]),
+             "", "Images/s. Train transform = decode + random-resized crop + flip + uint8 tensor; the stream "
+             "adds collation into batches of 64 and normalization (inline: in the training process; 1 loader: "
+             "decoded in one DataLoader process, handed over through shared memory).\n",
+             "## Against the model\n",
+             f"The paper ResNet101 (ImageNet stem), forward + backward. Measured here: {cpu['images_per_s']:.0f} "
+             f"images/s on one CPU thread at 1/8 width, 64 pixels, batch 32. PROJECTED for one "
+             f"{h100_32['device']} at full width (its measured {h100_32['images_per_s']:.0f} images/s at 32 pixels, "
+             f"{h100_32['flops_per_image'] / 1e9:.1f} GFLOPs per image, {h100_32['date'][:10]}, scaled by the FLOP "
+             "ratio; fp32 with TF32 convolutions, the whole model, not a sub-ResNet):\n",
+             *table(["crop", "classes", "GFLOPs / image", "H100 images/s (projected)", "loader processes per GPU (projected)"],
+                    [[m["crop"], m["classes"], f"{m['gflops_per_image']:.1f}", f"{m['h100_images_per_s_projected']:.0f}",
+                      f"{m['loaders_per_gpu_projected']:.1f}"] for m in model]),
+             "", "Loader processes per GPU = projected images/s / one process's train-transform rate above. A "
+             "sub-ResNet steps faster than the whole model (1.29x at 2 workers on the H100, "
+             "[subnet_speed_gpu.md](subnet_speed_gpu.md)), mixed precision faster again, so ResIST with "
+             "`--amp bf16` needs more loaders than this; a server core is also faster than this shared one. "
+             "Set `--loader-workers` from the rate of your own CPU: `python experiments/micro/loader_speed.py` there."]
+    record(args.name, {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "model": model, "cpu_step": cpu,
+                       "h100_reference": h100_32}, lines, command(), environment(start, pillow=Image.__version__))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ link speed; the paper's Table 4 speed-ups come from the full-width model on a re
 two measurements of this project together:
 
 - compute: the per-step time of the full model and of a sub-ResNet, measured on one GPU
-  (``bench/subnet_speed.py --device cuda``, docs/results/subnet_speed_gpu.json);
+  (``experiments/micro/subnet_speed.py --device cuda``, docs/results/subnet_speed_gpu.json);
 - bytes: what the slowest worker sends per round at full width, counted by the library's communicator
   while the released trainer runs a few real rounds in-process (1 step each, synthetic 32x32 images;
   bytes do not depend on the data). Data parallel's gradient all-reduce happens every step, so its
@@ -23,26 +23,24 @@ workers, and at 8 gives each sub-ResNet 4 blocks instead of 3), a sub-ResNet may
 that the GPU bench did not time; its step time is then interpolated linearly in the blocks held between
 the two nearest measured configurations, and the table says so.
 
-    python bench/paper_scale_projection.py [--workers 2 4 8] [--local-iters 50] [--min-depth 4]
+    python experiments/micro/paper_scale_projection.py [--workers 2 4 8] [--local-iters 50] [--min-depth 4]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-
-from benchutil import OUT, describe_library, library_state
-from resist.config import preset
-from resist.data import load_dataset
-from resist.train import read_metrics, train
-from resist.plan import candidate_blocks, make_plan
-from resist.analysis.projection import round_bytes, round_messages
-from resist.train.trainer import model_builder
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import OUT, command, environment, library_state, parser, record, table  # noqa: E402
+from resist.analysis.projection import round_bytes, round_messages  # noqa: E402
+from resist.config import preset  # noqa: E402
+from resist.data import load_dataset  # noqa: E402
+from resist.plan import candidate_blocks, make_plan  # noqa: E402
+from resist.train import read_metrics, train  # noqa: E402
+from resist.train.trainer import model_builder  # noqa: E402
 
 ALGOS = ("local_sgd", "resist", "data_parallel")
 
@@ -76,15 +74,10 @@ def step_time(measured: dict[int, float], blocks: int) -> tuple[float, bool]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workers", type=int, nargs="+", default=[2, 4, 8])
-    ap.add_argument("--local-iters", type=int, default=50)
-    ap.add_argument("--gbits", type=float, nargs="+", default=[1.0, 10.0, 100.0])
-    ap.add_argument("--latency-us", type=float, default=50.0)
-    ap.add_argument("--min-depth", type=int, default=4, help="ResIST's minimum depth (default 4, as Table 1)")
-    ap.add_argument("--rounds", type=int, default=4, help="1-step rounds counted per configuration")
-    ap.add_argument("--gpu-json", default=str(OUT / "subnet_speed_gpu.json"))
-    args = ap.parse_args()
+    args = parser(__doc__, workers=[2, 4, 8], local_iters=50, gbits=[1.0, 10.0, 100.0], latency_us=50.0,
+                  min_depth=(4, "ResIST's minimum depth (default 4, as Table 1)"),
+                  rounds=(4, "1-step rounds counted per configuration"), gpu_json=str(OUT / "subnet_speed_gpu.json"),
+                  name="paper_scale_projection").parse_args()
     gpu = json.loads(Path(args.gpu_json).read_text())
     by_blocks = {r["blocks_held"]: r["median_s"] for r in gpu["rows"]}  # partitioned blocks held -> step seconds
     start = library_state()
@@ -101,28 +94,22 @@ def main() -> None:
                          "compute_s": compute, "bytes": per_step * nbytes, "messages": per_step * msgs,
                          "round_s": proj})
             print(rows[-1], flush=True)
-    env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
-           "library": describe_library(start, library_state()), "gpu": gpu["env"].get("device")}
+    base = {r["workers"]: r for r in rows if r["algo"] == "local_sgd"}
     lines = ["# PROJECTION (not a measurement): paper-scale rounds on 1, 10 and 100 Gbit/s links\n",
-             f"`python bench/paper_scale_projection.py --workers {' '.join(map(str, args.workers))} --local-iters {L} "
-             f"--min-depth {args.min_depth}` "
-             f"({env['date']}, library {env['library']}). Compute: {L} steps at the per-step times measured on one "
-             f"{env['gpu']} ([subnet_speed_gpu.md](subnet_speed_gpu.md), batch 128, full-width paper ResNet101); "
-             f"bytes: per round, the slowest worker's larger direction (sent or received), counted by the library on "
-             f"real rounds of the full-width model; messages as the communicator counted them, {args.latency_us:g} us "
-             f"each; ResIST with minimum depth {args.min_depth}. Time per round in seconds, and speed-up over local "
-             "SGD with the same workers. A step time marked * is interpolated between measured sub-ResNet sizes.\n",
-             "| workers | algorithm | blocks held | compute / round (s) | MB / worker / round | messages / round | "
-             + " | ".join(f"{g:g} Gbit/s" for g in args.gbits) + " |", "|---|---|---|---|---|---|" + "---|" * len(args.gbits)]
-    for r in rows:
-        base = next(x for x in rows if x["workers"] == r["workers"] and x["algo"] == "local_sgd")
-        lines.append(f"| {r['workers']} | {r['algo']} | {r['blocks_held']} | {r['compute_s']:.2f}"
-                     f"{'*' if r['step_interpolated'] else ''} | {r['bytes'] / 1e6:.1f} | {r['messages']:.0f} | " + " | ".join(
-                         f"{r['round_s'][g]:.2f} ({base['round_s'][g] / r['round_s'][g]:.2f}x)" for g in args.gbits) + " |")
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "paper_scale_projection.json").write_text(json.dumps({"args": vars(args), "env": env, "rows": rows}, indent=2))
-    (OUT / "paper_scale_projection.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+             f"Compute: {L} steps at the per-step times measured on one {gpu['env'].get('device')} "
+             "([subnet_speed_gpu.md](subnet_speed_gpu.md), batch 128, full-width paper ResNet101); bytes: per round, "
+             "the slowest worker's larger direction (sent or received), counted by the library on real rounds of the "
+             f"full-width model; messages as the communicator counted them, {args.latency_us:g} us each; ResIST with "
+             f"minimum depth {args.min_depth}. Time per round in seconds, and speed-up over local SGD with the same "
+             "workers. A step time marked * is interpolated between measured sub-ResNet sizes.\n",
+             *table(["workers", "algorithm", "blocks held", "compute / round (s)", "MB / worker / round",
+                     "messages / round", *(f"{g:g} Gbit/s" for g in args.gbits)],
+                    [[r["workers"], r["algo"], r["blocks_held"], f"{r['compute_s']:.2f}{'*' if r['step_interpolated'] else ''}",
+                      f"{r['bytes'] / 1e6:.1f}", f"{r['messages']:.0f}", *(
+                          f"{r['round_s'][g]:.2f} ({base[r['workers']]['round_s'][g] / r['round_s'][g]:.2f}x)"
+                          for g in args.gbits)] for r in rows])]
+    record(args.name, {"args": vars(args), "rows": rows}, lines, command(),
+           environment(start, gpu_measured=gpu["env"].get("device")))
 
 
 if __name__ == "__main__":

@@ -17,31 +17,27 @@ Round 0 (warm-up: allocator, first touch of the model) and the last round (it ev
 are left out. Runs go one after another (each is a fresh set of processes), algorithms and worker counts
 interleaved when ``--repeats`` > 1.
 
-    python bench/round_breakdown.py [--data-dir DIR] [--workers 2 4] [--rounds 5] [--batch 128] [--quick]
+    python experiments/micro/round_breakdown.py [--data-dir DIR] [--workers 2 4] [--rounds 5] [--batch 128] [--quick]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import statistics
+import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from resist.config import preset
-from resist.data import load_dataset
-from resist.train import trainer
-from resist.train.metrics import read_metrics
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import command, environment, library_state, parser, record, table  # noqa: E402
+from resist.config import preset  # noqa: E402
+from resist.data import load_dataset  # noqa: E402
+from resist.train import trainer  # noqa: E402
+from resist.train.metrics import read_metrics  # noqa: E402
 
-from benchutil import describe_library, library_state  # noqa: E402  (bench/ is on sys.path)
-
-OUT = Path(__file__).resolve().parents[1] / "docs" / "results"
 PARTS = ("wall_s", "compute_s", "comm_s", "overhead_s")
 
 
@@ -84,20 +80,12 @@ def data_prep_seconds(args, dataset) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data-dir", default=os.environ.get("RESIST_DATA_DIR"),
-                    help="CIFAR-10 folder (default $RESIST_DATA_DIR); synthetic data if absent")
-    ap.add_argument("--algos", nargs="+", default=["resist", "local_sgd"])
-    ap.add_argument("--workers", type=int, nargs="+", default=[2, 4])
-    ap.add_argument("--width", type=float, default=0.125)
-    ap.add_argument("--batch", type=int, default=128, help="per worker (paper: 128)")
-    ap.add_argument("--local-iters", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=5, help="run.max_rounds; rounds 1..rounds-2 are measured")
-    ap.add_argument("--eval-limit", type=int, default=500)
-    ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--target", type=float, default=5.0, help="overhead target, %% of a round")
-    ap.add_argument("--quick", action="store_true", help="batch 32, 4 rounds (2 measured)")
-    args = ap.parse_args()
+    args = parser(__doc__, data_dir=(os.environ.get("RESIST_DATA_DIR"), "CIFAR-10 folder (default $RESIST_DATA_DIR); "
+                                     "synthetic data if absent"), algos=["resist", "local_sgd"], workers=[2, 4],
+                  width=0.125, batch=(128, "per worker (paper: 128)"), local_iters=10,
+                  rounds=(5, "run.max_rounds; rounds 1..rounds-2 are measured"), eval_limit=500, repeats=1,
+                  target=(5.0, "overhead target, %% of a round"), quick=(False, "batch 32, 4 rounds (2 measured)"),
+                  name="round_breakdown").parse_args()
     if args.quick:
         args.batch, args.rounds = 32, 4
 
@@ -145,47 +133,29 @@ def main() -> None:
 
     prep_s = data_prep_seconds(args, dataset)
     # One row per (algo, workers): the mean over repeats of the per-run means.
-    table = []
+    table_rows = []
     for w in args.workers:
         for algo in args.algos:
             sel = [r for r in runs if r["algo"] == algo and r["workers"] == w]
             rounds = [x for r in sel for x in r["rounds"]]
             mean = {k: statistics.fmean(x[k] for x in rounds) for k in PARTS}
-            table.append({"algo": algo, "workers": w, "rounds_measured": len(rounds), **mean,
-                          **{f"{k[:-2]}_pct": 100 * mean[k] / mean["wall_s"] for k in PARTS[1:]},
-                          "overhead_pct_max_round": max(r["overhead_pct_max_round"] for r in sel),
-                          "train_call_s": statistics.fmean(r["train_call_s"] for r in sel),
-                          "outside_loop_s": statistics.fmean(r["train_call_s"] - r["run_elapsed_s"] for r in sel),
-                          "round0_overhead_s": statistics.fmean(r["round0_overhead_s"] for r in sel),
-                          "eval_round_extra_s": statistics.fmean(r["eval_round_extra_s"] for r in sel),
-                          "data_prep_pct_of_compute": 100 * prep_s * args.local_iters / mean["compute_s"]})
+            table_rows.append({"algo": algo, "workers": w, "rounds_measured": len(rounds), **mean,
+                               **{f"{k[:-2]}_pct": 100 * mean[k] / mean["wall_s"] for k in PARTS[1:]},
+                               "overhead_pct_max_round": max(r["overhead_pct_max_round"] for r in sel),
+                               "train_call_s": statistics.fmean(r["train_call_s"] for r in sel),
+                               "outside_loop_s": statistics.fmean(r["train_call_s"] - r["run_elapsed_s"] for r in sel),
+                               "round0_overhead_s": statistics.fmean(r["round0_overhead_s"] for r in sel),
+                               "eval_round_extra_s": statistics.fmean(r["eval_round_extra_s"] for r in sel),
+                               "data_prep_pct_of_compute": 100 * prep_s * args.local_iters / mean["compute_s"]})
 
-    env = {"library_start": lib_start, "library_end": library_state(),
-           "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "torch": torch.__version__,
-           "python": platform.python_version(), "machine": platform.machine(),
-           "processor": platform.processor() or "unknown", "cpus": os.cpu_count(),
-           "threads_per_rank": {w: max(1, (os.cpu_count() or 1) // w) for w in args.workers},
-           "dataset": source, "n_train": n_train, "backend": "gloo", "data_prep_s_per_batch": prep_s,
-           "total_wall_s": time.perf_counter() - t_start,
-           "loadavg_1min_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)]}
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "round_breakdown.json").write_text(json.dumps(
-        {"args": vars(args), "env": env, "table": table, "runs": runs}, indent=2))
-
-    data_arg = f" --data-dir {args.data_dir}" if data["data.dataset"] == "cifar10" else ""
-    cmd = (f"python bench/round_breakdown.py{data_arg} --algos {' '.join(args.algos)}"
-           f" --workers {' '.join(map(str, args.workers))} --width {args.width} "
-           f"--batch {args.batch} --local-iters {args.local_iters} --rounds {args.rounds} "
-           f"--eval-limit {args.eval_limit} --repeats {args.repeats}")
+    load = [round(load_start[0], 2), round(os.getloadavg()[0], 2)]
+    env = environment(lib_start, threads_per_rank={w: max(1, (os.cpu_count() or 1) // w) for w in args.workers},
+                      dataset=source, n_train=n_train, backend="gloo", data_prep_s_per_batch=prep_s,
+                      total_wall_s=time.perf_counter() - t_start, loadavg_1min_start_end=load)
     threads = ", ".join(f"{n} at W={w}" for w, n in env["threads_per_rank"].items())
-    load = env["loadavg_1min_start_end"]
     lines = ["# Round breakdown: compute, communication, framework overhead\n",
-             f"`{cmd}` on {env['machine']} CPU ({env['cpus']} cores, shared with other work: 1-min load "
-             f"average {load[0]:.1f} at the start, {load[1]:.1f} at the end), torch threads "
-             f"per rank: {threads}; gloo over loopback, torch {env['torch']}, python {env['python']}, "
-             f"{env['date']}; total {env['total_wall_s']:.0f} s; library at commit "
-             f"{describe_library(env['library_start'], env['library_end'])}.\n",
+             f"Cores shared with other work (1-min load average {load[0]:.1f} at the start), torch threads per rank: "
+             f"{threads}; gloo over loopback; total {env['total_wall_s']:.0f} s.\n",
              f"`resist.train.train` on the dist runtime (real gloo processes): paper_resnet101 at width "
              f"{args.width:g}, {source}, batch {args.batch} per worker, {args.local_iters} local steps per "
              f"round, {args.rounds} rounds, evaluation ({args.eval_limit} test images) only after the last "
@@ -193,23 +163,19 @@ def main() -> None:
              "ranks); overhead = wall time of the round (difference of consecutive `elapsed_s`) - compute "
              "- comm. Round 0 (warm-up) and the last round (evaluation) are left out; the mean over the "
              f"rounds left ({args.rounds - 2} per run, {args.repeats} run(s) per row)."
-             + ("" if args.batch == 128 else
-                f" Batch {args.batch}, smaller than the paper's 128, to save time.")
-             + "\n",
-             "| algo | W | rounds | wall / round | compute | comm | overhead | overhead % (worst round) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for t in table:
-        lines.append(f"| {t['algo']} | {t['workers']} | {t['rounds_measured']} | {t['wall_s']:.2f} s | "
-                     f"{t['compute_s']:.2f} s ({t['compute_pct']:.1f}%) | "
-                     f"{t['comm_s']:.3f} s ({t['comm_pct']:.1f}%) | "
-                     f"{t['overhead_s']:.3f} s | **{t['overhead_pct']:.1f}%** ({t['overhead_pct_max_round']:.1f}%) |")
-    worst = max(t["overhead_pct"] for t in table)
+             + ("" if args.batch == 128 else f" Batch {args.batch}, smaller than the paper's 128, to save time.") + "\n",
+             *table(["algo", "W", "rounds", "wall / round", "compute", "comm", "overhead", "overhead % (worst round)"],
+                    [[t["algo"], t["workers"], t["rounds_measured"], f"{t['wall_s']:.2f} s",
+                      f"{t['compute_s']:.2f} s ({t['compute_pct']:.1f}%)", f"{t['comm_s']:.3f} s ({t['comm_pct']:.1f}%)",
+                      f"{t['overhead_s']:.3f} s", f"**{t['overhead_pct']:.1f}%** ({t['overhead_pct_max_round']:.1f}%)"]
+                     for t in table_rows])]
+    worst = max(t["overhead_pct"] for t in table_rows)
     lines += ["", f"Target: overhead <= {args.target:g}% of a round: worst row {worst:.1f}% -> "
               f"{'met' if worst <= args.target else 'NOT met'}.\n",
               f"Inside compute: preparing one batch (index, normalize, crop and flip; one thread, measured "
               f"apart in the parent) takes {prep_s * 1000:.1f} ms, i.e. "
               + ", ".join(f"{t['data_prep_pct_of_compute']:.1f}% of compute for {t['algo']} W={t['workers']}"
-                          for t in table)
+                          for t in table_rows)
               + " (measured without contention, so a lower bound where the ranks share cores, W = 4).\n",
               "Outside the measured rounds (not part of the target, for the record): *outside the loop* "
               "= the `train()` call minus rank 0's `elapsed_s` at the end (process start, imports, each "
@@ -217,18 +183,14 @@ def main() -> None:
               "wall time - compute - comm (rank 0's clock starts when rank 0 is ready, so this includes "
               "waiting at the first barrier for ranks that finished starting up later); *evaluation* = the "
               "last round's wall time - compute - comm.\n",
-              "| algo | W | train() call | outside the loop | round 0 overhead | evaluation round extra |",
-              "|---|---|---|---|---|---|"]
-    for t in table:
-        lines.append(f"| {t['algo']} | {t['workers']} | {t['train_call_s']:.1f} s | {t['outside_loop_s']:.1f} s | "
-                     f"{t['round0_overhead_s']:.2f} s | {t['eval_round_extra_s']:.2f} s |")
-    lines += ["",
-              f"This machine has {env['cpus']} cores: with W = 4, four single-threaded processes share them, "
+              *table(["algo", "W", "train() call", "outside the loop", "round 0 overhead", "evaluation round extra"],
+                     [[t["algo"], t["workers"], f"{t['train_call_s']:.1f} s", f"{t['outside_loop_s']:.1f} s",
+                       f"{t['round0_overhead_s']:.2f} s", f"{t['eval_round_extra_s']:.2f} s"] for t in table_rows]),
+              "", f"This machine has {env['cores']} cores: with W = 4, four single-threaded processes share them, "
               "so the compute column at W = 4 is inflated (about twice what it would be with a core per "
               "worker, more while other work runs on the machine), which makes overhead and communication "
               "look smaller as a share of the round.\n"]
-    (OUT / "round_breakdown.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    record(args.name, {"args": vars(args), "table": table_rows, "runs": runs}, lines, command(), env)
 
 
 if __name__ == "__main__":

@@ -5,22 +5,21 @@ data set (e.g. from make_voc_like.py) is learnable.
 The schedule has the paper's shape (§5): the learning rate rises linearly over the first 30% of the
 epochs and is divided by 10 at 60% and 90%; SGD with momentum 0.9 and weight decay 5e-4.
 
-    python bench/detection_single_process.py /tmp/voc_like --epochs 6 --size 128 --width 0.0625
+    python experiments/micro/detection_single_process.py /tmp/voc_like --epochs 6 --size 128 --width 0.0625
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import torch
 
-import torch  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import parser  # noqa: E402
 from resist.algorithms.parts import init_model  # noqa: E402
 from resist.data.sharding import steps_per_epoch  # noqa: E402
 from resist.tasks.detection import (TEST_SPLITS, TRAIN_SPLITS, DetectionBatchStream,  # noqa: E402
@@ -36,22 +35,12 @@ def lr_at(step: int, total: int, peak: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__, model="yolo_resnet101", width=1 / 16, size=(128, "input side in pixels"),
+               classes=("person,car,dog,bottle,tvmonitor", "class list of the data (default: make_voc_like's)"),
+               train="+".join(f"{y}-{s}" for y, s in TRAIN_SPLITS), test="+".join(f"{y}-{s}" for y, s in TEST_SPLITS),
+               epochs=6, batch_size=10, lr=0.01, seed=0, threads=1, loader_workers=1,
+               out=(None, "write the per-epoch results here as JSON"))
     p.add_argument("data_dir")
-    p.add_argument("--model", default="yolo_resnet101")
-    p.add_argument("--width", type=float, default=1 / 16)
-    p.add_argument("--size", type=int, default=128, help="input side in pixels")
-    p.add_argument("--classes", default="person,car,dog,bottle,tvmonitor",
-                   help="class list of the data (default: make_voc_like's)")
-    p.add_argument("--train", default="+".join(f"{y}-{s}" for y, s in TRAIN_SPLITS))
-    p.add_argument("--test", default="+".join(f"{y}-{s}" for y, s in TEST_SPLITS))
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--batch-size", type=int, default=10)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--loader-workers", type=int, default=1)
-    p.add_argument("--out", help="write the per-epoch results here as JSON")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     classes = a.classes.split(",")

@@ -1,0 +1,199 @@
+"""Time-to-accuracy suite (issue 20): the long CIFAR-10 runs behind the gap study, and their tables.
+
+Every run is evaluated on the whole test set every round (``--eval-every 1``), which at 4 workers and 25
+local steps is 4 evaluations an epoch. The runs are meant to be made in the background on one core from
+a frozen worktree of main, so that every run of a group is trained by one library (each run folder's
+``library.txt``):
+
+    OMP_NUM_THREADS=1 taskset -c 0 python experiments/run.py tta --data-dir ../shared/data/cifar10 \\
+        --runs /work/long_runs/tta --only base_lsgd_w4_s0 base_resist_w4_s0
+
+Groups (``--list`` prints every run): ``base`` (ResIST and local SGD, 8 epochs), ``var`` (part 3's
+variants of ResIST at 4 workers, 1/8 width, 8 epochs), ``len`` / ``wide`` / ``w8`` / ``tm`` (part 2: 16
+epochs, 1/4 width, 8 workers, time-matched local SGD), ``gpu`` (part 6's twin on one GPU).
+
+The tables (``--only-existing`` to write them without training): each finished run is copied without
+checkpoints or weights into docs/results/tta/, then docs/results/tta.{md,json} and tta_gap.png are
+written from that folder:
+
+* variants (part 3): every ResIST variant at 4 workers, 1/8 width, 8 epochs against local SGD of the same
+  seed: best and final accuracy, final gap, and at equal accuracy (the lower of the two bests; and local
+  SGD's final less 0.5 point, where reached) the time, deterministic-cost and bytes ratios;
+* the gap over training (part 2): ResIST's accuracy minus local SGD's at each evaluation, per setting
+  (mean over the seeds that have both), beside the paper's gap.
+
+    python experiments/run.py tta --only-existing --runs /work/long_runs/tta
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import common
+from common import Spec, copy_runs, gap, ratios, reach, read_run, record, spread, table
+from resist.analysis.target import TOLERANCE, load_step_costs
+
+PRESET = "cifar10_cpu_long"
+GPU_PRESET = "cifar10_gpu_short"  # full width, 14 epochs, on one GPU (experiments/gpu_session.sh tta)
+RUNS = "runs/tta"
+# (label, local SGD prefix, ResIST prefix, paper's gap) of the gap figure
+GAP_SETTINGS = [
+    ("1/8 width, 8 epochs, 4 workers", "base_lsgd_w4", "base_resist_w4", -0.55),
+    ("1/8 width, 16 epochs, 4 workers", "len16_lsgd_w4", "len16_resist_w4", -0.55),
+    ("1/4 width, 8 epochs, 4 workers", "wide4_lsgd_w4", "wide4_resist_w4", -0.55),
+    ("1/8 width, 8 epochs, 8 workers", "w8_lsgd_w8", "w8_resist_w8", -0.55),
+    ("1/8 width, 8 epochs, 8 workers, min depth 4", "w8_lsgd_w8", "w8_resistmd4_w8", -0.55),
+    ("1/8 width, 8 epochs, 4 workers, 10% cool-down", "base_lsgd_w4", "var_cool10_w4", -0.55),
+]
+
+
+def recipe(epochs: float) -> list[str]:
+    """Part 3's best recipe as flags for a run of ``epochs`` (the GPU twin repeats it at full width)."""
+    return ["--cooldown-epochs", f"{0.1 * epochs:g}"]
+
+
+def _spec(name: str, workers: int, seed: int, algo: str, *flags: str) -> Spec:
+    return Spec(name, GPU_PRESET if name.startswith("gpu_") else PRESET,
+                ["--algo", algo, "--workers", str(workers), "--seed", str(seed), *flags], name, name.split("_")[0],
+                tail=["--eval-every", "1"])
+
+
+def specs(args=None) -> list[Spec]:
+    """Every run of the suite, in the order a cut-short suite should have them."""
+    out: list[Spec] = []
+    for seed in (0, 1):
+        out += [_spec(f"base_lsgd_w4_s{seed}", 4, seed, "local_sgd"),
+                _spec(f"base_resist_w4_s{seed}", 4, seed, "resist")]
+    variants = {
+        "carrymom": ["--carry-momentum"],
+        "warm1": ["--warmup-epochs", "1"],
+        "warm05": ["--warmup-epochs", "0.5"],
+        "iters10": ["--local-iters", "10"],
+        "iters50": ["--local-iters", "50"],
+        "outer07m09": ["--outer-lr", "0.7", "--outer-momentum", "0.9"],
+        "outer10m05": ["--outer-lr", "1.0", "--outer-momentum", "0.5"],
+        "recalib": ["--bn-eval", "recalibrate"],
+        "cool05": ["--cooldown-epochs", "0.4"],
+        "cool10": ["--cooldown-epochs", "0.8"],
+        "cool20": ["--cooldown-epochs", "1.6"],
+        # The gap opens after the first learning-rate decay (epoch 4): cool-downs that cover it.
+        "cool30": ["--cooldown-epochs", "2.4"],
+        "cool50": ["--cooldown-epochs", "4"],
+    }
+    for seed in (0, 1):
+        out += [_spec(f"var_{k}_w4_s{seed}", 4, seed, "resist", *v) for k, v in variants.items()]
+    for seed in (0, 1):
+        out += [_spec(f"len16_lsgd_w4_s{seed}", 4, seed, "local_sgd", "--epochs", "16"),
+                _spec(f"len16_resist_w4_s{seed}", 4, seed, "resist", "--epochs", "16")]
+    out += [_spec("wide4_lsgd_w4_s0", 4, 0, "local_sgd", "--width", "0.25"),
+            _spec("wide4_resist_w4_s0", 4, 0, "resist", "--width", "0.25")]
+    # 8 workers: 49 steps an epoch per worker, so 2 rounds an epoch at 25 local steps.
+    out += [_spec("w8_lsgd_w8_s0", 8, 0, "local_sgd"),
+            _spec("w8_resist_w8_s0", 8, 0, "resist"),
+            _spec("w8_resistmd4_w8_s0", 8, 0, "resist", "--min-depth", "4"),
+            _spec("w8_ensemble_w8_s0", 8, 0, "ensemble")]
+    # Local SGD for the epochs that cost what ResIST's 8 epochs cost (ResIST's step at 4 workers is
+    # about 0.55x local SGD's on this machine: docs/results/step_breakdown.md).
+    out += [_spec(f"tm_lsgd_w4_s{seed}", 4, seed, "local_sgd", "--epochs", "4.4") for seed in (0, 1)]
+    # The GPU twin (part 6): full width, cifar10_gpu_short, most telling first: a second seed of the pair
+    # measured on the H200, the recipe, and local SGD for the epochs that cost what ResIST's 14 cost
+    # there (0.59x: docs/results/cifar10_gpu_w4_tables.md). 25 local steps give 4 evaluations an epoch.
+    gpu = ["--local-iters", "25", "--device", "auto"]
+    out += [_spec("gpu_resist_w4_s1", 4, 1, "resist", *gpu), _spec("gpu_lsgd_w4_s1", 4, 1, "local_sgd", *gpu),
+            _spec("gpu_recipe_w4_s0", 4, 0, "resist", *gpu, *recipe(14)),
+            _spec("gpu_tmlsgd_w4_s0", 4, 0, "local_sgd", *gpu, "--epochs", "8.3"),
+            _spec("gpu_resist_w4_s0", 4, 0, "resist", *gpu), _spec("gpu_lsgd_w4_s0", 4, 0, "local_sgd", *gpu)]
+    return out
+
+
+def compare(lsgd_dir: Path, resist_dir: Path, costs) -> dict:
+    lsgd, resist = read_run(lsgd_dir, need_eval=True), read_run(resist_dir, need_eval=True)
+    key = lsgd.headline.key
+    out = {"resist_best": resist.best(), "resist_final": resist.evaluated[-1][key], "lsgd_best": lsgd.best(),
+           "lsgd_final": lsgd.evaluated[-1][key]}
+    out["final_gap"] = out["resist_final"] - out["lsgd_final"]
+    for name, target in (("common", min(lsgd.best(), resist.best())), ("match", out["lsgd_final"] - TOLERANCE["classification"])):
+        out |= {f"{name}_target": target, f"{name}_reached": reach(resist, target) is not None}
+        out |= {f"{name}_{k}": v for k, v in (ratios(lsgd, resist, target, costs) or {}).items()}
+    return out
+
+
+def variants_table(dest: Path, names: list[str], costs) -> tuple[list[str], list[dict]]:
+    rows, raw = [], []
+    for label in ["base_resist"] + sorted({n.rsplit("_w", 1)[0] for n in names if n.startswith("var_")}):
+        pairs = [(dest / f"base_lsgd_w4_s{s}", dest / f"{label}_w4_s{s}") for s in (0, 1)]
+        got = [compare(lsgd, r, costs) | {"seed": s} for s, (lsgd, r) in enumerate(pairs)
+               if (lsgd / "summary.json").is_file() and (r / "summary.json").is_file()]
+        if got:
+            raw.append({"variant": label, "seeds": got})
+            col = lambda k, fmt="{:.2f}x": spread([g.get(k) for g in got], fmt)  # noqa: E731
+            rows.append([label, len(got), col("resist_best", "{:.2f}"), col("final_gap", "{:+.2f}"), col("common_time"),
+                         col("common_cost"), col("common_bytes"), f"{sum(g['match_reached'] for g in got)}/{len(got)}",
+                         col("match_time"), col("match_cost"), col("match_bytes")])
+    return table(["variant", "seeds", "ResIST best (%)", "final gap (points)", "time ratio, equal acc.",
+                  "cost ratio, equal acc.", "bytes ratio, equal acc.", "reaches LSGD final - 0.5",
+                  "time ratio there", "cost ratio there", "bytes ratio there"], rows), raw
+
+
+def gap_curves(dest: Path) -> list[tuple[str, list[tuple[float, float]], float, int]]:
+    curves = []
+    for label, lsgd, resist, paper in GAP_SETTINGS:
+        per_seed = [gap(read_run(dest / f"{lsgd}_s{s}", need_eval=True), read_run(dest / f"{resist}_s{s}", need_eval=True))
+                    for s in (0, 1) if (dest / f"{lsgd}_s{s}" / "summary.json").is_file()
+                    and (dest / f"{resist}_s{s}" / "summary.json").is_file()]
+        if per_seed:
+            epochs = sorted(set.intersection(*(set(p) for p in per_seed)))
+            curves.append((label, [(e, statistics.fmean(p[e] for p in per_seed)) for e in epochs], paper, len(per_seed)))
+    return curves
+
+
+def gap_figure(curves, out: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for label, points, _, seeds in curves:
+        ax.plot([e for e, _ in points], [g for _, g in points], marker="o", markersize=3,
+                label=f"{label} ({seeds} seed{'s' if seeds > 1 else ''})")
+    for p in sorted({p for _, _, p, _ in curves}):
+        ax.axhline(p, color="0.3", linestyle="--", linewidth=1)
+        ax.annotate(f"paper's gap {p:+.2f} (160 paper epochs)", (0.01, p), xycoords=("axes fraction", "data"),
+                    fontsize="x-small", va="bottom")
+    ax.axhline(0, color="0.6", linewidth=0.8)
+    ax.set(xlabel="epoch (shard epochs: S workers pass over the data once)",
+           ylabel="ResIST - local SGD, test accuracy (points)", title="The gap over training (CIFAR-10)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="x-small")
+    fig.savefig(out, dpi=120)
+    return out
+
+
+def tabulate(args, results: list[dict], env: dict) -> None:
+
+    dest = common.RESULTS / "tta"
+    copy_runs(results, dest)
+    names = sorted(p.name for p in dest.iterdir() if (p / "summary.json").is_file())
+    costs = load_step_costs(common.OUT / "step_breakdown.json")
+    variants, raw = variants_table(dest, names, costs)
+    curves = gap_curves(dest)
+    fig = gap_figure(curves, common.RESULTS / "tta_gap.png") if curves else None
+    libraries = sorted({(dest / n / "library.txt").read_text().strip()[:10] for n in names
+                        if (dest / n / "library.txt").is_file()})
+    lines = ["# Time to accuracy: the gap study (issue 20)\n",
+             f"Runs by `experiments/run.py tta` (before: `bench/tta_suite.py`) with librar{'ies' if len(libraries) > 1 else 'y'} "
+             f"{', '.join(libraries)} (each run folder's library.txt), in-process, one core (`OMP_NUM_THREADS=1 "
+             "taskset -c 0`) of this project's 2-core x86_64 VM while the other core ran tests and other work; real "
+             "CIFAR-10, paper ResNet101 at 1/8 width, 25 local steps, batch 128 per worker, lr 0.05 decayed at 50% and "
+             "75%, whole test set every round (4 evaluations an epoch at 4 workers). Run folders (no weights): "
+             "[tta/](tta/); step costs from step_breakdown.json. Ratios are local SGD's figure / ResIST's "
+             "(>1: ResIST got there sooner or with fewer bytes); equal acc. = the lower of the two runs' "
+             "best; 'there' = at local SGD's final accuracy less 0.5 point, for the seeds that reached it.\n",
+             "## ResIST variants at 4 workers, 8 epochs (part 3)\n", *variants, ""]
+    if fig:
+        lines += ["## The gap over training (part 2)\n", f"![gap over training]({fig.name})\n"]
+        lines += [f"- {label}, {seeds} seed(s): final gap {points[-1][1]:+.2f} (paper {paper:+.2f}); mean over the "
+                  f"last quarter {statistics.fmean(g for e, g in points if e >= 0.75 * points[-1][0]):+.2f}"
+                  for label, points, paper, seeds in curves]
+    record("tta", {"variants": raw, "gap": [{"setting": c[0], "points": c[1], "paper": c[2], "seeds": c[3]}
+                                            for c in curves], "runs": names}, lines, args.command, env)

@@ -1,0 +1,127 @@
+"""experiments/: the runner's help, every suite's run list, the launcher's reuse / resume / fresh decisions
+(with ``resist train`` faked), a table written from committed run folders, and the micro-benchmarks'
+imports."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "experiments"))
+
+import common  # noqa: E402
+import run  # noqa: E402
+
+SUITE_ARGS = {"transformers": ["--variant", "gpt"]}
+
+
+def test_run_help_lists_the_suites():
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "run.py"), "--help"], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for suite in ("cifar10", "imagefolder_cifar", "voc", "transformers", "rate_limited", "fair_baselines", "tta",
+                  "headline"):
+        assert suite in proc.stdout
+
+
+@pytest.mark.parametrize("suite", run.SUITES)
+def test_every_suite_imports_and_lists_its_runs(suite, capsys):
+    run.main([suite, *SUITE_ARGS.get(suite, []), "--list"])
+    listed = capsys.readouterr().out.splitlines()
+    assert listed, f"{suite} lists no runs"
+    names = [line.split()[0] for line in listed]
+    assert len(set(names)) == len(names), f"{suite} names two runs alike"
+
+
+def test_tta_records_the_command_its_running_runs_were_started_with():
+    """The suite's runs in progress (started by bench/tta_suite.py) must be reused / resumed, not restarted:
+    the command the launcher records is the one they recorded."""
+    spec = next(s for s in load("tta").specs() if s.name == "base_lsgd_w4_s0")
+    assert " ".join(["resist", *common.train_args(spec, Path("/r"), "/d")]) == (
+        "resist train cifar10_cpu_long --algo local_sgd --workers 4 --seed 0 --data-dir /d --out /r/base_lsgd_w4_s0 "
+        "--eval-every 1")
+
+
+def load(name):
+    return importlib.import_module(f"suites.{name}")
+
+
+REAL_POPEN = subprocess.Popen
+
+
+def fake_popen(argv, **kwargs):
+    return FakeTrain(argv) if "resist.cli" in argv else REAL_POPEN(argv, **kwargs)  # git stays real
+
+
+class FakeTrain:
+    """``resist train`` as the launcher starts it: records argv, writes a summary, exits 0."""
+
+    calls: list[list[str]] = []
+
+    def __init__(self, argv):
+        FakeTrain.calls.append(argv)
+        out = Path(argv[argv.index("--out") + 1] if "--out" in argv else argv[argv.index("--resume") + 1])
+        (out / "summary.json").write_text("{}")
+        self.returncode = 0
+
+    def communicate(self):
+        return "", ""
+
+
+def test_launch_trains_reuses_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.setattr(common.subprocess, "Popen", fake_popen)
+    monkeypatch.setattr(common, "_force", [])
+    FakeTrain.calls = []
+    spec = common.Spec("a_w2_s0", "smoke", ["--algo", "resist"])
+    out = common.launch(spec, tmp_path, "data")
+    cmd = (out / "command.txt").read_text()
+    assert cmd == f"resist train smoke --algo resist --data-dir data --out {tmp_path / 'a_w2_s0'}"
+    assert (out / "wall_s.txt").is_file() and (out / "library.txt").is_file() and len(FakeTrain.calls) == 1
+    common.launch(spec, tmp_path, "data")  # finished, same command: reused
+    assert len(FakeTrain.calls) == 1
+    # cut short: the same command started, a checkpoint, no finished record -> --resume
+    (out / "command.txt").unlink()
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "round_3.pt").write_bytes(b"")
+    (out / "wall_s.txt").write_text("10.0\n")
+    common.launch(spec, tmp_path, "data")
+    assert FakeTrain.calls[-1][3:] == ["train", "--resume", str(out)]
+    assert float((out / "wall_s.txt").read_text()) >= 10.0
+    # another command into the folder: a fresh run, with --force where `resist train` has it
+    monkeypatch.setattr(common, "_force", ["--force"])
+    common.launch(common.Spec("a_w2_s0", "smoke", ["--algo", "local_sgd"]), tmp_path, "data")
+    assert "--resume" not in FakeTrain.calls[-1] and FakeTrain.calls[-1][-1] == "--force"
+
+
+def test_cifar10_tables_from_the_committed_run_folders(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "RESULTS", common.RESULTS)
+    run.main(["cifar10", "--only-existing", "--runs", str(ROOT / "docs/results/cifar10_outer"), "--parts", "outer",
+              "--workers", "4", "--name", "outer_check", "--results", str(tmp_path)])
+    md = (tmp_path / "outer_check_tables.md").read_text()
+    body = json.loads((tmp_path / "outer_check.json").read_text())
+    assert "python experiments/run.py cifar10" in body["command"] and body["command"] in md and body["env"]["library"]
+    assert len(body["runs"]) == 24
+    rows = [line for line in md.splitlines() if line.startswith("| 4 |")]
+    committed = (ROOT / "docs/results/cifar10_outer_tables.md").read_text().splitlines()
+    assert len(rows) == 12 and all(row in committed for row in rows)  # the numbers of the committed table
+
+
+def test_spread():
+    assert common.spread([]) == "-" and common.spread([None]) == "-"
+    assert common.spread([1.0]) == "1.00" and common.spread([1.0, 3.0]) == "2.00 ± 1.41"
+    assert common.spread([1.0, 3.0], "{:+.1f}") == "+2.0 ± 1.4"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "experiments" / "micro").glob("*.py")), ids=lambda p: p.stem)
+def test_micro_benchmarks_import(path):
+    spec = importlib.util.spec_from_file_location(f"micro_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert callable(module.main)
