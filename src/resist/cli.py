@@ -275,7 +275,7 @@ def _add_target_args(p: argparse.ArgumentParser) -> None:
                    help="report time and bytes to first reach this score (default: the lowest of the runs' best "
                    "scores, and the first local SGD run's final score less 0.5 point of accuracy)")
     p.add_argument("--step-costs", default=None, metavar="FILE.json",
-                   help="bench/step_breakdown.py results: adds a deterministic cost to the target (steps x the "
+                   help="experiments/micro/step_breakdown.py results: adds a deterministic cost to the target (steps x the "
                    "step time measured on an idle core), for the models and widths it measured")
 
 

@@ -586,7 +586,7 @@ def voc_resnet101_paper() -> Config:
 
 
 def voc_cpu() -> Config:
-    """Detection at CPU scale, on a generated VOC-format set (bench/make_voc_like.py: 2,000 training and
+    """Detection at CPU scale, on a generated VOC-format set (experiments/data/make_voc_like.py: 2,000 training and
     500 test images, 5 of the VOC classes drawn as shapes): ``voc_resnet101_paper``'s model at 1/16 width
     (168 K parameters with the 20 VOC classes), 96-pixel inputs (a 3 x 3 grid), 8 epochs, peak lr 0.01
     reached after 30% of them and divided by 10 at 60% and 90%, 25 local steps per round, evaluated every 4

@@ -8,7 +8,7 @@ first evaluation at least as good as a target and reads off what it took to get 
   synchronization), and wall time (``elapsed_s``, evaluations included) where recorded;
 * bytes sent per worker (the worker that sent the most, cumulative);
 * a deterministic cost: the steps the slowest worker took, each at that configuration's step time
-  measured once on an idle core (``bench/step_breakdown.py``), so that a ratio of two runs does not
+  measured once on an idle core (``experiments/micro/step_breakdown.py``), so that a ratio of two runs does not
   depend on what else the machine was doing while they trained.
 
 Default targets: the lowest of the compared runs' best scores (every run reaches it), and local SGD's
@@ -89,7 +89,7 @@ def time_to(run: Run, target: float, cost: "StepCost | None" = None) -> Reached 
 class StepCost:
     """One step's time for a model and width as a function of the partitionable blocks a worker holds:
     the whole model's step less, per block left out, the measured cost of one block of the partitioned
-    section (``bench/step_breakdown.py``: medians of interleaved repetitions on one idle core)."""
+    section (``experiments/micro/step_breakdown.py``: medians of interleaved repetitions on one idle core)."""
 
     full_s: float
     per_block_s: float
@@ -148,7 +148,7 @@ def _whole_round(run: Run, algo: dict[str, Any], round_: int, steps_per_epoch: f
 
 
 def load_step_costs(path: str | Path) -> dict[tuple[str, float], StepCost]:
-    """Step costs per (model, width) from a ``bench/step_breakdown.py`` JSON file."""
+    """Step costs per (model, width) from a ``experiments/micro/step_breakdown.py`` JSON file."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
