@@ -81,7 +81,8 @@ def settings(runs: Path) -> list[Setting]:
 
 def specs(args) -> list[Spec]:
     """The run folders the table reads (under docs/results)."""
-    return [Spec(d, "", []) for s in settings(args.runs) for pair in s.pairs for d in pair]
+    folders = dict.fromkeys(d for s in settings(args.runs) for pair in s.pairs for d in pair)  # shared baselines once
+    return [Spec(d, "", []) for d in folders]
 
 
 def measure(setting: Setting, runs: dict, costs) -> dict:

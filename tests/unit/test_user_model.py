@@ -1,4 +1,4 @@
-"""User models (resist.models.residual_stack): the README's example, examples/user_resnet.py, a ResNet
+"""User models (resist.models.residual_stack): the guide's example (docs/models.md), examples/user_resnet.py, a ResNet
 written without this package, implements the protocol, computes what the user's model computes, and
 trains with ResIST named as ``module:function`` on both runtimes."""
 
@@ -86,8 +86,8 @@ def test_the_example_trains_with_resist_in_process_and_on_gloo_alike(example, tm
 
 
 def test_readme_example_is_the_tested_file():
-    """Every line of the README's user-model example appears in examples/user_resnet.py."""
-    readme = (ROOT / "README.md").read_text()
+    """Every line of the user-model guide's example appears in examples/user_resnet.py."""
+    readme = (ROOT / "docs" / "models.md").read_text()
     section = readme[readme.index("## User models"):]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     source = (ROOT / "examples" / "user_resnet.py").read_text()
