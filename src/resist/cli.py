@@ -193,7 +193,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_comm(args: argparse.Namespace) -> int:
-    from .analysis.comm_report import format_table, report
+    from .train.comm_report import format_table, report
 
     rep = report(args.model, args.num_classes, args.width, args.workers, args.min_depth, rounds=args.rounds,
                  batch=args.batch, local_iters=args.local_iters, measured=not args.no_measure, layers=args.layers,

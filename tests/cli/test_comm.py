@@ -11,7 +11,7 @@ import torch
 
 from resist.cli import main
 from resist.models import create_model
-from resist.analysis.comm_report import paper_convention, pipeline_bytes
+from resist.train.comm_report import paper_convention, pipeline_bytes
 
 TINY = ["--model", "paper_resnet", "--layers", "1,1,5,1", "--width", "0.0625", "--num-classes", "10"]
 

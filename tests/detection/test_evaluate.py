@@ -12,8 +12,8 @@ from resist.tasks.detection.boxes import batched_nms, box_iou, nms
 from resist.tasks.detection.evaluate import (evaluate, interpolated_ap, match_class, mean_ap, postprocess,
                                              voc_ap_per_class)
 from resist.tasks.detection.loss import YOLOv2Loss
-from resist.tasks.detection.model import VOC_ANCHORS, yolo_resnet101
-from resist.tasks.detection.voc import TEST_SPLITS, Targets, VOCDetection, collate, eval_batches
+from resist.models.yolo import VOC_ANCHORS, yolo_resnet101
+from resist.data.voc import TEST_SPLITS, Targets, VOCDetection, collate, eval_batches
 
 from conftest import make_voc_like
 

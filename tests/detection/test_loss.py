@@ -9,8 +9,8 @@ import torch
 from resist.algorithms.parts import init_model
 from resist.tasks.detection.evaluate import DetectionEvaluator
 from resist.tasks.detection.loss import YOLOv2Loss, decode_boxes
-from resist.tasks.detection.model import yolo_resnet
-from resist.tasks.detection.voc import TRAIN_SPLITS, Targets, VOCDetection, collate
+from resist.models.yolo import yolo_resnet
+from resist.data.voc import TRAIN_SPLITS, Targets, VOCDetection, collate
 
 from conftest import make_voc_like
 

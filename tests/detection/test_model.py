@@ -7,7 +7,7 @@ from torch import nn
 from resist.algorithms.parts import init_model
 from resist.models import create_model, list_models
 from resist.models.resnet import BasicBlock
-from resist.tasks.detection.model import (DETECTION_MODELS, VOC_ANCHORS, YOLOHead, create_detection_model,
+from resist.models.yolo import (DETECTION_MODELS, VOC_ANCHORS, YOLOHead, create_detection_model,
                                           yolo_resnet, yolo_resnet101)
 
 TINY = dict(width=1 / 16)

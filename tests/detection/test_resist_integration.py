@@ -10,8 +10,8 @@ from resist.config import AlgoConfig
 from resist.registry import algorithm_class
 from resist.tasks.detection.evaluate import evaluate
 from resist.tasks.detection.loss import YOLOv2Loss
-from resist.tasks.detection.model import create_detection_model
-from resist.tasks.detection.voc import TEST_SPLITS, TRAIN_SPLITS, DetectionBatchStream, VOCDetection, eval_batches
+from resist.models.yolo import create_detection_model
+from resist.data.voc import TEST_SPLITS, TRAIN_SPLITS, DetectionBatchStream, VOCDetection, eval_batches
 
 from conftest import make_voc_like
 

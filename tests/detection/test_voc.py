@@ -10,7 +10,7 @@ from PIL import Image
 from conftest import COUNTS, make_voc_like
 from resist.data import DatasetError
 from resist.data.sharding import batch_indices
-from resist.tasks.detection.voc import (TEST_SPLITS, TRAIN_SPLITS, VOC_CLASSES, DetectionBatchStream, Targets,
+from resist.data.voc import (TEST_SPLITS, TRAIN_SPLITS, VOC_CLASSES, DetectionBatchStream, Targets,
                                         VOCDetection, batch_keys, collate, eval_batches, flip_boxes, load_index,
                                         parse_splits, shard_indices)
 

@@ -189,7 +189,7 @@ def _plain_batches(cfg, n):
 def test_bn_eval_modes_match_a_hand_evaluation_of_the_saved_model(bn_eval, tmp_path):
     """The reported accuracy is the saved model's under the chosen BatchNorm mode, computed here by hand;
     and the three modes normalize with different statistics."""
-    from resist.algorithms.evaluation import predict, recalibrate
+    from resist.tasks.evaluation import predict, recalibrate
 
     cfg = tiny(**{"algo.workers": 2, "algo.bn_eval": bn_eval, "run.out": str(tmp_path)})
     summary = train(cfg, DATA)
@@ -212,7 +212,7 @@ def test_bn_eval_modes_match_a_hand_evaluation_of_the_saved_model(bn_eval, tmp_p
 def test_bn_eval_modes_give_different_predictions(tmp_path):
     cfg = tiny(**{"algo.workers": 2, "run.out": str(tmp_path)})
     train(cfg, DATA)
-    from resist.algorithms.evaluation import predict, recalibrate
+    from resist.tasks.evaluation import predict, recalibrate
     from resist.data import to_float
 
     def logits(mode):
@@ -229,7 +229,7 @@ def test_bn_eval_modes_give_different_predictions(tmp_path):
 
 @pytest.mark.parametrize("bn_eval", ["average", "recalibrate"])
 def test_ensemble_accuracy_is_that_of_the_members_average_logits(bn_eval, tmp_path):
-    from resist.algorithms.evaluation import predict, recalibrate
+    from resist.tasks.evaluation import predict, recalibrate
     from resist.data import to_float
 
     cfg = tiny(**{"algo.name": "ensemble", "algo.workers": 2, "algo.bn_eval": bn_eval, "run.out": str(tmp_path)})
@@ -267,7 +267,7 @@ def test_recalibrating_an_ensemble_member_for_evaluation_leaves_its_statistics_a
         x, y = _plain_batches(cfg, 1)[0]
         train_step(w.store.model, make_optimizer(w.store, cfg.optim), x, y, 0.05, w.after_backward)
         before = [b.clone() for b in w.store.model.buffers() if not b.is_meta]
-        from resist.train.optim import Accuracy
+        from resist.tasks.classification import Accuracy
 
         w.evaluate(Accuracy(lambda: iter([(x, y)]), lambda: iter(_plain_batches(cfg, 2)), "recalibrate", "cpu"))
         after = [b for b in w.store.model.buffers() if not b.is_meta]

@@ -13,7 +13,7 @@ import torch
 from resist.config import preset
 from resist.data import DatasetError
 from resist.train import train
-from resist.train.optim import Accuracy, top_k
+from resist.tasks.classification import Accuracy, top_k
 from resist.train.trainer import model_builder
 
 

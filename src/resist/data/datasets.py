@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..registry import DATASETS
+from .base import DatasetError, ImageArrays
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -33,33 +34,6 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 
 NUMPY_FILES = tuple(f"train_x_{k:02d}.npy" for k in range(5)) + ("train_y.npy", "test_x.npy", "test_y.npy")
-
-
-class DatasetError(ValueError):
-    """A dataset could not be found, downloaded or validated; the message is one actionable line."""
-
-    def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))
-
-
-@dataclass
-class ImageArrays:
-    """Images ``x`` (N, H, W, 3) uint8 HWC RGB with labels ``y`` (N,) int64."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-
-    def __post_init__(self):
-        x, y = self.x, self.y
-        if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
-            raise DatasetError(f"images must be a (N, H, W, 3) uint8 tensor, got {_describe(x)}")
-        if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.ndim != 1:
-            raise DatasetError(f"labels must be a (N,) int64 tensor, got {_describe(y)}")
-        if len(x) != len(y):
-            raise DatasetError(f"{len(x)} images but {len(y)} labels")
-
-    def __len__(self) -> int:
-        return len(self.y)
 
 
 @dataclass
@@ -104,7 +78,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
     ``synthetic`` takes ``n_train, n_test, num_classes, size, seed``; ``digits`` takes ``seed``;
     ``imagefolder`` (a :class:`~resist.data.folder.FolderDataset`) takes ``crop_size, extra_test``;
     ``pystdlib`` and ``text`` (a :class:`~resist.data.text.TextDataset`) take ``context, max_bytes``;
-    ``voc`` (a :class:`~resist.tasks.detection.voc.VOCDataset`) takes ``size, train_splits, test_splits, flip``.
+    ``voc`` (a :class:`~resist.data.voc.VOCDataset`) takes ``size, train_splits, test_splits, flip``.
     """
     allowed = {"cifar10": set(), "cifar100": set(), "digits": {"seed"},
                "synthetic": {"n_train", "n_test", "num_classes", "size", "seed"}, "imagefolder": {"crop_size", "extra_test"},
@@ -124,7 +98,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
         context = kw.pop("context", 128)
         return TextDataset(load_text(None if name == "pystdlib" else data_dir or "data", **kw), context)
     if name == "voc":
-        from ..tasks.detection.voc import VOCDataset
+        from .voc import VOCDataset
 
         return VOCDataset("data" if data_dir is None else data_dir, **kw)
     if name == "imagefolder":
@@ -364,8 +338,6 @@ def _stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(flat.mean(0).tolist()), tuple(flat.std(0).clamp_min(1e-6).tolist())
 
 
-def _describe(t) -> str:
-    return f"{tuple(t.shape)} {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
 
 
 def _msg(e: BaseException) -> str:

@@ -31,7 +31,7 @@ from torch.utils.data import Dataset as _TorchDataset
 
 from ..seeds import mix
 from .augment import normalize
-from .datasets import DatasetError
+from .base import DatasetError
 from .sharding import epoch_permutation, steps_per_epoch
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, decode, eval_transform, to_uint8_chw, train_transform
 

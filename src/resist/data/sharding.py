@@ -10,7 +10,7 @@ from torch import Tensor
 from ..seeds import mix as _mix
 from .augment import augment as _augment
 from .augment import normalize, to_float
-from .datasets import ImageArrays
+from .base import ImageArrays
 
 def steps_per_epoch(n: int, world_size: int, batch_size: int) -> int:
     """Full batches per worker per epoch: floor(floor(n / world_size) / batch_size)."""

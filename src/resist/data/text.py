@@ -23,7 +23,7 @@ from typing import Iterator
 
 import torch
 
-from .datasets import DatasetError
+from .base import DatasetError
 from ..seeds import mix
 from .sharding import batch_indices, steps_per_epoch
 

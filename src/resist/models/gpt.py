@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .protocol import run_stack
+from .registry import register_model
 
 
 class Embedding(nn.Module):
@@ -121,3 +122,12 @@ class GPT(nn.Module):
         if idx.shape[1] > self.context:
             raise ValueError(f"sequence of {idx.shape[1]} tokens is longer than the context of {self.context}")
         return run_stack(self, idx)
+
+
+# --- registered factories (resist.models.create_model) ---
+
+# Byte-level GPT (models/gpt.py): width scales the embedding size (256 at width 1, in whole heads).
+@register_model
+def gpt_char(num_classes=256, width=1.0, *, depth=8, heads=4, context=128, **kwargs):
+    dim = max(1, round(64 * width)) * heads
+    return GPT(depth=depth, dim=dim, heads=heads, context=context, vocab=num_classes, **kwargs)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .protocol import run_stack
+from .registry import register_model
 
 
 def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
@@ -238,3 +239,86 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return run_stack(self, x)
+
+
+# --- registered factories (resist.models.create_model) ---
+
+# Paper ResNets (Dun et al., §2.1): pre-activation basic blocks, no BN-ReLU before the pooling.
+@register_model
+def paper_resnet(num_classes=10, width=1.0, *, layers, **kwargs):
+    return ResNet(
+        layers, "basic", preact=True, num_classes=num_classes, width=width, final_norm=False, **kwargs
+    )
+
+
+@register_model
+def paper_resnet101(num_classes=10, width=1.0, **kwargs):
+    return paper_resnet(num_classes, width, layers=(3, 4, 23, 3), **kwargs)
+
+
+@register_model
+def paper_resnet152(num_classes=10, width=1.0, **kwargs):
+    return paper_resnet(num_classes, width, layers=(3, 4, 36, 3), **kwargs)
+
+
+@register_model
+def paper_resnet200(num_classes=10, width=1.0, **kwargs):
+    return paper_resnet(num_classes, width, layers=(3, 4, 50, 3), **kwargs)
+
+
+@register_model
+def paper_resnet101_post(num_classes=10, width=1.0, **kwargs):
+    """The paper ResNet101 with post-activation basic blocks: the architecture ablation of Fig. 6."""
+    return ResNet((3, 4, 23, 3), "basic", preact=False, num_classes=num_classes, width=width, **kwargs)
+
+
+# Standard pre-activation ResNets (He et al. 2016, "Identity Mappings"): bottleneck, final BN-ReLU.
+@register_model
+def preact_resnet(num_classes=10, width=1.0, *, layers, block="bottleneck", **kwargs):
+    return ResNet(layers, block, preact=True, num_classes=num_classes, width=width, **kwargs)
+
+
+@register_model
+def preact_resnet50(num_classes=10, width=1.0, **kwargs):
+    return preact_resnet(num_classes, width, layers=(3, 4, 6, 3), **kwargs)
+
+
+@register_model
+def preact_resnet101(num_classes=10, width=1.0, **kwargs):
+    return preact_resnet(num_classes, width, layers=(3, 4, 23, 3), **kwargs)
+
+
+@register_model
+def preact_resnet152(num_classes=10, width=1.0, **kwargs):
+    return preact_resnet(num_classes, width, layers=(3, 8, 36, 3), **kwargs)
+
+
+@register_model
+def preact_resnet200(num_classes=10, width=1.0, **kwargs):
+    return preact_resnet(num_classes, width, layers=(3, 24, 36, 3), **kwargs)
+
+
+# Post-activation ResNets (He et al. 2015): bottleneck, BN-ReLU after the stem conv.
+@register_model
+def resnet(num_classes=10, width=1.0, *, layers, block="bottleneck", **kwargs):
+    return ResNet(layers, block, preact=False, num_classes=num_classes, width=width, **kwargs)
+
+
+@register_model
+def resnet50(num_classes=10, width=1.0, **kwargs):
+    return resnet(num_classes, width, layers=(3, 4, 6, 3), **kwargs)
+
+
+@register_model
+def resnet101(num_classes=10, width=1.0, **kwargs):
+    return resnet(num_classes, width, layers=(3, 4, 23, 3), **kwargs)
+
+
+@register_model
+def resnet152(num_classes=10, width=1.0, **kwargs):
+    return resnet(num_classes, width, layers=(3, 8, 36, 3), **kwargs)
+
+
+@register_model
+def resnet200(num_classes=10, width=1.0, **kwargs):
+    return resnet(num_classes, width, layers=(3, 24, 36, 3), **kwargs)

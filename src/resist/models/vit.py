@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .protocol import reset_tree, run_stack
+from .registry import register_model
 
 #: ``stem`` -> image size and patch size: 4-pixel patches of 32x32 CIFAR images (an 8x8 grid, as ViT
 #: variants trained on CIFAR from scratch use), 16-pixel patches of 224x224 ImageNet images (the ViT
@@ -202,3 +203,26 @@ class VisionTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return run_stack(self, x)
+
+
+# --- registered factories (resist.models.create_model) ---
+
+# Vision transformers (Dosovitskiy et al. 2021), pre-norm, at the DeiT sizes (Touvron et al. 2021):
+# ViT-Ti 192-dim and 3 heads, ViT-S 384-dim and 6 heads, both 12 blocks with MLP ratio 4.
+def _vit(dim: int, heads: int, num_classes: int, width: float, stem: str, kwargs: dict) -> VisionTransformer:
+    if stem not in STEMS:
+        raise ValueError(f"stem must be one of {', '.join(STEMS)}, got {stem!r}")
+    if "layers" in kwargs:  # a preset's ResNet sections (the smoke preset sets them)
+        raise ValueError("a vision transformer has no ResNet sections (layers); unset them with "
+                         "--set model.layers=null")
+    return VisionTransformer(dim=dim, heads=heads, num_classes=num_classes, width=width, **{**STEMS[stem], **kwargs})
+
+
+@register_model
+def vit_tiny(num_classes=10, width=1.0, *, stem="cifar", **kwargs):
+    return _vit(192, 3, num_classes, width, stem, kwargs)
+
+
+@register_model
+def vit_small(num_classes=10, width=1.0, *, stem="cifar", **kwargs):
+    return _vit(384, 6, num_classes, width, stem, kwargs)

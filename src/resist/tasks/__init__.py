@@ -92,7 +92,7 @@ def classification_words(record: dict[str, Any]) -> str:
 
 def classification(model: nn.Module | None = None) -> Task:
     """``model``: unused (every task factory takes the model being trained; detection's loss needs it)."""
-    from ..train.optim import Accuracy
+    from .classification import Accuracy
 
     def evaluator(sets, recal, bn_eval, device):
         sets = dict(sets)

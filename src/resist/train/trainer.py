@@ -108,7 +108,7 @@ def load_data(cfg: Config, download: bool = False) -> Dataset | FolderDataset:
     if d.dataset in TEXT_DATASETS:
         return load_dataset(d.dataset, d.data_dir, context=d.context, max_bytes=d.text_bytes)
     if d.dataset in DETECTION_DATASETS:
-        from ..tasks.detection.voc import parse_splits
+        from ..data.voc import parse_splits
 
         return load_dataset(d.dataset, d.data_dir, size=d.input_size, train_splits=parse_splits(d.voc_train),
                             test_splits=parse_splits(d.voc_test), flip=d.flip)

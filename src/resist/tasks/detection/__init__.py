@@ -3,9 +3,9 @@
 from .boxes import batched_nms, box_iou, nms
 from .evaluate import DetectionEvaluator, DetectionScores, evaluate, postprocess, voc_ap_per_class
 from .loss import YOLOv2Loss, decode_boxes
-from .model import (DETECTION_MODELS, VOC_ANCHORS, YOLOHead, attach_yolo_head, create_detection_model, yolo,
+from ...models.yolo import (DETECTION_MODELS, VOC_ANCHORS, YOLOHead, attach_yolo_head, create_detection_model, yolo,
                     yolo_resnet, yolo_resnet101, yolo_resnet152, yolo_resnet200)
-from .voc import (IMAGENET_MEAN, IMAGENET_STD, TEST_SPLITS, TRAIN_SPLITS, VOC_CLASSES, DetectionBatchStream, Targets,
+from ...data.voc import (IMAGENET_MEAN, IMAGENET_STD, TEST_SPLITS, TRAIN_SPLITS, VOC_CLASSES, DetectionBatchStream, Targets,
                   VOCDataset, VOCDetection, batch_keys, collate, eval_batches, load_index, parse_splits,
                   shard_indices, splits_text)
 

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .boxes import batched_nms, box_iou
 from .loss import YOLOv2Loss, decode_boxes
-from .voc import Targets
+from ...data.voc import Targets
 
 Dets = tuple[Tensor, Tensor, Tensor]  # boxes (K, 4), scores (K,), labels (K,)
 Truth = tuple[Tensor, Tensor, Tensor]  # boxes (N, 4), labels (N,), difficult (N,)
@@ -218,7 +218,7 @@ class DetectionScores:
 
     @torch.no_grad()
     def metric(self, model: nn.Module) -> dict[str, float]:
-        from ...algorithms.evaluation import recalibrate, test_batch_statistics
+        from ..evaluation import recalibrate, test_batch_statistics
 
         if self.bn_eval == "recalibrate":
             recalibrate(model, self.recal(), self.device)

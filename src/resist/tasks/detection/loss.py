@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .boxes import box_iou, cxcywh_to_xyxy
-from .voc import Targets
+from ...data.voc import Targets
 
 
 def decode_boxes(output: Tensor, anchors: Tensor) -> Tensor:
@@ -50,7 +50,7 @@ def decode_boxes(output: Tensor, anchors: Tensor) -> Tensor:
 class YOLOv2Loss:
     """``loss(output, targets)`` -> scalar; ``loss(output, targets, parts=True)`` -> (scalar, dict of
     the four terms as floats). ``output`` is the model's (B, A, H, W, 5 + C), ``targets`` a
-    :class:`~resist.tasks.detection.voc.Targets` on the same device. Computed in float32 whatever the
+    :class:`~resist.data.voc.Targets` on the same device. Computed in float32 whatever the
     autocast dtype of the forward pass."""
 
     def __init__(self, anchors: Sequence[tuple[float, float]], *, ignore_thresh: float = 0.6,

@@ -30,9 +30,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from ...data.datasets import DatasetError
-from ...data.sharding import batch_generator, batch_indices, steps_per_epoch
-from ...seeds import mix
+from .base import DatasetError
+from .sharding import batch_generator, batch_indices, steps_per_epoch
+from ..seeds import mix
 
 #: The 20 VOC classes in the devkit's order (VOCdevkit/VOCcode/VOCinit.m); a label is an index here.
 VOC_CLASSES: tuple[str, ...] = (

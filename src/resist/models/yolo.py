@@ -20,7 +20,8 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
-from ...models.resnet import ResNet
+from .registry import create_model, register_model
+from .resnet import ResNet
 
 #: YOLOv2's VOC anchors (darknet cfg/yolo-voc.cfg, k-means on VOC 2007+2012 boxes; Redmon & Farhadi
 #: 2017 §2), as (width, height) in cells of its 13 x 13 grid for a 416-pixel input.
@@ -87,8 +88,6 @@ def yolo(backbone: str, num_classes: int = 20, width: float = 1.0, *,
          anchors: Sequence[tuple[float, float]] = VOC_ANCHORS, head_convs: int = 1, **kwargs) -> ResNet:
     """A detector on any ResNet of the model registry (``resist.models.create_model(backbone, ...)``);
     ``kwargs`` go to the backbone (``stem`` defaults to ``"imagenet"``, ``layers`` where it takes them)."""
-    from ...models import create_model
-
     if backbone in DETECTION_MODELS:  # registered beside the classification models, but already detectors
         raise ValueError(f"{backbone!r} is already a detector; give yolo: a classification ResNet")
     kwargs.setdefault("stem", "imagenet")
@@ -98,6 +97,7 @@ def yolo(backbone: str, num_classes: int = 20, width: float = 1.0, *,
     return attach_yolo_head(model, num_classes, anchors, head_convs)
 
 
+@register_model
 def yolo_resnet(num_classes: int = 20, width: float = 1.0, *, layers: Sequence[int],
                 anchors: Sequence[tuple[float, float]] = VOC_ANCHORS, head_convs: int = 1, stem: str = "imagenet",
                 **kwargs) -> ResNet:
@@ -107,16 +107,17 @@ def yolo_resnet(num_classes: int = 20, width: float = 1.0, *, layers: Sequence[i
     return attach_yolo_head(backbone, num_classes, anchors, head_convs)
 
 
-def _paper_yolo(layers: tuple[int, int, int, int]) -> Callable[..., ResNet]:
+def _paper_yolo(layers: tuple[int, int, int, int], name: str) -> Callable[..., ResNet]:
     def factory(num_classes: int = 20, width: float = 1.0, **kwargs) -> ResNet:
         return yolo_resnet(num_classes, width, layers=layers, **kwargs)
 
+    factory.__name__ = factory.__qualname__ = name  # the registry name
     return factory
 
 
-yolo_resnet101 = _paper_yolo((3, 4, 23, 3))
-yolo_resnet152 = _paper_yolo((3, 4, 36, 3))
-yolo_resnet200 = _paper_yolo((3, 4, 50, 3))
+yolo_resnet101 = register_model(_paper_yolo((3, 4, 23, 3), "yolo_resnet101"))
+yolo_resnet152 = register_model(_paper_yolo((3, 4, 36, 3), "yolo_resnet152"))
+yolo_resnet200 = register_model(_paper_yolo((3, 4, 50, 3), "yolo_resnet200"))
 yolo_resnet101.__doc__ = "The paper's detector (§5): post-activation basic-block ResNet101 [3, 4, 23, 3] + YOLOHead."
 yolo_resnet152.__doc__ = "Post-activation basic-block ResNet152 [3, 4, 36, 3] + YOLOHead."
 yolo_resnet200.__doc__ = "Post-activation basic-block ResNet200 [3, 4, 50, 3] + YOLOHead."
@@ -128,6 +129,7 @@ DETECTION_MODELS: dict[str, Callable[..., ResNet]] = {
     "yolo_resnet152": yolo_resnet152,
     "yolo_resnet200": yolo_resnet200,
 }
+
 
 
 def create_detection_model(name: str, num_classes: int = 20, width: float = 1.0, **kwargs) -> ResNet:
