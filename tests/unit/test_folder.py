@@ -101,6 +101,21 @@ def test_decode_gives_rgb_and_refuses_truncated_and_foreign_files(tmp_path):
         decode(str(tmp_path / "text.jpg"))
 
 
+def test_decode_tries_only_image_formats_never_postscript(tmp_path, postscript_spy):
+    Image.new("RGB", (8, 8)).save(tmp_path / "ps.jpg", "EPS")
+    assert postscript_spy == []
+    with pytest.raises(OSError):  # an unrestricted open hands it to the EPS plugin, which declines here
+        Image.open(tmp_path / "ps.jpg")
+    assert len(postscript_spy) == 1
+    postscript_spy.clear()
+    with pytest.raises(OSError, match="cannot identify"):
+        decode(str(tmp_path / "ps.jpg"))
+    assert postscript_spy == []
+    for fmt, ext in (("PNG", "png"), ("BMP", "bmp"), ("TIFF", "tif"), ("PPM", "ppm"), ("WEBP", "webp")):
+        noise_image(9, 6).save(tmp_path / f"ok.{ext}", fmt)
+        assert decode(str(tmp_path / f"ok.{ext}")).size == (9, 6)
+
+
 # -------------------------------------------------------------------------------------------- the tree
 
 def test_tree_scan_classes_labels_and_ignored_files(image_tree):
