@@ -137,6 +137,28 @@ def test_tree_scan_classes_labels_and_ignored_files(image_tree):
     assert ds.source == f"image folders in {image_tree} (4 classes)"
 
 
+@pytest.mark.parametrize("links", [
+    {"train/cat/loop": ".."},  # back up to train/: every class again, under cat, until the path is too long
+    {"train/cat/self": "."},
+    {"train/ant/x": "../bee", "train/bee/y": "../ant"},  # a cycle through two links
+])
+def test_links_that_loop_are_refused_naming_the_link(image_tree, links):
+    for link, target in links.items():
+        (image_tree / link).symlink_to(target)
+    msg = one_line("links to", load_dataset, "imagefolder", image_tree, crop_size=16)
+    assert "again and again" in msg and "remove the link" in msg and any(link in msg for link in links)
+
+
+def test_links_to_folders_elsewhere_are_followed(image_tree, tmp_path):
+    elsewhere = tmp_path / "more_cats"
+    elsewhere.mkdir()
+    (elsewhere / "extra.jpg").write_bytes((image_tree / "train" / "cat" / "0000.jpg").read_bytes())
+    (image_tree / "train" / "cat" / "more").symlink_to(elsewhere)
+    (image_tree / "train" / "dog" / "same_cats").symlink_to(elsewhere)  # the same folder twice, no cycle
+    ds = load_dataset("imagefolder", image_tree, crop_size=16)
+    assert ds.n_train == 4 * 16 + 2
+
+
 def test_file_table_is_flat_arrays():
     table = FileTable("/r", ["a/1.jpg", "bé/2.png"], [0, 1])
     assert len(table) == 2 and table.path(1) == "/r/bé/2.png" and table.labels.dtype == np.int64

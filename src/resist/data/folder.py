@@ -81,8 +81,17 @@ def images_in(folder: Path) -> list[str]:
     """Paths (relative to ``folder``) of the image files anywhere under it, sorted, so that the file
     order and hence the data order do not depend on the file system."""
     found = []
+    # Linked folders are followed (trees are often assembled from links), but a link back to a folder
+    # the walk is inside would be walked again and again, each time filing its images under this class.
+    inside = {str(folder): [os.path.realpath(folder)]}
     for here, dirs, files in os.walk(folder, followlinks=True):
         dirs[:] = sorted(d for d in dirs if _visible(d))
+        for d in dirs:
+            real = os.path.realpath(os.path.join(here, d))
+            if real in inside[here]:
+                raise DatasetError(f"{os.path.join(here, d)} links to {real}, a folder it lies in: following it "
+                                   f"would read the same images again and again; remove the link")
+            inside[os.path.join(here, d)] = inside[here] + [real]
         rel = os.path.relpath(here, folder)
         found += [os.path.normpath(os.path.join(rel, f)) for f in files
                   if _visible(f) and f.lower().endswith(IMAGE_EXTENSIONS)]
