@@ -161,8 +161,9 @@ def _extra_tests(items: tuple[str, ...]) -> dict[str, str]:
     for item in items:
         name, sep, folder = str(item).partition("=")
         _check(bool(sep) and bool(folder), f"extra_test takes NAME=DIR, got {item!r}")
-        _check(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) is not None and name != "test",
-               f"extra test set name {name!r} must be letters, digits, '_', '.' or '-' (and not 'test')")
+        # "test" and "train" name the run's own splits (metric keys, skipped-image counts).
+        _check(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) is not None and name not in ("test", "train"),
+               f"extra test set name {name!r} must be letters, digits, '_', '.' or '-' (and not 'test' or 'train')")
         _check(name not in sets, f"extra test set {name!r} is given twice")
         sets[name] = folder
     return sets

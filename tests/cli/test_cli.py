@@ -150,7 +150,8 @@ BAD = {
     "bn sync of data parallel": (["--algo", "data_parallel", "--bn-sync-every", "2"], "data_parallel has no round average"),
     "extra test of in-memory data": (["--extra-test", "v2=/tmp"], "read with --dataset imagefolder, not synthetic"),
     "extra test without a folder": (["--dataset", "imagefolder", "--extra-test", "v2"], "extra_test takes NAME=DIR"),
-    "extra test named test": (["--dataset", "imagefolder", "--extra-test", "test=/x"], "and not 'test'"),
+    "extra test named test": (["--dataset", "imagefolder", "--extra-test", "test=/x"], "and not 'test' or 'train'"),
+    "extra test named train": (["--dataset", "imagefolder", "--extra-test", "train=/x"], "and not 'test' or 'train'"),
     "extra test twice": (["--dataset", "imagefolder", "--extra-test", "a=/x", "--extra-test", "a=/y"], "given twice"),
     "tiny crop": (["--crop-size", "4"], "crop_size must be >= 8"),
     "negative loader workers": (["--loader-workers", "-1"], "loader_workers must be >= 0"),
@@ -339,3 +340,15 @@ def test_unreadable_image_names_the_file_exit_2_files_whole(capsys, image_tree, 
     rc, _, _ = run(capsys, *_folder_args(image_tree, tmp_path / "skip", "--skip-bad-images", "--max-rounds", "8"))
     summary = json.loads((tmp_path / "skip" / "summary.json").read_text())
     assert rc == 0 and summary["skipped_images"] == {"train": 1, "test": 0, "files": [str(bad)]}
+
+
+def test_skipped_image_of_an_extra_test_set_is_counted_there_with_its_path(capsys, image_tree, tree_writer, tmp_path):
+    _, index_layout = tree_writer
+    v2 = index_layout(image_tree / "val", tmp_path / "v2")
+    bad = v2 / "2" / "0001.jpg"
+    bad.write_bytes(bad.read_bytes()[:200])
+    rc, _, err = run(capsys, *_folder_args(image_tree, tmp_path / "run", "--extra-test", f"holdout={v2}",
+                                           "--skip-bad-images"))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert rc == 0 and summary["skipped_images"] == {"train": 0, "test": 0, "holdout": 1, "files": [str(bad)]}
+    assert f"skipping {bad}" in err
