@@ -327,7 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
+    from .io import printable
+
+    return printable(" ".join(str(e).split())) or type(e).__name__
 
 
 if __name__ == "__main__":

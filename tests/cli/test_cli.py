@@ -352,3 +352,22 @@ def test_skipped_image_of_an_extra_test_set_is_counted_there_with_its_path(capsy
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert rc == 0 and summary["skipped_images"] == {"train": 0, "test": 0, "holdout": 1, "files": [str(bad)]}
     assert f"skipping {bad}" in err
+
+
+def test_file_names_that_are_not_utf8_train_and_are_named_when_bad(capsys, image_tree, tmp_path):
+    import os
+
+    latin1 = lambda b: os.fsdecode(b)  # noqa: E731  (bytes escaped as surrogates, as os.listdir gives them)
+    (image_tree / "train" / "dog").rename(image_tree / "train" / latin1(b"d\xf6g"))
+    (image_tree / "val" / "dog").rename(image_tree / "val" / latin1(b"d\xf6g"))
+    cat = image_tree / "train" / "cat"
+    (cat / "0001.jpg").rename(cat / latin1(b"\xe9t\xe9.jpg"))
+    bad = cat / latin1(b"\xff.jpg")
+    bad.write_bytes((cat / "0002.jpg").read_bytes()[:200])
+    rc, _, err = run(capsys, *_folder_args(image_tree, tmp_path / "stop"))
+    assert rc == 2 and len(err.strip().splitlines()) == 2 and "Traceback" not in err  # the start line, the error
+    assert "xff.jpg is not a readable image" in err.splitlines()[-1]
+    rc, _, err = run(capsys, *_folder_args(image_tree, tmp_path / "run", "--skip-bad-images", "--max-rounds", "8"))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert rc == 0 and summary["skipped_images"]["files"] == [str(bad)] and summary["skipped_images"]["train"] == 1
+    assert json.loads((tmp_path / "run" / "classes.json").read_text()) == ["ant", "bee", "cat", latin1(b"d\xf6g")]

@@ -52,7 +52,9 @@ class FileTable:
     def __init__(self, root: str | Path, relpaths: Sequence[str], labels: Sequence[int]) -> None:
         if len(relpaths) != len(labels):
             raise ValueError(f"{len(relpaths)} files but {len(labels)} labels")
-        encoded = [p.encode() for p in relpaths]
+        # A name that is not UTF-8 reaches Python with its bytes escaped as surrogates; fsencode gives
+        # those bytes back (and fsdecode the same str), so such a file is read like any other.
+        encoded = [os.fsencode(p) for p in relpaths]
         self.root = str(root)
         self.offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum([len(e) for e in encoded], out=self.offsets[1:])
@@ -63,7 +65,7 @@ class FileTable:
         return len(self.labels)
 
     def path(self, i: int) -> str:
-        return os.path.join(self.root, self.blob[self.offsets[i]:self.offsets[i + 1]].tobytes().decode())
+        return os.path.join(self.root, os.fsdecode(self.blob[self.offsets[i]:self.offsets[i + 1]].tobytes()))
 
 
 # ------------------------------------------------------------------------------------------- scanning

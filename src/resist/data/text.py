@@ -16,6 +16,7 @@ epoch within the first window so that window boundaries move between epochs.
 from __future__ import annotations
 
 import hashlib
+import os
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,7 @@ class TextCorpus:
 
 
 def _in_test(rel: str, test_fraction: float) -> bool:
-    h = int.from_bytes(hashlib.sha256(rel.encode()).digest()[:8], "big")
+    h = int.from_bytes(hashlib.sha256(os.fsencode(rel)).digest()[:8], "big")  # a name's bytes, UTF-8 or not
     return h / 2**64 < test_fraction
 
 

@@ -27,7 +27,7 @@ from ..comm import CommError
 from ..comm.launch import check_backend, check_port
 from ..config import RESUMABLE_CHANGES, Config, differences
 from ..data import BadImages, Dataset, DatasetError, FolderDataset, load_dataset, steps_per_epoch
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_text, printable
 from ..models import create_model
 from ..plan import candidate_blocks, validate
 from ..registry import DETECTION_DATASETS, FOLDER_DATASETS, TEXT_DATASETS, algorithm_class
@@ -341,7 +341,7 @@ def same_data_everywhere(comm: Communicator, dataset: FolderDataset) -> None:
     """Collective: under torchrun every node scans its own copy of an image folder; a copy with other
     classes (or other files) would give the same output index another meaning on that node, silently."""
     text = "\n".join([*dataset.classes, str(dataset.n_train), str(len(dataset.test))])
-    mine = torch.tensor([int(hashlib.sha1(text.encode()).hexdigest()[:15], 16)], dtype=torch.int64)
+    mine = torch.tensor([int(hashlib.sha1(os.fsencode(text)).hexdigest()[:15], 16)], dtype=torch.int64)
     with comm.tag("control"):
         everyone = [int(t) for t in comm.all_gather(mine)]
     other = next((r for r, v in enumerate(everyone) if v != everyone[0]), None)
@@ -545,10 +545,15 @@ def train(cfg: Config, dataset: Dataset | None = None, resume: bool | str = Fals
     return summary
 
 
+class _PrintableFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))  # a file name that is not UTF-8 (a skipped image)
+
+
 def setup_logging(verbose: bool = False) -> None:
     """One logger for the package; messages to stderr."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(_PrintableFormatter("%(message)s"))
     log.handlers[:] = [handler]
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False
