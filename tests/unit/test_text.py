@@ -43,6 +43,18 @@ def test_bad_folders_say_so(tmp_path, folder):
         TextStream(load_text(folder).train, 64, 4, 0, 1000, seed=0)
 
 
+def test_too_few_files_for_both_splits_says_what_to_do(tmp_path, capsys):
+    from resist.cli import main
+
+    (tmp_path / "only.txt").write_text("one file " * 500)
+    with pytest.raises(DatasetError, match="add files") as e:
+        load_text(tmp_path)
+    assert "--test-fraction" not in str(e.value)  # no such flag
+    rc = main(["train", "gpt_char_cpu", "--dataset", "text", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "add files" in err and len(err.strip().splitlines()) == 1
+
+
 def test_file_names_that_are_not_utf8_are_read_and_recorded(folder):
     import json
     import os

@@ -88,7 +88,8 @@ def load_text(data_dir: str | Path | None = None, test_fraction: float = 0.1,
     (train_files, train), (test_files, test) = sides[False], sides[True]
     if not train or not test:
         raise DatasetError(f"{len(files)} text file(s) under {root} leave the {'train' if not train else 'test'} "
-                           "split empty; add files or change --test-fraction")
+                           f"split empty: each file goes to test with probability {test_fraction:g} by a hash of its "
+                           f"path; add files (or split a large one into several)")
 
     def as_tensor(chunks: list[bytes]) -> torch.Tensor:
         blob = b"".join(chunks)
