@@ -85,6 +85,9 @@ def _fake_cifar(folder, labels_max=9, shape=(32, 32, 3)):
 
 BAD = {
     "unknown model": (["--model", "resnet7"], "unknown model 'resnet7'"),
+    "model factory returning a dict": (["--model", "builtins:dict"], "returned a dict, not a torch.nn.Module"),
+    "model factory returning no stack": (["--model", "torch.nn:Identity"], "cannot partition (Identity: the model has no module 'stem')"),
+    "model factory taking no keywords": (["--model", "os:getcwd"], "cannot be made with num_classes, width, layers"),
     "unknown algorithm": (["--algo", "gossip"], "unknown algorithm 'gossip'"),
     "zero workers": (["--workers", "0"], "workers must be >= 1"),
     "negative workers": (["--workers", "-3"], "workers must be >= 1"),
@@ -371,3 +374,9 @@ def test_file_names_that_are_not_utf8_train_and_are_named_when_bad(capsys, image
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert rc == 0 and summary["skipped_images"]["files"] == [str(bad)] and summary["skipped_images"]["train"] == 1
     assert json.loads((tmp_path / "run" / "classes.json").read_text()) == ["ant", "bee", "cat", latin1(b"d\xf6g")]
+
+
+def test_model_factory_with_another_signature_is_one_line(capsys, tmp_path):
+    rc, _, err = run(capsys, "train", "demo_digits", "--model", "os:getcwd", "--out", str(tmp_path / "r"))
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "model os:getcwd cannot be made with num_classes, width (" in err and "as keywords" in err

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from resist.models.protocol import ProtocolError, check_model
+from resist.models.protocol import ProtocolError, check_model, check_structure
 from resist.models.resnet import ResNet
 from resist.models.stack import ResidualStack, ScaledResidual, residual_stack
 from resist.models.vit import STEMS, VisionTransformer
@@ -69,7 +69,17 @@ def _factory(name: str) -> Callable[..., nn.Module]:
 
 
 def create_model(name: str, num_classes: int = 10, width: float = 1.0, **kwargs) -> nn.Module:
-    return _factory(name)(num_classes=num_classes, width=width, **kwargs)
+    model = _factory(name)(num_classes=num_classes, width=width, **kwargs)
+    if name not in _MODELS:  # a user's factory: what it made is checked here, before any rank trains it
+        if not isinstance(model, nn.Module):
+            raise ProtocolError(f"model factory {name!r} returned a {type(model).__name__}, not a torch.nn.Module: "
+                                f"it must return a model of stem, blocks and head (resist.models.residual_stack)")
+        try:
+            check_structure(model)
+        except ProtocolError as e:
+            raise ProtocolError(f"model factory {name!r} made a model ResIST cannot partition ({type(model).__name__}: "
+                                f"{e}); wrap it with resist.models.residual_stack") from None
+    return model
 
 
 # Paper ResNets (Dun et al., §2.1): pre-activation basic blocks, no BN-ReLU before the pooling.

@@ -129,9 +129,11 @@ def check(cfg: Config, dataset: Dataset) -> Schedule:
         if cfg.model.layers is not None and "'layers'" in str(e):  # a fixed-depth model, e.g. yolo_resnet101
             raise ValueError(f"model {cfg.model.name} has a fixed depth; drop --layers (a preset's: "
                              f"--set model.layers=null)") from None
-        if cfg.model.stem is None or "stem" not in str(e):
-            raise
-        raise ValueError(f"model {cfg.model.name} has no stem to choose; drop --stem") from None
+        if cfg.model.stem is not None and "stem" in str(e):
+            raise ValueError(f"model {cfg.model.name} has no stem to choose; drop --stem") from None
+        raise ValueError(f"model {cfg.model.name} cannot be made with num_classes, width"
+                         f"{''.join(', ' + k for k in ('layers', 'stem') if getattr(cfg.model, k) is not None)} ({e}); "
+                         f"a factory takes them as keywords") from None
     cands = candidate_blocks(model.partitionable, model.skippable, cfg.algo.partition)
     validate(cfg.algo.workers, len(cands), cfg.algo.min_depth)
     return Schedule.of(cfg, dataset.n_train)
