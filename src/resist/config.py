@@ -628,8 +628,10 @@ def imagenet_resnet101_paper() -> Config:
 
 
 def smoke() -> Config:
-    """Seconds: a tiny model on synthetic data (tests, CI, first check of an install)."""
+    """Seconds: a tiny model on synthetic data (tests, CI, first check of an install); 3 workers, one for
+    each of its 3 partitionable blocks."""
     cfg = Config()
+    cfg.algo.workers = 3
     cfg.model.name = "paper_resnet"
     cfg.model.layers = (1, 1, 4, 1)
     cfg.model.width = 0.0625

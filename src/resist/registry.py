@@ -43,6 +43,8 @@ CODECS = ("none", "fp16", "bf16", *(f"q{k}" for k in range(1, 9)), "topk", "rand
 COMPRESS_WHAT = ("weights", "update")
 #: Algorithms that can send their synchronization compressed.
 COMPRESSIBLE = ("resist", "local_sgd", "data_parallel")
+#: Algorithms that deal the partitionable blocks out to sub-networks (``plan.make_plan``).
+DEALING = ("resist", "ensemble")
 #: Algorithms whose rounds end in an average of the parts, which an outer optimizer can step.
 OUTER_STEPPED = ("resist", "local_sgd")
 #: Algorithms that can average BatchNorm statistics less often than the parameters (``bn_sync_every``).

@@ -92,6 +92,9 @@ BAD = {
     "zero workers": (["--workers", "0"], "workers must be >= 1"),
     "negative workers": (["--workers", "-3"], "workers must be >= 1"),
     "min depth too high": (["--min-depth", "5"], "min depth 5 exceeds the 3 partitionable blocks"),
+    "more workers than blocks": (["--workers", "4"], "4 workers but this model has 3 partitionable blocks"),
+    "ensemble of more workers than blocks": (["--workers", "5", "--algo", "ensemble"], "use at most 3 workers"),
+    "no block to deal": (["--layers", "1,1,1,1", "--workers", "3"], "ResIST would be local SGD"),
     "zero local iters": (["--local-iters", "0"], "local_iters must be >= 1"),
     "negative width": (["--width", "-1"], "width must be > 0"),
     "zero epochs": (["--epochs", "0"], "epochs must be > 0"),
@@ -104,7 +107,7 @@ BAD = {
     "unknown set field": (["--set", "algo.speed=3"], "unknown config field 'algo.speed'"),
     "set without value": (["--set", "algo.workers"], "--set takes section.field=value"),
     "num classes below dataset": (["--num-classes", "2"], "below the dataset's 4 classes"),
-    "too many workers for data": (["--workers", "64", "--batch-size", "64"], "too small"),
+    "too many workers for data": (["--workers", "64", "--batch-size", "64", "--min-depth", "1"], "too small"),
     "unknown backend": (["--backend", "mpi"], "unknown backend 'mpi'"),
     "unknown device": (["--device", "tpu"], "unknown device 'tpu'"),
     "zero lr": (["--lr", "0"], "lr must be > 0"),
@@ -380,3 +383,23 @@ def test_model_factory_with_another_signature_is_one_line(capsys, tmp_path):
     rc, _, err = run(capsys, "train", "demo_digits", "--model", "os:getcwd", "--out", str(tmp_path / "r"))
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "model os:getcwd cannot be made with num_classes, width (" in err and "as keywords" in err
+
+
+@pytest.mark.parametrize("flags", [["--workers", "4", "--min-depth", "1"],  # blocks shared: each sub-ResNet has one
+                                   ["--workers", "4", "--algo", "local_sgd"],
+                                   ["--layers", "1,1,1,1", "--workers", "2", "--algo", "local_sgd"],
+                                   ["--layers", "1,1,1,1", "--workers", "2", "--algo", "ensemble"]])
+def test_dealing_that_means_something_still_runs(capsys, tmp_path, flags):
+    rc, out, err = run(capsys, "train", "smoke", "--max-rounds", "1", "--out", str(tmp_path / "r"), *flags)
+    assert rc == 0, err
+
+
+def test_paper_presets_deal_their_blocks():
+    """The paper's 8-worker ResNet101 (22 blocks, minimum depth 4: shared) and 16 workers of it pass."""
+    from resist.plan import check_dealing
+
+    cfg = PRESETS["cifar10_resnet101_paper"]()
+    for workers in (2, 4, 8, 16, 32):
+        check_dealing("resist", workers, 22, cfg.algo.min_depth)
+    with pytest.raises(ValueError, match="23 workers but this model has 22"):
+        check_dealing("resist", 23, 22, 0)

@@ -29,7 +29,7 @@ from ..config import RESUMABLE_CHANGES, Config, differences
 from ..data import BadImages, Dataset, DatasetError, FolderDataset, load_dataset, steps_per_epoch
 from ..io import atomic_write_json, atomic_write_text, printable
 from ..models import create_model
-from ..plan import candidate_blocks, validate
+from ..plan import candidate_blocks, check_dealing, validate
 from ..registry import DETECTION_DATASETS, FOLDER_DATASETS, TEXT_DATASETS, algorithm_class
 from ..faults import fire, from_env
 from . import checkpoint
@@ -136,6 +136,7 @@ def check(cfg: Config, dataset: Dataset) -> Schedule:
                          f"a factory takes them as keywords") from None
     cands = candidate_blocks(model.partitionable, model.skippable, cfg.algo.partition)
     validate(cfg.algo.workers, len(cands), cfg.algo.min_depth)
+    check_dealing(cfg.algo.name, cfg.algo.workers, len(cands), cfg.algo.min_depth)
     return Schedule.of(cfg, dataset.n_train)
 
 
