@@ -17,7 +17,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from .config import PRESETS, RESUMABLE_CHANGES, Config, field_docs, preset
+from .config import PRESETS, RESUMABLE_CHANGES, TASK_PRESETS, Config, field_docs, preset
 from . import registry
 from .registry import RUNTIMES
 
@@ -118,7 +118,7 @@ def build_config(args: argparse.Namespace) -> Config:
             raise UsageError("--resume takes the run folder's own config; drop the preset / --config")
         cfg = read_config(Path(resume) / "config.json")
     else:
-        cfg = read_config(Path(args.config)) if args.config else preset(args.preset or "demo")
+        cfg = read_config(Path(args.config)) if args.config else preset(args.preset or TASK_PRESETS.get(args.task, "demo"))
     overrides: dict[str, Any] = {}
     if os.environ.get("RESIST_DATA_DIR") and not resume:
         overrides["data.data_dir"] = os.environ["RESIST_DATA_DIR"]
@@ -137,11 +137,16 @@ def build_config(args: argparse.Namespace) -> Config:
             raise UsageError(f"cannot change {', '.join(fixed)} when resuming; only where and how it runs "
                              f"({', '.join(sorted(RESUMABLE_CHANGES))})")
         overrides["run.out"] = str(resume)
-    return cfg.replace(**overrides)
+    resolved = cfg.replace(**overrides)
+    if args.preset and cfg.data.task != resolved.data.task:
+        log.warning("preset %s is tuned for %s, not %s; the %s preset is %s", args.preset, cfg.data.task,
+                    resolved.data.task, resolved.data.task, TASK_PRESETS[resolved.data.task])
+    return resolved
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("preset", nargs="?", default=None, help=f"named preset ({', '.join(PRESETS)}); default demo")
+    p.add_argument("preset", nargs="?", default=None, help=f"named preset ({', '.join(PRESETS)}); default: "
+                   f"{', '.join(f'{p} with --task {t}' for t, p in TASK_PRESETS.items())}")
     p.add_argument("--config", help="a config.json (e.g. from a run folder) instead of a preset")
     for flag in train_flags():
         if flag.type is bool:

@@ -281,6 +281,11 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
         if (r + 1) % cfg.run.eval_every == 0 or last:
             scores = algo.evaluate(evaluator)
             acc = scores[task.headline]
+            if not math.isfinite(acc):  # every rank has the broadcast scores, so every rank stops here
+                last_ckpt = checkpoint.latest(out) if out else None
+                raise TrainingError(f"{task.headline} became {acc} at the evaluation after round {r}: the model "
+                                    f"diverged; lower --lr or warm it up (--lr-warmup-epochs)"
+                                    + (f" (last good checkpoint: {last_ckpt})" if last_ckpt else ""))
             if task.better(acc, progress["best"]):
                 progress["best"], progress["best_time"] = acc, progress["parallel_s"]
         step = min(first + cfg.algo.local_iters, sched.total_steps)
