@@ -21,16 +21,24 @@ log = logging.getLogger("resist")
 
 
 def pick_dataset(data_dir: str | None) -> Dataset:
+    named = "--data-dir" if data_dir else "RESIST_DATA_DIR" if os.environ.get("RESIST_DATA_DIR") else None
     folder = data_dir or os.environ.get("RESIST_DATA_DIR") or "data"
+    # A folder the user named and mistyped must not turn into a run on the digits that looks fine.
+    if named and not Path(folder).is_dir():
+        raise DatasetError(f"{named} {folder} does not exist; name the folder that holds CIFAR-10 (or leave "
+                           f"{named} out to use ./data, downloading there, or the bundled digits offline)")
+    where = f"{Path(folder).resolve()} ({f'from {named}' if named else 'the default, ./data'})"
     try:
         return load_dataset("cifar10", folder)
-    except DatasetError:
-        pass
+    except DatasetError as e:
+        # files there but damaged: say so, rather than that they are not there
+        what = f"CIFAR-10 is not in {where}" if "not found" in str(e) else f"CIFAR-10 in {where} is unusable ({e})"
     try:
         return load_dataset("cifar10", folder, download=True)
     except DatasetError:
-        log.info("CIFAR-10 is not in %s and cannot be downloaded: using the 8x8 digits images that ship "
-                 "inside scikit-learn instead.", folder)
+        log.info("%s and could not be downloaded: using the 8x8 digits images that ship inside scikit-learn "
+                 "instead. To train on CIFAR-10, put it there or name its folder with --data-dir DIR or "
+                 "RESIST_DATA_DIR=DIR.", what)
     return load_dataset("digits")
 
 
@@ -56,7 +64,7 @@ def run_demo(args: argparse.Namespace) -> list[dict]:
         })
         rows.append(train(cfg, dataset if args.runtime == "inprocess" else None))
     text = (f"{base.model.name} at width {base.model.width}, {args.workers} workers, "
-            f"{base.optim.epochs:g} epoch(s) of {dataset.name} ({dataset.source}), test accuracy on "
+            f"{rows[0]['epochs_trained']:.3g} epoch(s) of {dataset.name} ({dataset.source}), test accuracy on "
             f"{base.data.eval_limit or len(dataset.test.y):,} test images\n" + table(rows) +
             "\ntimes are parallel-equivalent: per round, the slowest worker's compute plus the synchronization")
     print(text)

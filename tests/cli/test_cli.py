@@ -63,13 +63,31 @@ def test_demo_falls_back_to_digits_offline(capsys, tmp_path, monkeypatch):
 
     monkeypatch.setattr(ds, "CIFAR10_URL", (tmp_path / "nowhere.tar.gz").as_uri())
     monkeypatch.delenv("RESIST_DATA_DIR", raising=False)
+    (tmp_path / "empty").mkdir()
     rc, out, err = run(capsys, "demo", "--data-dir", str(tmp_path / "empty"), "--workers", "2",
                        "--max-rounds", "1", "--out", str(tmp_path / "demo"))
     assert rc == 0
-    assert "digits" in err and "scikit-learn" in err
+    fallback = next(line for line in err.splitlines() if "scikit-learn" in line)
+    assert f"CIFAR-10 is not in {tmp_path / 'empty'} (from --data-dir)" in fallback
+    assert "--data-dir DIR" in fallback and "RESIST_DATA_DIR" in fallback and "digits" in fallback
     lines = out.splitlines()
     assert any(line.startswith("resist ") for line in lines) and any(line.startswith("local_sgd ") for line in lines)
     assert (tmp_path / "demo" / "table.txt").exists()
+    # The header states the epochs trained (one round), not the preset's 12.
+    trained = json.loads((tmp_path / "demo" / "resist" / "summary.json").read_text())["epochs_trained"]
+    assert 0 < trained < 1 and f"2 workers, {trained:.3g} epoch(s) of digits" in lines[0]
+
+
+@pytest.mark.parametrize("where", ["flag", "env"])
+def test_demo_refuses_a_data_folder_that_does_not_exist(capsys, tmp_path, monkeypatch, where):
+    typo = str(tmp_path / "cifra10")
+    monkeypatch.delenv("RESIST_DATA_DIR", raising=False)
+    if where == "env":
+        monkeypatch.setenv("RESIST_DATA_DIR", typo)
+    rc, out, err = run(capsys, "demo", *(["--data-dir", typo] if where == "flag" else []), "--out", str(tmp_path / "d"))
+    named = "--data-dir" if where == "flag" else "RESIST_DATA_DIR"
+    assert rc == 2 and f"{named} {typo} does not exist" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "d").exists()
 
 
 def _fake_cifar(folder, labels_max=9, shape=(32, 32, 3)):
