@@ -84,9 +84,10 @@ class DataConfig:
     """Image folders: side of the square training crop (random-resized crop) and of the evaluation center
     crop, taken after resizing the shorter side to 256/224 of it (224 for ImageNet, smaller for
     downsampled trees)."""
-    loader_workers: int = 4
+    loader_workers: int | None = None
     """Image folders and VOC: processes per worker that decode and augment images (DataLoader workers); 0
-    decodes in the training process itself."""
+    decodes in the training process itself; ``None``: the cores this process may use divided by the
+    workers on this machine, at most 4 (0 on 2 cores with 4 workers)."""
     extra_test: tuple[str, ...] = ()
     """Image folders: extra test sets as NAME=DIR, each a class-per-folder tree whose folders are
     training class names or class indices (the ImageNet-V2 layout), evaluated beside the test set."""
@@ -132,7 +133,8 @@ class DataConfig:
                "(and its line in ImageSets) and drop --skip-bad-images")
         _check(self.context >= 2, f"context must be >= 2, got {self.context}")
         _check(self.text_bytes is None or self.text_bytes >= 1024, f"text_bytes must be >= 1024, got {self.text_bytes}")
-        _check(self.loader_workers >= 0, f"loader_workers must be >= 0, got {self.loader_workers}")
+        _check(self.loader_workers is None or self.loader_workers >= 0,
+               f"loader_workers must be >= 0, got {self.loader_workers}")
         _check(not self.extra_test or self.dataset in FOLDER_DATASETS,
                f"extra test sets are class-per-folder image trees, read with --dataset "
                f"{' or '.join(FOLDER_DATASETS)}, not {self.dataset}; drop --extra-test")

@@ -199,7 +199,7 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
     if dataset.classes is not None:
         same_data_everywhere(comm, dataset)
     bad = BadImages(skip=d.skip_bad_images)
-    loading = {"device": device, "loader_workers": d.loader_workers, "bad": bad}
+    loading = {"device": device, "loader_workers": loader_workers(cfg), "bad": bad}
     stream = dataset.train_stream(comm.world_size, comm.rank, d.batch_size, cfg.run.seed, augment=d.augment, **loading)
     plain = dataset.train_stream(comm.world_size, comm.rank, d.batch_size, cfg.run.seed + 1, augment=False, **loading)
     sets = dataset.eval_sets(d.eval_batch_size, d.eval_limit, **loading)
@@ -343,6 +343,16 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
         "peak_memory_kind": "cuda max allocated" if device.type == "cuda" else "process max RSS",
         "eval_scale": algo.eval_scale(), "scaled_blocks": list(store.candidates),
     }
+
+
+def loader_workers(cfg: Config) -> int:
+    """``data.loader_workers``, or for ``None`` this machine's share: the cores this process may run on
+    (what DataLoader counts when it warns of too many processes) over the ranks on this machine, at most 4."""
+    if cfg.data.loader_workers is not None:
+        return cfg.data.loader_workers
+    here = int(os.environ.get("LOCAL_WORLD_SIZE", cfg.algo.workers)) if under_torchrun() else cfg.algo.workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(4, cores // max(1, here))
 
 
 def same_data_everywhere(comm: Communicator, dataset: FolderDataset) -> None:
