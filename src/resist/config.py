@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from .registry import (ALGORITHMS, AMP_MODES, BACKENDS, BN_DEFERRABLE, CODECS, COMPRESS_WHAT, COMPRESSIBLE, BN_EVAL_MODES,
                        DATASETS, DETECTION_DATASETS, DETECTION_MODEL_PREFIX, DEVICES, FOLDER_DATASETS, INNER_OPTIMIZERS, LR_SCHEDULES, OUTER_STEPPED, PARTITIONS,
-                       RUNTIMES, STEMS, TASKS, TEXT_DATASETS)
+                       RUNTIMES, STEMS, TASKS, TEXT_DATASETS, did_you_mean)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -224,7 +224,8 @@ class AlgoConfig:
     holders brings those of its lowest-ranked holder. 1: every round, with the parameters."""
 
     def __post_init__(self) -> None:
-        _check(self.name in ALGORITHMS, f"unknown algorithm {self.name!r}; choose one of: {', '.join(ALGORITHMS)}")
+        _check(self.name in ALGORITHMS, f"unknown algorithm {self.name!r}{did_you_mean(self.name, ALGORITHMS)}; "
+                                        f"choose one of: {', '.join(ALGORITHMS)}")
         _check(self.workers >= 1, f"workers must be >= 1, got {self.workers}")
         _check(self.local_iters >= 1, f"local_iters must be >= 1, got {self.local_iters}")
         _check(self.min_depth >= 0, f"min_depth must be >= 0, got {self.min_depth}")
@@ -669,5 +670,5 @@ TASK_PRESETS = {"classification": "demo", "lm": "gpt_char_cpu", "detection": "vo
 
 
 def preset(name: str) -> Config:
-    _check(name in PRESETS, f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    _check(name in PRESETS, f"unknown preset {name!r}{did_you_mean(name, PRESETS)}; choose one of: {', '.join(PRESETS)}")
     return Config.from_dict(PRESETS[name]().to_dict())  # validates what the preset set

@@ -51,9 +51,17 @@ OUTER_STEPPED = ("resist", "local_sgd")
 BN_DEFERRABLE = ("resist", "local_sgd")
 
 
+def did_you_mean(name: object, choices) -> str:
+    """`` (did you mean 'x'?)`` for the choice closest to a mistyped ``name``, or nothing."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def algorithm_class(name: str) -> type:
     """The class registered as ``name`` (imported on first use)."""
     if name not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {name!r}; choose one of: {', '.join(ALGORITHMS)}")
+        raise ValueError(f"unknown algorithm {name!r}{did_you_mean(name, ALGORITHMS)}; choose one of: {', '.join(ALGORITHMS)}")
     module, _, cls = ALGORITHMS[name][0].partition(":")
     return getattr(importlib.import_module(module), cls)

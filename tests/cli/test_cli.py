@@ -107,6 +107,11 @@ BAD = {
     "model factory returning no stack": (["--model", "torch.nn:Identity"], "cannot partition (Identity: the model has no module 'stem')"),
     "model factory taking no keywords": (["--model", "os:getcwd"], "cannot be made with num_classes, width, layers"),
     "unknown algorithm": (["--algo", "gossip"], "unknown algorithm 'gossip'"),
+    "mistyped algorithm": (["--algo", "resits"], "unknown algorithm 'resits' (did you mean 'resist'?)"),
+    "mistyped model": (["--model", "paper_resnet10"], "unknown model 'paper_resnet10' (did you mean 'paper_resnet101'?)"),
+    "mistyped flag": (["--wrokers", "4"], "--wrokers 4 (did you mean '--workers'?)"),
+    "spaced layers": (["--layers", "1", "1", "4", "1"], "--layers takes one comma-separated value: --layers 1,1,4,1"),
+    "spaced decays": (["--lr-decay-at", "0.5", "0.75"], "--lr-decay-at 0.5,0.75"),
     "zero workers": (["--workers", "0"], "workers must be >= 1"),
     "negative workers": (["--workers", "-3"], "workers must be >= 1"),
     "min depth too high": (["--min-depth", "5"], "min depth 5 exceeds the 3 partitionable blocks"),
@@ -212,6 +217,37 @@ def test_more_nccl_ranks_than_gpus(capsys, tmp_path, monkeypatch):
 def test_unknown_preset(capsys):
     rc, _, err = run(capsys, "train", "cifar11")
     assert rc == 2 and "unknown preset 'cifar11'" in err and len(err.strip().splitlines()) == 1
+    rc, _, err = run(capsys, "train", "cifar10cpu")
+    assert rc == 2 and "unknown preset 'cifar10cpu' (did you mean 'cifar10_cpu'?)" in err
+
+
+@pytest.mark.parametrize("flag", ["--nproc-per-node", "--nproc_per_node", "--nproc_per_node=2", "--nnodes"])
+def test_torchrun_flags_point_at_torchrun(capsys, flag):
+    rc, _, err = run(capsys, "train", "smoke", *([flag] if "=" in flag else [flag, "2"]))
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert f"{flag.split('=')[0]} is a flag of torchrun" in err and "torchrun --nproc-per-node N" in err
+    assert "-m resist.cli train ... --runtime dist" in err
+
+
+def test_out_naming_a_file_says_so(capsys, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    for argv in (["train", "smoke"], ["demo"]):
+        rc, _, err = run(capsys, *argv, "--out", str(tmp_path / "notes.txt"))
+        assert rc == 2 and f"--out {tmp_path / 'notes.txt'} is a file, not a folder" in err
+        assert len(err.strip().splitlines()) == 1
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_help_lines_are_whole_sentences_with_defaults():
+    from resist.cli import first_sentence, make_parser
+
+    train = make_parser()._subparsers._group_actions[0].choices["train"]
+    text = " ".join(train.format_help().split())
+    assert "Outer learning rate (DiLoCo, Douillard et al. 2023): after a round's average" in text
+    assert "rises linearly to lr (Goyal et al. 2017; ViT and DeiT warm up), before the schedule; 0: none" in text
+    assert "--local-iters LOCAL_ITERS Local SGD steps between synchronizations (paper default 50) (default: 50)" in text
+    assert "(default: on)" in text and "(default: 0.5,0.75)" in text and "a preset changes some" in text
+    assert first_sentence("One (a. b). Two.") == "One (a. b)" and first_sentence("e.g. this. Not") == "e.g. this"
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated", "labels", "shape"])

@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from resist.registry import did_you_mean
+
 from resist.models.protocol import ProtocolError, check_model, check_structure
 from resist.models.resnet import ResNet
 from resist.models.stack import ResidualStack, ScaledResidual, residual_stack
@@ -58,7 +60,8 @@ def _factory(name: str) -> Callable[..., nn.Module]:
         return _MODELS[name]
     module, sep, attr = name.partition(":")
     if not sep:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}, or module:function")
+        raise ValueError(f"unknown model {name!r}{did_you_mean(name, list_models())}; choose one of: "
+                         f"{', '.join(list_models())}, or module:function")
     try:
         fn = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:
