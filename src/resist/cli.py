@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 from .config import PRESETS, RESUMABLE_CHANGES, TASK_PRESETS, Config, field_docs, preset
 from . import registry
-from .registry import RUNTIMES
+from .registry import RUNTIMES, first_sentence
 
 log = logging.getLogger("resist")
 EXIT_USAGE = 2
@@ -56,20 +56,6 @@ class _Parser(argparse.ArgumentParser):
                 for p in a.choices.values():
                     actions += p._actions
         return actions
-
-
-def first_sentence(doc: str) -> str:
-    """The first sentence of a docstring: up to a '. ' outside parentheses and not after an
-    abbreviation ("Douillard et al. 2023" and "e.g. 0.5" go on)."""
-    depth = 0
-    for i, ch in enumerate(doc):
-        depth += (ch == "(") - (ch == ")")
-        if ch == "." and depth == 0 and doc[i + 1:i + 2] in (" ", "") and not doc[:i].endswith(ABBREVIATIONS):
-            return doc[:i]
-    return doc.rstrip(".")
-
-
-ABBREVIATIONS = ("et al", "e.g", "i.e", "cf", "vs", "Fig", "Eq", "resp")
 
 
 def comma_lists(argv: Sequence[str]) -> None:
@@ -241,17 +227,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _wrapped(name: str, text: str, indent: int) -> str:
+    """``name`` then ``text`` wrapped to the terminal, continuation lines under the text."""
+    import shutil
+    import textwrap
+
+    width = max(60, min(120, shutil.get_terminal_size((100, 24)).columns))
+    return textwrap.fill(text, width, initial_indent=f"{name:<{indent}}", subsequent_indent=" " * indent)
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     for name, fn in PRESETS.items():
-        summary = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())
-        print(f"{name:26s} {summary}")
+        summary = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split()).replace("``", "'")
+        print(_wrapped(name, summary, 26))
     return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import list_models
+    from .models import describe_model, list_models
 
-    print("\n".join(list_models()))
+    for name in list_models():
+        print(f"{name:<22}{describe_model(name)}")
     return 0
 
 

@@ -15,7 +15,8 @@ from .config import preset
 from .data import Dataset, DatasetError, load_dataset
 from .io import atomic_write_text
 from .train import train
-from .train.metrics import human_bytes
+from .analysis.projection import round_bytes
+from .train.metrics import human_bytes, read_metrics
 
 log = logging.getLogger("resist")
 
@@ -42,11 +43,12 @@ def pick_dataset(data_dir: str | None) -> Dataset:
     return load_dataset("digits")
 
 
-def table(rows: list[dict]) -> str:
-    head = ("algorithm", "best test acc", "time to best", "train time", "sent / worker / round")
+def table(rows: list[dict], metrics: list[list[dict]]) -> str:
+    """One line per run; bytes per round as ``resist project`` counts them (from each run's metrics rows)."""
+    head = ("algorithm", "best test acc", "time to best", "train time", "bytes / worker / round")
     lines = [f"{head[0]:<10} {head[1]:>13} {head[2]:>13} {head[3]:>11} {head[4]:>22}"]
-    for s in rows:
-        per_round = max(s["sent_bytes_per_worker"]) / s["rounds"]
+    for s, m in zip(rows, metrics):
+        per_round = sum(round_bytes(m)) / len(m)
         lines.append(f"{s['algo']:<10} {s['best_acc']:>12.2f}% {s['time_to_best_s']:>12.1f}s "
                      f"{s['time_s']:>10.1f}s {human_bytes(per_round):>22}")
     return "\n".join(lines)
@@ -55,7 +57,7 @@ def table(rows: list[dict]) -> str:
 def run_demo(args: argparse.Namespace) -> list[dict]:
     dataset = pick_dataset(args.data_dir)
     base = preset("demo" if dataset.name.startswith("cifar") else "demo_digits")
-    rows = []
+    rows, metrics = [], []
     for algo in ("resist", "local_sgd"):
         cfg = base.replace(**{
             "algo.name": algo, "algo.workers": args.workers, "run.max_rounds": args.max_rounds,
@@ -63,10 +65,12 @@ def run_demo(args: argparse.Namespace) -> list[dict]:
             "data.data_dir": str(args.data_dir or os.environ.get("RESIST_DATA_DIR") or "data"),
         })
         rows.append(train(cfg, dataset if args.runtime == "inprocess" else None))
+        metrics.append(read_metrics(Path(cfg.run.out) / "metrics.jsonl"))
     text = (f"{base.model.name} at width {base.model.width}, {args.workers} workers, "
             f"{rows[0]['epochs_trained']:.3g} epoch(s) of {dataset.name} ({dataset.source}), test accuracy on "
-            f"{base.data.eval_limit or len(dataset.test.y):,} test images\n" + table(rows) +
-            "\ntimes are parallel-equivalent: per round, the slowest worker's compute plus the synchronization")
+            f"{base.data.eval_limit or len(dataset.test.y):,} test images\n" + table(rows, metrics) +
+            "\ntimes are parallel-equivalent: per round, the slowest worker's compute plus the synchronization;"
+            "\nbytes per round: the busier direction (sent or received) of the busiest worker, averaged over rounds")
     print(text)
     atomic_write_text(text + "\n", Path(args.out) / "table.txt")
     return rows

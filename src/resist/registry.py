@@ -51,6 +51,20 @@ OUTER_STEPPED = ("resist", "local_sgd")
 BN_DEFERRABLE = ("resist", "local_sgd")
 
 
+ABBREVIATIONS = ("et al", "e.g", "i.e", "cf", "vs", "Fig", "Eq", "resp")
+
+
+def first_sentence(doc: str) -> str:
+    """The first sentence of a docstring: up to a '. ' outside parentheses and not after an
+    abbreviation ("Douillard et al. 2023" and "e.g. 0.5" go on)."""
+    depth = 0
+    for i, ch in enumerate(doc):
+        depth += (ch == "(") - (ch == ")")
+        if ch == "." and depth == 0 and doc[i + 1:i + 2] in (" ", "") and not doc[:i].endswith(ABBREVIATIONS):
+            return doc[:i]
+    return doc.rstrip(".")
+
+
 def did_you_mean(name: object, choices) -> str:
     """`` (did you mean 'x'?)`` for the choice closest to a mistyped ``name``, or nothing."""
     import difflib

@@ -457,3 +457,18 @@ def test_paper_presets_deal_their_blocks():
         check_dealing("resist", workers, 22, cfg.algo.min_depth)
     with pytest.raises(ValueError, match="23 workers but this model has 22"):
         check_dealing("resist", 23, 22, 0)
+
+
+def test_models_one_line_each_and_presets_wrapped(capsys, monkeypatch):
+    from resist.models import list_models
+
+    rc, out, _ = run(capsys, "models")
+    lines = out.splitlines()
+    assert rc == 0 and len(lines) == len(list_models())
+    for name, line in zip(list_models(), lines):
+        assert line.split()[0] == name and len(line.split()) > 3, line  # a name and a description
+    monkeypatch.setenv("COLUMNS", "80")
+    rc, out, _ = run(capsys, "presets")
+    assert rc == 0 and all(len(line) <= 80 for line in out.splitlines())
+    starts = [line.split()[0] for line in out.splitlines() if not line.startswith(" ")]
+    assert starts == list(PRESETS)

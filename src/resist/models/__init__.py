@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from resist.registry import did_you_mean
+from resist.registry import did_you_mean, first_sentence
 
 from resist.models.protocol import ProtocolError, check_model, check_structure
 from resist.models.resnet import ResNet
@@ -50,6 +50,12 @@ _DETECTORS_REGISTERED: list[bool] = []
 def list_models() -> list[str]:
     _register_detectors()
     return sorted(_MODELS)
+
+
+def describe_model(name: str) -> str:
+    """The first sentence of a registered factory's docstring (``resist models`` prints it)."""
+    _register_detectors()
+    return first_sentence(" ".join((_MODELS[name].__doc__ or "").split())).replace("``", "'")
 
 
 def _factory(name: str) -> Callable[..., nn.Module]:
@@ -88,6 +94,7 @@ def create_model(name: str, num_classes: int = 10, width: float = 1.0, **kwargs)
 # Paper ResNets (Dun et al., §2.1): pre-activation basic blocks, no BN-ReLU before the pooling.
 @register_model
 def paper_resnet(num_classes=10, width=1.0, *, layers, **kwargs):
+    """Paper pre-activation basic-block ResNet (§2.1), any ``--layers``."""
     return ResNet(
         layers, "basic", preact=True, num_classes=num_classes, width=width, final_norm=False, **kwargs
     )
@@ -95,74 +102,87 @@ def paper_resnet(num_classes=10, width=1.0, *, layers, **kwargs):
 
 @register_model
 def paper_resnet101(num_classes=10, width=1.0, **kwargs):
+    """Paper ResNet101 (§2.1): pre-act basic blocks [3, 4, 23, 3], 22 partitionable."""
     return paper_resnet(num_classes, width, layers=(3, 4, 23, 3), **kwargs)
 
 
 @register_model
 def paper_resnet152(num_classes=10, width=1.0, **kwargs):
+    """Paper ResNet152: pre-act basic blocks [3, 4, 36, 3], 35 partitionable."""
     return paper_resnet(num_classes, width, layers=(3, 4, 36, 3), **kwargs)
 
 
 @register_model
 def paper_resnet200(num_classes=10, width=1.0, **kwargs):
+    """Paper ResNet200 (Table 8): pre-act basic blocks [3, 4, 50, 3], 49 partitionable."""
     return paper_resnet(num_classes, width, layers=(3, 4, 50, 3), **kwargs)
 
 
 @register_model
 def paper_resnet101_post(num_classes=10, width=1.0, **kwargs):
-    """The paper ResNet101 with post-activation basic blocks: the architecture ablation of Fig. 6."""
+    """Paper ResNet101 with post-activation basic blocks (the ablation of Fig. 6)."""
     return ResNet((3, 4, 23, 3), "basic", preact=False, num_classes=num_classes, width=width, **kwargs)
 
 
 # Standard pre-activation ResNets (He et al. 2016, "Identity Mappings"): bottleneck, final BN-ReLU.
 @register_model
 def preact_resnet(num_classes=10, width=1.0, *, layers, block="bottleneck", **kwargs):
+    """Pre-activation bottleneck ResNet (He et al. 2016), any ``--layers``."""
     return ResNet(layers, block, preact=True, num_classes=num_classes, width=width, **kwargs)
 
 
 @register_model
 def preact_resnet50(num_classes=10, width=1.0, **kwargs):
+    """Pre-activation bottleneck ResNet50 [3, 4, 6, 3] (He et al. 2016)."""
     return preact_resnet(num_classes, width, layers=(3, 4, 6, 3), **kwargs)
 
 
 @register_model
 def preact_resnet101(num_classes=10, width=1.0, **kwargs):
+    """Pre-activation bottleneck ResNet101 [3, 4, 23, 3] (He et al. 2016)."""
     return preact_resnet(num_classes, width, layers=(3, 4, 23, 3), **kwargs)
 
 
 @register_model
 def preact_resnet152(num_classes=10, width=1.0, **kwargs):
+    """Pre-activation bottleneck ResNet152 [3, 8, 36, 3] (He et al. 2016)."""
     return preact_resnet(num_classes, width, layers=(3, 8, 36, 3), **kwargs)
 
 
 @register_model
 def preact_resnet200(num_classes=10, width=1.0, **kwargs):
+    """Pre-activation bottleneck ResNet200 [3, 24, 36, 3] (He et al. 2016)."""
     return preact_resnet(num_classes, width, layers=(3, 24, 36, 3), **kwargs)
 
 
 # Post-activation ResNets (He et al. 2015): bottleneck, BN-ReLU after the stem conv.
 @register_model
 def resnet(num_classes=10, width=1.0, *, layers, block="bottleneck", **kwargs):
+    """Post-activation bottleneck ResNet (He et al. 2015), any ``--layers``."""
     return ResNet(layers, block, preact=False, num_classes=num_classes, width=width, **kwargs)
 
 
 @register_model
 def resnet50(num_classes=10, width=1.0, **kwargs):
+    """Post-activation bottleneck ResNet50 [3, 4, 6, 3] (He et al. 2015)."""
     return resnet(num_classes, width, layers=(3, 4, 6, 3), **kwargs)
 
 
 @register_model
 def resnet101(num_classes=10, width=1.0, **kwargs):
+    """Post-activation bottleneck ResNet101 [3, 4, 23, 3] (He et al. 2015)."""
     return resnet(num_classes, width, layers=(3, 4, 23, 3), **kwargs)
 
 
 @register_model
 def resnet152(num_classes=10, width=1.0, **kwargs):
+    """Post-activation bottleneck ResNet152 [3, 8, 36, 3] (He et al. 2015)."""
     return resnet(num_classes, width, layers=(3, 8, 36, 3), **kwargs)
 
 
 @register_model
 def resnet200(num_classes=10, width=1.0, **kwargs):
+    """Post-activation bottleneck ResNet200 [3, 24, 36, 3] (He et al. 2015)."""
     return resnet(num_classes, width, layers=(3, 24, 36, 3), **kwargs)
 
 
@@ -179,17 +199,20 @@ def _vit(dim: int, heads: int, num_classes: int, width: float, stem: str, kwargs
 
 @register_model
 def vit_tiny(num_classes=10, width=1.0, *, stem="cifar", **kwargs):
+    """ViT-Ti (DeiT size): 12 pre-norm blocks, 192-dim, 3 heads; 10 partitionable."""
     return _vit(192, 3, num_classes, width, stem, kwargs)
 
 
 @register_model
 def vit_small(num_classes=10, width=1.0, *, stem="cifar", **kwargs):
+    """ViT-S (DeiT size): 12 pre-norm blocks, 384-dim, 6 heads; 10 partitionable."""
     return _vit(384, 6, num_classes, width, stem, kwargs)
 
 
 # Byte-level GPT (models/gpt.py): width scales the embedding size (256 at width 1, in whole heads).
 @register_model
 def gpt_char(num_classes=256, width=1.0, *, depth=8, heads=4, context=128, **kwargs):
+    """Byte-level causal GPT (``--task lm``): 8 pre-norm blocks, 6 partitionable."""
     from resist.models.gpt import GPT
 
     dim = max(1, round(64 * width)) * heads
