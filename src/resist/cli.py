@@ -220,7 +220,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     _not_a_file(cfg.run.out)
     summary = train(cfg, resume=True if args.resume else "auto" if args.auto_resume else False)
     from .tasks import make_task
+    from .train.trainer import under_torchrun
 
+    if cfg.run.runtime == "dist" and under_torchrun() and os.environ.get("RANK", "0") != "0":
+        return 0  # torchrun runs this command once per rank: rank 0 reports the run
     print(f"{cfg.algo.name}: {make_task(cfg.data.task).headline_words(summary)} in {summary['time_s']:.1f} s "
           f"(parallel-equivalent), {max(summary['sent_bytes_per_worker']) / 1e6:.2f} MB sent per worker; "
           f"run folder {cfg.run.out}")

@@ -472,3 +472,66 @@ def test_models_one_line_each_and_presets_wrapped(capsys, monkeypatch):
     assert rc == 0 and all(len(line) <= 80 for line in out.splitlines())
     starts = [line.split()[0] for line in out.splitlines() if not line.startswith(" ")]
     assert starts == list(PRESETS)
+
+
+# --- progress ---------------------------------------------------------------------------------------
+
+def _round_lines(err):
+    return [line for line in err.splitlines() if line.startswith("round ")]
+
+
+def test_a_progress_line_every_round_in_process(capsys, tmp_path):
+    rc, out, err = run(capsys, *SMOKE, "--max-rounds", "4", "--eval-every", "2", "--out", str(tmp_path / "r"))
+    lines = _round_lines(err)
+    assert rc == 0 and [int(line.split()[1]) for line in lines] == [1, 2, 3, 4]
+    assert "test" not in lines[0] and "test" in lines[1] and "loss" in lines[0] and "sent/worker" in lines[0]
+
+
+def test_a_progress_line_every_round_from_dist_ranks(capfd, tmp_path):
+    """The spawned ranks write to the launcher's stderr (captured at the file descriptor); rank 0 alone."""
+    rc = main([*SMOKE, "--max-rounds", "3", "--eval-every", "3", "--runtime", "dist", "--timeout", "60",
+               "--out", str(tmp_path / "r")])
+    out, err = capfd.readouterr()
+    assert rc == 0 and [int(line.split()[1]) for line in _round_lines(err)] == [1, 2, 3], err
+    assert out.count("resist: best test accuracy") == 1
+
+
+def test_torchrun_ranks_print_the_summary_once(capsys, tmp_path, monkeypatch):
+    """torchrun runs the command once per rank; only rank 0 prints the run's last line."""
+    import resist.train
+
+    summary = {"best_acc": 50.0, "time_s": 1.0, "sent_bytes_per_worker": [10, 10]}
+    monkeypatch.setattr(resist.train, "train", lambda cfg, resume=False: summary)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    printed = []
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        rc, out, _ = run(capsys, *SMOKE, "--runtime", "dist", "--out", str(tmp_path / "r"))
+        assert rc == 0
+        printed.append(out)
+    assert "best test accuracy 50.00%" in printed[0] and printed[1] == ""
+
+
+def test_progress_bar_shows_on_a_pseudo_terminal_of_unknown_size(tmp_path):
+    """A pty opened without a size reports 0 x 0 (as `script` and some CI runners do); tqdm hid its bar there."""
+    import os
+    import pty
+
+    primary, secondary = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("COLUMNS", None), env.pop("LINES", None)
+    proc = subprocess.Popen([sys.executable, "-m", "resist.cli", *SMOKE, "--max-rounds", "3", "--out",
+                             str(tmp_path / "r")], stderr=secondary, stdout=subprocess.DEVNULL, env=env)
+    os.close(secondary)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert proc.wait(timeout=120) == 0
+    os.close(primary)
+    assert b"0/3" in seen and b"3/3" in seen and (b"round/s" in seen or b"s/round" in seen), seen[-500:]

@@ -416,6 +416,8 @@ def peak_memory_bytes(device: torch.device) -> int:
 def _dist_entry(comm: Communicator, cfg_dict: dict, out: str | None, dataset: Dataset | None,
                 resume: str | None) -> dict[str, Any]:
     cfg = Config.from_dict(cfg_dict)
+    if comm.rank == 0 and not log.handlers:  # a process spawned by --runtime dist: rank 0 reports progress
+        setup_logging()
     if dataset is None:
         dataset = load_data(cfg)
     if out:
