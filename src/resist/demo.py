@@ -73,4 +73,6 @@ def run_demo(args: argparse.Namespace) -> list[dict]:
             "\nbytes per round: the busier direction (sent or received) of the busiest worker, averaged over rounds")
     print(text)
     atomic_write_text(text + "\n", Path(args.out) / "table.txt")
+    runs = " ".join(str(Path(args.out) / algo) for algo in ("resist", "local_sgd"))
+    log.info("accuracy against time and bytes: resist plot %s; other link speeds: resist project %s", runs, runs)
     return rows

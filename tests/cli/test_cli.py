@@ -76,6 +76,7 @@ def test_demo_falls_back_to_digits_offline(capsys, tmp_path, monkeypatch):
     # The header states the epochs trained (one round), not the preset's 12.
     trained = json.loads((tmp_path / "demo" / "resist" / "summary.json").read_text())["epochs_trained"]
     assert 0 < trained < 1 and f"2 workers, {trained:.3g} epoch(s) of digits" in lines[0]
+    assert f"resist plot {tmp_path / 'demo' / 'resist'} {tmp_path / 'demo' / 'local_sgd'}" in err
 
 
 @pytest.mark.parametrize("where", ["flag", "env"])
