@@ -46,11 +46,11 @@ def pick_dataset(data_dir: str | None) -> Dataset:
 def table(rows: list[dict], metrics: list[list[dict]]) -> str:
     """One line per run; bytes per round as ``resist project`` counts them (from each run's metrics rows)."""
     head = ("algorithm", "best test acc", "time to best", "train time", "bytes / worker / round")
-    lines = [f"{head[0]:<10} {head[1]:>13} {head[2]:>13} {head[3]:>11} {head[4]:>22}"]
+    lines = [f"{head[0]:<10} {head[1]:>13} {head[2]:>13} {head[3]:>11} {head[4]:>23}"]
     for s, m in zip(rows, metrics):
         per_round = sum(round_bytes(m)) / len(m)
         lines.append(f"{s['algo']:<10} {s['best_acc']:>12.2f}% {s['time_to_best_s']:>12.1f}s "
-                     f"{s['time_s']:>10.1f}s {human_bytes(per_round):>22}")
+                     f"{s['time_s']:>10.1f}s {human_bytes(per_round):>23}")
     return "\n".join(lines)
 
 
