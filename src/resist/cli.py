@@ -155,7 +155,8 @@ def build_config(args: argparse.Namespace) -> Config:
             raise UsageError("--resume takes the run folder's own config; drop the preset / --config")
         cfg = read_config(Path(resume) / "config.json")
     else:
-        cfg = read_config(Path(args.config)) if args.config else preset(args.preset or TASK_PRESETS.get(args.task, "demo"))
+        name = args.preset or TASK_PRESETS.get(args.task, "demo")
+        cfg = read_config(Path(args.config)) if args.config else preset(name)
     overrides: dict[str, Any] = {}
     if os.environ.get("RESIST_DATA_DIR") and not resume:
         overrides["data.data_dir"] = os.environ["RESIST_DATA_DIR"]

@@ -670,5 +670,6 @@ TASK_PRESETS = {"classification": "demo", "lm": "gpt_char_cpu", "detection": "vo
 
 
 def preset(name: str) -> Config:
-    _check(name in PRESETS, f"unknown preset {name!r}{did_you_mean(name, PRESETS)}; choose one of: {', '.join(PRESETS)}")
+    _check(name in PRESETS,
+           f"unknown preset {name!r}{did_you_mean(name, PRESETS)}; choose one of: {', '.join(PRESETS)}")
     return Config.from_dict(PRESETS[name]().to_dict())  # validates what the preset set

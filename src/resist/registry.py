@@ -76,6 +76,7 @@ def did_you_mean(name: object, choices) -> str:
 def algorithm_class(name: str) -> type:
     """The class registered as ``name`` (imported on first use)."""
     if name not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {name!r}{did_you_mean(name, ALGORITHMS)}; choose one of: {', '.join(ALGORITHMS)}")
+        raise ValueError(f"unknown algorithm {name!r}{did_you_mean(name, ALGORITHMS)}; "
+                         f"choose one of: {', '.join(ALGORITHMS)}")
     module, _, cls = ALGORITHMS[name][0].partition(":")
     return getattr(importlib.import_module(module), cls)

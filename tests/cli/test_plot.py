@@ -357,12 +357,14 @@ def test_demo_table_and_project_agree_on_bytes_per_round(capsys, tmp_path, monke
     monkeypatch.delenv("RESIST_DATA_DIR", raising=False)
     (tmp_path / "empty").mkdir()
     # 4 workers, 4 rounds: per worker, what it sent and what it received differ, and the busiest worker
-    # changes from round to round; a table of the busiest total sent over rounds read 1.70 MB where resist project read 1.74.
+    # changes from round to round; a table of the busiest total sent over rounds read 1.70 MB where
+    # resist project read 1.74.
     rc, out, err = run(capsys, "demo", "--data-dir", str(tmp_path / "empty"), "--workers", "4", "--max-rounds", "4",
                        "--out", str(tmp_path / "demo"))
     assert rc == 0, err
     shown = {line.split()[0]: " ".join(line.split()[-2:]) for line in out.splitlines()
              if line.startswith(("resist ", "local_sgd "))}
-    rc, out, _ = run(capsys, "project", str(tmp_path / "demo" / "resist"), str(tmp_path / "demo" / "local_sgd"), "--json")
+    demo = tmp_path / "demo"
+    rc, out, _ = run(capsys, "project", str(demo / "resist"), str(demo / "local_sgd"), "--json")
     projected = {r["run_dir"].split("/")[-1]: r["sent_bytes_per_round"] for r in json.loads(out)["runs"]}
     assert shown == {algo: human_bytes(b) for algo, b in projected.items()}
