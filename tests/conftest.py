@@ -60,3 +60,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def postscript_spy(monkeypatch):
+    """The files handed to Pillow's EPS plugin (which would run Ghostscript on them), which is made to
+    decline each (Pillow then tries its next format)."""
+    from PIL import EpsImagePlugin
+
+    reached = []
+
+    def spy(self):
+        reached.append(self.filename)
+        raise SyntaxError("declined by the test")
+
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", spy)
+    return reached

@@ -17,9 +17,9 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from .config import PRESETS, RESUMABLE_CHANGES, Config, field_docs, preset
+from .config import PRESETS, RESUMABLE_CHANGES, TASK_PRESETS, Config, field_docs, preset
 from . import registry
-from .registry import RUNTIMES
+from .registry import RUNTIMES, first_sentence
 
 log = logging.getLogger("resist")
 EXIT_USAGE = 2
@@ -29,9 +29,44 @@ class UsageError(Exception):
     """A mistake in what the user asked for."""
 
 
+#: torchrun's own flags: given to resist, they mean the user wanted torchrun to start the processes.
+TORCHRUN_FLAGS = ("--nproc-per-node", "--nproc_per_node", "--nproc", "--nnodes", "--node-rank", "--node_rank",
+                  "--master-addr", "--master_addr", "--rdzv-backend", "--rdzv_backend", "--rdzv-endpoint",
+                  "--rdzv_endpoint", "--rdzv-id", "--rdzv_id", "--standalone", "--max-restarts", "--max_restarts")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not argparse's usage block
+        if message.startswith("unrecognized arguments: "):
+            given = [a.split("=")[0] for a in message.split(": ", 1)[1].split() if a.startswith("-")]
+            torchrun = next((a for a in given if a in TORCHRUN_FLAGS), None)
+            if torchrun:
+                raise UsageError(f"{torchrun} is a flag of torchrun, which starts resist's processes: torchrun "
+                                 f"--nproc-per-node N [--nnodes ...] -m resist.cli train ... --runtime dist --workers "
+                                 f"N*nodes (on one machine, 'resist train ... --runtime dist --workers N' starts them)")
+            known = [o for action in self._all_actions() for o in action.option_strings]
+            message += "".join(registry.did_you_mean(a, known) for a in given[:1])
         raise UsageError(f"{message} (see '{self.prog} --help')")
+
+    def _all_actions(self) -> list[argparse.Action]:
+        """This parser's options and the chosen subcommand's (an unknown flag is reported by the top parser)."""
+        actions = list(self._actions)
+        for a in self._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for p in a.choices.values():
+                    actions += p._actions
+        return actions
+
+
+def comma_lists(argv: Sequence[str]) -> None:
+    """``--layers 1 1 1``: argparse takes the first number and then stumbles on the others."""
+    comma = {f.name for f in train_flags() if getattr(f.type, "__name__", "").startswith("comma-separated")}
+    comma.add("--layers")  # resist comm's
+    number = lambda a: a.replace(".", "", 1).isdigit()  # noqa: E731
+    for i, a in enumerate(argv[:-2]):
+        if a in comma and number(argv[i + 1]) and number(argv[i + 2]):
+            values = [v for v in argv[i + 1:] if number(v)]
+            raise UsageError(f"{a} takes one comma-separated value: {a} {','.join(values)}")
 
 
 # A training flag for every config field, named after it (``--local-iters`` sets ``algo.local_iters``)
@@ -64,6 +99,7 @@ class Flag:
     type: Any  # a parser for the value, or bool for a --x / --no-x switch
     help: str
     repeat: bool = False  # given once per value, collected into a tuple
+    default: Any = None  # the base config's value (a preset may change it)
 
 
 def train_flags() -> list[Flag]:
@@ -85,10 +121,11 @@ def train_flags() -> list[Flag]:
                 kind = _numbers(typing.get_args(base)[0])
             else:
                 kind = base
-            help_ = docs[key].split(". ")[0].rstrip(".").replace("``", "'")
+            help_ = first_sentence(docs[key]).replace("``", "'")
             if key in CHOICES:
                 help_ += f" [{'|'.join(CHOICES[key])}]"
-            flags.append(Flag(FLAG_NAMES.get(key, "--" + f.name.replace("_", "-")), key, kind, help_, repeat))
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            flags.append(Flag(FLAG_NAMES.get(key, "--" + f.name.replace("_", "-")), key, kind, help_, repeat, default))
     names = [f.name for f in flags]
     assert len(names) == len(set(names)), "two config fields map to one flag"
     return flags
@@ -118,7 +155,8 @@ def build_config(args: argparse.Namespace) -> Config:
             raise UsageError("--resume takes the run folder's own config; drop the preset / --config")
         cfg = read_config(Path(resume) / "config.json")
     else:
-        cfg = read_config(Path(args.config)) if args.config else preset(args.preset or "demo")
+        name = args.preset or TASK_PRESETS.get(args.task, "demo")
+        cfg = read_config(Path(args.config)) if args.config else preset(name)
     overrides: dict[str, Any] = {}
     if os.environ.get("RESIST_DATA_DIR") and not resume:
         overrides["data.data_dir"] = os.environ["RESIST_DATA_DIR"]
@@ -137,46 +175,83 @@ def build_config(args: argparse.Namespace) -> Config:
             raise UsageError(f"cannot change {', '.join(fixed)} when resuming; only where and how it runs "
                              f"({', '.join(sorted(RESUMABLE_CHANGES))})")
         overrides["run.out"] = str(resume)
-    return cfg.replace(**overrides)
+    resolved = cfg.replace(**overrides)
+    if args.preset and cfg.data.task != resolved.data.task:
+        log.warning("preset %s is tuned for %s, not %s; the %s preset is %s", args.preset, cfg.data.task,
+                    resolved.data.task, resolved.data.task, TASK_PRESETS[resolved.data.task])
+    return resolved
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("preset", nargs="?", default=None, help=f"named preset ({', '.join(PRESETS)}); default demo")
+    p.add_argument("preset", nargs="?", default=None, help=f"named preset ({', '.join(PRESETS)}); default: "
+                   f"{', '.join(f'{p} with --task {t}' for t, p in TASK_PRESETS.items())}")
     p.add_argument("--config", help="a config.json (e.g. from a run folder) instead of a preset")
     for flag in train_flags():
+        help_ = f"{flag.help} (default: {_shown(flag.default)})".replace("%", "%%")
         if flag.type is bool:
-            p.add_argument(flag.name, action=argparse.BooleanOptionalAction, default=None, help=flag.help)
+            p.add_argument(flag.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif flag.repeat:
-            p.add_argument(flag.name, action="append", default=None, help=flag.help + " (repeatable)")
+            p.add_argument(flag.name, action="append", default=None, help=help_ + " (repeatable)")
         else:
-            p.add_argument(flag.name, type=flag.type, default=None, help=flag.help)
+            p.add_argument(flag.name, type=flag.type, default=None, help=help_)
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="any other config field")
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "none"
+    return "none" if value is None else str(value)
+
+
+def _not_a_file(out: str) -> None:
+    if Path(out).is_file():
+        raise UsageError(f"--out {out} is a file, not a folder; name the folder a run writes into (it is created)")
+
+
+DEFAULTS_NOTE = ("Defaults shown are the base config's; a preset changes some ('resist config PRESET' prints what "
+                 "a run would use).")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
     cfg = build_config(args)
+    _not_a_file(cfg.run.out)
     summary = train(cfg, resume=True if args.resume else "auto" if args.auto_resume else False)
     from .tasks import make_task
+    from .train.trainer import under_torchrun
 
+    if cfg.run.runtime == "dist" and under_torchrun() and os.environ.get("RANK", "0") != "0":
+        return 0  # torchrun runs this command once per rank: rank 0 reports the run
     print(f"{cfg.algo.name}: {make_task(cfg.data.task).headline_words(summary)} in {summary['time_s']:.1f} s "
           f"(parallel-equivalent), {max(summary['sent_bytes_per_worker']) / 1e6:.2f} MB sent per worker; "
           f"run folder {cfg.run.out}")
     return 0
 
 
+def _wrapped(name: str, text: str, indent: int) -> str:
+    """``name`` then ``text`` wrapped to the terminal, continuation lines under the text."""
+    import shutil
+    import textwrap
+
+    width = max(60, min(120, shutil.get_terminal_size((100, 24)).columns))
+    return textwrap.fill(text, width, initial_indent=f"{name:<{indent}}", subsequent_indent=" " * indent)
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     for name, fn in PRESETS.items():
-        summary = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())
-        print(f"{name:26s} {summary}")
+        summary = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split()).replace("``", "'")
+        print(_wrapped(name, summary, 26))
     return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import list_models
+    from .models import describe_model, list_models
 
-    print("\n".join(list_models()))
+    for name in list_models():
+        print(f"{name:<22}{describe_model(name)}")
     return 0
 
 
@@ -188,6 +263,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    _not_a_file(args.out)
     run_demo(args)
     return 0
 
@@ -285,13 +361,13 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
     sub.required = True
-    p = sub.add_parser("train", help="train with a preset plus overrides")
+    p = sub.add_parser("train", help="train with a preset plus overrides", epilog=DEFAULTS_NOTE)
     _add_train_args(p)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     p.add_argument("--auto-resume", action="store_true",
                    help="resume from --out's latest checkpoint if there is one (for torchrun --max-restarts)")
     p.set_defaults(fn=cmd_train)
-    p = sub.add_parser("config", help="print the resolved config of a preset plus overrides")
+    p = sub.add_parser("config", help="print the resolved config of a preset plus overrides", epilog=DEFAULTS_NOTE)
     _add_train_args(p)
     p.set_defaults(fn=cmd_show)
     sub.add_parser("presets", help="list the named presets").set_defaults(fn=cmd_presets)
@@ -345,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .train import setup_logging
 
     try:
+        comma_lists(sys.argv[1:] if argv is None else list(argv))
         args = make_parser().parse_args(argv)
         setup_logging(args.verbose)
         return args.fn(args)
@@ -368,7 +445,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
+    from .io import printable
+
+    return printable(" ".join(str(e).split())) or type(e).__name__
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from .registry import (EPOCH_UNITS, ALGORITHMS, AMP_MODES, BACKENDS, BN_DEFERRABLE, CODECS, COMPRESS_WHAT, COMPRESSIBLE, BN_EVAL_MODES,
                        DATASETS, DETECTION_DATASETS, DETECTION_MODEL_PREFIX, DEVICES, FOLDER_DATASETS, INNER_OPTIMIZERS, LR_SCHEDULES, OUTER_STEPPED, PARTITIONS,
-                       RUNTIMES, STEMS, TASKS, TEXT_DATASETS)
+                       RUNTIMES, STEMS, TASKS, TEXT_DATASETS, did_you_mean)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -84,9 +84,10 @@ class DataConfig:
     """Image folders: side of the square training crop (random-resized crop) and of the evaluation center
     crop, taken after resizing the shorter side to 256/224 of it (224 for ImageNet, smaller for
     downsampled trees)."""
-    loader_workers: int = 4
+    loader_workers: int | None = None
     """Image folders and VOC: processes per worker that decode and augment images (DataLoader workers); 0
-    decodes in the training process itself."""
+    decodes in the training process itself; ``None``: the cores this process may use divided by the
+    workers on this machine, at most 4 (0 on 2 cores with 4 workers)."""
     extra_test: tuple[str, ...] = ()
     """Image folders: extra test sets as NAME=DIR, each a class-per-folder tree whose folders are
     training class names or class indices (the ImageNet-V2 layout), evaluated beside the test set."""
@@ -132,7 +133,8 @@ class DataConfig:
                "(and its line in ImageSets) and drop --skip-bad-images")
         _check(self.context >= 2, f"context must be >= 2, got {self.context}")
         _check(self.text_bytes is None or self.text_bytes >= 1024, f"text_bytes must be >= 1024, got {self.text_bytes}")
-        _check(self.loader_workers >= 0, f"loader_workers must be >= 0, got {self.loader_workers}")
+        _check(self.loader_workers is None or self.loader_workers >= 0,
+               f"loader_workers must be >= 0, got {self.loader_workers}")
         _check(not self.extra_test or self.dataset in FOLDER_DATASETS,
                f"extra test sets are class-per-folder image trees, read with --dataset "
                f"{' or '.join(FOLDER_DATASETS)}, not {self.dataset}; drop --extra-test")
@@ -161,8 +163,9 @@ def _extra_tests(items: tuple[str, ...]) -> dict[str, str]:
     for item in items:
         name, sep, folder = str(item).partition("=")
         _check(bool(sep) and bool(folder), f"extra_test takes NAME=DIR, got {item!r}")
-        _check(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) is not None and name != "test",
-               f"extra test set name {name!r} must be letters, digits, '_', '.' or '-' (and not 'test')")
+        # "test" and "train" name the run's own splits (metric keys, skipped-image counts).
+        _check(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) is not None and name not in ("test", "train"),
+               f"extra test set name {name!r} must be letters, digits, '_', '.' or '-' (and not 'test' or 'train')")
         _check(name not in sets, f"extra test set {name!r} is given twice")
         sets[name] = folder
     return sets
@@ -230,7 +233,8 @@ class AlgoConfig:
     holders brings those of its lowest-ranked holder. 1: every round, with the parameters."""
 
     def __post_init__(self) -> None:
-        _check(self.name in ALGORITHMS, f"unknown algorithm {self.name!r}; choose one of: {', '.join(ALGORITHMS)}")
+        _check(self.name in ALGORITHMS, f"unknown algorithm {self.name!r}{did_you_mean(self.name, ALGORITHMS)}; "
+                                        f"choose one of: {', '.join(ALGORITHMS)}")
         _check(self.workers >= 1, f"workers must be >= 1, got {self.workers}")
         _check(self.local_iters >= 1, f"local_iters must be >= 1, got {self.local_iters}")
         _check(self.min_depth >= 0, f"min_depth must be >= 0, got {self.min_depth}")
@@ -658,8 +662,10 @@ def imagenet_resnet101_paper() -> Config:
 
 
 def smoke() -> Config:
-    """Seconds: a tiny model on synthetic data (tests, CI, first check of an install)."""
+    """Seconds: a tiny model on synthetic data (tests, CI, first check of an install); 3 workers, one for
+    each of its 3 partitionable blocks."""
     cfg = Config()
+    cfg.algo.workers = 3
     cfg.model.name = "paper_resnet"
     cfg.model.layers = (1, 1, 4, 1)
     cfg.model.width = 0.0625
@@ -689,6 +695,12 @@ PRESETS: dict[str, Callable[[], Config]] = {
 }
 
 
+#: The preset a run of each task starts from when none is named: hyper-parameters that task trains
+#: with (a detector at classification's lr 0.05 and no warm-up diverges).
+TASK_PRESETS = {"classification": "demo", "lm": "gpt_char_cpu", "detection": "voc_cpu"}
+
+
 def preset(name: str) -> Config:
-    _check(name in PRESETS, f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    _check(name in PRESETS,
+           f"unknown preset {name!r}{did_you_mean(name, PRESETS)}; choose one of: {', '.join(PRESETS)}")
     return Config.from_dict(PRESETS[name]().to_dict())  # validates what the preset set

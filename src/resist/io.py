@@ -38,6 +38,12 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def printable(text: str) -> str:
+    """``text`` with the bytes of file names that are not UTF-8 (which Python holds as surrogates) shown
+    as ``\\xNN``: writing a surrogate to a UTF-8 stream would fail with an error that names no file."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` that never leaves a half-written file."""
     _atomic(path, lambda f: torch.save(obj, f))

@@ -10,6 +10,7 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
+from .registry import DEALING
 from .seeds import mix
 
 PARTITION_MODES = ("section3", "naive")
@@ -66,6 +67,30 @@ def validate(num_workers: int, num_candidates: int, min_depth: int) -> None:
         raise ValueError(
             f"min depth {min_depth} exceeds the {num_candidates} partitionable blocks of this model"
         )
+
+
+def check_dealing(algo: str, num_workers: int, num_candidates: int, min_depth: int) -> None:
+    """Refuse a deal that trains something other than what ``algo`` names, silently.
+
+    Without a minimum depth, more workers than blocks leave sub-networks with no dealt block: they
+    train the stem and head alone, their averages pull the shared layers towards a network without
+    blocks, and the whole network is evaluated with the blocks scaled by 1/S (a 16-worker run of a
+    3-block model trains at chance). A minimum depth gives every sub-network that many blocks, shared,
+    which is meaningful (the paper's 8 workers of ResNet101 with m = 4). With no block to deal, ResIST
+    trains the whole model on every worker and averages: local SGD under another name (shallow
+    ensembles then are ensembles of whole models, which is what they say).
+    """
+    if algo not in DEALING:  # the others hold every block on every worker
+        return
+    if num_candidates == 0 and algo == "resist":
+        raise ValueError("this model has no partitionable block (for a ResNet: none but the strided first one "
+                         "in its third section), so ResIST would be local SGD; use --algo local_sgd, a deeper model "
+                         "(--layers with 2 or more blocks in the third section), or --partition naive")
+    if 0 < num_candidates < num_workers and min_depth == 0:
+        raise ValueError(f"{num_workers} workers but this model has {num_candidates} partitionable blocks: "
+                         f"{num_workers - num_candidates} sub-networks would hold none and train only the stem and "
+                         f"head; use at most {num_candidates} workers, --min-depth 1..{num_candidates} (blocks shared "
+                         f"so that each holds that many), or a deeper model")
 
 
 def make_plan(seed: int, round_: int, num_workers: int, candidates: Sequence[int], min_depth: int = 0) -> Plan:

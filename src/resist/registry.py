@@ -44,15 +44,40 @@ CODECS = ("none", "fp16", "bf16", *(f"q{k}" for k in range(1, 9)), "topk", "rand
 COMPRESS_WHAT = ("weights", "update")
 #: Algorithms that can send their synchronization compressed.
 COMPRESSIBLE = ("resist", "local_sgd", "data_parallel")
+#: Algorithms that deal the partitionable blocks out to sub-networks (``plan.make_plan``).
+DEALING = ("resist", "ensemble")
 #: Algorithms whose rounds end in an average of the parts, which an outer optimizer can step.
 OUTER_STEPPED = ("resist", "local_sgd")
 #: Algorithms that can average BatchNorm statistics less often than the parameters (``bn_sync_every``).
 BN_DEFERRABLE = ("resist", "local_sgd")
 
 
+ABBREVIATIONS = ("et al", "e.g", "i.e", "cf", "vs", "Fig", "Eq", "resp")
+
+
+def first_sentence(doc: str) -> str:
+    """The first sentence of a docstring: up to a '. ' outside parentheses and not after an
+    abbreviation ("Douillard et al. 2023" and "e.g. 0.5" go on)."""
+    depth = 0
+    for i, ch in enumerate(doc):
+        depth += (ch == "(") - (ch == ")")
+        if ch == "." and depth == 0 and doc[i + 1:i + 2] in (" ", "") and not doc[:i].endswith(ABBREVIATIONS):
+            return doc[:i]
+    return doc.rstrip(".")
+
+
+def did_you_mean(name: object, choices) -> str:
+    """`` (did you mean 'x'?)`` for the choice closest to a mistyped ``name``, or nothing."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def algorithm_class(name: str) -> type:
     """The class registered as ``name`` (imported on first use)."""
     if name not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {name!r}; choose one of: {', '.join(ALGORITHMS)}")
+        raise ValueError(f"unknown algorithm {name!r}{did_you_mean(name, ALGORITHMS)}; "
+                         f"choose one of: {', '.join(ALGORITHMS)}")
     module, _, cls = ALGORITHMS[name][0].partition(":")
     return getattr(importlib.import_module(module), cls)

@@ -63,13 +63,32 @@ def test_demo_falls_back_to_digits_offline(capsys, tmp_path, monkeypatch):
 
     monkeypatch.setattr(ds, "CIFAR10_URL", (tmp_path / "nowhere.tar.gz").as_uri())
     monkeypatch.delenv("RESIST_DATA_DIR", raising=False)
+    (tmp_path / "empty").mkdir()
     rc, out, err = run(capsys, "demo", "--data-dir", str(tmp_path / "empty"), "--workers", "2",
                        "--max-rounds", "1", "--out", str(tmp_path / "demo"))
     assert rc == 0
-    assert "digits" in err and "scikit-learn" in err
+    fallback = next(line for line in err.splitlines() if "scikit-learn" in line)
+    assert f"CIFAR-10 is not in {tmp_path / 'empty'} (from --data-dir)" in fallback
+    assert "--data-dir DIR" in fallback and "RESIST_DATA_DIR" in fallback and "digits" in fallback
     lines = out.splitlines()
     assert any(line.startswith("resist ") for line in lines) and any(line.startswith("local_sgd ") for line in lines)
     assert (tmp_path / "demo" / "table.txt").exists()
+    # The header states the epochs trained (one round), not the preset's 12.
+    trained = json.loads((tmp_path / "demo" / "resist" / "summary.json").read_text())["epochs_trained"]
+    assert 0 < trained < 1 and f"2 workers, {trained:.3g} epoch(s) of digits" in lines[0]
+    assert f"resist plot {tmp_path / 'demo' / 'resist'} {tmp_path / 'demo' / 'local_sgd'}" in err
+
+
+@pytest.mark.parametrize("where", ["flag", "env"])
+def test_demo_refuses_a_data_folder_that_does_not_exist(capsys, tmp_path, monkeypatch, where):
+    typo = str(tmp_path / "cifra10")
+    monkeypatch.delenv("RESIST_DATA_DIR", raising=False)
+    if where == "env":
+        monkeypatch.setenv("RESIST_DATA_DIR", typo)
+    rc, out, err = run(capsys, "demo", *(["--data-dir", typo] if where == "flag" else []), "--out", str(tmp_path / "d"))
+    named = "--data-dir" if where == "flag" else "RESIST_DATA_DIR"
+    assert rc == 2 and f"{named} {typo} does not exist" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "d").exists()
 
 
 def _fake_cifar(folder, labels_max=9, shape=(32, 32, 3)):
@@ -85,10 +104,23 @@ def _fake_cifar(folder, labels_max=9, shape=(32, 32, 3)):
 
 BAD = {
     "unknown model": (["--model", "resnet7"], "unknown model 'resnet7'"),
+    "model factory returning a dict": (["--model", "builtins:dict"], "returned a dict, not a torch.nn.Module"),
+    "model factory returning no stack": (["--model", "torch.nn:Identity"],
+                                         "cannot partition (Identity: the model has no module 'stem')"),
+    "model factory taking no keywords": (["--model", "os:getcwd"], "cannot be made with num_classes, width, layers"),
     "unknown algorithm": (["--algo", "gossip"], "unknown algorithm 'gossip'"),
+    "mistyped algorithm": (["--algo", "resits"], "unknown algorithm 'resits' (did you mean 'resist'?)"),
+    "mistyped model": (["--model", "paper_resnet10"],
+                       "unknown model 'paper_resnet10' (did you mean 'paper_resnet101'?)"),
+    "mistyped flag": (["--wrokers", "4"], "--wrokers 4 (did you mean '--workers'?)"),
+    "spaced layers": (["--layers", "1", "1", "4", "1"], "--layers takes one comma-separated value: --layers 1,1,4,1"),
+    "spaced decays": (["--lr-decay-at", "0.5", "0.75"], "--lr-decay-at 0.5,0.75"),
     "zero workers": (["--workers", "0"], "workers must be >= 1"),
     "negative workers": (["--workers", "-3"], "workers must be >= 1"),
     "min depth too high": (["--min-depth", "5"], "min depth 5 exceeds the 3 partitionable blocks"),
+    "more workers than blocks": (["--workers", "4"], "4 workers but this model has 3 partitionable blocks"),
+    "ensemble of more workers than blocks": (["--workers", "5", "--algo", "ensemble"], "use at most 3 workers"),
+    "no block to deal": (["--layers", "1,1,1,1", "--workers", "3"], "ResIST would be local SGD"),
     "zero local iters": (["--local-iters", "0"], "local_iters must be >= 1"),
     "negative width": (["--width", "-1"], "width must be > 0"),
     "zero epochs": (["--epochs", "0"], "epochs must be > 0"),
@@ -101,7 +133,7 @@ BAD = {
     "unknown set field": (["--set", "algo.speed=3"], "unknown config field 'algo.speed'"),
     "set without value": (["--set", "algo.workers"], "--set takes section.field=value"),
     "num classes below dataset": (["--num-classes", "2"], "below the dataset's 4 classes"),
-    "too many workers for data": (["--workers", "64", "--batch-size", "64"], "too small"),
+    "too many workers for data": (["--workers", "64", "--batch-size", "64", "--min-depth", "1"], "too small"),
     "unknown backend": (["--backend", "mpi"], "unknown backend 'mpi'"),
     "unknown device": (["--device", "tpu"], "unknown device 'tpu'"),
     "zero lr": (["--lr", "0"], "lr must be > 0"),
@@ -150,7 +182,8 @@ BAD = {
     "bn sync of data parallel": (["--algo", "data_parallel", "--bn-sync-every", "2"], "data_parallel has no round average"),
     "extra test of in-memory data": (["--extra-test", "v2=/tmp"], "read with --dataset imagefolder, not synthetic"),
     "extra test without a folder": (["--dataset", "imagefolder", "--extra-test", "v2"], "extra_test takes NAME=DIR"),
-    "extra test named test": (["--dataset", "imagefolder", "--extra-test", "test=/x"], "and not 'test'"),
+    "extra test named test": (["--dataset", "imagefolder", "--extra-test", "test=/x"], "and not 'test' or 'train'"),
+    "extra test named train": (["--dataset", "imagefolder", "--extra-test", "train=/x"], "and not 'test' or 'train'"),
     "extra test twice": (["--dataset", "imagefolder", "--extra-test", "a=/x", "--extra-test", "a=/y"], "given twice"),
     "tiny crop": (["--crop-size", "4"], "crop_size must be >= 8"),
     "negative loader workers": (["--loader-workers", "-1"], "loader_workers must be >= 0"),
@@ -187,6 +220,37 @@ def test_more_nccl_ranks_than_gpus(capsys, tmp_path, monkeypatch):
 def test_unknown_preset(capsys):
     rc, _, err = run(capsys, "train", "cifar11")
     assert rc == 2 and "unknown preset 'cifar11'" in err and len(err.strip().splitlines()) == 1
+    rc, _, err = run(capsys, "train", "cifar10cpu")
+    assert rc == 2 and "unknown preset 'cifar10cpu' (did you mean 'cifar10_cpu'?)" in err
+
+
+@pytest.mark.parametrize("flag", ["--nproc-per-node", "--nproc_per_node", "--nproc_per_node=2", "--nnodes"])
+def test_torchrun_flags_point_at_torchrun(capsys, flag):
+    rc, _, err = run(capsys, "train", "smoke", *([flag] if "=" in flag else [flag, "2"]))
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert f"{flag.split('=')[0]} is a flag of torchrun" in err and "torchrun --nproc-per-node N" in err
+    assert "-m resist.cli train ... --runtime dist" in err
+
+
+def test_out_naming_a_file_says_so(capsys, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    for argv in (["train", "smoke"], ["demo"]):
+        rc, _, err = run(capsys, *argv, "--out", str(tmp_path / "notes.txt"))
+        assert rc == 2 and f"--out {tmp_path / 'notes.txt'} is a file, not a folder" in err
+        assert len(err.strip().splitlines()) == 1
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_help_lines_are_whole_sentences_with_defaults():
+    from resist.cli import first_sentence, make_parser
+
+    train = make_parser()._subparsers._group_actions[0].choices["train"]
+    text = " ".join(train.format_help().split())
+    assert "Outer learning rate (DiLoCo, Douillard et al. 2023): after a round's average" in text
+    assert "rises linearly to lr (Goyal et al. 2017; ViT and DeiT warm up), before the schedule; 0: none" in text
+    assert "--local-iters LOCAL_ITERS Local SGD steps between synchronizations (paper default 50) (default: 50)" in text
+    assert "(default: on)" in text and "(default: 0.5,0.75)" in text and "a preset changes some" in text
+    assert first_sentence("One (a. b). Two.") == "One (a. b)" and first_sentence("e.g. this. Not") == "e.g. this"
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated", "labels", "shape"])
@@ -320,3 +384,138 @@ def test_unreadable_image_names_the_file_exit_2_files_whole(capsys, image_tree, 
     rc, _, _ = run(capsys, *_folder_args(image_tree, tmp_path / "skip", "--skip-bad-images", "--max-rounds", "8"))
     summary = json.loads((tmp_path / "skip" / "summary.json").read_text())
     assert rc == 0 and summary["skipped_images"] == {"train": 1, "test": 0, "files": [str(bad)]}
+
+
+def test_skipped_image_of_an_extra_test_set_is_counted_there_with_its_path(capsys, image_tree, tree_writer, tmp_path):
+    _, index_layout = tree_writer
+    v2 = index_layout(image_tree / "val", tmp_path / "v2")
+    bad = v2 / "2" / "0001.jpg"
+    bad.write_bytes(bad.read_bytes()[:200])
+    rc, _, err = run(capsys, *_folder_args(image_tree, tmp_path / "run", "--extra-test", f"holdout={v2}",
+                                           "--skip-bad-images"))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert rc == 0 and summary["skipped_images"] == {"train": 0, "test": 0, "holdout": 1, "files": [str(bad)]}
+    assert f"skipping {bad}" in err
+
+
+def test_file_names_that_are_not_utf8_train_and_are_named_when_bad(capsys, image_tree, tmp_path):
+    import os
+
+    latin1 = lambda b: os.fsdecode(b)  # noqa: E731  (bytes escaped as surrogates, as os.listdir gives them)
+    (image_tree / "train" / "dog").rename(image_tree / "train" / latin1(b"d\xf6g"))
+    (image_tree / "val" / "dog").rename(image_tree / "val" / latin1(b"d\xf6g"))
+    cat = image_tree / "train" / "cat"
+    (cat / "0001.jpg").rename(cat / latin1(b"\xe9t\xe9.jpg"))
+    bad = cat / latin1(b"\xff.jpg")
+    bad.write_bytes((cat / "0002.jpg").read_bytes()[:200])
+    rc, _, err = run(capsys, *_folder_args(image_tree, tmp_path / "stop"))
+    assert rc == 2 and len(err.strip().splitlines()) == 2 and "Traceback" not in err  # the start line, the error
+    assert "xff.jpg is not a readable image" in err.splitlines()[-1]
+    rc, _, err = run(capsys, *_folder_args(image_tree, tmp_path / "run", "--skip-bad-images", "--max-rounds", "8"))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert rc == 0 and summary["skipped_images"]["files"] == [str(bad)] and summary["skipped_images"]["train"] == 1
+    assert json.loads((tmp_path / "run" / "classes.json").read_text()) == ["ant", "bee", "cat", latin1(b"d\xf6g")]
+
+
+def test_model_factory_with_another_signature_is_one_line(capsys, tmp_path):
+    rc, _, err = run(capsys, "train", "demo_digits", "--model", "os:getcwd", "--out", str(tmp_path / "r"))
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "model os:getcwd cannot be made with num_classes, width (" in err and "as keywords" in err
+
+
+@pytest.mark.parametrize("flags", [["--workers", "4", "--min-depth", "1"],  # blocks shared: each sub-ResNet has one
+                                   ["--workers", "4", "--algo", "local_sgd"],
+                                   ["--layers", "1,1,1,1", "--workers", "2", "--algo", "local_sgd"],
+                                   ["--layers", "1,1,1,1", "--workers", "2", "--algo", "ensemble"]])
+def test_dealing_that_means_something_still_runs(capsys, tmp_path, flags):
+    rc, out, err = run(capsys, "train", "smoke", "--max-rounds", "1", "--out", str(tmp_path / "r"), *flags)
+    assert rc == 0, err
+
+
+def test_paper_presets_deal_their_blocks():
+    """The paper's 8-worker ResNet101 (22 blocks, minimum depth 4: shared) and 16 workers of it pass."""
+    from resist.plan import check_dealing
+
+    cfg = PRESETS["cifar10_resnet101_paper"]()
+    for workers in (2, 4, 8, 16, 32):
+        check_dealing("resist", workers, 22, cfg.algo.min_depth)
+    with pytest.raises(ValueError, match="23 workers but this model has 22"):
+        check_dealing("resist", 23, 22, 0)
+
+
+def test_models_one_line_each_and_presets_wrapped(capsys, monkeypatch):
+    from resist.models import list_models
+
+    rc, out, _ = run(capsys, "models")
+    lines = out.splitlines()
+    assert rc == 0 and len(lines) == len(list_models())
+    for name, line in zip(list_models(), lines):
+        assert line.split()[0] == name and len(line.split()) > 3, line  # a name and a description
+    monkeypatch.setenv("COLUMNS", "80")
+    rc, out, _ = run(capsys, "presets")
+    assert rc == 0 and all(len(line) <= 80 for line in out.splitlines())
+    starts = [line.split()[0] for line in out.splitlines() if not line.startswith(" ")]
+    assert starts == list(PRESETS)
+
+
+# --- progress ---------------------------------------------------------------------------------------
+
+def _round_lines(err):
+    return [line for line in err.splitlines() if line.startswith("round ")]
+
+
+def test_a_progress_line_every_round_in_process(capsys, tmp_path):
+    rc, out, err = run(capsys, *SMOKE, "--max-rounds", "4", "--eval-every", "2", "--out", str(tmp_path / "r"))
+    lines = _round_lines(err)
+    assert rc == 0 and [int(line.split()[1]) for line in lines] == [1, 2, 3, 4]
+    assert "test" not in lines[0] and "test" in lines[1] and "loss" in lines[0] and "sent/worker" in lines[0]
+
+
+def test_a_progress_line_every_round_from_dist_ranks(capfd, tmp_path):
+    """The spawned ranks write to the launcher's stderr (captured at the file descriptor); rank 0 alone."""
+    rc = main([*SMOKE, "--max-rounds", "3", "--eval-every", "3", "--runtime", "dist", "--timeout", "60",
+               "--out", str(tmp_path / "r")])
+    out, err = capfd.readouterr()
+    assert rc == 0 and [int(line.split()[1]) for line in _round_lines(err)] == [1, 2, 3], err
+    assert out.count("resist: best test accuracy") == 1
+
+
+def test_torchrun_ranks_print_the_summary_once(capsys, tmp_path, monkeypatch):
+    """torchrun runs the command once per rank; only rank 0 prints the run's last line."""
+    import resist.train
+
+    summary = {"best_acc": 50.0, "time_s": 1.0, "sent_bytes_per_worker": [10, 10]}
+    monkeypatch.setattr(resist.train, "train", lambda cfg, resume=False: summary)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    printed = []
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        rc, out, _ = run(capsys, *SMOKE, "--runtime", "dist", "--out", str(tmp_path / "r"))
+        assert rc == 0
+        printed.append(out)
+    assert "best test accuracy 50.00%" in printed[0] and printed[1] == ""
+
+
+def test_progress_bar_shows_on_a_pseudo_terminal_of_unknown_size(tmp_path):
+    """A pty opened without a size reports 0 x 0 (as `script` and some CI runners do); tqdm hid its bar there."""
+    import os
+    import pty
+
+    primary, secondary = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("COLUMNS", None), env.pop("LINES", None)
+    proc = subprocess.Popen([sys.executable, "-m", "resist.cli", *SMOKE, "--max-rounds", "3", "--out",
+                             str(tmp_path / "r")], stderr=secondary, stdout=subprocess.DEVNULL, env=env)
+    os.close(secondary)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert proc.wait(timeout=120) == 0
+    os.close(primary)
+    assert b"0/3" in seen and b"3/3" in seen and (b"round/s" in seen or b"s/round" in seen), seen[-500:]

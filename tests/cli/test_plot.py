@@ -13,6 +13,7 @@ import pytest
 from resist.cli import main
 from resist.analysis import projection as pj
 from resist.analysis.plot import labels_for, read_run
+from resist.train.metrics import human_bytes
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -413,3 +414,30 @@ def test_step_costs_file_that_is_not_a_step_breakdown_is_one_line(capsys, runs, 
     bad.write_text("{}")
     rc, _, err = run(capsys, "project", runs["local_sgd"], "--step-costs", bad)
     one_line_error(rc, err, "is not a step_breakdown result")
+
+
+def test_project_rounds_mean_message_counts():
+    one = pj.RunProjection("a", 3, 3, 3, 1.0, 1.0, 1e6, 61 / 3, {1.0: 1.0}, {1.0: 1.0})
+    two = pj.RunProjection("b", 3, 3, 3, 1.0, 1.0, 1e6, 12.0, {1.0: 1.0}, {1.0: 1.0})
+    table = pj.format_table([one, two], 50)
+    assert " 20.3 " in table and "20.333" not in table and " 12 " in table and "12.0" not in table
+
+
+def test_demo_table_and_project_agree_on_bytes_per_round(capsys, tmp_path, monkeypatch):
+    import resist.data.datasets as ds
+
+    monkeypatch.setattr(ds, "CIFAR10_URL", (tmp_path / "nowhere.tar.gz").as_uri())
+    monkeypatch.delenv("RESIST_DATA_DIR", raising=False)
+    (tmp_path / "empty").mkdir()
+    # 4 workers, 4 rounds: per worker, what it sent and what it received differ, and the busiest worker
+    # changes from round to round; a table of the busiest total sent over rounds read 1.70 MB where
+    # resist project read 1.74.
+    rc, out, err = run(capsys, "demo", "--data-dir", str(tmp_path / "empty"), "--workers", "4", "--max-rounds", "4",
+                       "--out", str(tmp_path / "demo"))
+    assert rc == 0, err
+    shown = {line.split()[0]: " ".join(line.split()[-2:]) for line in out.splitlines()
+             if line.startswith(("resist ", "local_sgd "))}
+    demo = tmp_path / "demo"
+    rc, out, _ = run(capsys, "project", str(demo / "resist"), str(demo / "local_sgd"), "--json")
+    projected = {r["run_dir"].split("/")[-1]: r["sent_bytes_per_round"] for r in json.loads(out)["runs"]}
+    assert shown == {algo: human_bytes(b) for algo, b in projected.items()}

@@ -206,3 +206,36 @@ def test_flip_mirrors_only_the_augmented_stream(voc_tree):
     assert torch.equal(a[1].index, b[1].index)  # the same images, mirrored (all four at step 2 of seed 0)
     limited = plain.eval_sets(3, limit=5)["test"]
     assert [len(t) for _, t in limited()] == [3, 2]
+
+
+TINY = ["--input-size", "64", "--batch-size", "4", "--local-iters", "2", "--eval-every", "1"]
+
+
+def test_a_diverged_evaluation_ends_the_run(capsys, voc_tree, tmp_path):
+    """lr 0.1 without a warm-up: the training loss stays finite for a round (282 here) while the test
+    loss is already NaN; the run stops there, as for a non-finite training loss."""
+    out = tmp_path / "run"
+    rc = main(["train", "voc_cpu", "--data-dir", str(voc_tree), "--out", str(out), *TINY, "--lr", "0.1",
+               "--lr-warmup-epochs", "0", "--max-rounds", "3"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("resist: error")]
+    assert rc == 1 and len(errors) == 1 and "test/loss became nan" in errors[0] and "lower --lr" in errors[0]
+    assert not (out / "summary.json").exists() and not (out / "model.pt").exists()
+    assert not list((out / "checkpoints").glob("*.pt"))  # nothing written from the diverged model
+
+
+def test_task_without_a_preset_starts_from_the_tasks_preset(capsys, voc_tree, tmp_path):
+    assert main(["config", "--task", "detection"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads(preset("voc_cpu").dumps())
+    out = tmp_path / "run"
+    rc = main(["train", "--task", "detection", "--data-dir", str(voc_tree), "--out", str(out), *TINY,
+               "--max-rounds", "3"])
+    assert rc == 0, capsys.readouterr().err
+    s = json.loads((out / "summary.json").read_text())
+    assert s["best_test_loss"] < 100 and s["model"] == "yolo_resnet101"
+
+
+def test_a_preset_of_another_task_is_named_in_a_warning(capsys):
+    assert main(["config", "smoke", "--task", "detection", "--dataset", "voc", "--model", "yolo_resnet101",
+                 "--set", "model.layers=null"]) == 0
+    err = capsys.readouterr().err
+    assert "preset smoke is tuned for classification, not detection; the detection preset is voc_cpu" in err

@@ -90,6 +90,24 @@ def test_interpolated_ap_by_hand():
         interpolated_ap(rec, prec, "coco")
 
 
+def test_voc07_ap_on_the_devkits_recall_grid():
+    """Recalls that land exactly on the grid (k truths of 10, 1 of 5...) are where a float32 grid
+    (0.1 stored as 0.1000000015) and the devkit's float64 np.arange part ways."""
+    rec, prec = torch.tensor([0.1, 0.2], dtype=torch.float64), torch.tensor([1.0, 0.5], dtype=torch.float64)
+    # Recall >= 0 and >= 0.1: precision 1; >= 0.2: 0.5; above: nothing.
+    assert interpolated_ap(rec, prec, "voc07") == pytest.approx((2 * 1.0 + 0.5) / 11, abs=1e-12)
+    assert py_faster_rcnn_voc_ap(rec.numpy(), prec.numpy(), True) == pytest.approx((2 * 1.0 + 0.5) / 11, abs=1e-12)
+    rng = np.random.default_rng(0)
+    for npos in (5, 10, 20, 3, 7):
+        for _ in range(40):
+            tp = rng.random(rng.integers(1, 30)) < 0.5
+            ctp, cfp = np.cumsum(tp).astype(np.float64), np.cumsum(~tp).astype(np.float64)
+            ctp = np.minimum(ctp, npos)
+            rec, prec = ctp / npos, ctp / np.maximum(ctp + cfp, np.finfo(np.float64).eps)
+            assert interpolated_ap(torch.from_numpy(rec), torch.from_numpy(prec), "voc07") == pytest.approx(
+                py_faster_rcnn_voc_ap(rec, prec, True), abs=1e-12)
+
+
 def test_voc_matching_rules_by_hand():
     truth = torch.tensor([[0.0, 0.0, 0.4, 0.4], [0.5, 0.5, 0.9, 0.9]]), torch.tensor([False, True])
     dets = torch.tensor([

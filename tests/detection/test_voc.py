@@ -185,6 +185,17 @@ def test_corrupt_jpeg_named_in_one_line_from_a_loader_worker(voc_copy):
     assert "Traceback" not in msg
 
 
+def test_postscript_named_jpg_never_reaches_the_eps_plugin(voc_copy, postscript_spy):
+    from PIL import Image
+
+    jpg = year07(voc_copy) / "JPEGImages" / "100002.jpg"
+    Image.new("RGB", (8, 8)).save(jpg, "EPS")
+    ds = VOCDetection(voc_copy, TEST_SPLITS, size=32)
+    with pytest.raises(DatasetError, match="cannot decode image"):
+        ds[2]
+    assert postscript_spy == []
+
+
 def test_image_size_disagreeing_with_its_annotation(voc_copy):
     jpg = year07(voc_copy) / "JPEGImages" / "100001.jpg"
     Image.new("RGB", (7, 9)).save(jpg)

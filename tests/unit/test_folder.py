@@ -101,6 +101,21 @@ def test_decode_gives_rgb_and_refuses_truncated_and_foreign_files(tmp_path):
         decode(str(tmp_path / "text.jpg"))
 
 
+def test_decode_tries_only_image_formats_never_postscript(tmp_path, postscript_spy):
+    Image.new("RGB", (8, 8)).save(tmp_path / "ps.jpg", "EPS")
+    assert postscript_spy == []
+    with pytest.raises(OSError):  # an unrestricted open hands it to the EPS plugin, which declines here
+        Image.open(tmp_path / "ps.jpg")
+    assert len(postscript_spy) == 1
+    postscript_spy.clear()
+    with pytest.raises(OSError, match="cannot identify"):
+        decode(str(tmp_path / "ps.jpg"))
+    assert postscript_spy == []
+    for fmt, ext in (("PNG", "png"), ("BMP", "bmp"), ("TIFF", "tif"), ("PPM", "ppm"), ("WEBP", "webp")):
+        noise_image(9, 6).save(tmp_path / f"ok.{ext}", fmt)
+        assert decode(str(tmp_path / f"ok.{ext}")).size == (9, 6)
+
+
 # -------------------------------------------------------------------------------------------- the tree
 
 def test_tree_scan_classes_labels_and_ignored_files(image_tree):
@@ -120,6 +135,28 @@ def test_tree_scan_classes_labels_and_ignored_files(image_tree):
     assert str(deep / "x.JPEG") in paths and not any(p.endswith((".txt", ".hidden.jpg")) for p in paths)
     assert ds.test.labels.tolist() == sorted(ds.test.labels.tolist())
     assert ds.source == f"image folders in {image_tree} (4 classes)"
+
+
+@pytest.mark.parametrize("links", [
+    {"train/cat/loop": ".."},  # back up to train/: every class again, under cat, until the path is too long
+    {"train/cat/self": "."},
+    {"train/ant/x": "../bee", "train/bee/y": "../ant"},  # a cycle through two links
+])
+def test_links_that_loop_are_refused_naming_the_link(image_tree, links):
+    for link, target in links.items():
+        (image_tree / link).symlink_to(target)
+    msg = one_line("links to", load_dataset, "imagefolder", image_tree, crop_size=16)
+    assert "again and again" in msg and "remove the link" in msg and any(link in msg for link in links)
+
+
+def test_links_to_folders_elsewhere_are_followed(image_tree, tmp_path):
+    elsewhere = tmp_path / "more_cats"
+    elsewhere.mkdir()
+    (elsewhere / "extra.jpg").write_bytes((image_tree / "train" / "cat" / "0000.jpg").read_bytes())
+    (image_tree / "train" / "cat" / "more").symlink_to(elsewhere)
+    (image_tree / "train" / "dog" / "same_cats").symlink_to(elsewhere)  # the same folder twice, no cycle
+    ds = load_dataset("imagefolder", image_tree, crop_size=16)
+    assert ds.n_train == 4 * 16 + 2
 
 
 def test_file_table_is_flat_arrays():

@@ -138,3 +138,29 @@ def test_every_rank_must_see_the_same_tree(image_tree, tree_writer, tmp_path):
     assert run_in_process(2, lambda comm: same_data_everywhere(comm, mine)) == [None, None]
     with pytest.raises(DatasetError, match="rank 1 sees another image folder than rank 0"):
         run_in_process(2, lambda comm: same_data_everywhere(comm, mine if comm.rank == 0 else theirs))
+
+
+@pytest.mark.parametrize("cores, workers, torchrun_local, expected", [
+    (2, 4, None, 0), (2, 2, None, 1), (2, 1, None, 2), (16, 2, None, 4), (16, 8, "4", 4), (16, 8, "8", 2),
+])
+def test_loader_workers_default_to_this_machines_share_of_cores(monkeypatch, cores, workers, torchrun_local, expected):
+    from resist.train.trainer import loader_workers
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    if torchrun_local:
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", torchrun_local)
+    cfg = preset("smoke").replace(**{"algo.workers": workers, "algo.min_depth": 1})
+    assert cfg.data.loader_workers is None and loader_workers(cfg) == expected
+    assert loader_workers(cfg.replace(**{"data.loader_workers": 3})) == 3
+
+
+def test_default_loader_workers_raise_no_dataloader_warning_on_two_cores(image_tree, tmp_path, monkeypatch):
+    import warnings
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)  # DataLoader counts these too
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(folder_cfg(image_tree, tmp_path / "run", **{"data.loader_workers": None, "run.max_rounds": 1}))
+    assert not [w for w in caught if "worker processes" in str(w.message)], [str(w.message) for w in caught]

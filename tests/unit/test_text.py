@@ -43,6 +43,31 @@ def test_bad_folders_say_so(tmp_path, folder):
         TextStream(load_text(folder).train, 64, 4, 0, 1000, seed=0)
 
 
+def test_too_few_files_for_both_splits_says_what_to_do(tmp_path, capsys):
+    from resist.cli import main
+
+    (tmp_path / "only.txt").write_text("one file " * 500)
+    with pytest.raises(DatasetError, match="add files") as e:
+        load_text(tmp_path)
+    assert "--test-fraction" not in str(e.value)  # no such flag
+    rc = main(["train", "gpt_char_cpu", "--dataset", "text", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "add files" in err and len(err.strip().splitlines()) == 1
+
+
+def test_file_names_that_are_not_utf8_are_read_and_recorded(folder):
+    import json
+    import os
+
+    name = os.fsdecode(b"caf\xe9 \xff.txt")  # Latin-1 bytes, as old archives hold them
+    (folder / "dir1" / name).write_text("bytes of a file with a Latin-1 name " * 40)
+    corpus = load_text(folder)
+    files = corpus.train_files + corpus.test_files
+    assert f"dir1/{name}" in files and len(files) == 41
+    record = json.loads(json.dumps(corpus.split_record()))  # as split.json is written and read
+    assert f"dir1/{name}" in record["train_files"] + record["test_files"]
+
+
 def test_worker_shards_are_disjoint_and_targets_are_next_bytes():
     data = torch.randint(0, 256, (3000,), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     streams = [TextStream(data, 16, 3, r, 4, seed=7) for r in range(3)]

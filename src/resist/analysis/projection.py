@@ -213,6 +213,11 @@ def notes(runs: Sequence[RunProjection], latency_us: float, algos: Sequence[str 
     return out
 
 
+def _count(mean: float) -> str:
+    """A mean count: whole when it is whole, else to one decimal (not 20.3333)."""
+    return f"{mean:.0f}" if mean == int(mean) else f"{mean:.1f}"
+
+
 def format_table(runs: Sequence[RunProjection], latency_us: float, algos: Sequence[str | None] = (),
                  scores: tuple[str, Sequence[str]] | None = None) -> str:
     """The table ``resist project`` prints. ``scores``: a column title and each run's best score as
@@ -226,7 +231,7 @@ def format_table(runs: Sequence[RunProjection], latency_us: float, algos: Sequen
     body = []
     for i, r in enumerate(runs):
         cells = [r.label, *([scores[1][i]] if scores else []), str(r.rounds), f"{r.compute_s:.2f}",
-                 f"{r.measured_s:.2f}", human_bytes(r.sent_per_round), f"{r.messages_per_round:g}"]
+                 f"{r.measured_s:.2f}", human_bytes(r.sent_per_round), _count(r.messages_per_round)]
         cells += [f"{r.projected_s[g]:.2f} s ({r.speedup.get(g, float('nan')):.2f}x)" for g in gbits]
         body.append(cells)
     widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]

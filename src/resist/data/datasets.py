@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from ..registry import DATASETS
+from ..registry import DATASETS, did_you_mean
 from .base import DatasetError, ImageArrays
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -85,7 +85,8 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
                "pystdlib": {"context", "max_bytes"}, "text": {"context", "max_bytes"},
                "voc": {"size", "train_splits", "test_splits", "flip"}}
     if name not in allowed:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise DatasetError(f"unknown dataset {name!r}{did_you_mean(name, DATASETS)}; "
+                           f"choose one of {', '.join(DATASETS)}")
     if set(kw) - allowed[name]:
         raise DatasetError(f"dataset {name!r} does not take option(s) {', '.join(sorted(set(kw) - allowed[name]))}")
     if name == "synthetic":

@@ -52,7 +52,9 @@ class FileTable:
     def __init__(self, root: str | Path, relpaths: Sequence[str], labels: Sequence[int]) -> None:
         if len(relpaths) != len(labels):
             raise ValueError(f"{len(relpaths)} files but {len(labels)} labels")
-        encoded = [p.encode() for p in relpaths]
+        # A name that is not UTF-8 reaches Python with its bytes escaped as surrogates; fsencode gives
+        # those bytes back (and fsdecode the same str), so such a file is read like any other.
+        encoded = [os.fsencode(p) for p in relpaths]
         self.root = str(root)
         self.offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum([len(e) for e in encoded], out=self.offsets[1:])
@@ -63,7 +65,7 @@ class FileTable:
         return len(self.labels)
 
     def path(self, i: int) -> str:
-        return os.path.join(self.root, self.blob[self.offsets[i]:self.offsets[i + 1]].tobytes().decode())
+        return os.path.join(self.root, os.fsdecode(self.blob[self.offsets[i]:self.offsets[i + 1]].tobytes()))
 
 
 # ------------------------------------------------------------------------------------------- scanning
@@ -81,8 +83,17 @@ def images_in(folder: Path) -> list[str]:
     """Paths (relative to ``folder``) of the image files anywhere under it, sorted, so that the file
     order and hence the data order do not depend on the file system."""
     found = []
+    # Linked folders are followed (trees are often assembled from links), but a link back to a folder
+    # the walk is inside would be walked again and again, each time filing its images under this class.
+    inside = {str(folder): [os.path.realpath(folder)]}
     for here, dirs, files in os.walk(folder, followlinks=True):
         dirs[:] = sorted(d for d in dirs if _visible(d))
+        for d in dirs:
+            real = os.path.realpath(os.path.join(here, d))
+            if real in inside[here]:
+                raise DatasetError(f"{os.path.join(here, d)} links to {real}, a folder it lies in: following it "
+                                   f"would read the same images again and again; remove the link")
+            inside[os.path.join(here, d)] = inside[here] + [real]
         rel = os.path.relpath(here, folder)
         found += [os.path.normpath(os.path.join(rel, f)) for f in files
                   if _visible(f) and f.lower().endswith(IMAGE_EXTENSIONS)]

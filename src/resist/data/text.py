@@ -16,6 +16,7 @@ epoch within the first window so that window boundaries move between epochs.
 from __future__ import annotations
 
 import hashlib
+import os
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,7 @@ class TextCorpus:
 
 
 def _in_test(rel: str, test_fraction: float) -> bool:
-    h = int.from_bytes(hashlib.sha256(rel.encode()).digest()[:8], "big")
+    h = int.from_bytes(hashlib.sha256(os.fsencode(rel)).digest()[:8], "big")  # a name's bytes, UTF-8 or not
     return h / 2**64 < test_fraction
 
 
@@ -87,7 +88,8 @@ def load_text(data_dir: str | Path | None = None, test_fraction: float = 0.1,
     (train_files, train), (test_files, test) = sides[False], sides[True]
     if not train or not test:
         raise DatasetError(f"{len(files)} text file(s) under {root} leave the {'train' if not train else 'test'} "
-                           "split empty; add files or change --test-fraction")
+                           f"split empty: each file goes to test with probability {test_fraction:g} by a hash of its "
+                           f"path; add files (or split a large one into several)")
 
     def as_tensor(chunks: list[bytes]) -> torch.Tensor:
         blob = b"".join(chunks)

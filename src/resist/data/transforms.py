@@ -11,6 +11,7 @@ whichever loader process decodes it.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 
@@ -88,9 +89,27 @@ def eval_transform(img: Image.Image, size: int) -> Image.Image:
     return center_crop(resize_shorter(img, eval_size(size)), size)
 
 
+#: The Pillow formats a dataset's image may be in (those of ``folder.IMAGE_EXTENSIONS``; MPO is how Pillow
+#: opens some cameras' JPEGs). Any other plugin is never tried, whatever a file's bytes say it is: a file
+#: named .jpg that holds PostScript must not reach the EPS plugin, which runs Ghostscript on it.
+IMAGE_FORMATS = ("JPEG", "MPO", "PNG", "PPM", "BMP", "TIFF", "WEBP")
+
+
+@functools.lru_cache(maxsize=None)
+def image_formats() -> tuple[str, ...]:
+    """:data:`IMAGE_FORMATS` that this Pillow build can open (``Image.open`` fails on an unregistered one)."""
+    Image.init()
+    return tuple(f for f in IMAGE_FORMATS if f in Image.OPEN)
+
+
+def open_image(path: str) -> Image.Image:
+    """``Image.open`` restricted to :data:`IMAGE_FORMATS` (lazy: pixels are read at ``load()``)."""
+    return Image.open(path, formats=image_formats())
+
+
 def decode(path: str) -> Image.Image:
     """The image at ``path`` as RGB, fully decoded (so that a truncated file fails here, not later)."""
-    img = Image.open(path)
+    img = open_image(path)
     try:
         img.load()  # decodes, and closes the file of a single-frame image
     except BaseException:

@@ -236,9 +236,11 @@ class VOCDetection(Dataset):
         """Image ``i`` decoded, converted to RGB and resized: (3, size, size) uint8."""
         from PIL import Image, UnidentifiedImageError
 
+        from ...data.transforms import open_image
+
         rec = self.records[i]
         try:
-            with Image.open(rec.image) as im:
+            with open_image(rec.image) as im:
                 if im.size != (rec.width, rec.height):
                     raise DatasetError(f"{rec.image}: image is {im.size[0]}x{im.size[1]} but {rec.annotation} "
                                        f"says {rec.width}x{rec.height}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 # Importing each model module registers its factories (a decorator beside the class they build).
 from resist.models import gpt, resnet, vit, yolo  # noqa: F401
 from resist.models.protocol import ProtocolError, check_model
-from resist.models.registry import create_model, list_models, register_model
+from resist.models.registry import create_model, describe_model, list_models, register_model
 from resist.models.resnet import ResNet
 from resist.models.stack import ResidualStack, ScaledResidual, residual_stack
 from resist.models.vit import STEMS, VisionTransformer
@@ -25,4 +25,4 @@ from resist.models.vit import vit_small, vit_tiny  # noqa: F401
 from resist.models.yolo import yolo_resnet, yolo_resnet101, yolo_resnet152, yolo_resnet200  # noqa: F401
 
 __all__ = ["ProtocolError", "ResNet", "ResidualStack", "STEMS", "ScaledResidual", "VisionTransformer", "check_model",
-           "create_model", "list_models", "register_model", "residual_stack"]
+           "create_model", "describe_model", "list_models", "register_model", "residual_stack"]

@@ -129,5 +129,6 @@ class GPT(nn.Module):
 # Byte-level GPT (models/gpt.py): width scales the embedding size (256 at width 1, in whole heads).
 @register_model
 def gpt_char(num_classes=256, width=1.0, *, depth=8, heads=4, context=128, **kwargs):
+    """Byte-level causal GPT (``--task lm``): 8 pre-norm blocks, 6 partitionable."""
     dim = max(1, round(64 * width)) * heads
     return GPT(depth=depth, dim=dim, heads=heads, context=context, vocab=num_classes, **kwargs)

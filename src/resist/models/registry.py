@@ -12,6 +12,10 @@ from collections.abc import Callable
 
 from torch import nn
 
+from resist.registry import did_you_mean, first_sentence
+
+from .protocol import ProtocolError, check_structure
+
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -25,6 +29,11 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def describe_model(name: str) -> str:
+    """The first sentence of a registered factory's docstring (``resist models`` prints it)."""
+    return first_sentence(" ".join((_MODELS[name].__doc__ or "").split())).replace("``", "'")
+
+
 def _factory(name: str) -> Callable[..., nn.Module]:
     """A registered name, or ``"module:function"``: a factory importable in every process (spawned and
     torchrun ranks import it themselves, where a registration made in one script would be missing)."""
@@ -32,7 +41,8 @@ def _factory(name: str) -> Callable[..., nn.Module]:
         return _MODELS[name]
     module, sep, attr = name.partition(":")
     if not sep:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}, or module:function")
+        raise ValueError(f"unknown model {name!r}{did_you_mean(name, list_models())}; choose one of: "
+                         f"{', '.join(list_models())}, or module:function")
     try:
         fn = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:
@@ -43,4 +53,14 @@ def _factory(name: str) -> Callable[..., nn.Module]:
 
 
 def create_model(name: str, num_classes: int = 10, width: float = 1.0, **kwargs) -> nn.Module:
-    return _factory(name)(num_classes=num_classes, width=width, **kwargs)
+    model = _factory(name)(num_classes=num_classes, width=width, **kwargs)
+    if name not in _MODELS:  # a user's factory: what it made is checked here, before any rank trains it
+        if not isinstance(model, nn.Module):
+            raise ProtocolError(f"model factory {name!r} returned a {type(model).__name__}, not a torch.nn.Module: "
+                                f"it must return a model of stem, blocks and head (resist.models.residual_stack)")
+        try:
+            check_structure(model)
+        except ProtocolError as e:
+            raise ProtocolError(f"model factory {name!r} made a model ResIST cannot partition ({type(model).__name__}: "
+                                f"{e}); wrap it with resist.models.residual_stack") from None
+    return model

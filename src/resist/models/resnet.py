@@ -246,6 +246,7 @@ class ResNet(nn.Module):
 # Paper ResNets (Dun et al., §2.1): pre-activation basic blocks, no BN-ReLU before the pooling.
 @register_model
 def paper_resnet(num_classes=10, width=1.0, *, layers, **kwargs):
+    """Paper pre-activation basic-block ResNet (§2.1), any ``--layers``."""
     return ResNet(
         layers, "basic", preact=True, num_classes=num_classes, width=width, final_norm=False, **kwargs
     )
@@ -253,72 +254,85 @@ def paper_resnet(num_classes=10, width=1.0, *, layers, **kwargs):
 
 @register_model
 def paper_resnet101(num_classes=10, width=1.0, **kwargs):
+    """Paper ResNet101 (§2.1): pre-act basic blocks [3, 4, 23, 3], 22 partitionable."""
     return paper_resnet(num_classes, width, layers=(3, 4, 23, 3), **kwargs)
 
 
 @register_model
 def paper_resnet152(num_classes=10, width=1.0, **kwargs):
+    """Paper ResNet152: pre-act basic blocks [3, 4, 36, 3], 35 partitionable."""
     return paper_resnet(num_classes, width, layers=(3, 4, 36, 3), **kwargs)
 
 
 @register_model
 def paper_resnet200(num_classes=10, width=1.0, **kwargs):
+    """Paper ResNet200 (Table 8): pre-act basic blocks [3, 4, 50, 3], 49 partitionable."""
     return paper_resnet(num_classes, width, layers=(3, 4, 50, 3), **kwargs)
 
 
 @register_model
 def paper_resnet101_post(num_classes=10, width=1.0, **kwargs):
-    """The paper ResNet101 with post-activation basic blocks: the architecture ablation of Fig. 6."""
+    """Paper ResNet101 with post-activation basic blocks (the ablation of Fig. 6)."""
     return ResNet((3, 4, 23, 3), "basic", preact=False, num_classes=num_classes, width=width, **kwargs)
 
 
 # Standard pre-activation ResNets (He et al. 2016, "Identity Mappings"): bottleneck, final BN-ReLU.
 @register_model
 def preact_resnet(num_classes=10, width=1.0, *, layers, block="bottleneck", **kwargs):
+    """Pre-activation bottleneck ResNet (He et al. 2016), any ``--layers``."""
     return ResNet(layers, block, preact=True, num_classes=num_classes, width=width, **kwargs)
 
 
 @register_model
 def preact_resnet50(num_classes=10, width=1.0, **kwargs):
+    """Pre-activation bottleneck ResNet50 [3, 4, 6, 3] (He et al. 2016)."""
     return preact_resnet(num_classes, width, layers=(3, 4, 6, 3), **kwargs)
 
 
 @register_model
 def preact_resnet101(num_classes=10, width=1.0, **kwargs):
+    """Pre-activation bottleneck ResNet101 [3, 4, 23, 3] (He et al. 2016)."""
     return preact_resnet(num_classes, width, layers=(3, 4, 23, 3), **kwargs)
 
 
 @register_model
 def preact_resnet152(num_classes=10, width=1.0, **kwargs):
+    """Pre-activation bottleneck ResNet152 [3, 8, 36, 3] (He et al. 2016)."""
     return preact_resnet(num_classes, width, layers=(3, 8, 36, 3), **kwargs)
 
 
 @register_model
 def preact_resnet200(num_classes=10, width=1.0, **kwargs):
+    """Pre-activation bottleneck ResNet200 [3, 24, 36, 3] (He et al. 2016)."""
     return preact_resnet(num_classes, width, layers=(3, 24, 36, 3), **kwargs)
 
 
 # Post-activation ResNets (He et al. 2015): bottleneck, BN-ReLU after the stem conv.
 @register_model
 def resnet(num_classes=10, width=1.0, *, layers, block="bottleneck", **kwargs):
+    """Post-activation bottleneck ResNet (He et al. 2015), any ``--layers``."""
     return ResNet(layers, block, preact=False, num_classes=num_classes, width=width, **kwargs)
 
 
 @register_model
 def resnet50(num_classes=10, width=1.0, **kwargs):
+    """Post-activation bottleneck ResNet50 [3, 4, 6, 3] (He et al. 2015)."""
     return resnet(num_classes, width, layers=(3, 4, 6, 3), **kwargs)
 
 
 @register_model
 def resnet101(num_classes=10, width=1.0, **kwargs):
+    """Post-activation bottleneck ResNet101 [3, 4, 23, 3] (He et al. 2015)."""
     return resnet(num_classes, width, layers=(3, 4, 23, 3), **kwargs)
 
 
 @register_model
 def resnet152(num_classes=10, width=1.0, **kwargs):
+    """Post-activation bottleneck ResNet152 [3, 8, 36, 3] (He et al. 2015)."""
     return resnet(num_classes, width, layers=(3, 8, 36, 3), **kwargs)
 
 
 @register_model
 def resnet200(num_classes=10, width=1.0, **kwargs):
+    """Post-activation bottleneck ResNet200 [3, 24, 36, 3] (He et al. 2015)."""
     return resnet(num_classes, width, layers=(3, 24, 36, 3), **kwargs)

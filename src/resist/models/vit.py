@@ -220,9 +220,11 @@ def _vit(dim: int, heads: int, num_classes: int, width: float, stem: str, kwargs
 
 @register_model
 def vit_tiny(num_classes=10, width=1.0, *, stem="cifar", **kwargs):
+    """ViT-Ti (DeiT size): 12 pre-norm blocks, 192-dim, 3 heads; 10 partitionable."""
     return _vit(192, 3, num_classes, width, stem, kwargs)
 
 
 @register_model
 def vit_small(num_classes=10, width=1.0, *, stem="cifar", **kwargs):
+    """ViT-S (DeiT size): 12 pre-norm blocks, 384-dim, 6 heads; 10 partitionable."""
     return _vit(384, 6, num_classes, width, stem, kwargs)

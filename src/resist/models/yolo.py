@@ -101,8 +101,10 @@ def yolo(backbone: str, num_classes: int = 20, width: float = 1.0, *,
 def yolo_resnet(num_classes: int = 20, width: float = 1.0, *, layers: Sequence[int],
                 anchors: Sequence[tuple[float, float]] = VOC_ANCHORS, head_convs: int = 1, stem: str = "imagenet",
                 **kwargs) -> ResNet:
-    """The paper's detector at any depth: its classification ResNet (§2.1, basic blocks) without
-    pre-activation, plus a :class:`YOLOHead` (``layers`` as in ``resist.models``' ``paper_resnet``)."""
+    """Paper detector at any depth: post-act basic-block ResNet (``--layers``) + YOLOHead.
+
+    That is its classification ResNet (§2.1) without pre-activation, plus a :class:`YOLOHead` (``layers``
+    as in ``resist.models``' ``paper_resnet``)."""
     backbone = ResNet(layers, "basic", preact=False, num_classes=1, width=width, stem=stem, **kwargs)
     return attach_yolo_head(backbone, num_classes, anchors, head_convs)
 
@@ -118,7 +120,7 @@ def _paper_yolo(layers: tuple[int, int, int, int], name: str) -> Callable[..., R
 yolo_resnet101 = register_model(_paper_yolo((3, 4, 23, 3), "yolo_resnet101"))
 yolo_resnet152 = register_model(_paper_yolo((3, 4, 36, 3), "yolo_resnet152"))
 yolo_resnet200 = register_model(_paper_yolo((3, 4, 50, 3), "yolo_resnet200"))
-yolo_resnet101.__doc__ = "The paper's detector (§5): post-activation basic-block ResNet101 [3, 4, 23, 3] + YOLOHead."
+yolo_resnet101.__doc__ = "Paper detector (§5): post-act basic-block ResNet101 [3, 4, 23, 3] + YOLOHead."
 yolo_resnet152.__doc__ = "Post-activation basic-block ResNet152 [3, 4, 36, 3] + YOLOHead."
 yolo_resnet200.__doc__ = "Post-activation basic-block ResNet200 [3, 4, 50, 3] + YOLOHead."
 

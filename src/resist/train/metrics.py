@@ -1,5 +1,6 @@
-"""metrics.jsonl (the source of truth: one line per round), a tqdm bar on a terminal, and one log
-line per evaluation."""
+"""metrics.jsonl (the source of truth: one line per round) and progress on rank 0: on a terminal a tqdm
+bar that moves every round and a log line per evaluation, elsewhere (a log file, a pipe) a log line per
+round."""
 
 from __future__ import annotations
 
@@ -26,24 +27,29 @@ class MetricsWriter:
         self.file = self.path.open("a", encoding="utf-8")
         self.bar = None
         if progress_total and sys.stderr.isatty():
+            import shutil
+
             from tqdm import tqdm
 
-            self.bar = tqdm(total=progress_total, unit="round", dynamic_ncols=True, leave=False)
+            # A pseudo-terminal may report 0 x 0 (script, some CI runners): tqdm then sizes its bar to nothing
+            # and hides it as below the last row. shutil falls back to a usable size there.
+            size = shutil.get_terminal_size((100, 24))
+            self.bar = tqdm(total=progress_total, unit="round", ncols=size.columns, nrows=size.lines, leave=False)
 
     def write(self, record: dict[str, Any], evaluation: str | None = None) -> None:
-        """Append ``record``; ``evaluation`` (the task's words for the scores in it) makes a log line."""
+        """Append ``record``; ``evaluation`` (the task's words for the scores in it) joins its log line."""
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
+        line = (f"round {record['round'] + 1:>5}  epoch {record['epoch']:6.2f}  loss {record['loss']:.4f}  "
+                f"{evaluation + '  ' if evaluation else ''}time {record['time_s']:8.1f}s  "
+                f"sent/worker {human_bytes(max(record['sent_bytes']))}")
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{record['loss']:.3f}")
-        if evaluation is not None:
-            line = (f"round {record['round'] + 1:>5}  epoch {record['epoch']:6.2f}  loss {record['loss']:.4f}  "
-                    f"{evaluation}  time {record['time_s']:8.1f}s  sent/worker {human_bytes(max(record['sent_bytes']))}")
-            if self.bar is not None:
+            if evaluation is not None:
                 self.bar.write(line)
-            else:
-                log.info(line)
+        else:
+            log.info(line)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -27,9 +27,9 @@ from ..comm import CommError
 from ..comm.launch import check_backend, check_port
 from ..config import RESUMABLE_CHANGES, Config, differences
 from ..data import BadImages, Dataset, DatasetError, FolderDataset, load_dataset, steps_per_epoch
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_text, printable
 from ..models import create_model
-from ..plan import candidate_blocks, validate
+from ..plan import candidate_blocks, check_dealing, validate
 from ..registry import DETECTION_DATASETS, FOLDER_DATASETS, TEXT_DATASETS, algorithm_class
 from ..faults import fire, from_env
 from . import checkpoint
@@ -136,11 +136,14 @@ def check(cfg: Config, dataset: Dataset) -> Schedule:
         if cfg.model.layers is not None and "'layers'" in str(e):  # a fixed-depth model, e.g. yolo_resnet101
             raise ValueError(f"model {cfg.model.name} has a fixed depth; drop --layers (a preset's: "
                              f"--set model.layers=null)") from None
-        if cfg.model.stem is None or "stem" not in str(e):
-            raise
-        raise ValueError(f"model {cfg.model.name} has no stem to choose; drop --stem") from None
+        if cfg.model.stem is not None and "stem" in str(e):
+            raise ValueError(f"model {cfg.model.name} has no stem to choose; drop --stem") from None
+        raise ValueError(f"model {cfg.model.name} cannot be made with num_classes, width"
+                         f"{''.join(', ' + k for k in ('layers', 'stem') if getattr(cfg.model, k) is not None)} ({e}); "
+                         f"a factory takes them as keywords") from None
     cands = candidate_blocks(model.partitionable, model.skippable, cfg.algo.partition)
     validate(cfg.algo.workers, len(cands), cfg.algo.min_depth)
+    check_dealing(cfg.algo.name, cfg.algo.workers, len(cands), cfg.algo.min_depth)
     return Schedule.of(cfg, dataset.n_train)
 
 
@@ -203,7 +206,7 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
     if dataset.classes is not None:
         same_data_everywhere(comm, dataset)
     bad = BadImages(skip=d.skip_bad_images)
-    loading = {"device": device, "loader_workers": d.loader_workers, "bad": bad}
+    loading = {"device": device, "loader_workers": loader_workers(cfg), "bad": bad}
     stream = dataset.train_stream(comm.world_size, comm.rank, d.batch_size, cfg.run.seed, augment=d.augment, **loading)
     plain = dataset.train_stream(comm.world_size, comm.rank, d.batch_size, cfg.run.seed + 1, augment=False, **loading)
     sets = dataset.eval_sets(d.eval_batch_size, d.eval_limit, **loading)
@@ -285,6 +288,11 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
         if (r + 1) % cfg.run.eval_every == 0 or last:
             scores = algo.evaluate(evaluator)
             acc = scores[task.headline]
+            if not math.isfinite(acc):  # every rank has the broadcast scores, so every rank stops here
+                last_ckpt = checkpoint.latest(out) if out else None
+                raise TrainingError(f"{task.headline} became {acc} at the evaluation after round {r}: the model "
+                                    f"diverged; lower --lr or warm it up (--lr-warmup-epochs)"
+                                    + (f" (last good checkpoint: {last_ckpt})" if last_ckpt else ""))
             if task.better(acc, progress["best"]):
                 progress["best"], progress["best_time"] = acc, progress["parallel_s"]
         step = min(first + cfg.algo.local_iters, sched.total_steps)
@@ -344,11 +352,21 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
     }
 
 
+def loader_workers(cfg: Config) -> int:
+    """``data.loader_workers``, or for ``None`` this machine's share: the cores this process may run on
+    (what DataLoader counts when it warns of too many processes) over the ranks on this machine, at most 4."""
+    if cfg.data.loader_workers is not None:
+        return cfg.data.loader_workers
+    here = int(os.environ.get("LOCAL_WORLD_SIZE", cfg.algo.workers)) if under_torchrun() else cfg.algo.workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(4, cores // max(1, here))
+
+
 def same_data_everywhere(comm: Communicator, dataset: FolderDataset) -> None:
     """Collective: under torchrun every node scans its own copy of an image folder; a copy with other
     classes (or other files) would give the same output index another meaning on that node, silently."""
     text = "\n".join([*dataset.classes, str(dataset.n_train), str(len(dataset.test))])
-    mine = torch.tensor([int(hashlib.sha1(text.encode()).hexdigest()[:15], 16)], dtype=torch.int64)
+    mine = torch.tensor([int(hashlib.sha1(os.fsencode(text)).hexdigest()[:15], 16)], dtype=torch.int64)
     with comm.tag("control"):
         everyone = [int(t) for t in comm.all_gather(mine)]
     other = next((r for r, v in enumerate(everyone) if v != everyone[0]), None)
@@ -405,6 +423,8 @@ def peak_memory_bytes(device: torch.device) -> int:
 def _dist_entry(comm: Communicator, cfg_dict: dict, out: str | None, dataset: Dataset | None,
                 resume: str | None) -> dict[str, Any]:
     cfg = Config.from_dict(cfg_dict)
+    if comm.rank == 0 and not log.handlers:  # a process spawned by --runtime dist: rank 0 reports progress
+        setup_logging()
     if dataset is None:
         dataset = load_data(cfg)
     if out:
@@ -552,10 +572,15 @@ def train(cfg: Config, dataset: Dataset | None = None, resume: bool | str = Fals
     return summary
 
 
+class _PrintableFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))  # a file name that is not UTF-8 (a skipped image)
+
+
 def setup_logging(verbose: bool = False) -> None:
     """One logger for the package; messages to stderr."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(_PrintableFormatter("%(message)s"))
     log.handlers[:] = [handler]
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False

@@ -65,7 +65,10 @@ def interpolated_ap(recall: Tensor, precision: Tensor, method: str = "area") -> 
     """
     rec, prec = recall.double(), precision.double()
     if method == "voc07":
-        return sum((prec[rec >= t].max().item() if (rec >= t).any() else 0.0) for t in torch.linspace(0, 1, 11)) / 11
+        # The devkit's grid, np.arange(0., 1.1, 0.1): i * 0.1 in float64 (0.30000000000000004 for 0.3). A
+        # float32 grid puts 0.1 at 0.1000000015 and leaves out a recall of exactly 0.1.
+        grid = (torch.arange(11, dtype=torch.float64) * 0.1).tolist()
+        return sum((prec[rec >= t].max().item() if (rec >= t).any() else 0.0) for t in grid) / 11
     env = torch.cat([prec, prec.new_zeros(1)]).flip(0).cummax(0).values.flip(0)  # envelope[i] = max(prec[i:])
     if method == "area":
         mrec = torch.cat([rec.new_zeros(1), rec])
