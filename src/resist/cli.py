@@ -154,10 +154,17 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .rundir import fresh_default
     from .train import train
+    from .train.trainer import under_torchrun
 
     cfg = build_config(args)
-    summary = train(cfg, resume=True if args.resume else "auto" if args.auto_resume else False)
+    if args.force and args.resume:
+        raise UsageError("--force starts a run afresh in place of the one in --out; it does not go with --resume")
+    with fresh_default(cfg.run.out, args.preset or ("run" if args.config else "demo"), bool(args.resume),
+                       args.auto_resume, cfg.run.runtime == "dist" and under_torchrun()) as out:
+        cfg = cfg.replace(**{"run.out": out})
+        summary = train(cfg, resume=True if args.resume else "auto" if args.auto_resume else False, force=args.force)
     from .tasks import make_task
 
     print(f"{cfg.algo.name}: {make_task(cfg.data.task).headline_words(summary)} in {summary['time_s']:.1f} s "
@@ -290,6 +297,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     p.add_argument("--auto-resume", action="store_true",
                    help="resume from --out's latest checkpoint if there is one (for torchrun --max-restarts)")
+    p.add_argument("--force", action="store_true",
+                   help="replace the run already in --out (its own files only; other files stay)")
     p.set_defaults(fn=cmd_train)
     p = sub.add_parser("config", help="print the resolved config of a preset plus overrides")
     _add_train_args(p)
@@ -302,6 +311,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--max-rounds", type=int, default=None, help="cut each run short (a quick look)")
     p.add_argument("--runtime", choices=RUNTIMES, default="inprocess")
+    p.add_argument("--force", action="store_true", help="replace the demo already in --out")
     p.set_defaults(fn=cmd_demo)
     p = sub.add_parser("comm", help="bytes per round: paper convention (Table 1), measured, data/pipeline parallel")
     p.add_argument("--model", default="paper_resnet101", help="registry name ('resist models' lists them)")

@@ -28,6 +28,7 @@ from ..comm.launch import check_backend, check_port
 from ..config import RESUMABLE_CHANGES, Config, differences
 from ..data import BadImages, Dataset, DatasetError, FolderDataset, load_dataset, steps_per_epoch
 from ..io import atomic_write_json, atomic_write_text
+from .. import rundir
 from ..models import create_model
 from ..plan import candidate_blocks, validate
 from ..registry import DETECTION_DATASETS, FOLDER_DATASETS, TEXT_DATASETS, algorithm_class
@@ -442,14 +443,11 @@ CLASSES_FILE = "classes.json"
 
 def prepare_run_dir(cfg: Config, resuming: bool, classes: tuple[str, ...] | None = None) -> Path:
     """Create the run folder with ``config.json`` and, for a dataset whose classes are folder names,
-    ``classes.json`` (the class of each output index)."""
+    ``classes.json`` (the class of each output index). A previous run's files are gone by now
+    (:func:`resist.rundir.claim`), so a fresh run cannot be mistaken for the one that was here before."""
     out = Path(cfg.run.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        if not resuming:  # a fresh run must not be mistaken for the one that was here before
-            stale = checkpoint.all_checkpoints(out) + [out / "summary.json", out / "model.pt", out / CLASSES_FILE]
-            for path in stale + list(out.glob("member*.pt")):
-                path.unlink(missing_ok=True)
         atomic_write_text(cfg.dumps() + "\n", out / "config.json")
         if classes is not None and not resuming:
             atomic_write_json(list(classes), out / CLASSES_FILE)
@@ -496,12 +494,32 @@ def resume_point(cfg: Config, run_dir: Path, dataset: Dataset | FolderDataset | 
     return path
 
 
-def train(cfg: Config, dataset: Dataset | None = None, resume: bool | str = False) -> dict[str, Any]:
+def train(cfg: Config, dataset: Dataset | None = None, resume: bool | str = False,
+          force: bool = False) -> dict[str, Any]:
     """Train as ``cfg`` says; returns the summary, also written to ``RUN/summary.json``.
 
     ``resume``: continue from the latest checkpoint in ``cfg.run.out`` (an error if there is none);
     ``"auto"``: continue if there is one (under torchrun, if rank 0 sees one), else start afresh.
+    ``force``: a fresh run replaces the run already in ``cfg.run.out`` (its files only; see
+    :mod:`resist.rundir`). The run folder is locked for as long as the run goes on.
     """
+    owned: list[rundir.RunLock] = []
+    try:
+        return _train(cfg, dataset, resume, force, owned)
+    finally:
+        for held in owned:
+            rundir.remove_partial_files(held.folder)  # a rank killed mid-write leaves its temporary file
+            held.release()
+
+
+def _train(cfg: Config, dataset: Dataset | None, resume: bool | str, force: bool,
+           owned: list[rundir.RunLock]) -> dict[str, Any]:
+    if cfg.run.runtime != "dist" or not under_torchrun() or os.environ.get("RANK") == "0":
+        # The folder is looked at before any data is read, so that a refusal comes at once.
+        if resume is False:
+            rundir.check_fresh(cfg.run.out, force)
+        else:
+            rundir.check_out(cfg.run.out)
     given = dataset is not None
     if dataset is None:
         dataset = load_data(cfg, download=cfg.data.download)
@@ -513,6 +531,13 @@ def train(cfg: Config, dataset: Dataset | None = None, resume: bool | str = Fals
         raise ValueError(f"torchrun started {os.environ['WORLD_SIZE']} processes but --workers is "
                          f"{cfg.algo.workers}; make them equal")
     lead = not torchrun or int(os.environ["RANK"]) == 0
+    if lead:
+        out = Path(cfg.run.out)
+        fresh = resume is False or (resume == "auto" and checkpoint.latest(out) is None)
+        # torchrun restarts an auto-resumed job in its own folder: a start that left neither a checkpoint
+        # nor a summary is replaced, as it would be resumed had it written one.
+        owned.append(rundir.claim(out, fresh=fresh, force=force or (
+            resume == "auto" and fresh and not (out / "summary.json").exists())))
     if resume == "auto":  # resume if there is a checkpoint; under torchrun rank 0 decides for all
         resume = lead and checkpoint.latest(Path(cfg.run.out)) is not None
     ckpt = resume_point(cfg, Path(cfg.run.out), dataset) if resume and lead else None
