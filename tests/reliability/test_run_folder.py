@@ -1,5 +1,5 @@
 """A run folder belongs to one run: a fresh run never overwrites another run or a user's files, the
-default folder is new every time, and two runs never share a folder."""
+default folder is new every time, two runs never share a folder, and a finished run stays finished."""
 
 from __future__ import annotations
 
@@ -177,3 +177,38 @@ def test_interrupted_writes_are_removed_at_the_next_start(capsys, finished):
     (finished / ".mine.tmp").write_text("keep")
     assert run(capsys, "train", "--resume", finished, "--max-rounds", "3")[0] == 0
     assert not any(p.exists() for p in leftovers) and (finished / ".mine.tmp").exists()
+
+
+# --- a finished run stays finished ----------------------------------------------------------------
+
+def test_resume_of_a_finished_run_with_other_workers_leaves_it_untouched(capsys, finished):
+    before = contents(finished)
+    rc, out, err = run(capsys, "train", "--resume", finished, "--workers", "3")
+    assert rc == 0, err
+    assert "is finished" in err and "--max-rounds above 2" in err
+    assert contents(finished) == before
+    assert "run folder" in out
+
+
+def test_resume_that_trained_all_epochs_says_more_epochs_are_a_new_run(capsys, tmp_path):
+    out = tmp_path / "r"
+    assert run(capsys, "train", "smoke", "--workers", "2", "--epochs", "0.5", "--out", out)[0] == 0
+    before = contents(out)
+    rc, _, err = run(capsys, "train", "--resume", out)
+    assert rc == 0 and "is finished" in err and "--epochs" in err and "new run" in err, err
+    assert contents(out) == before
+
+
+def test_resume_with_max_rounds_below_the_checkpoint_is_refused(capsys, finished):
+    before = contents(finished)
+    rc, _, err = run(capsys, "train", "--resume", finished, "--max-rounds", "1")
+    assert rc == 2 and one_line(err), err
+    assert "round_000002.pt continues at round 2, past the end of this run at round 1" in err
+    assert contents(finished) == before
+
+
+def test_resume_extends_a_run_cut_by_max_rounds(capsys, finished):
+    rc, _, err = run(capsys, "train", "--resume", finished, "--max-rounds", "3")
+    assert rc == 0, err
+    summary = json.loads((finished / "summary.json").read_text())
+    assert summary["rounds"] == 3 and summary["resumed_at_round"] == 2

@@ -484,14 +484,48 @@ def resume_point(cfg: Config, run_dir: Path, dataset: Dataset | FolderDataset | 
     path = checkpoint.latest(run_dir)
     if path is None:
         raise ValueError(f"no checkpoint in {checkpoint.folder(run_dir)}; nothing to resume")
-    saved = Config.from_dict(checkpoint.load(path)["config"])
+    saved_payload = checkpoint.load(path)
+    saved = Config.from_dict(saved_payload["config"])
     changed = [k for k in differences(saved, cfg) if k not in RESUMABLE_CHANGES]
     if changed:
         raise ValueError(f"{path} belongs to another config ({', '.join(changed)} differ); "
                          f"resume with the run's own config or start a new run folder")
     if dataset is not None:
         check_classes(run_dir, dataset.classes, dataset.source)
+        sched = Schedule.of(cfg, dataset.n_train)
+        point = resume_point_in(saved_payload, cfg, sched, dataset.n_train)
+        if point.round > sched.rounds:  # only a --max-rounds below the checkpoint's round gets here
+            raise ValueError(f"{path} continues at round {point.round}, past the end of this run at round "
+                             f"{sched.rounds} (--max-rounds {cfg.run.max_rounds}); to train further, resume with "
+                             f"--max-rounds above {point.round}")
     return path
+
+
+def finished_summary(cfg: Config, run_dir: Path, path: Path, dataset: Dataset) -> dict[str, Any] | None:
+    """The summary of a finished run that resuming from ``path`` would not train further, else None.
+
+    Such a run is left as it is: resuming it would only rewrite its config and summary (with the byte
+    counters of a run that sent nothing, under another worker count perhaps)."""
+    summary = Path(run_dir) / "summary.json"
+    if not summary.is_file():
+        return None  # unfinished, or finished but cut off before its summary: resuming completes it
+    saved = checkpoint.load(path)
+    sched = Schedule.of(cfg, dataset.n_train)
+    # Only a --max-rounds other than the run's own extends it: with another worker count alone the same
+    # max_rounds would mean more epochs, which nobody asked for.
+    extended = cfg.run.max_rounds != Config.from_dict(saved["config"]).run.max_rounds
+    if extended and resume_point_in(saved, cfg, sched, dataset.n_train).round < sched.rounds:
+        return None
+    full = math.ceil(sched.total_steps / cfg.algo.local_iters)
+    more = (f"resume with --max-rounds above {sched.rounds} to train it further" if sched.rounds < full else
+            f"it trained all its {cfg.optim.epochs:g} epochs, and more epochs change the learning-rate schedule, "
+            f"so they are a new run (--epochs, another --out)")
+    log.info("%s is finished (round %d of %d): nothing to resume, so it is left as it is; %s", run_dir,
+             sched.rounds, sched.rounds, more)
+    try:
+        return json.loads(summary.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{summary} is unreadable ({e}); the run is finished, its model is {run_dir / 'model.pt'}") from None
 
 
 def train(cfg: Config, dataset: Dataset | None = None, resume: bool | str = False,
@@ -541,6 +575,11 @@ def _train(cfg: Config, dataset: Dataset | None, resume: bool | str, force: bool
     if resume == "auto":  # resume if there is a checkpoint; under torchrun rank 0 decides for all
         resume = lead and checkpoint.latest(Path(cfg.run.out)) is not None
     ckpt = resume_point(cfg, Path(cfg.run.out), dataset) if resume and lead else None
+    done = finished_summary(cfg, Path(cfg.run.out), ckpt, dataset) if ckpt else None
+    if done is not None:
+        if torchrun:  # the other ranks wait for this one: fail, and torchrun stops them
+            raise ValueError(f"{cfg.run.out} is finished; nothing to resume")
+        return done
     out = prepare_run_dir(cfg, resuming=ckpt is not None, classes=dataset.classes) if lead else Path(cfg.run.out)
     if lead and hasattr(dataset, "split_record"):  # text: which files went to train and test
         atomic_write_json(dataset.split_record(), out / "split.json")
