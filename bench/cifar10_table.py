@@ -207,6 +207,7 @@ def run(spec: Spec, preset: str, data_dir: str, runs: Path, extra: list[str]) ->
         print(f"[suite] {record}", flush=True)
         out.mkdir(parents=True, exist_ok=True)
         started.write_text(record)
+        argv.append("--force")  # this command replaces whatever run the folder held (not in the record)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

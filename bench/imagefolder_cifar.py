@@ -68,6 +68,7 @@ def run(out: Path, argv_tail: list[str], preset: str, threads: int) -> Path:
         print(f"[imagefolder_cifar] {record}", flush=True)
         out.mkdir(parents=True, exist_ok=True)
         started.write_text(record)
+        argv.append("--force")  # this command replaces whatever run the folder held (not in the record)
     # Intra-op threads per run: on a shared machine 2 threads of each run's process fight other
     # processes for the cores (a step was 6x slower than with one thread under load).
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": str(threads)}

@@ -73,7 +73,8 @@ def run(algo: str, workers: int, seed: int, preset: str, voc_dir: Path, runs: Pa
     state = library_state()
     (out / "library.txt").write_text(describe_library(state, state) + "\n")  # what this run was trained with
     t0 = time.perf_counter()
-    proc = subprocess.run(argv, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, stdout=subprocess.DEVNULL,
+    # --force: this command replaces whatever run the folder held (not in the record)
+    proc = subprocess.run([*argv, "--force"], env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
     (out / "wall_s.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
     if proc.returncode != 0:
