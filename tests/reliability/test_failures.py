@@ -3,7 +3,12 @@ worker, a full disk, a model that became non-finite, a killed launcher, damaged 
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -38,3 +43,73 @@ def test_inprocess_hang_fails_within_the_timeout(capsys, tmp_path, faults):
     assert time.monotonic() - t0 < 60
     assert "rank 1 did not finish or fail (stuck?)" in err and "timed out" in err
     assert f"resume with: resist train --resume {tmp_path / 'r'} (latest checkpoint round_00000" in err
+
+
+# --- a dist job ends with its launcher ------------------------------------------------------------
+
+def _children(pid):
+    """Pids of the live processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL])
+def test_killing_the_dist_launcher_stops_its_ranks(capsys, tmp_path, sig):
+    out = tmp_path / "r"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1",
+           "RESIST_FAULTS": "delay:rank=0:seconds=0.2"}  # slow enough to be caught mid-run
+    launcher = subprocess.Popen([sys.executable, "-m", "resist.cli", "train", "smoke", "--runtime", "dist",
+                                 "--workers", "2", "--max-rounds", "200", "--checkpoint-every", "1", "--timeout", "30",
+                                 "--out", str(out)], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 150
+        while not list((out / "checkpoints").glob("round_*.pt")):
+            assert launcher.poll() is None, launcher.stderr.read()
+            assert time.monotonic() < deadline, "no checkpoint yet"
+            time.sleep(0.2)
+        ranks = _children(launcher.pid)
+        assert len(ranks) >= 2
+        # while it runs, the folder is its own
+        rc, _, err = run(capsys, "train", "--resume", out, "--max-rounds", "300")
+        assert rc == 2 and f"in use by another resist run (pid {launcher.pid} on" in err, err
+        launcher.send_signal(sig)
+        launcher.wait(timeout=30)
+        t0 = time.monotonic()
+        while any(_alive(p) for p in ranks):
+            assert time.monotonic() - t0 < 10, f"ranks still running {time.monotonic() - t0:.0f} s after the launcher"
+            time.sleep(0.1)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        for p in _children(launcher.pid):
+            os.kill(p, signal.SIGKILL)
+    if sig != signal.SIGKILL:  # a stop it could see: one line saying so, with where to resume
+        err = launcher.stderr.read()
+        assert launcher.returncode == 1 and one_line(err), err
+        assert f"stopped by {sig.name}" in err and f"resume with: resist train --resume {out}" in err
+    before = _snapshot(out)
+    time.sleep(3)
+    assert _snapshot(out) == before  # nobody writes after the launcher
+    if sig != signal.SIGKILL:  # the launcher's own cleanup; after SIGKILL the next start's
+        assert not list((out / "checkpoints").glob(".*.tmp"))

@@ -20,12 +20,14 @@ Design:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
 import os
 import pickle
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from multiprocessing.connection import Connection, wait
@@ -41,6 +43,7 @@ from .dist import DistCommunicator
 from ..registry import BACKENDS
 _GRACE_S = 3.0  # how long victims' reports may precede the culprit's (or the peers' own timeouts)
 _ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def default_backend() -> str:
@@ -87,8 +90,29 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+def _die_with(parent: int) -> None:
+    """End this rank as soon as the launcher ``parent`` is gone, however it went (SIGKILL included):
+    a rank left behind would go on training and writing checkpoints, racing a resumed run.
+
+    Linux kills us at once (PR_SET_PDEATHSIG); elsewhere, and as a second line, a thread polls the
+    parent's pid twice a second."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # gone before the above took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="resist-launcher-watch", daemon=True).start()
+
+
 def _child(rank: int, world_size: int, port: int, backend: str, timeout: float,
-           fn: Callable, args: tuple, conn: Connection) -> None:
+           fn: Callable, args: tuple, conn: Connection, parent: int) -> None:
+    _die_with(parent)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     try:
         delta = datetime.timedelta(seconds=timeout)
@@ -218,12 +242,13 @@ def spawn(world_size: int, fn: Callable, args: tuple = (), backend: str | None =
     procs: list = []
     conns: list[Connection] = []
     finished = False
+    before = _stop_on_signals()
     try:
         for rank in range(world_size):
             reader, writer = ctx.Pipe(duplex=False)
             conns.append(reader)
             p = ctx.Process(target=_child, name=f"resist-rank{rank}",
-                            args=(rank, world_size, store.port, backend, timeout, fn, tuple(args), writer))
+                            args=(rank, world_size, store.port, backend, timeout, fn, tuple(args), writer, os.getpid()))
             p.start()
             procs.append(p)
             writer.close()  # so that a dead child shows as EOF on our end
@@ -236,6 +261,24 @@ def spawn(world_size: int, fn: Callable, args: tuple = (), backend: str | None =
         for c in conns:
             c.close()
         del store
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+class Stopped(CommError):
+    """The launcher was told to stop (SIGTERM, SIGHUP); its ranks have been stopped."""
+
+
+def _stop_on_signals() -> dict[int, Any]:
+    """Turn SIGTERM and SIGHUP (a scheduler's stop, a closed terminal) into :class:`Stopped` while the
+    ranks run, so that they are stopped before the launcher goes; the previous handlers, to restore."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}  # only the main thread may set handlers; the ranks still die with this process
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Stopped(f"stopped by {signal.Signals(signum).name}; the ranks were stopped with it")
+
+    return {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
 
 
 def _read_env() -> tuple[int, int, int]:
