@@ -3,6 +3,7 @@ worker, a full disk, a model that became non-finite, a killed launcher, damaged 
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -11,8 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from resist.cli import main
+from resist.train import checkpoint
 
 SMOKE = ["train", "smoke", "--workers", "2", "--max-rounds", "3", "--checkpoint-every", "1"]
 
@@ -113,3 +116,64 @@ def test_killing_the_dist_launcher_stops_its_ranks(capsys, tmp_path, sig):
     assert _snapshot(out) == before  # nobody writes after the launcher
     if sig != signal.SIGKILL:  # the launcher's own cleanup; after SIGKILL the next start's
         assert not list((out / "checkpoints").glob(".*.tmp"))
+
+
+# --- a full disk ----------------------------------------------------------------------------------
+
+def _check_full_disk_outcome(capsys, rc, err, out):
+    assert rc == 2 and one_line(err), err
+    assert f"no space left on the device at {out / 'checkpoints'} (writing round_000002.pt" in err
+    assert "free space there, or copy" in err and "from round_000001.pt" in err
+    assert "unexpected pos" not in err and "Errno" not in err
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["round_000001.pt"]  # no partial file beside it
+    assert checkpoint.load(out / "checkpoints" / "round_000001.pt")["round"] == 1
+    assert not (out / "model.pt").exists()
+
+
+def test_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_earlier_one(capsys, tmp_path, monkeypatch):
+    """The writer fails as a full disk makes it fail: part of the file written, then ENOSPC, which
+    torch.save turns into its own RuntimeError ("unexpected pos")."""
+    real = torch.save
+
+    class FullAfter:
+        def __init__(self, f, room):
+            self.f, self.room = f, room
+
+        def write(self, data):
+            if len(data) > self.room:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.room -= len(data)
+            return self.f.write(data)
+
+    def save(obj, f, *args, **kw):
+        if isinstance(obj, dict) and obj.get("format") == "resist-checkpoint" and obj["round"] >= 2:
+            f = FullAfter(f, 4096)
+        return real(obj, f, *args, **kw)
+
+    monkeypatch.setattr(torch, "save", save)
+    out = tmp_path / "r"
+    rc, _, err = run(capsys, *SMOKE, "--out", out)
+    _check_full_disk_outcome(capsys, rc, err, out)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 280 kB file system: room for the run's first checkpoint, not for its second."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if not sys.platform.startswith("linux") or os.geteuid() != 0 or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=280k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("needs to mount a small tmpfs (root on Linux)")
+    try:
+        yield disk
+    finally:
+        # Lazily: a failed run's frames may still hold its metrics file open (freed with them later).
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("runtime", ["inprocess", "dist"])
+def test_a_really_full_disk(capsys, small_disk, runtime):
+    out = small_disk / "r"
+    rc, _, err = run(capsys, *SMOKE, "--runtime", runtime, "--timeout", "60", "--out", out)
+    _check_full_disk_outcome(capsys, rc, err, out)

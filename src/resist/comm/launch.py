@@ -130,8 +130,10 @@ def _child(rank: int, world_size: int, port: int, backend: str, timeout: float,
         with contextlib.suppress(OSError):  # the parent may be gone already
             # A ValueError is bad input (a config, a data file): the caller may report it as such.
             usage = isinstance(exc, ValueError)
+            # An OSError's errno travels too: a full disk is said as such, not as a failed rank.
             conn.send_bytes(pickle.dumps(("error", isinstance(exc, CommError), _one_line(exc),
-                                          traceback.format_exc(), usage)))
+                                          traceback.format_exc(), usage,
+                                          (exc.errno, " ".join(str(exc).split())) if isinstance(exc, OSError) else None)))
             conn.close()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -157,10 +159,12 @@ def _death(rank: int, exitcode: int | None) -> str:
     return f"rank {rank} died (exit code {exitcode})"
 
 
-def _failure(message: str, rank: int, tb: str | None = None, usage: bool = False) -> CommError:
+def _failure(message: str, rank: int, tb: str | None = None, usage: bool = False,
+             os_error: tuple[int, str] | None = None) -> CommError:
     err = CommError(message)
     err.rank = rank
     err.usage = usage  # the rank raised a ValueError: bad input rather than a failed peer
+    err.os_error = os_error  # the rank raised an OSError: (errno, its message)
     if tb and hasattr(err, "add_note"):
         err.add_note(f"--- traceback in rank {rank} ---\n{tb.rstrip()}")
     return err
@@ -190,9 +194,9 @@ def _collect(procs: list, conns: list[Connection]) -> list:
             if msg[0] == "ok":
                 results[r] = msg[1]
                 continue
-            _, is_comm, summary, tb, usage = msg
+            _, is_comm, summary, tb, usage, os_error = msg
             if not is_comm:
-                raise _failure(f"rank {r} raised {summary}", r, tb, usage)
+                raise _failure(f"rank {r} raised {summary}", r, tb, usage, os_error)
             victims[r] = (summary, tb)
             first_victim_at = first_victim_at or time.monotonic()
         if victims and pending and time.monotonic() - first_victim_at > _GRACE_S:

@@ -27,7 +27,7 @@ from ..comm import CommError
 from ..comm.launch import check_backend, check_port
 from ..config import RESUMABLE_CHANGES, Config, differences
 from ..data import BadImages, Dataset, DatasetError, FolderDataset, load_dataset, steps_per_epoch
-from ..io import atomic_write_json, atomic_write_text
+from ..io import NO_SPACE, NoSpaceError, atomic_write_json, atomic_write_text
 from .. import rundir
 from ..models import create_model
 from ..plan import candidate_blocks, validate
@@ -540,6 +540,15 @@ def train(cfg: Config, dataset: Dataset | None = None, resume: bool | str = Fals
     owned: list[rundir.RunLock] = []
     try:
         return _train(cfg, dataset, resume, force, owned)
+    except OSError as e:
+        if e.errno not in NO_SPACE:
+            raise
+        out = Path(cfg.run.out)
+        said = str(e) if isinstance(e, NoSpaceError) else f"no space left on the device at {e.filename or out}"
+        last = checkpoint.latest(out)
+        # Resuming in place would only fill the disk again: space first, or another disk.
+        raise NoSpaceError(e.errno, f"{said}; free space there, or copy {out} to a disk with room, before resuming "
+                                    f"it (resist train --resume FOLDER" + (f", from {last.name})" if last else ")")) from None
     finally:
         for held in owned:
             rundir.remove_partial_files(held.folder)  # a rank killed mid-write leaves its temporary file
@@ -606,6 +615,8 @@ def _train(cfg: Config, dataset: Dataset | None, resume: bool | str, force: bool
     except CommError as e:
         if getattr(e, "usage", False):  # a rank found bad input (an unreadable image): exit 2, as in-process
             raise ValueError(str(e)) from None
+        if (getattr(e, "os_error", None) or (0,))[0] in NO_SPACE:  # as in-process: see train()
+            raise NoSpaceError(e.os_error[0], e.os_error[1]) from None
         last = checkpoint.latest(out)
         hint = (f"resume with: resist train --resume {out} (latest checkpoint {last.name})" if last
                 else "no checkpoint was written yet")
