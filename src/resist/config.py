@@ -27,6 +27,9 @@ def _check(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 @dataclass
 class ModelConfig:
     name: str = "paper_resnet101"
@@ -319,7 +322,8 @@ class OptimConfig:
     def __post_init__(self) -> None:
         self.lr_decay_at = tuple(self.lr_decay_at)
         _check(self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
-        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(0 < self.lr <= FLOAT32_MAX, f"lr must be > 0 and at most {FLOAT32_MAX:.4g} (float32's largest, which "
+               f"the weights are updated in), got {self.lr}")
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         _check(all(0 < f < 1 for f in self.lr_decay_at), f"lr_decay_at must lie in (0, 1), got {self.lr_decay_at}")

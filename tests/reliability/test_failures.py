@@ -177,3 +177,54 @@ def test_a_really_full_disk(capsys, small_disk, runtime):
     out = small_disk / "r"
     rc, _, err = run(capsys, *SMOKE, "--runtime", runtime, "--timeout", "60", "--out", out)
     _check_full_disk_outcome(capsys, rc, err, out)
+
+
+# --- a model that became non-finite ---------------------------------------------------------------
+
+@pytest.fixture
+def overflow_at(monkeypatch):
+    """At each rank's given training step (counted from 1), the update overflows: a weight becomes inf
+    after the step, whose loss (computed before the update) is still finite, as ``--lr 3e38`` does on
+    some models."""
+    from resist.train import trainer
+
+    real, steps, at = trainer.train_step, {}, []
+
+    def step(model, *args, **kw):
+        loss = real(model, *args, **kw)
+        steps[id(model)] = steps.get(id(model), 0) + 1
+        if steps[id(model)] == at[0]:
+            with torch.no_grad():
+                next(model.parameters()).view(-1)[0] = float("inf")
+        return loss
+
+    monkeypatch.setattr(trainer, "train_step", step)
+    return at.append
+
+
+def test_a_model_that_became_non_finite_on_the_last_step_is_not_written(capsys, tmp_path, overflow_at):
+    overflow_at(1)
+    out = tmp_path / "r"
+    rc, _, err = run(capsys, "train", "smoke", "--workers", "2", "--max-rounds", "1", "--local-iters", "1", "--out", out)
+    assert rc == 1 and one_line(err), err
+    assert "the model became non-finite in round 0 on rank 0, so nothing of that round was written" in err
+    assert not (out / "model.pt").exists() and not (out / "summary.json").exists()
+    assert not (out / "checkpoints").exists()
+
+
+def test_non_finite_model_keeps_the_last_good_checkpoint(capsys, tmp_path, overflow_at):
+    overflow_at(12)  # the last of 3 rounds of 4 steps
+    out = tmp_path / "r"
+    rc, _, err = run(capsys, *SMOKE, "--out", out)
+    assert rc == 1 and one_line(err), err
+    assert "non-finite in round 2" in err and f"last good checkpoint: {out / 'checkpoints' / 'round_000002.pt'}" in err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["round_000001.pt", "round_000002.pt"]
+    state = checkpoint.load(out / "checkpoints" / "round_000002.pt")["model"]
+    assert all(bool(v.isfinite().all()) for v in state.values() if v.is_floating_point())
+    assert not (out / "model.pt").exists()
+
+
+@pytest.mark.parametrize("lr", ["inf", "1e39"])
+def test_lr_beyond_float32_is_one_line(capsys, tmp_path, lr):
+    rc, _, err = run(capsys, *SMOKE, "--lr", lr, "--out", tmp_path / "r")
+    assert rc == 2 and one_line(err) and "lr must be > 0 and at most 3.403e+38" in err, err

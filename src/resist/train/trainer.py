@@ -279,8 +279,15 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
         comm_s = time.perf_counter() - t1 - (comm.idle_s - idle1)
         with comm.tag("control"):
             row = torch.tensor([comm_s, comm.bytes.sent["sync"], comm.bytes.received["sync"],
-                                comm.bytes.messages["sync"] - messages0], dtype=torch.float64)
-            table = torch.cat([table, torch.stack(comm.all_gather(row))], dim=1)  # (world, 6)
+                                comm.bytes.messages["sync"] - messages0, held_state_is_finite(store)],
+                               dtype=torch.float64)
+            table = torch.cat([table, torch.stack(comm.all_gather(row))], dim=1)  # (world, 7)
+        if not table[:, 6].all():  # the last steps' update overflowed though their loss was finite
+            bad = int((table[:, 6] == 0).nonzero()[0])
+            last_ckpt = checkpoint.latest(out) if out else None
+            raise TrainingError(f"the model became non-finite in round {r} on rank {bad}, so nothing of that round "
+                                f"was written; lower --lr or check the data"
+                                + (f" (last good checkpoint: {last_ckpt})" if last_ckpt else ""))
         progress["parallel_s"] += float(table[:, 1].max() + table[:, 2].max())
         acc = None
         if (r + 1) % cfg.run.eval_every == 0 or last:
@@ -343,6 +350,13 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
         "peak_memory_kind": "cuda max allocated" if device.type == "cuda" else "process max RSS",
         "eval_scale": algo.eval_scale(), "scaled_blocks": list(store.candidates),
     }
+
+
+def held_state_is_finite(store) -> bool:
+    """Whether every float tensor this rank holds (weights, BatchNorm statistics, momenta) is finite."""
+    flags = [t.isfinite().all() for part in store.all_parts() if store.held(part)
+             for t in store.state_tensors(part) if t.is_floating_point() and not t.is_meta]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 def same_data_everywhere(comm: Communicator, dataset: FolderDataset) -> None:
