@@ -28,6 +28,9 @@ def _check(ok: bool, message: str) -> None:
 
 
 FLOAT32_MAX = 3.4028234663852886e38
+# Every wait on a peer takes a finite timeout (threading, datetime.timedelta, gloo and NCCL all refuse
+# inf or nan); 30 days is no limit in practice and far below any of theirs.
+MAX_TIMEOUT_S = 30 * 24 * 3600.0
 
 
 @dataclass
@@ -377,7 +380,8 @@ class RunConfig:
         _check(self.backend is None or self.backend in BACKENDS,
                f"unknown backend {self.backend!r}; choose one of: {', '.join(BACKENDS)}")
         _check(self.device in DEVICES, f"unknown device {self.device!r}; choose one of: {', '.join(DEVICES)}")
-        _check(self.timeout > 0, f"timeout must be > 0, got {self.timeout}")
+        _check(0 < self.timeout <= MAX_TIMEOUT_S, f"timeout must be > 0 and at most {MAX_TIMEOUT_S:.0f} seconds "
+               f"(30 days), got {self.timeout}")
         _check(self.master_port is None or 0 < self.master_port < 65536,
                f"master_port must be a TCP port (1-65535), got {self.master_port}")
         _check(self.checkpoint_every is None or self.checkpoint_every >= 1,

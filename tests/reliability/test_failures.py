@@ -228,3 +228,55 @@ def test_non_finite_model_keeps_the_last_good_checkpoint(capsys, tmp_path, overf
 def test_lr_beyond_float32_is_one_line(capsys, tmp_path, lr):
     rc, _, err = run(capsys, *SMOKE, "--lr", lr, "--out", tmp_path / "r")
     assert rc == 2 and one_line(err) and "lr must be > 0 and at most 3.403e+38" in err, err
+
+
+# --- damaged input: one line each -----------------------------------------------------------------
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "1e12"])
+def test_timeout_must_be_finite_seconds(capsys, tmp_path, value):
+    rc, _, err = run(capsys, *SMOKE, "--timeout", value, "--out", tmp_path / "r")
+    assert rc == 2 and one_line(err) and "timeout must be > 0 and at most 2592000 seconds" in err, err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.fixture
+def resumable(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(capsys, *SMOKE, "--max-rounds", "2", "--out", out)[0] == 0
+    (out / "summary.json").unlink()  # not finished: a resume reads the checkpoint through
+    return out
+
+
+@pytest.mark.parametrize("damage", ["round", "config", "model", "progress", "metrics", "bytes", "progress.elapsed_s",
+                                    "model=list", "config=junk", "bytes=ints"])
+def test_checkpoint_with_the_marker_but_not_whole(capsys, resumable, damage):
+    path = checkpoint.latest(resumable)
+    payload = torch.load(path, weights_only=True)
+    if damage == "progress.elapsed_s":
+        del payload["progress"]["elapsed_s"]
+    elif damage == "model=list":
+        payload["model"] = list(payload["model"].values())
+    elif damage == "config=junk":
+        payload["config"]["run"] = "junk"
+    elif damage == "bytes=ints":
+        payload["bytes"] = [1, 2]
+    else:
+        del payload[damage]
+    torch.save(payload, path)
+    rc, _, err = run(capsys, "train", "--resume", resumable)
+    assert rc == 2 and one_line(err), err
+    assert f"checkpoint {path}" in err and "it is not whole: resume from an earlier checkpoint" in err
+
+
+class NotAllowed:
+    """A class the weights-only loader refuses to rebuild."""
+
+
+def test_pickled_checkpoint_is_refused_in_a_whole_sentence(capsys, resumable):
+    path = checkpoint.latest(resumable)
+    torch.save({"format": "resist-checkpoint", "payload": NotAllowed()}, path)
+    rc, _, err = run(capsys, "train", "--resume", resumable)
+    assert rc == 2 and one_line(err), err
+    line = err.strip().splitlines()[-1]
+    assert line.endswith(f"{path} is not a resist checkpoint: it holds a pickled {__name__}.NotAllowed, which "
+                         f"resist does not load, since unpickling can run any code"), line
