@@ -359,7 +359,9 @@ class RunConfig:
     master_port: int | None = None
     """Rendezvous port of ``--runtime dist`` (``None``: one the OS picks; torchrun sets its own)."""
     out: str = "runs/latest"
-    """Run folder: config.json, metrics.jsonl, summary.json, model.pt, checkpoints/."""
+    """Run folder (config.json, metrics.jsonl, summary.json, model.pt, checkpoints/); the default makes a
+    new runs/PRESET-TIME for each run, linked as runs/latest. A folder that holds another run is refused
+    (see ``resist train --force``)."""
     checkpoint_every: int | None = None
     """Write a checkpoint every this many rounds (and at the end); ``None``: at every evaluation."""
     keep_checkpoints: int = 2
