@@ -289,8 +289,9 @@ def fresh_default(out: str, name: str, resume: bool, auto_resume: bool, torchrun
     if auto_resume or torchrun:  # every start (every rank, every restart) must name the same folder
         raise RunDirError(f"{'--auto-resume' if auto_resume else 'a run under torchrun'} needs the run folder "
                           f"named: give --out")
-    folder = new_default_folder(name)
     latest = Path(DEFAULT_OUT)
+    made_root = not latest.parent.exists()
+    folder = new_default_folder(name, latest.parent)
     before = os.readlink(latest) if latest.is_symlink() else None
     linked = _point_link(latest, folder.name)
     log.info("run folder %s%s", folder, f" ({latest} links to it)" if linked else "")
@@ -302,4 +303,6 @@ def fresh_default(out: str, name: str, resume: bool, auto_resume: bool, torchrun
             folder.rmdir()
             if linked:
                 _point_link(latest, before)
+            if made_root and not any(latest.parent.iterdir()):
+                latest.parent.rmdir()
         raise

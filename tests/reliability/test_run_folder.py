@@ -102,6 +102,8 @@ def test_out_must_name_a_folder(capsys, tmp_path, monkeypatch, what):
 
 def test_runs_without_out_get_a_new_folder_each(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    rc, _, _ = run(capsys, *SMOKE, "--dataset", "cifar10", "--data-dir", tmp_path / "nowhere")
+    assert rc == 2 and not (tmp_path / "runs").exists()  # a failed first run leaves nothing behind
     rc, out1, _ = run(capsys, *SMOKE)
     assert rc == 0
     first = sorted((tmp_path / "runs").glob("smoke-*"))

@@ -266,7 +266,8 @@ def spawn(world_size: int, fn: Callable, args: tuple = (), backend: str | None =
             c.close()
         del store
         for sig, handler in before.items():
-            signal.signal(sig, handler)
+            if handler is not None:  # None: set outside Python, which cannot be put back from here
+                signal.signal(sig, handler)
 
 
 class Stopped(CommError):
