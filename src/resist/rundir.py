@@ -293,8 +293,7 @@ def fresh_default(out: str, name: str, resume: bool, auto_resume: bool, torchrun
     made_root = not latest.parent.exists()
     folder = new_default_folder(name, latest.parent)
     before = os.readlink(latest) if latest.is_symlink() else None
-    linked = _point_link(latest, folder.name)
-    log.info("run folder %s%s", folder, f" ({latest} links to it)" if linked else "")
+    linked = _point_link(latest, folder.name)  # the run names its folder itself, when it starts and ends
     try:
         yield str(folder)
     except BaseException:
