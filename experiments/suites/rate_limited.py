@@ -122,7 +122,7 @@ def run(algo: str, workers: int, mbit: float | None, args, out: Path) -> dict:
         return load_run(out)
     launch(workers, mbit, args, f"{algo} on {workers} ranks at {mbit} Mbit/s", [
         "-m", "resist.cli", "train", args.preset, "--algo", algo, "--workers", str(workers), "--runtime", "dist",
-        "--backend", "gloo", "--data-dir", args.data_dir, "--out", str(out), "--seed", str(args.seed),
+        "--backend", "gloo", "--data-dir", args.data_dir, "--out", str(out), "--force", "--seed", str(args.seed),
         "--timeout", "1800", *(["--max-rounds", str(args.max_rounds)] if args.max_rounds else []), *args.extra])
     (out / "run.txt").write_text(record)
     return load_run(out)

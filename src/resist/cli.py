@@ -215,13 +215,19 @@ DEFAULTS_NOTE = ("Defaults shown are the base config's; a preset changes some ('
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .rundir import fresh_default
     from .train import train
+    from .train.trainer import under_torchrun
 
     cfg = build_config(args)
     _not_a_file(cfg.run.out)
-    summary = train(cfg, resume=True if args.resume else "auto" if args.auto_resume else False)
+    if args.force and args.resume:
+        raise UsageError("--force starts a run afresh in place of the one in --out; it does not go with --resume")
+    with fresh_default(cfg.run.out, args.preset or ("run" if args.config else "demo"), bool(args.resume),
+                       args.auto_resume, cfg.run.runtime == "dist" and under_torchrun()) as out:
+        cfg = cfg.replace(**{"run.out": out})
+        summary = train(cfg, resume=True if args.resume else "auto" if args.auto_resume else False, force=args.force)
     from .tasks import make_task
-    from .train.trainer import under_torchrun
 
     if cfg.run.runtime == "dist" and under_torchrun() and os.environ.get("RANK", "0") != "0":
         return 0  # torchrun runs this command once per rank: rank 0 reports the run
@@ -366,6 +372,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     p.add_argument("--auto-resume", action="store_true",
                    help="resume from --out's latest checkpoint if there is one (for torchrun --max-restarts)")
+    p.add_argument("--force", action="store_true",
+                   help="replace the run already in --out (its own files only; other files stay)")
     p.set_defaults(fn=cmd_train)
     p = sub.add_parser("config", help="print the resolved config of a preset plus overrides", epilog=DEFAULTS_NOTE)
     _add_train_args(p)
@@ -378,6 +386,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--max-rounds", type=int, default=None, help="cut each run short (a quick look)")
     p.add_argument("--runtime", choices=RUNTIMES, default="inprocess")
+    p.add_argument("--force", action="store_true", help="replace the demo already in --out")
     p.set_defaults(fn=cmd_demo)
     p = sub.add_parser("comm", help="bytes per round: paper convention (Table 1), measured, data/pipeline parallel")
     p.add_argument("--model", default="paper_resnet101", help="registry name ('resist models' lists them)")

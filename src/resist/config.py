@@ -27,6 +27,12 @@ def _check(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+# Every wait on a peer takes a finite timeout (threading, datetime.timedelta, gloo and NCCL all refuse
+# inf or nan); 30 days is no limit in practice and far below any of theirs.
+MAX_TIMEOUT_S = 30 * 24 * 3600.0
+
+
 @dataclass
 class ModelConfig:
     name: str = "paper_resnet101"
@@ -323,7 +329,8 @@ class OptimConfig:
     def __post_init__(self) -> None:
         self.lr_decay_at = tuple(self.lr_decay_at)
         _check(self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
-        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(0 < self.lr <= FLOAT32_MAX, f"lr must be > 0 and at most {FLOAT32_MAX:.4g} (float32's largest, which "
+               f"the weights are updated in), got {self.lr}")
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         _check(all(0 < f < 1 for f in self.lr_decay_at), f"lr_decay_at must lie in (0, 1), got {self.lr_decay_at}")
@@ -356,7 +363,9 @@ class RunConfig:
     master_port: int | None = None
     """Rendezvous port of ``--runtime dist`` (``None``: one the OS picks; torchrun sets its own)."""
     out: str = "runs/latest"
-    """Run folder: config.json, metrics.jsonl, summary.json, model.pt, checkpoints/."""
+    """Run folder (config.json, metrics.jsonl, summary.json, model.pt, checkpoints/); the default makes a
+    new runs/PRESET-TIME for each run, linked as runs/latest. A folder that holds another run is refused
+    (see ``resist train --force``)."""
     checkpoint_every: int | None = None
     """Write a checkpoint every this many rounds (and at the end); ``None``: at every evaluation."""
     keep_checkpoints: int = 2
@@ -377,7 +386,8 @@ class RunConfig:
         _check(self.backend is None or self.backend in BACKENDS,
                f"unknown backend {self.backend!r}; choose one of: {', '.join(BACKENDS)}")
         _check(self.device in DEVICES, f"unknown device {self.device!r}; choose one of: {', '.join(DEVICES)}")
-        _check(self.timeout > 0, f"timeout must be > 0, got {self.timeout}")
+        _check(0 < self.timeout <= MAX_TIMEOUT_S, f"timeout must be > 0 and at most {MAX_TIMEOUT_S:.0f} seconds "
+               f"(30 days), got {self.timeout}")
         _check(self.master_port is None or 0 < self.master_port < 65536,
                f"master_port must be a TCP port (1-65535), got {self.master_port}")
         _check(self.checkpoint_every is None or self.checkpoint_every >= 1,

@@ -14,6 +14,7 @@ from pathlib import Path
 from .config import preset
 from .data import Dataset, DatasetError, load_dataset
 from .io import atomic_write_text
+from .rundir import check_fresh, check_out
 from .train import train
 from .analysis.projection import round_bytes
 from .train.metrics import human_bytes, read_metrics
@@ -55,6 +56,10 @@ def table(rows: list[dict], metrics: list[list[dict]]) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> list[dict]:
+    force = getattr(args, "force", False)
+    check_out(args.out)
+    for algo in ("resist", "local_sgd"):  # both, before either trains
+        check_fresh(Path(args.out) / algo, force, resumable=False)
     dataset = pick_dataset(args.data_dir)
     base = preset("demo" if dataset.name.startswith("cifar") else "demo_digits")
     rows, metrics = [], []
@@ -64,7 +69,7 @@ def run_demo(args: argparse.Namespace) -> list[dict]:
             "run.runtime": args.runtime, "run.out": str(Path(args.out) / algo),
             "data.data_dir": str(args.data_dir or os.environ.get("RESIST_DATA_DIR") or "data"),
         })
-        rows.append(train(cfg, dataset if args.runtime == "inprocess" else None))
+        rows.append(train(cfg, dataset if args.runtime == "inprocess" else None, force=force))
         metrics.append(read_metrics(Path(cfg.run.out) / "metrics.jsonl"))
     text = (f"{base.model.name} at width {base.model.width}, {args.workers} workers, "
             f"{rows[0]['epochs_trained']:.3g} epoch(s) of {dataset.name} ({dataset.source}), test accuracy on "

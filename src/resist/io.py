@@ -3,6 +3,7 @@ then fsync the directory (so that the rename survives a crash too)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -12,17 +13,70 @@ from typing import Any
 import torch
 
 
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class NoSpaceError(OSError):
+    """A write failed for lack of space (or quota) on its device; the message names the folder."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class _Sink:
+    """The file as the writer sees it, keeping the error of a failed write: ``torch.save`` reports a
+    full disk only as "unexpected pos" (its own RuntimeError)."""
+
+    def __init__(self, f) -> None:
+        self.f = f
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _no_space(exc: BaseException | None, sink: _Sink | None) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return sink is not None and sink.error is not None and sink.error.errno in NO_SPACE
+
+
+def _full(path: Path) -> NoSpaceError:
+    return NoSpaceError(errno.ENOSPC, f"no space left on the device at {path.parent} (writing {path.name}, which "
+                                      f"was not written; the files already there are intact)")
+
+
 def _atomic(path: Path, write) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        if e.errno in NO_SPACE:  # no inode left
+            raise _full(path) from None
+        raise
+    sink = None
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            sink = _Sink(f)
+            write(sink)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if _no_space(e, sink):
+            raise _full(path) from None
         raise
     _fsync_dir(path.parent)
 

@@ -139,7 +139,11 @@ def test_progress_bar_total_is_never_negative(tmp_path, monkeypatch):
     monkeypatch.setattr(metrics.MetricsWriter, "__init__",
                         lambda self, path, progress_total=None: totals.append(progress_total) or real(self, path))
     train(cfg_for(tmp_path, **{"run.max_rounds": 4}), DATA)
-    train(cfg_for(tmp_path, **{"run.max_rounds": 2}), DATA, resume=True)  # already past the end
+    train(cfg_for(tmp_path, **{"run.max_rounds": 4}), DATA, resume=True)  # nothing left: a finished run stays
+    with pytest.raises(ValueError, match="past the end of this run"):  # already past the end
+        train(cfg_for(tmp_path, **{"run.max_rounds": 2}), DATA, resume=True)
+    (tmp_path / "summary.json").unlink()  # finished, but cut off before its summary: resuming completes it
+    train(cfg_for(tmp_path, **{"run.max_rounds": 4}), DATA, resume=True)
     assert totals == [4, 0]
 
 

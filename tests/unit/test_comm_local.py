@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -31,3 +32,38 @@ def test_a_peer_stuck_past_the_timeout_still_fails():
     with pytest.raises(CommError, match="timed out"):
         run_in_process(3, body, timeout=0.4)
 
+
+
+def test_a_peer_that_never_returns_fails_the_run_within_the_timeout():
+    """The peers wait for the device itself with the timeout too, and the stuck rank is named (its
+    thread is left behind, as the dist runtime leaves a stuck process to be killed)."""
+    release = threading.Event()
+
+    def body(comm):
+        if comm.rank == 1:
+            release.wait()  # stuck while computing, holding the device
+        comm.barrier()
+
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(CommError, match=r"rank 1 did not finish or fail \(stuck\?\) while rank \d failed: "
+                                            r"rank \d: timed out: rank 1 computed for 0.5 s"):
+            run_in_process(3, body, timeout=0.5)
+    finally:
+        release.set()
+    assert time.monotonic() - t0 < 10
+
+
+def test_a_stuck_first_rank_is_found_by_peers_that_never_held_the_device():
+    release = threading.Event()
+
+    def body(comm):
+        if comm.rank == 0:
+            release.wait()  # before any collective: the peers are still waiting for their first turn
+        comm.barrier()
+
+    try:
+        with pytest.raises(CommError, match="rank 0 did not finish or fail"):
+            run_in_process(2, body, timeout=0.5)
+    finally:
+        release.set()

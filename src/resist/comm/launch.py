@@ -20,12 +20,14 @@ Design:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
 import os
 import pickle
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from multiprocessing.connection import Connection, wait
@@ -41,6 +43,7 @@ from .dist import DistCommunicator
 from ..registry import BACKENDS
 _GRACE_S = 3.0  # how long victims' reports may precede the culprit's (or the peers' own timeouts)
 _ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def default_backend() -> str:
@@ -87,8 +90,29 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+def _die_with(parent: int) -> None:
+    """End this rank as soon as the launcher ``parent`` is gone, however it went (SIGKILL included):
+    a rank left behind would go on training and writing checkpoints, racing a resumed run.
+
+    Linux kills us at once (PR_SET_PDEATHSIG); elsewhere, and as a second line, a thread polls the
+    parent's pid twice a second."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # gone before the above took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="resist-launcher-watch", daemon=True).start()
+
+
 def _child(rank: int, world_size: int, port: int, backend: str, timeout: float,
-           fn: Callable, args: tuple, conn: Connection) -> None:
+           fn: Callable, args: tuple, conn: Connection, parent: int) -> None:
+    _die_with(parent)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     try:
         delta = datetime.timedelta(seconds=timeout)
@@ -106,8 +130,10 @@ def _child(rank: int, world_size: int, port: int, backend: str, timeout: float,
         with contextlib.suppress(OSError):  # the parent may be gone already
             # A ValueError is bad input (a config, a data file): the caller may report it as such.
             usage = isinstance(exc, ValueError)
+            # An OSError's errno travels too: a full disk is said as such, not as a failed rank.
             conn.send_bytes(pickle.dumps(("error", isinstance(exc, CommError), _one_line(exc),
-                                          traceback.format_exc(), usage)))
+                                          traceback.format_exc(), usage,
+                                          (exc.errno, " ".join(str(exc).split())) if isinstance(exc, OSError) else None)))
             conn.close()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -133,10 +159,12 @@ def _death(rank: int, exitcode: int | None) -> str:
     return f"rank {rank} died (exit code {exitcode})"
 
 
-def _failure(message: str, rank: int, tb: str | None = None, usage: bool = False) -> CommError:
+def _failure(message: str, rank: int, tb: str | None = None, usage: bool = False,
+             os_error: tuple[int, str] | None = None) -> CommError:
     err = CommError(message)
     err.rank = rank
     err.usage = usage  # the rank raised a ValueError: bad input rather than a failed peer
+    err.os_error = os_error  # the rank raised an OSError: (errno, its message)
     if tb and hasattr(err, "add_note"):
         err.add_note(f"--- traceback in rank {rank} ---\n{tb.rstrip()}")
     return err
@@ -166,9 +194,9 @@ def _collect(procs: list, conns: list[Connection]) -> list:
             if msg[0] == "ok":
                 results[r] = msg[1]
                 continue
-            _, is_comm, summary, tb, usage = msg
+            _, is_comm, summary, tb, usage, os_error = msg
             if not is_comm:
-                raise _failure(f"rank {r} raised {summary}", r, tb, usage)
+                raise _failure(f"rank {r} raised {summary}", r, tb, usage, os_error)
             victims[r] = (summary, tb)
             first_victim_at = first_victim_at or time.monotonic()
         if victims and pending and time.monotonic() - first_victim_at > _GRACE_S:
@@ -218,12 +246,13 @@ def spawn(world_size: int, fn: Callable, args: tuple = (), backend: str | None =
     procs: list = []
     conns: list[Connection] = []
     finished = False
+    before = _stop_on_signals()
     try:
         for rank in range(world_size):
             reader, writer = ctx.Pipe(duplex=False)
             conns.append(reader)
             p = ctx.Process(target=_child, name=f"resist-rank{rank}",
-                            args=(rank, world_size, store.port, backend, timeout, fn, tuple(args), writer))
+                            args=(rank, world_size, store.port, backend, timeout, fn, tuple(args), writer, os.getpid()))
             p.start()
             procs.append(p)
             writer.close()  # so that a dead child shows as EOF on our end
@@ -236,6 +265,25 @@ def spawn(world_size: int, fn: Callable, args: tuple = (), backend: str | None =
         for c in conns:
             c.close()
         del store
+        for sig, handler in before.items():
+            if handler is not None:  # None: set outside Python, which cannot be put back from here
+                signal.signal(sig, handler)
+
+
+class Stopped(CommError):
+    """The launcher was told to stop (SIGTERM, SIGHUP); its ranks have been stopped."""
+
+
+def _stop_on_signals() -> dict[int, Any]:
+    """Turn SIGTERM and SIGHUP (a scheduler's stop, a closed terminal) into :class:`Stopped` while the
+    ranks run, so that they are stopped before the launcher goes; the previous handlers, to restore."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}  # only the main thread may set handlers; the ranks still die with this process
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Stopped(f"stopped by {signal.Signals(signum).name}; the ranks were stopped with it")
+
+    return {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
 
 
 def _read_env() -> tuple[int, int, int]:

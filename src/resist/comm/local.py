@@ -18,6 +18,8 @@ import torch
 
 from .base import CommError, Communicator
 
+_GRACE_S = 3.0  # how long the other workers may take to fail after the first (the dist runtime's grace)
+
 
 class LocalGroup:
     """State shared by the simulated workers of one in-process world."""
@@ -34,6 +36,8 @@ class LocalGroup:
         self.slots: list[Any] = [None] * world_size
         self.mailboxes: dict[tuple[int, int], deque] = defaultdict(deque)
         self.failed_rank: int | None = None
+        self.holder: int | None = None
+        """The rank holding the token (computing), if any: the one to blame for a stall."""
         self.last_handoff = time.monotonic()
         """When the token last changed hands. The simulated workers compute one after another, so a
         rank waiting in a collective waits for the sum of its peers' compute; only a stretch with no
@@ -51,25 +55,44 @@ class LocalCommunicator(Communicator):
     def __init__(self, group: LocalGroup, rank: int) -> None:
         super().__init__(rank, group.world_size)
         self.group = group
+        self.holding = False
 
     def _failure(self) -> CommError:
-        failed = self.group.failed_rank
-        if failed is not None:
-            return CommError(f"rank {self.rank}: peer rank {failed} failed")
-        return CommError(f"rank {self.rank}: timed out: no simulated worker made progress for "
-                         f"{self.group.timeout:.0f} s")
+        g = self.group
+        if g.failed_rank is not None:
+            return CommError(f"rank {self.rank}: peer rank {g.failed_rank} failed")
+        if g.holder is not None:
+            return CommError(f"rank {self.rank}: timed out: rank {g.holder} computed for {g.timeout:g} s "
+                             f"without handing the device on")
+        return CommError(f"rank {self.rank}: timed out: no simulated worker made progress for {g.timeout:g} s")
+
+    def take_token(self) -> None:
+        """Wait for the device; a peer's failure or a stall of ``timeout`` seconds (the holder stuck while
+        computing) raises :class:`CommError` instead of waiting for ever."""
+        g = self.group
+        while not g.token.acquire(timeout=min(0.5, g.timeout)):
+            if g.failed_rank is not None or time.monotonic() - g.last_handoff > g.timeout:
+                raise self._failure()
+        self.holding = True
+        g.holder = self.rank
+        g.last_handoff = time.monotonic()
+
+    def give_token(self) -> None:
+        g = self.group
+        self.holding = False
+        g.holder = None
+        g.last_handoff = time.monotonic()
+        g.token.release()
 
     @contextlib.contextmanager
     def _off_device(self) -> Iterator[None]:
         """Give the token to the peers while waiting for them; the wait counts as idle time."""
         t0 = time.perf_counter()
-        self.group.last_handoff = time.monotonic()
-        self.group.token.release()
+        self.give_token()
         try:
             yield
         finally:
-            self.group.token.acquire()
-            self.group.last_handoff = time.monotonic()
+            self.take_token()
             self.idle_s += time.perf_counter() - t0
 
     def _wait(self, ready: Callable[[], bool]) -> bool:
@@ -147,23 +170,29 @@ def run_in_process(world_size: int, fn: Callable[[Communicator], Any], timeout: 
     """Run ``fn(comm)`` as ``world_size`` simulated workers; return their results in rank order.
 
     If any worker raises, the others are woken with a :class:`CommError` and the first worker's own
-    exception is re-raised here.
+    exception is re-raised here. A worker that neither finishes nor fails within a short grace after
+    that (stuck while computing, so that the others timed out) is named in a :class:`CommError`, as the
+    dist runtime names a stuck rank, and left behind (its thread is a daemon).
     """
     group = LocalGroup(world_size, timeout)
     results: list[Any] = [None] * world_size
     errors: list[BaseException | None] = [None] * world_size
+    failed: list[int] = []  # ranks in the order they failed
 
     def worker(rank: int) -> None:
         comm = LocalCommunicator(group, rank)
-        group.token.acquire()
         try:
+            comm.take_token()
             results[rank] = fn(comm)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller below
             errors[rank] = exc
+            failed.append(rank)
             group.abort(rank)
         finally:
-            group.token.release()
+            if comm.holding:
+                comm.give_token()
 
+    stuck: list[int] = []
     if world_size == 1:
         worker(0)
     else:
@@ -171,10 +200,21 @@ def run_in_process(world_size: int, fn: Callable[[Communicator], Any], timeout: 
                    for r in range(world_size)]
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
-    primary = [e for e in errors if e is not None and not isinstance(e, CommError)]
-    secondary = [e for e in errors if e is not None]
-    if primary or secondary:
-        raise (primary or secondary)[0]
+        give_up = None
+        while alive := [r for r, t in enumerate(threads) if t.is_alive()]:
+            if failed:
+                give_up = give_up or time.monotonic() + _GRACE_S
+                if time.monotonic() > give_up:
+                    stuck = alive
+                    break
+            threads[alive[0]].join(0.1)
+    primary = [errors[r] for r in failed if not isinstance(errors[r], CommError)]
+    if primary:
+        raise primary[0]
+    if stuck:
+        who = f"rank {stuck[0]}" if len(stuck) == 1 else "ranks " + ", ".join(map(str, stuck))
+        raise CommError(f"{who} did not finish or fail (stuck?) while rank {failed[0]} failed: "
+                        f"{errors[failed[0]]}") from errors[failed[0]]
+    if failed:
+        raise errors[failed[0]]
     return results

@@ -27,7 +27,8 @@ from ..comm import CommError
 from ..comm.launch import check_backend, check_port
 from ..config import RESUMABLE_CHANGES, Config, differences
 from ..data import BadImages, Dataset, DatasetError, FolderDataset, load_dataset, steps_per_epoch
-from ..io import atomic_write_json, atomic_write_text, printable
+from .. import rundir
+from ..io import NO_SPACE, NoSpaceError, atomic_write_json, atomic_write_text, printable
 from ..models import create_model
 from ..plan import candidate_blocks, check_dealing, validate
 from ..registry import DETECTION_DATASETS, FOLDER_DATASETS, TEXT_DATASETS, algorithm_class
@@ -281,8 +282,15 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
         comm_s = time.perf_counter() - t1 - (comm.idle_s - idle1)
         with comm.tag("control"):
             row = torch.tensor([comm_s, comm.bytes.sent["sync"], comm.bytes.received["sync"],
-                                comm.bytes.messages["sync"] - messages0], dtype=torch.float64)
-            table = torch.cat([table, torch.stack(comm.all_gather(row))], dim=1)  # (world, 6)
+                                comm.bytes.messages["sync"] - messages0, held_state_is_finite(store)],
+                               dtype=torch.float64)
+            table = torch.cat([table, torch.stack(comm.all_gather(row))], dim=1)  # (world, 7)
+        if not table[:, 6].all():  # the last steps' update overflowed though their loss was finite
+            bad = int((table[:, 6] == 0).nonzero()[0])
+            last_ckpt = checkpoint.latest(out) if out else None
+            raise TrainingError(f"the model became non-finite in round {r} on rank {bad}, so nothing of that round "
+                                f"was written; lower --lr or check the data"
+                                + (f" (last good checkpoint: {last_ckpt})" if last_ckpt else ""))
         progress["parallel_s"] += float(table[:, 1].max() + table[:, 2].max())
         acc = None
         if (r + 1) % cfg.run.eval_every == 0 or last:
@@ -360,6 +368,13 @@ def loader_workers(cfg: Config) -> int:
     here = int(os.environ.get("LOCAL_WORLD_SIZE", cfg.algo.workers)) if under_torchrun() else cfg.algo.workers
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return min(4, cores // max(1, here))
+
+
+def held_state_is_finite(store) -> bool:
+    """Whether every float tensor this rank holds (weights, BatchNorm statistics, momenta) is finite."""
+    flags = [t.isfinite().all() for part in store.all_parts() if store.held(part)
+             for t in store.state_tensors(part) if t.is_floating_point() and not t.is_meta]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 def same_data_everywhere(comm: Communicator, dataset: FolderDataset) -> None:
@@ -462,14 +477,11 @@ CLASSES_FILE = "classes.json"
 
 def prepare_run_dir(cfg: Config, resuming: bool, classes: tuple[str, ...] | None = None) -> Path:
     """Create the run folder with ``config.json`` and, for a dataset whose classes are folder names,
-    ``classes.json`` (the class of each output index)."""
+    ``classes.json`` (the class of each output index). A previous run's files are gone by now
+    (:func:`resist.rundir.claim`), so a fresh run cannot be mistaken for the one that was here before."""
     out = Path(cfg.run.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        if not resuming:  # a fresh run must not be mistaken for the one that was here before
-            stale = checkpoint.all_checkpoints(out) + [out / "summary.json", out / "model.pt", out / CLASSES_FILE]
-            for path in stale + list(out.glob("member*.pt")):
-                path.unlink(missing_ok=True)
         atomic_write_text(cfg.dumps() + "\n", out / "config.json")
         if classes is not None and not resuming:
             atomic_write_json(list(classes), out / CLASSES_FILE)
@@ -506,22 +518,85 @@ def resume_point(cfg: Config, run_dir: Path, dataset: Dataset | FolderDataset | 
     path = checkpoint.latest(run_dir)
     if path is None:
         raise ValueError(f"no checkpoint in {checkpoint.folder(run_dir)}; nothing to resume")
-    saved = Config.from_dict(checkpoint.load(path)["config"])
+    saved_payload = checkpoint.load(path)
+    saved = Config.from_dict(saved_payload["config"])
     changed = [k for k in differences(saved, cfg) if k not in RESUMABLE_CHANGES]
     if changed:
         raise ValueError(f"{path} belongs to another config ({', '.join(changed)} differ); "
                          f"resume with the run's own config or start a new run folder")
     if dataset is not None:
         check_classes(run_dir, dataset.classes, dataset.source)
+        sched = Schedule.of(cfg, dataset.n_train)
+        point = resume_point_in(saved_payload, cfg, sched, dataset.n_train)
+        if point.round > sched.rounds:  # only a --max-rounds below the checkpoint's round gets here
+            raise ValueError(f"{path} continues at round {point.round}, past the end of this run at round "
+                             f"{sched.rounds} (--max-rounds {cfg.run.max_rounds}); to train further, resume with "
+                             f"--max-rounds above {point.round}")
     return path
 
 
-def train(cfg: Config, dataset: Dataset | None = None, resume: bool | str = False) -> dict[str, Any]:
+def finished_summary(cfg: Config, run_dir: Path, path: Path, dataset: Dataset) -> dict[str, Any] | None:
+    """The summary of a finished run that resuming from ``path`` would not train further, else None.
+
+    Such a run is left as it is: resuming it would only rewrite its config and summary (with the byte
+    counters of a run that sent nothing, under another worker count perhaps)."""
+    summary = Path(run_dir) / "summary.json"
+    if not summary.is_file():
+        return None  # unfinished, or finished but cut off before its summary: resuming completes it
+    saved = checkpoint.load(path)
+    sched = Schedule.of(cfg, dataset.n_train)
+    # Only a --max-rounds other than the run's own extends it: with another worker count alone the same
+    # max_rounds would mean more epochs, which nobody asked for.
+    extended = cfg.run.max_rounds != Config.from_dict(saved["config"]).run.max_rounds
+    if extended and resume_point_in(saved, cfg, sched, dataset.n_train).round < sched.rounds:
+        return None
+    full = math.ceil(sched.total_steps / cfg.algo.local_iters)
+    more = (f"resume with --max-rounds above {sched.rounds} to train it further" if sched.rounds < full else
+            f"it trained all its {cfg.optim.epochs:g} epochs, and more epochs change the learning-rate schedule, "
+            f"so they are a new run (--epochs, another --out)")
+    log.info("%s is finished (round %d of %d): nothing to resume, so it is left as it is; %s", run_dir,
+             sched.rounds, sched.rounds, more)
+    try:
+        return json.loads(summary.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{summary} is unreadable ({e}); the run is finished, its model is {run_dir / 'model.pt'}") from None
+
+
+def train(cfg: Config, dataset: Dataset | None = None, resume: bool | str = False,
+          force: bool = False) -> dict[str, Any]:
     """Train as ``cfg`` says; returns the summary, also written to ``RUN/summary.json``.
 
     ``resume``: continue from the latest checkpoint in ``cfg.run.out`` (an error if there is none);
     ``"auto"``: continue if there is one (under torchrun, if rank 0 sees one), else start afresh.
+    ``force``: a fresh run replaces the run already in ``cfg.run.out`` (its files only; see
+    :mod:`resist.rundir`). The run folder is locked for as long as the run goes on.
     """
+    owned: list[rundir.RunLock] = []
+    try:
+        return _train(cfg, dataset, resume, force, owned)
+    except OSError as e:
+        if e.errno not in NO_SPACE:
+            raise
+        out = Path(cfg.run.out)
+        said = str(e) if isinstance(e, NoSpaceError) else f"no space left on the device at {e.filename or out}"
+        last = checkpoint.latest(out)
+        # Resuming in place would only fill the disk again: space first, or another disk.
+        raise NoSpaceError(e.errno, f"{said}; free space there, or copy {out} to a disk with room, before resuming "
+                                    f"it (resist train --resume FOLDER" + (f", from {last.name})" if last else ")")) from None
+    finally:
+        for held in owned:
+            rundir.remove_partial_files(held.folder)  # a rank killed mid-write leaves its temporary file
+            held.release()
+
+
+def _train(cfg: Config, dataset: Dataset | None, resume: bool | str, force: bool,
+           owned: list[rundir.RunLock]) -> dict[str, Any]:
+    if cfg.run.runtime != "dist" or not under_torchrun() or os.environ.get("RANK") == "0":
+        # The folder is looked at before any data is read, so that a refusal comes at once.
+        if resume is False:
+            rundir.check_fresh(cfg.run.out, force)
+        else:
+            rundir.check_out(cfg.run.out)
     given = dataset is not None
     if dataset is None:
         dataset = load_data(cfg, download=cfg.data.download)
@@ -533,9 +608,21 @@ def train(cfg: Config, dataset: Dataset | None = None, resume: bool | str = Fals
         raise ValueError(f"torchrun started {os.environ['WORLD_SIZE']} processes but --workers is "
                          f"{cfg.algo.workers}; make them equal")
     lead = not torchrun or int(os.environ["RANK"]) == 0
+    if lead:
+        out = Path(cfg.run.out)
+        fresh = resume is False or (resume == "auto" and checkpoint.latest(out) is None)
+        # torchrun restarts an auto-resumed job in its own folder: a start that left neither a checkpoint
+        # nor a summary is replaced, as it would be resumed had it written one.
+        owned.append(rundir.claim(out, fresh=fresh, force=force or (
+            resume == "auto" and fresh and not (out / "summary.json").exists())))
     if resume == "auto":  # resume if there is a checkpoint; under torchrun rank 0 decides for all
         resume = lead and checkpoint.latest(Path(cfg.run.out)) is not None
     ckpt = resume_point(cfg, Path(cfg.run.out), dataset) if resume and lead else None
+    done = finished_summary(cfg, Path(cfg.run.out), ckpt, dataset) if ckpt else None
+    if done is not None:
+        if torchrun:  # the other ranks wait for this one: fail, and torchrun stops them
+            raise ValueError(f"{cfg.run.out} is finished; nothing to resume")
+        return done
     out = prepare_run_dir(cfg, resuming=ckpt is not None, classes=dataset.classes) if lead else Path(cfg.run.out)
     if lead and hasattr(dataset, "split_record"):  # text: which files went to train and test
         atomic_write_json(dataset.split_record(), out / "split.json")
@@ -562,6 +649,8 @@ def train(cfg: Config, dataset: Dataset | None = None, resume: bool | str = Fals
     except CommError as e:
         if getattr(e, "usage", False):  # a rank found bad input (an unreadable image): exit 2, as in-process
             raise ValueError(str(e)) from None
+        if (getattr(e, "os_error", None) or (0,))[0] in NO_SPACE:  # as in-process: see train()
+            raise NoSpaceError(e.os_error[0], e.os_error[1]) from None
         last = checkpoint.latest(out)
         hint = (f"resume with: resist train --resume {out} (latest checkpoint {last.name})" if last
                 else "no checkpoint was written yet")
