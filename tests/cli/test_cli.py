@@ -485,7 +485,7 @@ def test_torchrun_ranks_print_the_summary_once(capsys, tmp_path, monkeypatch):
     import resist.train
 
     summary = {"best_acc": 50.0, "time_s": 1.0, "sent_bytes_per_worker": [10, 10]}
-    monkeypatch.setattr(resist.train, "train", lambda cfg, resume=False: summary)
+    monkeypatch.setattr(resist.train, "train", lambda cfg, resume=False, force=False: summary)
     monkeypatch.setenv("WORLD_SIZE", "2")
     printed = []
     for rank in ("0", "1"):
