@@ -236,7 +236,7 @@ class VOCDetection(Dataset):
         """Image ``i`` decoded, converted to RGB and resized: (3, size, size) uint8."""
         from PIL import Image, UnidentifiedImageError
 
-        from ...data.transforms import open_image
+        from .transforms import open_image
 
         rec = self.records[i]
         try:
