@@ -65,6 +65,8 @@ def specs(args=None) -> list[Spec]:
     for seed in (0, 1):
         out += [_spec(f"base_lsgd_w4_s{seed}", 4, seed, "local_sgd"),
                 _spec(f"base_resist_w4_s{seed}", 4, seed, "resist")]
+    # Local SGD carrying its momentum too: the fair baseline of ResIST's carried-momentum variant.
+    out += [_spec(f"base_lsgdcm_w4_s{seed}", 4, seed, "local_sgd", "--carry-momentum") for seed in (0, 1)]
     variants = {
         "carrymom": ["--carry-momentum"],
         "warm1": ["--warmup-epochs", "1"],
@@ -119,10 +121,16 @@ def compare(lsgd_dir: Path, resist_dir: Path, costs) -> dict:
     return out
 
 
+#: A variant whose local-SGD counterpart changes the same thing is also compared with that baseline.
+SAME_CHANGE = {"var_carrymom": "base_lsgdcm"}
+
+
 def variants_table(dest: Path, names: list[str], costs) -> tuple[list[str], list[dict]]:
     rows, raw = [], []
-    for label in ["base_resist"] + sorted({n.rsplit("_w", 1)[0] for n in names if n.startswith("var_")}):
-        pairs = [(dest / f"base_lsgd_w4_s{s}", dest / f"{label}_w4_s{s}") for s in (0, 1)]
+    labels = ["base_resist"] + sorted({n.rsplit("_w", 1)[0] for n in names if n.startswith("var_")})
+    for label, base in [(v, "base_lsgd") for v in labels] + list(SAME_CHANGE.items()):
+        pairs = [(dest / f"{base}_w4_s{s}", dest / f"{label}_w4_s{s}") for s in (0, 1)]
+        label = label if base == "base_lsgd" else f"{label} vs {base}"
         got = [compare(lsgd, r, costs) | {"seed": s} for s, (lsgd, r) in enumerate(pairs)
                if (lsgd / "summary.json").is_file() and (r / "summary.json").is_file()]
         if got:
