@@ -52,6 +52,10 @@ TTA = {  # the time-to-accuracy suite (experiments/suites/tta.py): 4 evaluations
         ("base_lsgd_w4", "var_cool20_w4", 4),
     "ResNet101 1/8 width, 8 epochs, 4 workers, CPU (one core), CIFAR-10, ResIST with a 50% cool-down":
         ("base_lsgd_w4", "var_cool50_w4", 4),
+    "ResNet101 1/8 width, 8 epochs, 4 workers, CPU (one core), CIFAR-10, ResIST carrying momentum, against local SGD "
+    "restarting it": ("base_lsgd_w4", "var_carrymom_w4", 4),
+    "ResNet101 1/8 width, 8 epochs, 4 workers, CPU (one core), CIFAR-10, both carrying momentum":
+        ("base_lsgdcm_w4", "var_carrymom_w4", 4),
 }
 
 
