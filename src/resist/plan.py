@@ -6,6 +6,7 @@ every rank computes the same plan with no communication, and a resumed run sees 
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import Sequence
@@ -133,3 +134,16 @@ def make_plan(seed: int, round_: int, num_workers: int, candidates: Sequence[int
         candidates=cands,
         scale=eval_scale(s, p, min_depth),
     )
+
+
+def whole_network_rounds(epochs: float, steps_per_epoch: float, local_iters: int, warmup_epochs: float = 0.0,
+                         cooldown_epochs: float = 0.0) -> tuple[int, int | None]:
+    """ResIST's rounds that train the whole network: ``(warmup_rounds, cooldown_from)``, rounds below
+    the first and from the second on (None: no cool-down). The cool-down counts back from the end of
+    the epoch schedule, whatever ``max_rounds`` cuts; rounds are whole, so each phase starts at a round
+    boundary. The trainer and the cost accounting of ``resist.analysis.target`` both ask this."""
+    warm = math.ceil(warmup_epochs * steps_per_epoch / local_iters)
+    if not cooldown_epochs:
+        return warm, None
+    rounds = math.ceil(max(1, math.ceil(epochs * steps_per_epoch)) / local_iters)
+    return warm, max(warm, rounds - math.ceil(cooldown_epochs * steps_per_epoch / local_iters))

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..plan import whole_network_rounds
 from .plot import Run
 from .projection import cumulative_sent
 
@@ -133,18 +134,11 @@ def algo_iters(run: Run) -> int:
 
 
 def _whole_round(run: Run, algo: dict[str, Any], round_: int, steps_per_epoch: float) -> bool:
-    """Whether ResIST trained the whole network in ``round_`` (warm-up or cool-down), by the trainer's
-    rule (``resist.train.trainer.build_algorithm``)."""
-    iters = int(algo.get("local_iters", 1))
-    warm = math.ceil(float(algo.get("warmup_epochs", 0.0)) * steps_per_epoch / iters)
-    if round_ < warm:
-        return True
-    cool = float(algo.get("cooldown_epochs", 0.0))
-    if cool:
-        epochs = float((run.config or {}).get("optim", {}).get("epochs", 0.0))
-        rounds = math.ceil(max(1, math.ceil(epochs * steps_per_epoch)) / iters)
-        return round_ >= max(warm, rounds - math.ceil(cool * steps_per_epoch / iters))
-    return False
+    """Whether ResIST trained the whole network in ``round_`` (warm-up or cool-down), by the trainer's rule."""
+    epochs = float((run.config or {}).get("optim", {}).get("epochs", 0.0))
+    warm, cool = whole_network_rounds(epochs, steps_per_epoch, int(algo.get("local_iters", 1)),
+                                      float(algo.get("warmup_epochs", 0.0)), float(algo.get("cooldown_epochs", 0.0)))
+    return round_ < warm or (cool is not None and round_ >= cool)
 
 
 def load_step_costs(path: str | Path) -> dict[tuple[str, float], StepCost]:

@@ -30,7 +30,7 @@ from ..data import BadImages, Dataset, DatasetError, FolderDataset, load_dataset
 from .. import rundir
 from ..io import NO_SPACE, NoSpaceError, atomic_write_json, atomic_write_text, printable
 from ..models import create_model
-from ..plan import candidate_blocks, check_dealing, validate
+from ..plan import candidate_blocks, check_dealing, validate, whole_network_rounds
 from ..registry import DETECTION_DATASETS, FOLDER_DATASETS, TEXT_DATASETS, algorithm_class
 from ..faults import fire, from_env
 from . import checkpoint
@@ -72,11 +72,9 @@ def build_algorithm(comm: Communicator, cfg: Config, num_classes: int, device: t
                     steps_per_epoch: int) -> Algorithm:
     """This rank's algorithm object, from the registry, given the parts of the config it needs."""
     a = cfg.algo
-    warmup_rounds = math.ceil(a.warmup_epochs * steps_per_epoch / a.local_iters)
-    phases = {}
-    if a.cooldown_epochs:  # counted back from the end of the epoch schedule, whatever --max-rounds says
-        rounds = math.ceil(max(1, math.ceil(cfg.optim.epochs * steps_per_epoch)) / a.local_iters)
-        phases["cooldown_from"] = max(warmup_rounds, rounds - math.ceil(a.cooldown_epochs * steps_per_epoch / a.local_iters))
+    warmup_rounds, cooldown_from = whole_network_rounds(cfg.optim.epochs, steps_per_epoch, a.local_iters,
+                                                        a.warmup_epochs, a.cooldown_epochs)
+    phases = {} if cooldown_from is None else {"cooldown_from": cooldown_from}
     return algorithm_class(a.name)(comm, model_builder(cfg, num_classes), device, a, cfg.run.seed, warmup_rounds,
                                    **phases)
 
