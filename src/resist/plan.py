@@ -15,6 +15,10 @@ from .registry import DEALING
 from .seeds import mix
 
 PARTITION_MODES = ("section3", "naive")
+BALANCE_MODES = ("none", "depth", "steps", "depth+steps")
+"""How a plan adapts to workers of different speeds (``--balance``): not at all; sub-network depth
+(fewer blocks for a slower worker); local steps (fewer steps for a slower worker); depth first, then
+steps for what depth cannot even out."""
 
 
 def candidate_blocks(partitionable: Sequence[int], skippable: Sequence[int], mode: str) -> tuple[int, ...]:
@@ -38,6 +42,8 @@ class Plan:
     assignments: tuple[tuple[int, ...], ...]
     candidates: tuple[int, ...]
     scale: float
+    steps: tuple[int, ...] | None = None
+    """Local steps each worker takes this round (speed-balanced plans); None: ``local_iters`` for all."""
 
     def holders(self, block: int) -> tuple[int, ...]:
         """The workers that hold ``block`` this round, in rank order."""
@@ -147,3 +153,95 @@ def whole_network_rounds(epochs: float, steps_per_epoch: float, local_iters: int
         return warm, None
     rounds = math.ceil(max(1, math.ceil(epochs * steps_per_epoch)) / local_iters)
     return warm, max(warm, rounds - math.ceil(cooldown_epochs * steps_per_epoch / local_iters))
+
+
+def block_counts(speeds: Sequence[float], shared_cost: float, block_cost: float, num_candidates: int,
+                 min_depth: int = 0) -> tuple[int, ...]:
+    """How many blocks each sub-network gets so that the slowest worker's step is as short as it can be.
+
+    A worker's step costs ``shared_cost + n * block_cost`` (the layers every sub-network runs, plus its n
+    blocks) at ``speeds[w]`` cost units per second. Everyone starts at the minimum depth and each
+    remaining block goes to the worker whose step it lengthens least (ties to the lower rank): this
+    greedy fill minimizes the largest step time, since each worker's time grows linearly in its blocks.
+    With equal speeds it gives the round robin's sizes (the first P mod S workers one block more).
+    """
+    s = len(speeds)
+    counts = [min(min_depth, num_candidates)] * s
+    for _ in range(num_candidates - sum(counts)):
+        w = min(range(s), key=lambda w: ((shared_cost + (counts[w] + 1) * block_cost) / speeds[w], w))
+        counts[w] += 1
+    return tuple(counts)
+
+
+def deal(perm: Sequence[int], counts: Sequence[int]) -> list[list[int]]:
+    """Deal ``perm`` round robin, passing over a worker once it has its count: with the round robin's own
+    sizes this is ``perm[w::S]``, so a balanced plan of equal speeds is the plain plan."""
+    chunks: list[list[int]] = [[] for _ in counts]
+    w = 0
+    for b in perm:
+        while len(chunks[w]) >= counts[w]:
+            w = (w + 1) % len(counts)
+        chunks[w].append(b)
+        w = (w + 1) % len(counts)
+    return chunks
+
+
+def make_balanced_plan(seed: int, round_: int, speeds: Sequence[float], candidates: Sequence[int],
+                       min_depth: int, shared_cost: float, block_cost: float, local_iters: int,
+                       mode: str) -> Plan:
+    """A plan for workers of different ``speeds`` (ours, not the paper's; docs/heterogeneous.md).
+
+    ``depth``: a slower worker gets fewer blocks (:func:`block_counts`), dealt from the round's random
+    permutation as :func:`make_plan` deals it. ``steps``: every worker gets its round-robin share and a
+    slower one takes fewer local steps, ``round(local_iters * T / t_w)`` (at least 1, at most
+    ``local_iters``) where t_w is its step time and T the longest step time the round would have if
+    every worker were as fast as the fastest: the round lasts what it would on equal machines. ``depth+steps``: depth first, then
+    steps for the imbalance left, which depth alone cannot remove when the shared layers by themselves
+    take a slow worker longer than a fast worker's whole sub-network.
+
+    The evaluation scale follows the plan (§2.6's rule generalized): c is the fraction of the
+    partitioned blocks that a training step ran, averaged over all the steps of the round,
+    ``sum_w k_w n_w / (P sum_w k_w)``. Equal depths and steps give §2.6's ``max(1/S, m/P)`` exactly.
+    """
+    if mode not in BALANCE_MODES:
+        raise ValueError(f"unknown balance mode {mode!r}; choose one of: {', '.join(BALANCE_MODES)}")
+    cands = tuple(candidates)
+    s, p = len(speeds), len(cands)
+    validate(s, p, min_depth)
+    if any(not (v > 0 and math.isfinite(v)) for v in speeds):
+        raise ValueError(f"speeds must be positive and finite, got {tuple(speeds)}")
+    if "depth" in mode and min_depth * s < p:
+        rng = random.Random(mix(seed, round_))
+        perm = list(cands)
+        rng.shuffle(perm)  # the same draw as make_plan's, so equal speeds give its plan
+        counts = block_counts(speeds, shared_cost, block_cost, p, min_depth)
+        assignments = tuple(tuple(sorted(c)) for c in deal(perm, counts))
+    else:
+        assignments = make_plan(seed, round_, s, cands, min_depth).assignments
+    steps = None
+    if "steps" in mode:
+        work = [shared_cost + len(a) * block_cost for a in assignments]
+        # The round as it would last if every worker were as fast as the fastest: unequal depths alone
+        # (P not a multiple of S) then cost no step.
+        target = max(work) / max(speeds)
+        steps = tuple(max(1, min(local_iters, round(local_iters * target * v / c))) for c, v in zip(work, speeds))
+    k = steps or (1,) * s
+    scale = (sum(kw * len(a) for kw, a in zip(k, assignments)) / (p * sum(k))) if p else 1.0
+    return Plan(assignments=assignments, candidates=cands, scale=scale, steps=steps)
+
+
+def update_speeds(previous: Sequence[float] | None, work: Sequence[float], seconds: Sequence[float],
+                  decay: float = 0.5) -> tuple[float, ...]:
+    """Each worker's speed (cost units per second) as a moving average over rounds: ``work`` is what each
+    trained this round (steps times its sub-network's cost per step), ``seconds`` its compute time."""
+    now = [w / max(t, 1e-9) for w, t in zip(work, seconds)]
+    if previous is None or len(previous) != len(now):
+        return tuple(now)
+    return tuple(decay * old + (1 - decay) * new for old, new in zip(previous, now))
+
+
+def relative_speeds(speeds: Sequence[float], digits: int = 2) -> tuple[float, ...]:
+    """Speeds relative to the fastest, rounded, so that timing noise of a few percent between equal
+    workers does not reshuffle the plan; at least 10**-digits."""
+    top = max(speeds)
+    return tuple(max(round(v / top, digits), 10.0 ** -digits) for v in speeds)
