@@ -77,6 +77,7 @@ FLAG_NAMES = {"algo.name": "--algo", "model.name": "--model", "optim.inner": "--
               "algo.scale_activations": "--scale", "run.out": "--out"}
 # Fields whose values are a registry's vocabulary: the help lists it.
 CHOICES = {"algo.name": registry.ALGORITHMS, "algo.partition": registry.PARTITIONS,
+           "algo.balance": registry.BALANCE_MODES,
            "algo.bn_eval": registry.BN_EVAL_MODES, "data.dataset": registry.DATASETS, "run.runtime": registry.RUNTIMES,
            "run.backend": registry.BACKENDS, "run.device": registry.DEVICES, "optim.inner": registry.INNER_OPTIMIZERS,
            "run.amp": registry.AMP_MODES, "algo.compress": registry.CODECS,

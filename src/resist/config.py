@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .registry import (EPOCH_UNITS, ALGORITHMS, AMP_MODES, BACKENDS, BN_DEFERRABLE, CODECS, COMPRESS_WHAT, COMPRESSIBLE, BN_EVAL_MODES,
+from .registry import (EPOCH_UNITS, ALGORITHMS, BALANCE_MODES, AMP_MODES, BACKENDS, BN_DEFERRABLE, CODECS, COMPRESS_WHAT, COMPRESSIBLE, BN_EVAL_MODES,
                        DATASETS, DETECTION_DATASETS, DETECTION_MODEL_PREFIX, DEVICES, FOLDER_DATASETS, INNER_OPTIMIZERS, LR_SCHEDULES, OUTER_STEPPED, PARTITIONS,
                        RUNTIMES, STEMS, TASKS, TEXT_DATASETS, did_you_mean)
 
@@ -233,6 +233,10 @@ class AlgoConfig:
     """Fraction of values that topk / randk keep."""
     chunk: int = 256
     """Values per quantization scale and offset (q1..q8)."""
+    balance: str = "none"
+    """ResIST for workers of different speeds (ours; docs/heterogeneous.md): each round's plan follows the
+    workers' measured speeds: ``depth`` gives a slower worker fewer partitioned blocks, ``steps`` fewer
+    local steps, ``depth+steps`` both (depth first); ``none`` deals equal shares (the paper)."""
     bn_sync_every: int = 1
     """Average BatchNorm statistics over their holders at the end of every this many rounds only (paper
     §5 on ImageNet: every 1300); in the other rounds each rank keeps its own, and a block that changes
@@ -280,6 +284,10 @@ class AlgoConfig:
                "--compress-what / --error-feedback need a codec: add --compress")
         _check(self.compress == "none" or self.name in COMPRESSIBLE,
                f"compression is implemented for {', '.join(COMPRESSIBLE)}, not {self.name}; drop --compress")
+        _check(self.balance in BALANCE_MODES,
+               f"unknown balance mode {self.balance!r}; choose one of: {', '.join(BALANCE_MODES)}")
+        _check(self.balance == "none" or self.name == "resist",
+               f"--balance sizes ResIST's sub-networks to its workers' speeds; {self.name} has none: drop --balance")
         _check(self.bn_sync_every >= 1, f"bn_sync_every must be >= 1, got {self.bn_sync_every}")
         _check(self.bn_sync_every == 1 or self.name in BN_DEFERRABLE,
                f"{self.name} has no round average to defer BatchNorm statistics from; drop --bn-sync-every "

@@ -11,14 +11,10 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
-from .registry import DEALING
+from .registry import BALANCE_MODES, DEALING
 from .seeds import mix
 
 PARTITION_MODES = ("section3", "naive")
-BALANCE_MODES = ("none", "depth", "steps", "depth+steps")
-"""How a plan adapts to workers of different speeds (``--balance``): not at all; sub-network depth
-(fewer blocks for a slower worker); local steps (fewer steps for a slower worker); depth first, then
-steps for what depth cannot even out."""
 
 
 def candidate_blocks(partitionable: Sequence[int], skippable: Sequence[int], mode: str) -> tuple[int, ...]:

@@ -14,6 +14,8 @@ ALGORITHMS: dict[str, tuple[str, str]] = {
     "ensemble": ("resist.algorithms.ensemble:Ensemble", "the first round's sub-ResNets, never synchronized"),
 }
 PARTITIONS = ("section3", "naive")
+#: How ResIST's plan adapts to workers of different speeds (``--balance``; ``plan.make_balanced_plan``).
+BALANCE_MODES = ("none", "depth", "steps", "depth+steps")
 BN_EVAL_MODES = ("average", "batch", "recalibrate")
 RUNTIMES = ("inprocess", "dist")
 BACKENDS = ("gloo", "nccl")

@@ -67,6 +67,22 @@ class Algorithm(ABC):
     def after_backward(self) -> None:
         """Between backward and the optimizer step (data parallel all-reduces gradients here)."""
 
+    def local_steps(self, round_: int) -> int | None:
+        """Local steps this rank takes in ``round_``; None: the configured ``local_iters``."""
+        return None
+
+    def observe(self, round_: int, seconds: list[float], steps: list[int]) -> None:
+        """Every worker's compute time and local steps in ``round_`` (the same on every rank), before the
+        round's synchronization: what a plan that follows the workers' speeds learns from."""
+
+    def depths(self, round_: int) -> list[int] | None:
+        """Partitioned blocks each worker's sub-network held in ``round_`` (None: no plan deals them)."""
+        return None
+
+    def replay(self, rows: list[dict]) -> None:
+        """Before :meth:`start` on resume: re-derive what :meth:`observe` learned from the recorded
+        rounds (``metrics.jsonl``'s rows), so that the plans continue as if never interrupted."""
+
     @abstractmethod
     def end_round(self, round_: int, final: bool = False) -> None:
         """Synchronize after ``round_`` (``final``: the last round of the run)."""

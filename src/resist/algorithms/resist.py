@@ -22,7 +22,7 @@ from .. import aggregate
 from ..comm import Communicator
 from ..config import AlgoConfig
 from ..models.protocol import can_fold, fold_residual_scale
-from ..plan import Plan, eval_scale, make_plan
+from ..plan import Plan, eval_scale, make_balanced_plan, make_plan, relative_speeds, update_speeds
 from .base import Algorithm, make_store
 from .parts import Part, SharedSync, all_reduce_flats
 
@@ -43,9 +43,61 @@ class ResIST(Algorithm):
         self.fold = (cooldown_from is not None and cfg.cooldown_fold and self.c != 1.0
                      and can_fold(self.store.model, self.store.candidates))
         self.folded = False  # whether the weights hold c (from the cool-down's first round on)
+        # --balance: every worker's speed (cost units per second, a moving average over rounds; None
+        # until the first round is measured) and the cost of a step: the layers every sub-network runs,
+        # and one partitioned block (set_costs).
+        self.speeds: tuple[float, ...] | None = None
+        self.costs = (1.0, 1.0)
 
     def _plan(self, round_: int) -> Plan:
-        return make_plan(self.seed, round_, self.comm.world_size, self.store.candidates, self.cfg.min_depth)
+        # A round's plan is made once (cached) from the speeds known when it is first asked for: at the
+        # end of the round before, after observe() took that round's times, identically on every rank.
+        if self.cfg.balance == "none" or self.speeds is None:
+            return make_plan(self.seed, round_, self.comm.world_size, self.store.candidates, self.cfg.min_depth)
+        return make_balanced_plan(self.seed, round_, relative_speeds(self.speeds), self.store.candidates,
+                                  self.cfg.min_depth, *self.costs, self.cfg.local_iters, self.cfg.balance)
+
+    def set_costs(self, shared: float, block: float) -> None:
+        """The cost of one training step of the layers every sub-network runs and of one partitioned
+        block (e.g. their forward FLOPs), for --balance: a worker's speed is work over time."""
+        self.costs = (float(shared), float(block))
+
+    def observe(self, round_: int, seconds: list[float], steps: list[int]) -> None:
+        """Every worker's compute time and steps in ``round_`` (the same lists on every rank, from the
+        round's control message): the speeds that the next round's plan follows."""
+        if self.cfg.balance == "none":
+            return
+        shared, block = self.costs
+        work = [k * (shared + block * n) for k, n in zip(steps, self.depths(round_))]
+        self.speeds = update_speeds(self.speeds, work, seconds)
+
+    def local_steps(self, round_: int) -> int | None:
+        steps = None if self.whole(round_) else self.plan(round_).steps
+        return None if steps is None else steps[self.comm.rank]
+
+    def depths(self, round_: int) -> list[int]:
+        holders = self.holders(round_)
+        return [sum(w in held for held in holders.values()) for w in self.everyone]
+
+    def replay(self, rows: list[dict]) -> None:
+        """The speeds are a pure function of the recorded per-worker times and steps (the rows hold them
+        exactly: JSON floats round-trip), so a resumed run replays them instead of checkpointing them.
+        Rows from before a change of worker count are passed over: the speeds restart there."""
+        if self.cfg.balance == "none":
+            return
+        world = self.comm.world_size
+        tail: list[dict] = []
+        for row in rows:
+            same = len(row.get("compute_s_per_worker", ())) == world
+            tail = tail + [row] if same else []
+        last_dealt = None
+        for row in tail:
+            r = row["round"]
+            self.plan(r)  # made with the speeds known before r, as the uninterrupted run made it
+            self.observe(r, row["compute_s_per_worker"], row["steps_per_worker"])
+            last_dealt = r if not self.whole(r) else last_dealt
+        if last_dealt is not None and self.cfg.scale_activations:
+            self.c = self.plan(last_dealt).scale
 
     def holders(self, round_: int) -> dict[Part, tuple[int, ...]]:
         """Who trains each candidate block in ``round_``: everyone during the warm-up and the cool-down,
@@ -85,6 +137,8 @@ class ResIST(Algorithm):
             self.fold_scale()
         # A sub-ResNet trains unscaled; the whole network (warm-up, cool-down) with its branches scaled
         # by c (§2.6), unless c is folded into the weights.
+        if self.cfg.balance != "none" and self.cfg.scale_activations and not self.whole(round_) and not self.folded:
+            self.c = self.plan(round_).scale  # the scale follows the plan actually trained (--balance)
         whole_scaled = self.whole(round_) and not self.folded
         model.set_residual_scale(self.store.candidates, self.c if whole_scaled else 1.0)
         self.sync.begin_round()

@@ -217,6 +217,31 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
     return {"total": total, "shared": total - sum(part.values()), **{f"block{i}": c for i, c in part.items()}}
 
 
+def step_costs(build: Callable[[], nn.Module], example: torch.Tensor,
+               blocks: Iterable[int]) -> tuple[float, float]:
+    """The forward FLOPs of one batch shaped like ``example`` through the whole model, split into what
+    every sub-network runs (all but ``blocks``) and the mean of one of ``blocks``: the cost model of
+    speed-balanced plans (``plan.block_counts``). Counted on the ``meta`` device, so nothing runs; a
+    model whose blocks count no FLOP (no matmul or convolution) is costed by parameters instead."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build()
+    blocks = tuple(blocks)
+    with torch.device("meta"):
+        x = torch.empty(example.shape, dtype=example.dtype)
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    counts = {tuple(k.split(".")[1:]): sum(v.values()) for k, v in counter.get_flop_counts().items()}
+    per_block = [counts.get(("blocks", str(i)), 0) for i in blocks]
+    total = sum(counter.get_flop_counts().get("Global", {}).values())
+    if not blocks or not all(per_block):
+        per_block = [sum(q.numel() for q in model.blocks[i].parameters()) for i in blocks]
+        total = sum(q.numel() for q in model.parameters())
+    if not blocks:
+        return float(total), 0.0
+    return float(total - sum(per_block)), sum(per_block) / len(per_block)
+
+
 def _subsets(blocks: tuple[int, ...], rng: random.Random, count: int) -> list[frozenset[int]]:
     """The empty set, all of them, each one alone (up to ``count``), and ``count`` random subsets."""
     out = [frozenset(), frozenset(blocks)] + [frozenset([b]) for b in blocks[:count]]

@@ -30,9 +30,10 @@ from ..data import BadImages, Dataset, DatasetError, FolderDataset, load_dataset
 from .. import rundir
 from ..io import NO_SPACE, NoSpaceError, atomic_write_json, atomic_write_text, printable
 from ..models import create_model
+from ..models.protocol import step_costs
 from ..plan import candidate_blocks, check_dealing, validate, whole_network_rounds
 from ..registry import DETECTION_DATASETS, FOLDER_DATASETS, TEXT_DATASETS, algorithm_class
-from ..faults import fire, from_env
+from ..faults import fire, from_env, slowdown
 from . import checkpoint
 from .metrics import MetricsWriter
 from ..tasks import make_task
@@ -209,6 +210,9 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
     stream = dataset.train_stream(comm.world_size, comm.rank, d.batch_size, cfg.run.seed, augment=d.augment, **loading)
     plain = dataset.train_stream(comm.world_size, comm.rank, d.batch_size, cfg.run.seed + 1, augment=False, **loading)
     sets = dataset.eval_sets(d.eval_batch_size, d.eval_limit, **loading)
+    if cfg.algo.balance != "none":  # the cost model a speed is measured in: forward FLOPs of the parts
+        algo.set_costs(*step_costs(model_builder(cfg, num_classes_of(cfg, dataset)), stream.batch(0)[0],
+                                   store.candidates))
     recal = lambda: (plain.batch(k) for k in range(cfg.algo.recalib_batches))  # noqa: E731
     task = make_task(cfg.data.task, store.model)  # detection's loss takes the model's anchors
     evaluator = task.evaluator(sets, recal, cfg.algo.bn_eval, device)
@@ -227,6 +231,7 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
         first_round = point.round
         if lead and point.note:
             log.info("%s", point.note)
+        algo.replay(resume["metrics"])
         algo.start(first_round, resume["model"])
         if len(resume.get("rank_state", [])) == comm.world_size:  # with another worker count they restart
             algo.load_rank_state({k: v.to(device) for k, v in resume["rank_state"][comm.rank].items()})
@@ -253,8 +258,10 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
         t0, idle0 = time.perf_counter(), comm.idle_s
         losses = []
         first = r * cfg.algo.local_iters
-        for step in range(first, min(first + cfg.algo.local_iters, sched.total_steps)):
+        steps = range(first, min(first + (algo.local_steps(r) or cfg.algo.local_iters), sched.total_steps))
+        for step in steps:
             poisoned = fire(faults, comm.rank, r, step) if faults else False
+            slow, t_step = slowdown(faults, comm.rank, r, step) if faults else 1.0, time.perf_counter()
             x, y = stream.batch(step)
             x = x.to(device, non_blocking=True)
             if x.dim() == 4:  # images: the configured memory layout
@@ -262,18 +269,22 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
             loss = train_step(store.model, opt, x, y.to(device, non_blocking=True),
                               lr_at(cfg.optim, step, sched.total_steps), algo.after_backward, precision, task.loss)
             losses.append(loss * float("nan") if poisoned else loss)
+            if slow > 1:  # RESIST_FAULTS slow: this step takes as long as on a machine 1/slow as fast
+                time.sleep((slow - 1) * (time.perf_counter() - t_step))
         loss = torch.stack(losses).mean().item()
         compute_s = time.perf_counter() - t0 - (comm.idle_s - idle0)
         state_bytes = max(state_bytes, store.memory_bytes(opt))
         comm.barrier()  # so that the sync time below is communication, not waiting for a slow peer
         with comm.tag("control"):
-            row = torch.tensor([loss, compute_s], dtype=torch.float64)
-            table = torch.stack(comm.all_gather(row))  # (world, 2)
+            row = torch.tensor([loss, compute_s, len(steps)], dtype=torch.float64)
+            table = torch.stack(comm.all_gather(row))  # (world, 3)
         if not torch.isfinite(table[:, 0]).all():
             bad = int((~torch.isfinite(table[:, 0])).nonzero()[0])
             last_ckpt = checkpoint.latest(out) if out else None
             raise TrainingError(f"loss became {table[bad, 0].item()} on rank {bad} in round {r}; lower --lr or "
                                 f"check the data" + (f" (last good checkpoint: {last_ckpt})" if last_ckpt else ""))
+        worker_s, worker_steps = [float(v) for v in table[:, 1]], [int(v) for v in table[:, 2]]
+        algo.observe(r, worker_s, worker_steps)  # before the sync, which delivers to next round's plan
         t1, idle1 = time.perf_counter(), comm.idle_s
         last = r == sched.rounds - 1
         algo.end_round(r, final=last)
@@ -282,14 +293,14 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
             row = torch.tensor([comm_s, comm.bytes.sent["sync"], comm.bytes.received["sync"],
                                 comm.bytes.messages["sync"] - messages0, held_state_is_finite(store)],
                                dtype=torch.float64)
-            table = torch.cat([table, torch.stack(comm.all_gather(row))], dim=1)  # (world, 7)
-        if not table[:, 6].all():  # the last steps' update overflowed though their loss was finite
-            bad = int((table[:, 6] == 0).nonzero()[0])
+            table = torch.cat([table, torch.stack(comm.all_gather(row))], dim=1)  # (world, 8)
+        if not table[:, 7].all():  # the last steps' update overflowed though their loss was finite
+            bad = int((table[:, 7] == 0).nonzero()[0])
             last_ckpt = checkpoint.latest(out) if out else None
             raise TrainingError(f"the model became non-finite in round {r} on rank {bad}, so nothing of that round "
                                 f"was written; lower --lr or check the data"
                                 + (f" (last good checkpoint: {last_ckpt})" if last_ckpt else ""))
-        progress["parallel_s"] += float(table[:, 1].max() + table[:, 2].max())
+        progress["parallel_s"] += float(table[:, 1].max() + table[:, 3].max())
         acc = None
         if (r + 1) % cfg.run.eval_every == 0 or last:
             scores = algo.evaluate(evaluator)
@@ -305,10 +316,12 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
         record = {
             "round": r, "step": step, "epoch": step / sched.steps_per_epoch,
             "lr": lr_at(cfg.optim, step - 1, sched.total_steps), "loss": float(table[:, 0].mean()),
-            "compute_s": float(table[:, 1].max()), "comm_s": float(table[:, 2].max()),
+            "compute_s": float(table[:, 1].max()), "comm_s": float(table[:, 3].max()),
             "time_s": progress["parallel_s"], "elapsed_s": time.perf_counter() - start,
-            "sent_bytes": [int(v) for v in table[:, 3]], "recv_bytes": [int(v) for v in table[:, 4]],
-            "messages": int(table[:, 5].max()),  # this round's, of the worker that sent the most
+            "sent_bytes": [int(v) for v in table[:, 4]], "recv_bytes": [int(v) for v in table[:, 5]],
+            "messages": int(table[:, 6].max()),  # this round's, of the worker that sent the most
+            "compute_s_per_worker": worker_s, "steps_per_worker": worker_steps,
+            **({"blocks_per_worker": depths} if (depths := algo.depths(r)) is not None else {}),
             **(task.record(scores, progress["best"]) if acc is not None else {}),
         }
         rows.append(record)
