@@ -141,6 +141,7 @@ class Spec:
     label: str = ""
     suite: str = "main"  # which table of the suite
     tail: list[str] = field(default_factory=list)  # flags after --out (as the run folders record them)
+    env: dict[str, str] = field(default_factory=dict)  # environment of the run (RESIST_FAULTS), part of its command
 
 
 _force: list[str] | None = None
@@ -169,7 +170,7 @@ def launch(spec: Spec, runs: Path, data_dir: str | None, extra: list[str] = ()) 
     that trained it to library.txt."""
     out = runs / spec.name
     argv = [sys.executable, "-m", "resist.cli", *train_args(spec, runs, data_dir, extra)]
-    cmd = " ".join(["resist", *argv[3:]])
+    cmd = " ".join([*(f"{k}={shlex.quote(v)}" for k, v in sorted(spec.env.items())), "resist", *argv[3:]])
     done, started, wall = out / "command.txt", out / "command.pending", out / "wall_s.txt"
     if (out / "summary.json").is_file() and done.is_file() and done.read_text() == cmd:
         print(f"[experiments] reusing {out}", flush=True)
@@ -191,7 +192,7 @@ def launch(spec: Spec, runs: Path, data_dir: str | None, extra: list[str] = ()) 
         started.write_text(cmd)
     (out / "library.txt").write_text(library)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(argv, env={**os.environ, **spec.env, "PYTHONPATH": str(ROOT / "src")}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
         _, err = proc.communicate()

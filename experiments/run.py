@@ -30,6 +30,9 @@ def load(name: str):
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    # Split at "--" by hand: argparse matches the optional positional `extra` (empty) together with the
+    # suite's name, and then refuses whatever follows "--".
+    argv, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     suite = load(argv[0]) if argv and argv[0] in SUITES else None
     ap = argparse.ArgumentParser(description=(suite.__doc__ if suite else __doc__).split("\n\n")[0],
                                  epilog=None if suite else "suites: " + ", ".join(SUITES))
@@ -41,18 +44,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--list", action="store_true", help="print every run's name and command; train nothing")
     ap.add_argument("--results", type=Path, default=common.RESULTS, help="where the tables go (default docs/results, "
                     "or $RESIST_RESULTS)")
-    ap.add_argument("extra", nargs="*", help="more `resist train` flags for every run, after --")
     if suite is not None and hasattr(suite, "add_arguments"):
         suite.add_arguments(ap)
+    ap.epilog = ((ap.epilog or "") + " Flags after -- go to every run's `resist train`.").strip()
     args = ap.parse_args(argv)
+    args.extra = extra
     runs = getattr(suite, "RUNS", "runs")
     args.runs = args.runs or Path(runs(args) if callable(runs) else runs)
-    common.RESULTS, args.command = args.results, common.command([__file__, *argv])
+    common.RESULTS, args.command = args.results, common.command([__file__, *argv, *(["--", *extra] if extra else [])])
     specs = suite.specs(args)
     every = {s.name: s for s in specs}
     if args.list:
         for s in specs:
-            print(s.name, s.preset, " ".join([*s.flags, *s.tail]))
+            print(s.name, s.preset, " ".join([*s.flags, *s.tail, *args.extra]))
         return
     unknown = [n for n in args.only or [] if n not in every]
     if unknown:

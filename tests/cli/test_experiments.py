@@ -4,6 +4,7 @@ imports."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -38,6 +39,20 @@ def test_every_suite_imports_and_lists_its_runs(suite, capsys):
     assert listed, f"{suite} lists no runs"
     names = [line.split()[0] for line in listed]
     assert len(set(names)) == len(names), f"{suite} names two runs alike"
+
+
+def test_flags_after_the_double_dash_reach_every_run(capsys):
+    """The runner's documented form `run.py SUITE [options] -- [train flags]` (argparse alone refused it)."""
+    run.main(["hetero", "--seeds", "0", "--list", "--", "--max-rounds", "3", "--eval-limit", "64"])
+    listed = capsys.readouterr().out.splitlines()
+    assert listed and all(line.endswith("--max-rounds 3 --eval-limit 64") for line in listed)
+
+
+def test_hetero_records_the_slowdown_in_the_command(tmp_path):
+    spec = next(s for s in load("hetero").specs(argparse.Namespace(seeds=[1], epochs=4.0, short_rounds=6, workers=4))
+                if s.name == "slow2_depthsteps_s1")
+    assert spec.env == {"RESIST_FAULTS": "slow:rank=1:speed=0.5;slow:rank=2:speed=0.5"}
+    assert "--balance depth+steps" in " ".join(spec.flags)
 
 
 def test_tta_records_the_command_its_running_runs_were_started_with():
