@@ -19,9 +19,10 @@ and ``fragment_update_alpha``, ``_StreamingDiLoCoFragment.prepare_sync`` / ``per
   (torchft's ``original_parameters``); DiLoCo's outer SGD (:meth:`PartStore.outer_step`'s arithmetic:
   m <- mu m + g; global <- global - lr (g + mu m) with Nesterov, else global - lr m) gives the new
   global parameters; without one (lr 1, momentum 0) they are the average itself. The live weights,
-  which have trained tau more steps meanwhile, become ``lerp(global, live, alpha)`` = (1 - alpha) global
-  + alpha live (torchft's ``p.data.lerp_(local, fragment_update_alpha)`` after restoring ``p`` to the
-  new global parameters). Float state that is averaged rather than stepped (BatchNorm statistics,
+  which have trained tau more steps meanwhile, become global + alpha (live - global) = (1 - alpha)
+  global + alpha live (torchft's ``p.data.lerp_(local, fragment_update_alpha)`` after restoring ``p``
+  to the new global parameters; computed here as a subtraction, a product and a sum, whose bits do
+  not depend on how the tensors are laid out; alpha = 0 copies the global value). Float state that is averaged rather than stepped (BatchNorm statistics,
   carried momentum) mixes the same way with its average; integer counters take the average.
 
 Staleness: a merged fragment carries the workers' average as it was tau steps earlier; with alpha = 0
@@ -193,7 +194,7 @@ class StreamingDiLoCo(Algorithm):
             if c.mix_alpha == 0 or not l_.is_floating_point():
                 l_.copy_(g_)
             else:
-                l_.copy_(torch.lerp(g_, l_, c.mix_alpha))
+                l_.copy_(g_ + (l_ - g_) * c.mix_alpha)  # torch.lerp(g_, l_, alpha), in ops whose bits never depend on the layout
 
     # --- the global model --------------------------------------------------------------------------------
     class _Global:
