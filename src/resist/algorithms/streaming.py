@@ -52,6 +52,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from ..aggregate import span
 from ..comm import Communicator
 from ..comm.base import Pending
 from ..config import AlgoConfig
@@ -139,7 +140,7 @@ class StreamingDiLoCo(Algorithm):
                     view = flat[offset:offset + t.numel()].view_as(t)
                     view.copy_(t)
                     store.outer_momentum[n] = view
-                    offset += _span(t, store.align)
+                    offset += span(t, store.align)
                 self.outer_m.append(flat)
 
     def begin_round(self, round_: int) -> None:
@@ -240,9 +241,3 @@ class StreamingDiLoCo(Algorithm):
 
     def holders_now(self) -> dict[Part, tuple[int, ...]]:
         return {b: self.everyone for b in self.store.candidates}
-
-
-def _span(t: torch.Tensor, align: int) -> int:
-    from ..aggregate import span
-
-    return span(t, align)
