@@ -49,7 +49,8 @@ def _part_of(key: str):
 
 
 def reference(cfg) -> dict[str, torch.Tensor]:
-    """The global model after ``cfg.run.max_rounds`` full rounds, from whole-model copies."""
+    """The global model after ``cfg.run.max_rounds`` rounds (or the whole schedule), from whole-model
+    copies. A short last round sends, at its end, the fragments its steps did not reach."""
     a, o, s = cfg.algo, cfg.optim, cfg.algo.workers
     H, n_frag, tau, alpha = a.local_iters, a.fragments, a.sync_delay, a.mix_alpha
     build = lambda: create_model(cfg.model.name, num_classes=4, width=cfg.model.width,  # noqa: E731
@@ -58,7 +59,7 @@ def reference(cfg) -> dict[str, torch.Tensor]:
     streams = [BatchStream(DATA.train, DATA.mean, DATA.std, s, k, cfg.data.batch_size, cfg.run.seed) for k in range(s)]
     spe = len(DATA.train.y) // s // cfg.data.batch_size
     total = math.ceil(o.epochs * spe)
-    assert cfg.run.max_rounds * H <= total, "the reference runs full rounds only"
+    rounds = min(cfg.run.max_rounds or math.inf, math.ceil(total / H))
     lr_of = lambda step: o.lr * 0.1 ** sum(step >= math.ceil(f * total) for f in o.lr_decay_at)  # noqa: E731
 
     parts = model_parts(models[0])
@@ -77,7 +78,7 @@ def reference(cfg) -> dict[str, torch.Tensor]:
     merge_at = [(f + 1) * period for f in range(n_frag)]
     sent: dict[int, tuple[dict, dict]] = {}
 
-    for r in range(cfg.run.max_rounds):
+    for r in range(int(rounds)):
         opts = [torch.optim.SGD(m.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
                 for m in models]
         if a.carry_momentum:
@@ -86,7 +87,8 @@ def reference(cfg) -> dict[str, torch.Tensor]:
                     opt.state[p]["momentum_buffer"] = mom[n]
         for m in models:
             m.train()
-        for c in range(1, H + 1):
+        n_steps = min(H, total - r * H)
+        for c in range(1, n_steps + 1):
             step = r * H + c - 1
             for k, (m, opt) in enumerate(zip(models, opts)):
                 for g in opt.param_groups:
@@ -95,16 +97,17 @@ def reference(cfg) -> dict[str, torch.Tensor]:
                 x, y = streams[k].batch(step)
                 F.cross_entropy(m(x), y).backward()
                 opt.step()
+            ends = c == n_steps < H  # a short last round: what its steps did not reach happens at its end
             with torch.no_grad():
                 states = [m.state_dict() for m in models]
                 for f in range(n_frag):
-                    if send_at[f] == c:  # the average as it is now; it lands tau steps later
+                    if send_at[f] == c or (ends and send_at[f] > c):  # the average as it is now; it lands tau steps later
                         avg = {k: _mean([st[k] for st in states]) for k in frag_keys[f]}
                         avg_m = ({k: _mean([mom[k] for mom in momentum]) for k in frag_keys[f] if k in param_names}
                                  if a.carry_momentum else {})
                         sent[f] = (avg, avg_m)
                 for f in range(n_frag):
-                    if merge_at[f] != c:
+                    if merge_at[f] != c and not (ends and f in sent):
                         continue
                     avg, avg_m = sent.pop(f)
                     for k in frag_keys[f]:
@@ -143,6 +146,10 @@ CASES = {
         "algo.outer_momentum": 0.5, "algo.outer_nesterov": False, "algo.carry_momentum": True},
     "F=4 tau=1 alpha=0 outer Nesterov": {"algo.local_iters": 8, "algo.fragments": 4, "algo.sync_delay": 1,
                                          "algo.outer_lr": 0.7, "algo.outer_momentum": 0.9},
+    # 16 steps in rounds of 6, 6 and 4: the last round's end sends and merges the third fragment.
+    "short last round, F=3 tau=1 alpha=0.5": {"optim.epochs": 2, "run.max_rounds": None, "algo.local_iters": 6,
+                                              "algo.fragments": 3, "algo.sync_delay": 1, "algo.mix_alpha": 0.5,
+                                              "algo.outer_lr": 0.7, "algo.outer_momentum": 0.9},
 }
 
 
