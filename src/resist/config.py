@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .registry import (EPOCH_UNITS, ALGORITHMS, BALANCE_MODES, AMP_MODES, BACKENDS, BN_DEFERRABLE, CODECS, COMPRESS_WHAT, COMPRESSIBLE, BN_EVAL_MODES,
-                       DATASETS, DETECTION_DATASETS, DETECTION_MODEL_PREFIX, DEVICES, FOLDER_DATASETS, INNER_OPTIMIZERS, LR_SCHEDULES, OUTER_STEPPED, PARTITIONS,
+                       DATASETS, DETECTION_DATASETS, DETECTION_MODEL_PREFIX, DEVICES, FOLDER_DATASETS, FRAGMENTED, INNER_OPTIMIZERS, LR_SCHEDULES, OUTER_STEPPED, PARTITIONS,
                        RUNTIMES, STEMS, TASKS, TEXT_DATASETS, did_you_mean)
 
 
@@ -241,6 +241,15 @@ class AlgoConfig:
     """Average BatchNorm statistics over their holders at the end of every this many rounds only (paper
     §5 on ImageNet: every 1300); in the other rounds each rank keeps its own, and a block that changes
     holders brings those of its lowest-ranked holder. 1: every round, with the parameters."""
+    fragments: int = 1
+    """Streaming DiLoCo: contiguous fragments of the model's parts (stem, blocks, head), each synchronized
+    once per round on a staggered schedule (docs/streaming.md)."""
+    sync_delay: int = 0
+    """Streaming DiLoCo's tau: inner steps between a fragment's all-reduce starting and its merge into the
+    live weights (below local_iters / fragments)."""
+    mix_alpha: float = 0.0
+    """Streaming DiLoCo's alpha: a merged fragment's live weights become (1 - alpha) x the new global
+    weights + alpha x the live ones (in [0, 1))."""
 
     def __post_init__(self) -> None:
         _check(self.name in ALGORITHMS, f"unknown algorithm {self.name!r}{did_you_mean(self.name, ALGORITHMS)}; "
@@ -292,6 +301,18 @@ class AlgoConfig:
         _check(self.bn_sync_every == 1 or self.name in BN_DEFERRABLE,
                f"{self.name} has no round average to defer BatchNorm statistics from; drop --bn-sync-every "
                f"(it applies to {', '.join(BN_DEFERRABLE)})")
+        _check(self.fragments >= 1, f"fragments must be >= 1, got {self.fragments}")
+        _check(self.sync_delay >= 0, f"sync_delay must be >= 0, got {self.sync_delay}")
+        _check(0 <= self.mix_alpha < 1, f"mix_alpha must be in [0, 1), got {self.mix_alpha}")
+        _check(self.name in FRAGMENTED or (self.fragments, self.sync_delay, self.mix_alpha) == (1, 0, 0.0),
+               f"--fragments / --sync-delay / --mix-alpha are Streaming DiLoCo's; {self.name} has no fragments: "
+               f"drop them or use --algo {' or '.join(FRAGMENTED)}")
+        _check(self.name not in FRAGMENTED or self.local_iters % self.fragments == 0,
+               f"local_iters {self.local_iters} must be a multiple of fragments {self.fragments} (one fragment "
+               f"is sent every local_iters / fragments steps)")
+        _check(self.name not in FRAGMENTED or self.sync_delay < max(1, self.local_iters // self.fragments),
+               f"sync_delay {self.sync_delay} must be below local_iters / fragments = "
+               f"{self.local_iters // self.fragments} (a fragment merges before the next one is sent)")
 
     def syncs_bn(self, round_: int) -> bool:
         """Whether BatchNorm statistics are averaged at the end of ``round_`` (a pure function of the

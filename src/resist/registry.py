@@ -12,6 +12,8 @@ ALGORITHMS: dict[str, tuple[str, str]] = {
     "local_sgd": ("resist.algorithms.local_sgd:LocalSGD", "whole model on every worker, averaged each round"),
     "data_parallel": ("resist.algorithms.data_parallel:DataParallel", "gradients averaged after every step"),
     "ensemble": ("resist.algorithms.ensemble:Ensemble", "the first round's sub-ResNets, never synchronized"),
+    "streaming_diloco": ("resist.algorithms.streaming:StreamingDiLoCo",
+                         "local SGD whose fragments sync staggered, each behind the next steps (Streaming DiLoCo)"),
 }
 PARTITIONS = ("section3", "naive")
 #: How ResIST's plan adapts to workers of different speeds (``--balance``; ``plan.make_balanced_plan``).
@@ -49,9 +51,11 @@ COMPRESSIBLE = ("resist", "local_sgd", "data_parallel")
 #: Algorithms that deal the partitionable blocks out to sub-networks (``plan.make_plan``).
 DEALING = ("resist", "ensemble")
 #: Algorithms whose rounds end in an average of the parts, which an outer optimizer can step.
-OUTER_STEPPED = ("resist", "local_sgd")
+OUTER_STEPPED = ("resist", "local_sgd", "streaming_diloco")
 #: Algorithms that can average BatchNorm statistics less often than the parameters (``bn_sync_every``).
 BN_DEFERRABLE = ("resist", "local_sgd")
+#: Algorithms that cut the model into fragments synchronized on a staggered schedule (``--fragments``).
+FRAGMENTED = ("streaming_diloco",)
 
 
 ABBREVIATIONS = ("et al", "e.g", "i.e", "cf", "vs", "Fig", "Eq", "resp")

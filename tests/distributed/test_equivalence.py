@@ -1,6 +1,7 @@
 """The two runtimes agree: the same seed and config give the same global model in-process and on
 real gloo processes (parameters and BatchNorm buffers), for ResIST with and without min-depth sharing,
-local SGD and data parallel, on ResNets and on a vision transformer.
+local SGD, data parallel and Streaming DiLoCo (whose all-reduces are asynchronous on gloo), on ResNets
+and on a vision transformer.
 
 What holds, and is tested exactly: at 2 workers the two runtimes are bitwise equal for any number of
 rounds (a sum of two numbers is the same in either order). At 3+ workers gloo's ring sums in another
@@ -41,6 +42,7 @@ CASES = [
     ("data_parallel+q8", 3, 0), ("data_parallel+q4dp", 2, 0),
     ("resist+bn2", 2, 3), ("local_sgd+bn2", 3, 0),
     ("resist+vit", 2, 0), ("resist+vit", 3, 3), ("local_sgd+vit", 2, 0),
+    ("streaming_diloco+stream", 2, 0), ("streaming_diloco+stream", 3, 0), ("streaming_diloco+streamcarry", 2, 0),
 ]
 # A vision transformer (no BatchNorm; LayerNorm, attention) with its recipe: AdamW, warm-up and cosine.
 VIT = {"model.name": "vit_tiny", "model.layers": None, "model.width": 1 / 16, "optim.inner": "adamw",
@@ -52,7 +54,12 @@ EXTRA = {"": {}, "outer": {"algo.outer_lr": 0.7, "algo.outer_momentum": 0.9},  #
          "q2ef": {"algo.compress": "q2", "algo.compress_what": "update", "algo.error_feedback": True},
          "q4dp": {"algo.compress": "q4", "algo.error_feedback": True},  # data parallel: gradients + feedback
          "bn2": {"algo.bn_sync_every": 2},
-         "vit": VIT}
+         "vit": VIT,
+         # Streaming DiLoCo: 2 fragments of a 4-step round, each merged 1 step after its (async) all-reduce.
+         "stream": {"algo.local_iters": 4, "algo.fragments": 2, "algo.sync_delay": 1, "algo.mix_alpha": 0.5,
+                    "algo.outer_lr": 0.7, "algo.outer_momentum": 0.9},
+         "streamcarry": {"algo.local_iters": 6, "algo.fragments": 3, "algo.sync_delay": 1, "algo.mix_alpha": 0.25,
+                         "algo.carry_momentum": True}}
 
 
 @pytest.mark.timeout(240)

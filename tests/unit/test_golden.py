@@ -39,6 +39,8 @@ CASES = {
     "local_sgd": {"algo.name": "local_sgd"},
     "data_parallel": {"algo.name": "data_parallel"},
     "ensemble": {"algo.name": "ensemble"},
+    "streaming_diloco": {"algo.name": "streaming_diloco", "algo.local_iters": 4, "algo.fragments": 2,
+                         "algo.sync_delay": 1, "algo.mix_alpha": 0.5, "algo.outer_lr": 0.7, "algo.outer_momentum": 0.9},
 }
 
 

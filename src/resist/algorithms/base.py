@@ -67,6 +67,10 @@ class Algorithm(ABC):
     def after_backward(self) -> None:
         """Between backward and the optimizer step (data parallel all-reduces gradients here)."""
 
+    def after_step(self, round_: int, step: int) -> None:
+        """After the optimizer step of this round's local step ``step`` (0-based): where an algorithm
+        that synchronizes inside a round starts or finishes it (Streaming DiLoCo's fragments)."""
+
     def local_steps(self, round_: int) -> int | None:
         """Local steps this rank takes in ``round_``; None: the configured ``local_iters``."""
         return None

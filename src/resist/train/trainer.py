@@ -144,6 +144,10 @@ def check(cfg: Config, dataset: Dataset) -> Schedule:
     cands = candidate_blocks(model.partitionable, model.skippable, cfg.algo.partition)
     validate(cfg.algo.workers, len(cands), cfg.algo.min_depth)
     check_dealing(cfg.algo.name, cfg.algo.workers, len(cands), cfg.algo.min_depth)
+    if cfg.algo.fragments > 1:  # Streaming DiLoCo: at least one part (stem, block, head) per fragment
+        from ..algorithms.streaming import check_fragments
+
+        check_fragments(cfg.algo, model)
     return Schedule.of(cfg, dataset.n_train)
 
 
@@ -271,6 +275,7 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
             losses.append(loss * float("nan") if poisoned else loss)
             if slow > 1:  # RESIST_FAULTS slow: this step takes as long as on a machine 1/slow as fast
                 time.sleep((slow - 1) * (time.perf_counter() - t_step))
+            algo.after_step(r, step - first)
         loss = torch.stack(losses).mean().item()
         compute_s = time.perf_counter() - t0 - (comm.idle_s - idle0)
         state_bytes = max(state_bytes, store.memory_bytes(opt))
