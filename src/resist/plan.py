@@ -156,13 +156,17 @@ def block_counts(speeds: Sequence[float], shared_cost: float, block_cost: float,
     """How many blocks each sub-network gets so that the slowest worker's step is as short as it can be.
 
     A worker's step costs ``shared_cost + n * block_cost`` (the layers every sub-network runs, plus its n
-    blocks) at ``speeds[w]`` cost units per second. Everyone starts at the minimum depth and each
-    remaining block goes to the worker whose step it lengthens least (ties to the lower rank): this
-    greedy fill minimizes the largest step time, since each worker's time grows linearly in its blocks.
-    With equal speeds it gives the round robin's sizes (the first P mod S workers one block more).
+    blocks) at ``speeds[w]`` cost units per second. Everyone starts at the minimum depth, and at one
+    block where there are as many blocks as workers: a sub-network with none trains the stem and head
+    alone and pulls the shared layers towards a network without blocks (the deal ``check_dealing``
+    refuses; measured: 4 points lost at 4 workers, docs/heterogeneous.md). Each remaining block goes to
+    the worker whose step it lengthens least (ties to the lower rank): this greedy fill minimizes the
+    largest step time, since each worker's time grows linearly in its blocks. With equal speeds it
+    gives the round robin's sizes (the first P mod S workers one block more).
     """
     s = len(speeds)
-    counts = [min(min_depth, num_candidates)] * s
+    floor = max(min_depth, 1 if num_candidates >= s else 0)
+    counts = [min(floor, num_candidates)] * s
     for _ in range(num_candidates - sum(counts)):
         w = min(range(s), key=lambda w: ((shared_cost + (counts[w] + 1) * block_cost) / speeds[w], w))
         counts[w] += 1

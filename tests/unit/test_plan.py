@@ -137,14 +137,14 @@ def test_equal_speeds_give_the_plain_plan(args, mode):
 def test_slower_worker_gets_fewer_blocks_and_the_longest_step_shrinks():
     cands = tuple(range(22))
     counts = block_counts([1.0, 0.5, 1.0, 1.0], shared_cost=0.38, block_cost=0.62 / 22, num_candidates=22)
-    assert counts == (8, 0, 7, 7)
+    assert counts == (7, 1, 7, 7)  # one block at least: a sub-network without blocks is refused elsewhere
     times = [(0.38 + n * 0.62 / 22) / v for n, v in zip(counts, [1.0, 0.5, 1.0, 1.0])]
     plain = [(0.38 + n * 0.62 / 22) / v for n, v in zip((6, 6, 5, 5), [1.0, 0.5, 1.0, 1.0])]
-    assert max(times) < 0.72 * max(plain)
+    assert max(times) < 0.75 * max(plain)
     # Every assignment of counts is optimal: moving one block from any worker to any other never helps.
     for a in range(4):
         for b in range(4):
-            if a != b and counts[a] > 0:
+            if a != b and counts[a] > 1:
                 moved = list(counts)
                 moved[a] -= 1
                 moved[b] += 1
@@ -168,6 +168,13 @@ def test_steps_even_out_the_round_and_the_scale_weights_steps():
     work = [1.0 + len(a) for a in both.assignments]
     assert [len(a) for a in both.assignments] == [7, 1]  # (1 + 1) / 0.25 = 8 = 1 + 7: the shared layers dominate
     assert both.steps == (20, round(20 * max(work) * 0.25 / work[1]))
+
+
+def test_no_sub_network_is_left_without_a_block():
+    """As many blocks as workers or more: the slowest worker keeps one (else it trains the stem and head
+    alone); fewer blocks than workers (only with a min depth): the floor is the min depth."""
+    assert block_counts([1.0, 0.01, 1.0], 10.0, 1.0, 6) == (3, 1, 2)
+    assert block_counts([1.0, 0.01, 1.0, 1.0], 10.0, 1.0, 3, min_depth=1) == (1, 1, 1, 1)
 
 
 def test_min_depth_is_kept_by_balance():
