@@ -2,7 +2,8 @@
 periodic evaluation of the assembled global model, metrics (paper Algorithm 1, §2.3 and §5).
 
 :func:`run_worker` is SPMD: every rank of either runtime runs it with its own communicator.
-:func:`train` sets up the run folder and starts the ranks on the chosen runtime.
+:func:`train` sets up the run folder (:mod:`.runfolder`) and starts the ranks on the chosen runtime;
+:mod:`.schedule` counts the steps and rounds.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from ..algorithms.base import Evaluator
 from ..comm import Communicator, run_in_process
 from ..comm import CommError
 from ..comm.launch import check_backend, check_port
-from ..config import RESUMABLE_CHANGES, Config, differences
-from ..data import BadImages, BatchSource, DataSource, DatasetError, steps_per_epoch
+from ..config import Config
+from ..data import BadImages, BatchSource, DataSource, DatasetError
 from .. import rundir
-from ..io import NO_SPACE, NoSpaceError, atomic_write_json, atomic_write_text, printable
+from ..io import NO_SPACE, NoSpaceError, atomic_write_json, printable
 from ..models import create_model
 from ..models.protocol import step_costs
 from ..plan import candidate_blocks, check_dealing, validate, whole_network_rounds
@@ -39,6 +40,8 @@ from . import checkpoint
 from .metrics import MetricsWriter
 from ..tasks import Task, make_task
 from .optim import Precision, lr_at, make_optimizer, train_step
+from .runfolder import agree_on_resume, claim_run_folder, finished_summary, prepare_run_dir, resume_point
+from .schedule import ResumePoint, Schedule, resume_point_in
 
 log = logging.getLogger("resist")
 
@@ -80,26 +83,6 @@ def build_algorithm(comm: Communicator, cfg: Config, num_classes: int, device: t
                                    **phases)
 
 
-@dataclass
-class Schedule:
-    """How many steps and rounds a run has (an epoch: ``optim.epoch_unit``)."""
-
-    steps_per_epoch: int
-    total_steps: int
-    rounds: int
-
-    @classmethod
-    def of(cls, cfg: Config, n_train: int) -> "Schedule":
-        spe = steps_per_epoch(n_train, cfg.algo.workers, cfg.data.batch_size)
-        if cfg.optim.epoch_unit == "dataset":
-            spe *= cfg.algo.workers
-        total = max(1, math.ceil(cfg.optim.epochs * spe))
-        rounds = math.ceil(total / cfg.algo.local_iters)
-        if cfg.run.max_rounds is not None:
-            rounds = min(rounds, cfg.run.max_rounds)
-        return cls(spe, total, rounds)
-
-
 def load_data(cfg: Config, download: bool = False) -> DataSource:
     """The dataset ``cfg.data`` names, loaded as its task loads it (image folders: scanned, not decoded)."""
     return make_task(cfg.data.task).load(cfg.data, download)
@@ -135,48 +118,6 @@ def check(cfg: Config, dataset: DataSource) -> Schedule:
     validate(cfg.algo.workers, len(cands), cfg.algo.min_depth)
     check_dealing(cfg.algo.name, cfg.algo.workers, len(cands), cfg.algo.min_depth)
     return Schedule.of(cfg, dataset.n_train)
-
-
-@dataclass
-class ResumePoint:
-    """Where a checkpoint's run continues in this run's schedule (see :func:`resume_point_in`)."""
-
-    round: int
-    """The first round to train."""
-    epochs_before: float
-    """Epochs each worker's shard had been trained for when the checkpoint was written."""
-    epoch: float
-    """The epoch at which ``round`` begins in this schedule (equal to ``epochs_before`` when exact)."""
-    workers_before: int
-    note: str | None = None
-    """One line for the log when the worker count changed."""
-
-
-def resume_point_in(saved: dict[str, Any], cfg: Config, sched: Schedule, n_train: int) -> ResumePoint:
-    """Map a checkpoint's progress onto this run's schedule.
-
-    With the same worker count the run continues at the checkpoint's round. With another, steps per
-    epoch change (each worker's shard is n / S), so progress carries over by epochs seen: the run
-    continues at the round boundary nearest to that epoch (at most half a round off), and the schedule
-    of learning-rate decays, being in fractions of the epochs, stays at the same epochs.
-    """
-    old = Config.from_dict(saved["config"])
-    old_sched = Schedule.of(old.replace(**{"run.max_rounds": None}), n_train)
-    done = saved.get("epoch")
-    if done is None:  # checkpoints written before the epoch was recorded
-        done = min(saved["round"] * old.algo.local_iters, old_sched.total_steps) / old_sched.steps_per_epoch
-    if old.algo.workers == cfg.algo.workers:
-        return ResumePoint(saved["round"], done, done, old.algo.workers)
-    iters, spe = cfg.algo.local_iters, sched.steps_per_epoch
-    full_rounds = math.ceil(sched.total_steps / iters)
-    r = min(full_rounds, max(0, round(done * spe / iters)))
-    at = min(r * iters, sched.total_steps) / spe
-    note = (f"resuming with {cfg.algo.workers} workers instead of {old.algo.workers}: {done:.4g} of "
-            f"{cfg.optim.epochs:g} epochs were trained; continuing at round {r} of {full_rounds}, epoch {at:.4g}")
-    if abs(at - done) > 1e-9:
-        note += (f" (a round boundary of the new schedule, so {abs(at - done):.3g} epochs are "
-                 f"{'skipped' if at > done else 'trained twice'})")
-    return ResumePoint(r, done, at, old.algo.workers, note)
 
 
 @dataclass
@@ -603,119 +544,8 @@ def _dist_entry(comm: Communicator, cfg_dict: dict, out: str | None, dataset: Da
     return run_worker(comm, cfg, dataset, Path(out) if out else None, resume)
 
 
-def agree_on_resume(comm: Communicator, out: Path, resume: str | None) -> str | None:
-    """Collective: rank 0 alone decides whether and where the run resumes, and every rank follows.
-
-    Under torchrun each process decides for itself before any communication exists, and a node that
-    cannot see rank 0's run folder would start afresh beside ranks that resume. Rank 0's choice is
-    broadcast as a round; every rank then reads that checkpoint, so the run folder must be on storage
-    that every node reads (a rank that cannot read it fails, saying so)."""
-    chosen = torch.tensor([-1], dtype=torch.int64)
-    if comm.rank == 0 and resume:
-        chosen[0] = checkpoint.round_of(Path(resume))
-    with comm.tag("control"):
-        comm.broadcast(chosen, 0)
-    if chosen[0] < 0:
-        return None
-    path = checkpoint.path_for(out, int(chosen[0]))
-    if not path.is_file():
-        raise ValueError(f"rank {comm.rank} cannot read {path}, from which rank 0 resumes; put the run "
-                         f"folder on storage that every node reads")
-    return str(path)
-
-
 def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
-
-
-CLASSES_FILE = "classes.json"
-
-
-def prepare_run_dir(cfg: Config, resuming: bool, classes: tuple[str, ...] | None = None) -> Path:
-    """Create the run folder with ``config.json`` and, for a dataset whose classes are folder names,
-    ``classes.json`` (the class of each output index). A previous run's files are gone by now
-    (:func:`resist.rundir.claim`), so a fresh run cannot be mistaken for the one that was here before."""
-    out = Path(cfg.run.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(cfg.dumps() + "\n", out / "config.json")
-        if classes is not None and not resuming:
-            atomic_write_json(list(classes), out / CLASSES_FILE)
-    except OSError as e:
-        raise ValueError(f"cannot write the run folder {out}: {e.strerror or e}") from None
-    return out
-
-
-def check_classes(run_dir: Path, classes: tuple[str, ...] | None, where: str) -> None:
-    """A resumed run must see the classes it was trained with, in the same order: the output index
-    of each class is its position in the sorted folder names, so one folder added, removed or renamed
-    shifts the meaning of every index after it."""
-    if classes is None:
-        return
-    path = Path(run_dir) / CLASSES_FILE
-    try:
-        saved = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DatasetError(f"{path} is missing, so the class of each output cannot be checked against "
-                           f"{where}; restore it or start a new run folder") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise DatasetError(f"{path} is unreadable ({e}); restore it or start a new run folder") from None
-    if list(saved) != list(classes):
-        first = next((i for i, (a, b) in enumerate(zip(saved, classes)) if a != b), min(len(saved), len(classes)))
-        theirs = repr(saved[first]) if first < len(saved) else "nothing"
-        ours = repr(classes[first]) if first < len(classes) else "nothing"
-        raise DatasetError(f"the classes of {where} ({len(classes)}) are not those this run was trained with "
-                           f"({len(saved)}, {path}): class {first} was {theirs}, now {ours}")
-
-
-def resume_point(cfg: Config, run_dir: Path, dataset: DataSource | None = None) -> Path:
-    """The checkpoint to continue ``run_dir`` from, after checking it belongs to ``cfg`` (and that the
-    dataset has the classes the run was trained with)."""
-    path = checkpoint.latest(run_dir)
-    if path is None:
-        raise ValueError(f"no checkpoint in {checkpoint.folder(run_dir)}; nothing to resume")
-    saved_payload = checkpoint.load(path)
-    saved = Config.from_dict(saved_payload["config"])
-    changed = [k for k in differences(saved, cfg) if k not in RESUMABLE_CHANGES]
-    if changed:
-        raise ValueError(f"{path} belongs to another config ({', '.join(changed)} differ); "
-                         f"resume with the run's own config or start a new run folder")
-    if dataset is not None:
-        check_classes(run_dir, dataset.classes, dataset.source)
-        sched = Schedule.of(cfg, dataset.n_train)
-        point = resume_point_in(saved_payload, cfg, sched, dataset.n_train)
-        if point.round > sched.rounds:  # only a --max-rounds below the checkpoint's round gets here
-            raise ValueError(f"{path} continues at round {point.round}, past the end of this run at round "
-                             f"{sched.rounds} (--max-rounds {cfg.run.max_rounds}); to train further, resume with "
-                             f"--max-rounds above {point.round}")
-    return path
-
-
-def finished_summary(cfg: Config, run_dir: Path, path: Path, dataset: DataSource) -> dict[str, Any] | None:
-    """The summary of a finished run that resuming from ``path`` would not train further, else None.
-
-    Such a run is left as it is: resuming it would only rewrite its config and summary (with the byte
-    counters of a run that sent nothing, under another worker count perhaps)."""
-    summary = Path(run_dir) / "summary.json"
-    if not summary.is_file():
-        return None  # unfinished, or finished but cut off before its summary: resuming completes it
-    saved = checkpoint.load(path)
-    sched = Schedule.of(cfg, dataset.n_train)
-    # Only a --max-rounds other than the run's own extends it: with another worker count alone the same
-    # max_rounds would mean more epochs, which nobody asked for.
-    extended = cfg.run.max_rounds != Config.from_dict(saved["config"]).run.max_rounds
-    if extended and resume_point_in(saved, cfg, sched, dataset.n_train).round < sched.rounds:
-        return None
-    full = math.ceil(sched.total_steps / cfg.algo.local_iters)
-    more = (f"resume with --max-rounds above {sched.rounds} to train it further" if sched.rounds < full else
-            f"it trained all its {cfg.optim.epochs:g} epochs, and more epochs change the learning-rate schedule, "
-            f"so they are a new run (--epochs, another --out)")
-    log.info("%s is finished (round %d of %d): nothing to resume, so it is left as it is; %s", run_dir,
-             sched.rounds, sched.rounds, more)
-    try:
-        return json.loads(summary.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{summary} is unreadable ({e}); the run is finished, its model is {run_dir / 'model.pt'}") from None
 
 
 def train(cfg: Config, dataset: DataSource | None = None, resume: bool | str = False,
@@ -787,16 +617,6 @@ def _train(cfg: Config, dataset: DataSource | None, resume: bool | str, force: b
     if lead:
         atomic_write_json(summary, out / "summary.json")
     return summary
-
-
-def claim_run_folder(cfg: Config, resume: bool | str, force: bool) -> rundir.RunLock:
-    """Lock ``cfg.run.out`` for this run; a fresh run takes it over (see :func:`resist.rundir.claim`)."""
-    out = Path(cfg.run.out)
-    fresh = resume is False or (resume == "auto" and checkpoint.latest(out) is None)
-    # torchrun restarts an auto-resumed job in its own folder: a start that left neither a checkpoint
-    # nor a summary is replaced, as it would be resumed had it written one.
-    return rundir.claim(out, fresh=fresh, force=force or (
-        resume == "auto" and fresh and not (out / "summary.json").exists()))
 
 
 def launch(cfg: Config, dataset: DataSource, given: bool, out: Path, ckpt: Path | None,
