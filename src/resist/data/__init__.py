@@ -3,11 +3,13 @@ image datasets streamed from disk, and deterministic per-worker batches."""
 from .augment import augment, to_float
 from .datasets import DATASETS, Dataset, DatasetError, ImageArrays, load_dataset
 from .folder import BadImages, FolderDataset, load_imagefolder
-from .sharding import BatchStream, batch_generator, batch_indices, eval_batches, steps_per_epoch
+from .base import BatchSource, DataSource
+from .sharding import BatchStream, batch_generator, batch_indices, eval_batches, shard, steps_per_epoch
 
 __all__ = [
     "DATASETS", "Dataset", "DatasetError", "ImageArrays", "load_dataset",
     "BadImages", "FolderDataset", "load_imagefolder",
     "augment", "to_float",
-    "BatchStream", "batch_generator", "batch_indices", "eval_batches", "steps_per_epoch",
+    "BatchSource", "DataSource",
+    "BatchStream", "batch_generator", "batch_indices", "eval_batches", "shard", "steps_per_epoch",
 ]

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset as _TorchDataset
 from ..seeds import mix
 from .augment import normalize
 from .base import DatasetError
-from .sharding import epoch_permutation, steps_per_epoch
+from .sharding import batch_positions, epoch_permutation, steps_per_epoch
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, decode, eval_transform, to_uint8_chw, train_transform
 
 log = logging.getLogger("resist")
@@ -230,9 +230,8 @@ class _TrainKeys:
         self.start = 0
 
     def keys(self, step: int, perm: Tensor) -> list[tuple[int, int | None]]:
-        k = step % self.steps_per_epoch
-        first = self.rank * (self.n // self.world_size) + k * self.batch_size
-        idx = perm[first:first + self.batch_size].tolist()
+        _, positions = batch_positions(self.n, self.world_size, self.rank, step, self.batch_size)
+        idx = perm[positions].tolist()
         return [(i, mix(_AUGMENT_SALT, self.seed, self.rank, step, j) if self.augment else None)
                 for j, i in enumerate(idx)]
 

@@ -23,20 +23,35 @@ def steps_per_epoch(n: int, world_size: int, batch_size: int) -> int:
     return spe
 
 
+def shard(n: int, world_size: int, rank: int) -> slice:
+    """Worker ``rank``'s disjoint contiguous part of an epoch's permutation of range(n): floor(n / world_size)
+    positions (the remainder is dropped). Every dataset's shards are cut here."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} out of range for world_size {world_size}")
+    per = n // world_size
+    return slice(rank * per, (rank + 1) * per)
+
+
+def batch_positions(n: int, world_size: int, rank: int, step: int, batch_size: int) -> tuple[int, slice]:
+    """(epoch, positions in that epoch's permutation) of worker ``rank``'s batch at global ``step``: its
+    :func:`shard`, walked in batches."""
+    spe = steps_per_epoch(n, world_size, batch_size)
+    own = shard(n, world_size, rank)
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    epoch, k = divmod(step, spe)
+    first = own.start + k * batch_size
+    return epoch, slice(first, first + batch_size)
+
+
 def batch_indices(n: int, world_size: int, rank: int, step: int, batch_size: int, seed: int) -> Tensor:
     """Indices (int64) of worker ``rank``'s batch at global ``step``.
 
     Each epoch draws a permutation of range(n) seeded by (seed, epoch), cuts it into ``world_size`` disjoint
     contiguous shards of floor(n / world_size), and walks ``rank``'s shard in batches; the remainder is dropped.
     """
-    spe = steps_per_epoch(n, world_size, batch_size)
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} out of range for world_size {world_size}")
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
-    epoch, k = divmod(step, spe)
-    start = rank * (n // world_size) + k * batch_size
-    return epoch_permutation(n, seed, epoch)[start:start + batch_size]
+    epoch, positions = batch_positions(n, world_size, rank, step, batch_size)
+    return epoch_permutation(n, seed, epoch)[positions]
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:

@@ -31,8 +31,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from .base import DatasetError
-from .sharding import batch_generator, batch_indices, steps_per_epoch
-from ..seeds import mix
+from .sharding import batch_generator, batch_indices, epoch_permutation, shard, steps_per_epoch
 
 #: The 20 VOC classes in the devkit's order (VOCdevkit/VOCcode/VOCinit.m); a label is an index here.
 VOC_CLASSES: tuple[str, ...] = (
@@ -284,11 +283,7 @@ def shard_indices(n: int, world_size: int, rank: int, epoch: int, seed: int) -> 
     The same permutation and cut as :func:`resist.data.sharding.batch_indices` (seeded by (seed, epoch)),
     so that walking the shard in batches gives exactly its batches.
     """
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} out of range for world_size {world_size}")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(mix(seed, epoch)))
-    per = n // world_size
-    return perm[rank * per:(rank + 1) * per]
+    return epoch_permutation(n, seed, epoch)[shard(n, world_size, rank)]
 
 
 def batch_keys(n: int, world_size: int, rank: int, step: int, batch_size: int, seed: int,

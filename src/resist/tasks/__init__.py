@@ -3,7 +3,10 @@
 A task gives the trainer the loss of a batch, the evaluator of a model (``resist.algorithms.base.
 Evaluator``), the score a run is selected on and which way is better, and the fields an evaluation adds
 to metrics.jsonl and summary.json. Algorithms, runtimes, checkpoints and byte accounting never see it.
-The data a task reads comes from the dataset (``train_stream`` / ``eval_sets``), chosen by the config.
+A task also loads its data (the dataset ``cfg.data`` names, with the options that kind of dataset takes),
+says what the model needs to know of it (a language model's context), how a batch's inputs go to the
+device and what else the run folder keeps of the data; the trainer reads the dataset only through its
+``train_stream`` / ``eval_sets`` (``resist.data.base.DataSource``).
 
 * ``classification``: cross-entropy; top-1 and top-5 on the test set and any extra test sets; the best
   top-1 is kept (``test_acc``, ``best_acc``).
@@ -18,11 +21,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..config import DataConfig
+    from ..data.base import DataSource
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,14 @@ class Task:
     """An evaluated metrics row in words, for the log."""
     headline_words: Callable[[dict[str, Any]], str]
     """The run's best score in words, from summary.json (the CLI's last line)."""
+    load: Callable[["DataConfig", bool], "DataSource"]
+    """(data config, download) -> the dataset it names, with the options that kind of dataset takes."""
+    model_options: Callable[["DataConfig"], dict[str, Any]] = lambda d: {}
+    """Keywords the model factory takes from the data config (a language model's context)."""
+    images: bool = True
+    """Whether a batch's inputs are (B, C, H, W) images, which take the configured memory layout."""
+    run_files: Callable[["DataSource"], dict[str, Any]] = lambda dataset: {}
+    """File name -> JSON the run folder keeps about the data (which text files were trained on)."""
 
     def better(self, score: float, best: float | None) -> bool:
         return best is None or (score > best if self.higher_is_better else score < best)
@@ -51,6 +66,11 @@ class Task:
     def worst(self) -> float:
         """Where "best so far" starts."""
         return -1.0 if self.higher_is_better else math.inf
+
+    def inputs(self, x: torch.Tensor, device: torch.device, layout: torch.memory_format) -> torch.Tensor:
+        """A batch's inputs on ``device``; images in ``layout`` (``run.channels_last``)."""
+        x = x.to(device, non_blocking=True)
+        return x.contiguous(memory_format=layout) if self.images else x
 
 
 # ------------------------------------------------------------------------------------ classification
@@ -90,6 +110,17 @@ def classification_words(record: dict[str, Any]) -> str:
             f"{extra}")
 
 
+def load_images(d: "DataConfig", download: bool = False) -> "DataSource":
+    """In-memory image arrays (CIFAR, digits, synthetic; CIFAR optionally downloaded), or a class-per-folder
+    tree scanned, not decoded, with any extra test sets."""
+    from ..data import load_dataset
+    from ..registry import FOLDER_DATASETS
+
+    if d.dataset in FOLDER_DATASETS:
+        return load_dataset(d.dataset, d.data_dir, crop_size=d.crop_size, extra_test=d.extra_tests)
+    return load_dataset(d.dataset, d.data_dir, download=download)
+
+
 def classification(model: nn.Module | None = None) -> Task:
     """``model``: unused (every task factory takes the model being trained; detection's loss needs it)."""
     from .classification import Accuracy
@@ -100,7 +131,7 @@ def classification(model: nn.Module | None = None) -> Task:
 
     return Task("classification", F.cross_entropy, evaluator, "test/top1", True, classification_record,
                 classification_summary, classification_words,
-                lambda s: f"best test accuracy {s['best_acc']:.2f}%")
+                lambda s: f"best test accuracy {s['best_acc']:.2f}%", load=load_images)
 
 
 # ------------------------------------------------------------------------------------ language modelling
@@ -155,12 +186,21 @@ def lm_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "final_test_loss": evaluated[-1]["test_loss"]}
 
 
+def load_text(d: "DataConfig", download: bool = False) -> "DataSource":
+    """Bytes of text cut into windows of ``d.context`` (``download``: unused, text is never downloaded)."""
+    from ..data import load_dataset
+
+    return load_dataset(d.dataset, d.data_dir, context=d.context, max_bytes=d.text_bytes)
+
+
 def language_model(model: nn.Module | None = None) -> Task:
     """``model``: unused, as for :func:`classification`."""
     return Task("lm", next_token_loss, lambda sets, recal, bn_eval, device: BitsPerByte(sets["test"], device),
                 "test/bpb", False, lm_record, lm_summary,
                 lambda r: f"test {r['test_bpb']:.4f} bits/byte  best {r['best_bpb']:.4f}",
-                lambda s: f"best {s['best_bpb']:.4f} bits per byte")
+                lambda s: f"best {s['best_bpb']:.4f} bits per byte", load=load_text,
+                model_options=lambda d: {"context": d.context}, images=False,
+                run_files=lambda dataset: {"split.json": dataset.split_record()})
 
 
 # ------------------------------------------------------------------------------------ detection
@@ -182,6 +222,15 @@ def detection_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "best_map50": max(r["map50"] for r in evaluated)}
 
 
+def load_voc(d: "DataConfig", download: bool = False) -> "DataSource":
+    """Pascal VOC's train and test splits at ``d.input_size`` (``download``: unused)."""
+    from ..data import load_dataset
+    from ..data.voc import parse_splits
+
+    return load_dataset(d.dataset, d.data_dir, size=d.input_size, train_splits=parse_splits(d.voc_train),
+                        test_splits=parse_splits(d.voc_test), flip=d.flip)
+
+
 def detection(model: nn.Module | None = None) -> Task:
     """The YOLOv2 loss with ``model``'s anchors and classes (without a model, those every registered
     ``yolo_*`` model has: YOLOv2's five VOC anchors, the 20 VOC classes); the test loss and mAP@0.5."""
@@ -197,7 +246,8 @@ def detection(model: nn.Module | None = None) -> Task:
     return Task("detection", loss, evaluator, "test/loss", False, detection_record, detection_summary,
                 lambda r: (f"test loss {r['test_loss']:.4f}  mAP@0.5 {r['map50']:5.2f}% (VOC07 {r['map50_voc07']:5.2f}%)"
                            f"  best loss {r['best_loss']:.4f}"),
-                lambda s: f"best test loss {s['best_test_loss']:.4f} (mAP@0.5 {s['map50_at_best']:.2f}% there)")
+                lambda s: f"best test loss {s['best_test_loss']:.4f} (mAP@0.5 {s['map50_at_best']:.2f}% there)",
+                load=load_voc)
 
 
 TASK_FACTORIES: dict[str, Callable[..., Task]] = {"classification": classification, "lm": language_model,
