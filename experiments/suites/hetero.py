@@ -68,6 +68,13 @@ def slowed(r: dict, key: str) -> float | None:
     return statistics.fmean(row[key][w] for row in rows for w in ranks)
 
 
+def unbalanced_time_to(homog: dict, unbalanced: dict, target: float) -> float | None:
+    """Seconds the slowed run with today's plan takes to ``target``: it trains homog's model bit for bit,
+    so it gets there at homog's round, each of its rounds taking its median measured round time."""
+    hit = next((row["round"] for row in homog["run"].evaluated if row["test_acc"] >= target), None)
+    return None if hit is None else (hit + 1) * statistics.median(round_times(unbalanced))
+
+
 def tabulate(args, results: list[dict], env: dict) -> None:
     copy_runs(results, common.RESULTS / "hetero")
     homog = {r["seed"]: r for r in results if r["suite"] == "homog"}
@@ -87,26 +94,41 @@ def tabulate(args, results: list[dict], env: dict) -> None:
             delta = [r["final_acc"] - homog[r["seed"]]["final_acc"] for r in full if r["seed"] in homog]
             target = {s: h["final_acc"] - 0.5 for s, h in homog.items()}
             reached = [reach(r, target[r["seed"]]) for r in full if r["seed"] in target]
+            # Against today's plan on the same slowed workers, at a common accuracy: the lower of the two
+            # bests (the unbalanced run's is homog's).
+            none = {r["seed"]: r for r in results if r["label"] == f"{setting} none"}
+            speedup = []
+            for r in full:
+                if SLOW[setting] and r["seed"] in none and r["seed"] in homog:
+                    common_acc = min(r["best_acc"], homog[r["seed"]]["best_acc"])
+                    mine, theirs = reach(r, common_acc), unbalanced_time_to(homog[r["seed"]], none[r["seed"]], common_acc)
+                    speedup.append(theirs / mine if mine and theirs else None)
             row = {"setting": setting, "balance": mode, "seeds": sorted(med), "round_s": med,
                    "round_ratio": ratio, "slowed_blocks": [slowed(r, "blocks_per_worker") for r in group],
                    "slowed_steps": [slowed(r, "steps_per_worker") for r in group],
                    "best_acc": [r["best_acc"] for r in full], "final_acc": [r["final_acc"] for r in full],
-                   "final_vs_homog": delta, "time_to_target_s": reached, "same_model_as_homog": same}
+                   "final_vs_homog": delta, "time_to_target_s": reached, "same_model_as_homog": same,
+                   "speedup_vs_unbalanced_equal_acc": speedup}
             raw.append(row)
             lines_out.append([setting, mode, len(med), spread(list(med.values())), spread(ratio),
                               spread(row["slowed_blocks"], "{:.1f}"), spread(row["slowed_steps"], "{:.1f}"),
                               spread(row["best_acc"]) if full else f"= homog ({'bitwise' if same else 'NOT equal'})",
                               spread(row["final_acc"]) if full else "", spread(delta, "{:+.2f}") if full else "",
                               spread(reached, "{:.0f}") if full and None not in reached else
-                              ("not reached" if full else "")])
+                              ("not reached" if full else ""),
+                              spread(speedup, "{:.2f}x") if speedup and None not in speedup else ""])
     head = ["setting", "balance", "seeds", "round (s)", "vs homog", "slowed: blocks", "slowed: steps",
-            "best acc (%)", "final acc (%)", "final - homog", "time to homog final - 0.5 (s)"]
+            "best acc (%)", "final acc (%)", "final - homog", "time to homog final - 0.5 (s)",
+            "faster than balance none, equal acc."]
     lines = ["# Workers of different speeds (issue 24)\n",
              f"In-process, one core, real CIFAR-10, paper ResNet101 at 1/8 width, {args.workers} workers, 25 local "
              f"steps, {args.epochs:g} epochs (`--balance none` runs with a slowed worker: {args.short_rounds} "
              "rounds, their accuracy is homog's by construction, checked bit for bit on the losses); slowed "
              "workers at 0.5x (`RESIST_FAULTS=slow:rank=R:speed=0.5`). Round = parallel-equivalent compute + "
              "sync, median over every round but the first; times are seconds of this machine, measured while "
-             "the other core ran other work. Run folders: [hetero/](hetero/).\n",
+             "the other core ran other work. 'Faster than balance none' is the time the same slowed workers with "
+             "today's plan need to reach this run's best accuracy (homog's round at which it first got there, times "
+             "the unbalanced run's median round time: it trains homog's model) over the time this run needed. Run "
+             "folders: [hetero/](hetero/).\n",
              *table(head, lines_out)]
     record("hetero", {"rows": raw, "runs": [common.public(r) for r in results]}, lines, args.command, env)
