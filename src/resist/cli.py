@@ -17,7 +17,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from .config import PRESETS, RESUMABLE_CHANGES, TASK_PRESETS, Config, field_docs, preset
+from .config import RESUMABLE_CHANGES, Config, field_docs
+from .presets import PRESETS, TASK_PRESETS, preset
 from . import registry
 from .registry import RUNTIMES, first_sentence
 

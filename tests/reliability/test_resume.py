@@ -12,7 +12,7 @@ import torch
 
 from resist.cli import main
 from resist.comm import CommError
-from resist.config import preset
+from resist.presets import preset
 from resist.data import load_dataset
 from resist.faults import InjectedFault, parse
 from resist.train import TrainingError, train
