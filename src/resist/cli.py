@@ -17,7 +17,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from .config import RESUMABLE_CHANGES, Config, field_docs
+from .config import RESUMABLE_CHANGES, Config, field_docs, vocabulary
 from .presets import PRESETS, TASK_PRESETS, preset
 from . import registry
 from .registry import RUNTIMES, first_sentence
@@ -76,14 +76,9 @@ def comma_lists(argv: Sequence[str]) -> None:
 # a repeatable flag (``--extra-test A=DIR --extra-test B=DIR``), a tuple of numbers one comma-separated value.
 FLAG_NAMES = {"algo.name": "--algo", "model.name": "--model", "optim.inner": "--inner-optim",
               "algo.scale_activations": "--scale", "run.out": "--out"}
-# Fields whose values are a registry's vocabulary: the help lists it.
-CHOICES = {"algo.name": registry.ALGORITHMS, "algo.partition": registry.PARTITIONS,
-           "algo.balance": registry.BALANCE_MODES,
-           "algo.bn_eval": registry.BN_EVAL_MODES, "data.dataset": registry.DATASETS, "run.runtime": registry.RUNTIMES,
-           "run.backend": registry.BACKENDS, "run.device": registry.DEVICES, "optim.inner": registry.INNER_OPTIMIZERS,
-           "run.amp": registry.AMP_MODES, "algo.compress": registry.CODECS,
-           "algo.compress_what": registry.COMPRESS_WHAT, "model.stem": registry.STEMS, "data.task": registry.TASKS,
-           "optim.lr_schedule": registry.LR_SCHEDULES}
+# Fields whose values are a registry's vocabulary, their help lists it: a field typed with one of
+# resist.registry's Literal types lists the type's names; this is a registry of another kind.
+CHOICES = {"algo.name": tuple(registry.ALGORITHMS)}
 
 
 def _numbers(kind: type) -> Callable[[str], tuple]:
@@ -122,10 +117,11 @@ def train_flags() -> list[Flag]:
             elif typing.get_origin(base) is tuple:
                 kind = _numbers(typing.get_args(base)[0])
             else:
-                kind = base
+                kind = str if vocabulary(hint) else base  # the config names what a vocabulary allows
             help_ = first_sentence(docs[key]).replace("``", "'")
-            if key in CHOICES:
-                help_ += f" [{'|'.join(CHOICES[key])}]"
+            choices = vocabulary(hint) or CHOICES.get(key)
+            if choices:
+                help_ += f" [{'|'.join(choices)}]"
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             flags.append(Flag(FLAG_NAMES.get(key, "--" + f.name.replace("_", "-")), key, kind, help_, repeat, default))
     names = [f.name for f in flags]

@@ -14,17 +14,49 @@ import inspect
 import json
 import re
 import sys
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from .registry import (EPOCH_UNITS, ALGORITHMS, BALANCE_MODES, AMP_MODES, BACKENDS, BN_DEFERRABLE, CODECS, COMPRESS_WHAT, COMPRESSIBLE, BN_EVAL_MODES,
-                       DATASETS, DETECTION_DATASETS, DETECTION_MODEL_PREFIX, DEVICES, FOLDER_DATASETS, INNER_OPTIMIZERS, LR_SCHEDULES, OUTER_STEPPED, PARTITIONS,
-                       RUNTIMES, STEMS, TASKS, TEXT_DATASETS, did_you_mean)
+from .registry import (ALGORITHMS, DETECTION_DATASETS, FOLDER_DATASETS, TEXT_DATASETS, AmpMode, Backend, BalanceMode,
+                       BNEvalMode, Codec, CompressWhat, Dataset, Device, EpochUnit, InnerOptimizer, LRSchedule,
+                       Partition, Runtime, Stem, Task, algorithms_that, can, did_you_mean, model_task, models_for)
 
 
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
+
+
+#: What a value is called in the message that refuses it, where not the field's own name.
+_NOUNS = {"partition": "partition mode", "compress": "codec", "inner": "inner optimizer", "amp": "amp mode",
+          "balance": "balance mode"}
+
+
+def vocabulary(hint: Any) -> tuple[str, ...] | None:
+    """The names a field's type allows when it is a ``Literal`` (or an optional one), else ``None``."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
+
+
+@functools.lru_cache(maxsize=None)
+def vocabularies(cls: type) -> dict[str, tuple[tuple[str, ...], bool]]:
+    """``field -> (allowed names, whether None is allowed too)`` for the fields of a config section whose
+    type is a vocabulary (a ``Literal`` of ``resist.registry``)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: (v, type(None) in typing.get_args(hints[f.name]))
+            for f in dataclasses.fields(cls) if (v := vocabulary(hints[f.name])) is not None}
+
+
+def _check_vocabularies(section: Any) -> None:
+    """Each vocabulary-typed field of ``section`` holds one of its names."""
+    for name, (allowed, optional) in vocabularies(type(section)).items():
+        value = getattr(section, name)
+        _check(value in allowed or (optional and value is None),
+               f"unknown {_NOUNS.get(name, name)} {value!r}{did_you_mean(value, allowed)}; "
+               f"choose one of: {', '.join(allowed)}")
 
 
 FLOAT32_MAX = 3.4028234663852886e38
@@ -44,13 +76,13 @@ class ModelConfig:
     """Output classes; ``None`` takes the dataset's."""
     layers: tuple[int, ...] | None = None
     """Blocks per section, for the generic factories (``paper_resnet``, ``preact_resnet``, ``resnet``)."""
-    stem: str | None = None
+    stem: Stem | None = None
     """The stem: cifar (a ResNet's 3x3 conv, stride 1; a ViT's 4-pixel patches of 32x32 images) or imagenet
     (7x7 stride-2 conv and 3x3 stride-2 max pool for 224-pixel images, paper §5; a ViT's 16-pixel patches of
     224x224 images); ``None``: the architecture's own (cifar for every ResNet and ViT)."""
 
     def __post_init__(self) -> None:
-        _check(self.stem is None or self.stem in STEMS, f"unknown stem {self.stem!r}; choose one of: {', '.join(STEMS)}")
+        _check_vocabularies(self)
         if self.layers is not None:
             self.layers = tuple(self.layers)
             _check(len(self.layers) == 4 and all(n >= 1 for n in self.layers),
@@ -62,11 +94,11 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    task: str = "classification"
+    task: Task = "classification"
     """What is learned (``resist.registry.TASKS``): ``classification`` of images, ``lm``, the next byte of
     text (a byte-level language model; metric: bits per byte), or ``detection``, objects' boxes and
     classes (Pascal VOC with a yolo_* model, paper §5; metric: test loss, with mAP@0.5 beside it)."""
-    dataset: str = "cifar10"
+    dataset: Dataset = "cifar10"
     """The dataset (``resist.registry.DATASETS``; digits ship with scikit-learn, synthetic is for tests,
     imagefolder reads class-per-folder images from ``data_dir``/train and ``data_dir``/val)."""
     data_dir: str = "data"
@@ -118,11 +150,11 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         self.extra_test = tuple(self.extra_test)
+        _check_vocabularies(self)
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
         _check(self.eval_limit is None or self.eval_limit >= 1, f"eval_limit must be >= 1, got {self.eval_limit}")
         _check(self.crop_size >= 8, f"crop_size must be >= 8, got {self.crop_size}")
-        _check(self.task in TASKS, f"unknown task {self.task!r}; choose one of: {', '.join(TASKS)}")
         _check((self.task == "lm") == (self.dataset in TEXT_DATASETS)
                and (self.task == "detection") == (self.dataset in DETECTION_DATASETS),
                f"task {self.task} cannot learn from dataset {self.dataset}: language modelling (--task lm) reads "
@@ -187,7 +219,7 @@ class AlgoConfig:
     """Local SGD steps between synchronizations (paper default 50)."""
     min_depth: int = 0
     """Minimum partitioned blocks per sub-ResNet; blocks are shared to reach it (paper §2.6; 0 = off)."""
-    partition: str = "section3"
+    partition: Partition = "section3"
     """Which blocks are dealt out. section3 (ResIST) or naive (every skippable block of every section;
     Fig. 6 ablation)."""
     scale_activations: bool = True
@@ -205,7 +237,7 @@ class AlgoConfig:
     partitioned residual branch (c f(x) = f'(x) exactly), so that the branches train at scale 1 as they
     did in their sub-networks; off, or where a model's blocks do not name their branch outputs, the
     cool-down trains the branches scaled by c, as the warm-up does."""
-    bn_eval: str = "average"
+    bn_eval: BNEvalMode = "average"
     """Evaluation BatchNorm: ``average`` (running stats averaged over holders), ``batch`` (test-batch
     statistics, as the paper's code), or ``recalibrate`` (re-estimated on training batches)."""
     recalib_batches: int = 20
@@ -218,11 +250,11 @@ class AlgoConfig:
     """Momentum of the outer SGD (DiLoCo: 0.9); it travels with a ResIST block to its next holders."""
     outer_nesterov: bool = True
     """Nesterov momentum for the outer SGD (DiLoCo's choice)."""
-    compress: str = "none"
+    compress: Codec = "none"
     """Codec for the parameters sent at synchronization (paper Appendix A.5): fp16, bf16, q1..q8 (k-bit
     quantization), topk or randk; BatchNorm statistics, counters and momenta travel exactly. Data
     parallel sends its gradients through it at every step."""
-    compress_what: str = "weights"
+    compress_what: CompressWhat = "weights"
     """What the codec compresses: weights (the paper: every parameter sent) or update (the change since
     the round began, for the layers every rank holds; blocks that change holders still travel as
     weights)."""
@@ -233,7 +265,7 @@ class AlgoConfig:
     """Fraction of values that topk / randk keep."""
     chunk: int = 256
     """Values per quantization scale and offset (q1..q8)."""
-    balance: str = "none"
+    balance: BalanceMode = "none"
     """ResIST for workers of different speeds (ours; docs/heterogeneous.md): each round's plan follows the
     workers' measured speeds: ``depth`` gives a slower worker fewer partitioned blocks, ``steps`` fewer
     local steps, ``depth+steps`` both (depth first); ``none`` deals equal shares (the paper)."""
@@ -245,53 +277,52 @@ class AlgoConfig:
     def __post_init__(self) -> None:
         _check(self.name in ALGORITHMS, f"unknown algorithm {self.name!r}{did_you_mean(self.name, ALGORITHMS)}; "
                                         f"choose one of: {', '.join(ALGORITHMS)}")
+        _check_vocabularies(self)
         _check(self.workers >= 1, f"workers must be >= 1, got {self.workers}")
         _check(self.local_iters >= 1, f"local_iters must be >= 1, got {self.local_iters}")
         _check(self.min_depth >= 0, f"min_depth must be >= 0, got {self.min_depth}")
-        _check(self.partition in PARTITIONS,
-               f"unknown partition mode {self.partition!r}; choose one of: {', '.join(PARTITIONS)}")
         _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        _check(self.warmup_epochs == 0 or self.name == "resist",
-               f"warmup_epochs is ResIST's local-SGD warm-up; {self.name} has none: drop --warmup-epochs")
         _check(self.cooldown_epochs >= 0, f"cooldown_epochs must be >= 0, got {self.cooldown_epochs}")
-        _check(self.cooldown_epochs == 0 or self.name == "resist",
-               f"cooldown_epochs is ResIST's local-SGD cool-down; {self.name} has none: drop --cooldown-epochs")
         _check(not (self.cooldown_epochs and self.cooldown_fold and self.error_feedback),
                "folding the scale into the weights at the cool-down would leave error-feedback residuals in the "
                "old units: add --no-cooldown-fold or drop --error-feedback")
-        _check(self.bn_eval in BN_EVAL_MODES,
-               f"unknown bn_eval {self.bn_eval!r}; choose one of: {', '.join(BN_EVAL_MODES)}")
         _check(self.recalib_batches >= 1, f"recalib_batches must be >= 1, got {self.recalib_batches}")
         _check(self.outer_lr > 0, f"outer_lr must be > 0, got {self.outer_lr}")
         _check(0 <= self.outer_momentum < 1, f"outer_momentum must be in [0, 1), got {self.outer_momentum}")
-        _check(not self.outer or self.name in OUTER_STEPPED,
-               f"an outer optimizer steps the average of a round; {self.name} has none: use "
-               f"{' or '.join(OUTER_STEPPED)}, or drop --outer-lr / --outer-momentum")
-
-        _check(self.compress in CODECS, f"unknown codec {self.compress!r}; choose one of: {', '.join(CODECS)}")
         _check(0 < self.keep_fraction <= 1, f"keep_fraction must be in (0, 1], got {self.keep_fraction}")
         _check(self.chunk >= 1, f"chunk must be >= 1, got {self.chunk}")
-        _check(self.compress_what in COMPRESS_WHAT,
-               f"unknown compress_what {self.compress_what!r}; choose one of: {', '.join(COMPRESS_WHAT)}")
-        _check(self.name != "data_parallel" or self.compress_what == "weights",
-               "data parallel compresses its gradients: drop --compress-what")
-        _check(not self.error_feedback or self.compress_what == "update" or self.name == "data_parallel",
+        _check(not self.error_feedback or self.compress_what == "update" or can(self.name, "syncs_every_step"),
                "error feedback corrects compressed updates: use --compress-what update")
         _check(not (self.error_feedback and self.compress == "randk"),
                "random-k scales what it keeps by 1 / keep_fraction, so what it drops can exceed what it was "
                "given and error feedback diverges; use --compress topk with --error-feedback, or drop it")
         _check(self.compress != "none" or (self.compress_what == "weights" and not self.error_feedback),
                "--compress-what / --error-feedback need a codec: add --compress")
-        _check(self.compress == "none" or self.name in COMPRESSIBLE,
-               f"compression is implemented for {', '.join(COMPRESSIBLE)}, not {self.name}; drop --compress")
-        _check(self.balance in BALANCE_MODES,
-               f"unknown balance mode {self.balance!r}; choose one of: {', '.join(BALANCE_MODES)}")
-        _check(self.balance == "none" or self.name == "resist",
-               f"--balance sizes ResIST's sub-networks to its workers' speeds; {self.name} has none: drop --balance")
         _check(self.bn_sync_every >= 1, f"bn_sync_every must be >= 1, got {self.bn_sync_every}")
-        _check(self.bn_sync_every == 1 or self.name in BN_DEFERRABLE,
-               f"{self.name} has no round average to defer BatchNorm statistics from; drop --bn-sync-every "
-               f"(it applies to {', '.join(BN_DEFERRABLE)})")
+        self._check_capabilities()
+
+    def _check_capabilities(self) -> None:
+        """What is asked of the algorithm is something it can do (its class's capability attributes,
+        ``resist.registry.capabilities``)."""
+        name, has = self.name, functools.partial(can, self.name)
+        whole = " or ".join(algorithms_that("uses_warmup"))
+        _check(self.warmup_epochs == 0 or has("uses_warmup"),
+               f"warmup_epochs is the local-SGD warm-up of {whole}; {name} has none: drop --warmup-epochs")
+        _check(self.cooldown_epochs == 0 or has("uses_warmup"),
+               f"cooldown_epochs is the local-SGD cool-down of {whole}; {name} has none: drop --cooldown-epochs")
+        _check(not self.outer or has("supports_outer"),
+               f"an outer optimizer steps the average of a round; {name} has none: use "
+               f"{' or '.join(algorithms_that('supports_outer'))}, or drop --outer-lr / --outer-momentum")
+        _check(not has("syncs_every_step") or self.compress_what == "weights",
+               f"{name} compresses its gradients: drop --compress-what")
+        _check(self.compress == "none" or has("compressible"),
+               f"compression is implemented for {', '.join(algorithms_that('compressible'))}, not {name}; "
+               f"drop --compress")
+        _check(self.balance == "none" or has("balances"),
+               f"--balance sizes ResIST's sub-networks to its workers' speeds; {name} has none: drop --balance")
+        _check(self.bn_sync_every == 1 or has("defers_bn_sync"),
+               f"{name} has no round average to defer BatchNorm statistics from; drop --bn-sync-every "
+               f"(it applies to {', '.join(algorithms_that('defers_bn_sync'))})")
 
     def syncs_bn(self, round_: int) -> bool:
         """Whether BatchNorm statistics are averaged at the end of ``round_`` (a pure function of the
@@ -309,7 +340,7 @@ class OptimConfig:
     epochs: float = 160.0
     """Training length in epochs (``epoch_unit`` says what one is; paper: 160 on CIFAR at 4 and 8 workers,
     80 at 2)."""
-    epoch_unit: str = "shard"
+    epoch_unit: EpochUnit = "shard"
     """What one epoch is for each worker. shard: one pass over its 1/S of the training set, n / (S B)
     steps (the data-parallel convention: S workers together pass over the data once). dataset: n / B
     steps, one pass's worth over the whole set for every worker, as in the authors' code, where each
@@ -323,10 +354,10 @@ class OptimConfig:
     """L2 weight decay."""
     lr_decay_at: tuple[float, ...] = (0.5, 0.75)
     """Fractions of training at which the learning rate is divided by 10 (the step schedule)."""
-    inner: str = "sgd"
+    inner: InnerOptimizer = "sgd"
     """The workers' (inner) optimizer: ``sgd`` (with ``momentum``) or ``adamw`` (default betas). Like
     momentum, AdamW's moments restart every round unless ``carry_momentum`` (not available for AdamW)."""
-    lr_schedule: str = "step"
+    lr_schedule: LRSchedule = "step"
     """Learning-rate schedule after the warm-up: ``step`` (divided by 10 at each ``lr_decay_at``, paper §5)
     or ``cosine`` (half a cosine from lr down to 0 at the last step; Loshchilov & Hutter 2017, as ViTs
     are trained)."""
@@ -336,18 +367,13 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         self.lr_decay_at = tuple(self.lr_decay_at)
+        _check_vocabularies(self)
         _check(self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
         _check(0 < self.lr <= FLOAT32_MAX, f"lr must be > 0 and at most {FLOAT32_MAX:.4g} (float32's largest, which "
                f"the weights are updated in), got {self.lr}")
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         _check(all(0 < f < 1 for f in self.lr_decay_at), f"lr_decay_at must lie in (0, 1), got {self.lr_decay_at}")
-        _check(self.inner in INNER_OPTIMIZERS,
-               f"unknown inner optimizer {self.inner!r}; choose one of: {', '.join(INNER_OPTIMIZERS)}")
-        _check(self.epoch_unit in EPOCH_UNITS,
-               f"unknown epoch_unit {self.epoch_unit!r}; choose one of: {', '.join(EPOCH_UNITS)}")
-        _check(self.lr_schedule in LR_SCHEDULES,
-               f"unknown lr_schedule {self.lr_schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}")
         _check(0 <= self.lr_warmup_epochs < self.epochs,
                f"lr_warmup_epochs must be >= 0 and below epochs ({self.epochs}), got {self.lr_warmup_epochs}")
 
@@ -360,11 +386,11 @@ class RunConfig:
     """Stop after this many rounds (``None``: run all epochs)."""
     eval_every: int = 10
     """Evaluate the assembled global model every this many rounds (and at the end)."""
-    runtime: str = "inprocess"
+    runtime: Runtime = "inprocess"
     """Where the workers run. inprocess (simulated as threads of one process) or dist (torch.distributed)."""
-    backend: str | None = None
+    backend: Backend | None = None
     """The torch.distributed backend; ``None`` picks nccl when CUDA is available, else gloo."""
-    device: str = "cpu"
+    device: Device = "cpu"
     """The device that computes (auto: CUDA when available)."""
     timeout: float = 600.0
     """Seconds a collective may wait for a peer before the run fails naming it."""
@@ -378,7 +404,7 @@ class RunConfig:
     """Write a checkpoint every this many rounds (and at the end); ``None``: at every evaluation."""
     keep_checkpoints: int = 2
     """How many of the latest checkpoints to keep."""
-    amp: str = "none"
+    amp: AmpMode = "none"
     """Mixed precision of the forward and backward pass: none, bf16 or fp16 (autocast; fp16 with a
     gradient scaler that restarts with every round, as momentum does). Master weights, optimizer state,
     averages and everything sent stay fp32; evaluation runs in fp32."""
@@ -387,13 +413,10 @@ class RunConfig:
     stay in their flat fp32 buffers."""
 
     def __post_init__(self) -> None:
+        _check_vocabularies(self)
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         _check(self.max_rounds is None or self.max_rounds >= 1, f"max_rounds must be >= 1, got {self.max_rounds}")
         _check(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
-        _check(self.runtime in RUNTIMES, f"unknown runtime {self.runtime!r}; choose one of: {', '.join(RUNTIMES)}")
-        _check(self.backend is None or self.backend in BACKENDS,
-               f"unknown backend {self.backend!r}; choose one of: {', '.join(BACKENDS)}")
-        _check(self.device in DEVICES, f"unknown device {self.device!r}; choose one of: {', '.join(DEVICES)}")
         _check(0 < self.timeout <= MAX_TIMEOUT_S, f"timeout must be > 0 and at most {MAX_TIMEOUT_S:.0f} seconds "
                f"(30 days), got {self.timeout}")
         _check(self.master_port is None or 0 < self.master_port < 65536,
@@ -401,7 +424,6 @@ class RunConfig:
         _check(self.checkpoint_every is None or self.checkpoint_every >= 1,
                f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         _check(self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
-        _check(self.amp in AMP_MODES, f"unknown amp mode {self.amp!r}; choose one of: {', '.join(AMP_MODES)}")
 
 
 @dataclass
@@ -418,18 +440,20 @@ class Config:
         _check(self.algo.warmup_epochs + self.algo.cooldown_epochs < self.optim.epochs,
                f"warm-up ({self.algo.warmup_epochs:g}) plus cool-down ({self.algo.cooldown_epochs:g}) epochs leave no "
                f"ResIST in {self.optim.epochs:g} epochs: shorten them or raise --epochs")
-        _check(self.optim.inner == "sgd" or not (self.algo.carry_momentum or self.algo.name == "data_parallel"),
+        _check(self.optim.inner == "sgd" or not (self.algo.carry_momentum or can(self.algo.name, "syncs_every_step")),
                "the adamw inner optimizer restarts with every round; it cannot carry its state "
-               "(--carry-momentum, data_parallel): use --inner-optim sgd")
+               f"(--carry-momentum, {', '.join(algorithms_that('syncs_every_step'))}): use --inner-optim sgd")
         task = self.data.task
-        lm, detection = task == "lm", task == "detection"
-        _check(lm == self.model.name.startswith("gpt") and detection == self.model.name.startswith(DETECTION_MODEL_PREFIX),
-               f"model {self.model.name} does not fit task {task}: language modelling takes a gpt_* model, "
-               f"detection a {DETECTION_MODEL_PREFIX}* model (e.g. yolo_resnet101), classification an image model")
-        _check(not lm or self.model.layers is None, "--layers shapes ResNets; gpt_char has its own depth: drop --layers")
-        _check(task == "classification" or self.algo.name != "ensemble",
-               f"shallow ensembles are for classification (their members' class scores are averaged); --task {task} "
-               f"trains with --algo resist, local_sgd or data_parallel")
+        lm = task == "lm"
+        _check(model_task(self.model.name) == task,
+               f"model {self.model.name} does not fit task {task}: language modelling takes "
+               f"{', '.join(models_for('lm'))}, detection one of {', '.join(models_for('detection'))}, "
+               f"classification an image model")
+        _check(not lm or self.model.layers is None,
+               f"--layers shapes ResNets; {self.model.name} has its own depth: drop --layers")
+        _check(task == "classification" or not can(self.algo.name, "classification_only"),
+               f"{self.algo.name} is for classification (its members' class scores are averaged); --task {task} "
+               f"trains with --algo {', '.join(n for n in ALGORITHMS if not can(n, 'classification_only'))}")
         _check(not lm or not self.run.channels_last, "channels-last is an image layout; drop --channels-last for --task lm")
 
     def to_dict(self) -> dict[str, Any]:

@@ -72,12 +72,13 @@ def model_builder(cfg: Config, num_classes: int) -> Callable[[], torch.nn.Module
 def build_algorithm(comm: Communicator, cfg: Config, num_classes: int, device: torch.device,
                     steps_per_epoch: int) -> Algorithm:
     """This rank's algorithm object, from the registry, given the parts of the config it needs."""
-    a = cfg.algo
-    warmup_rounds, cooldown_from = whole_network_rounds(cfg.optim.epochs, steps_per_epoch, a.local_iters,
-                                                        a.warmup_epochs, a.cooldown_epochs)
-    phases = {} if cooldown_from is None else {"cooldown_from": cooldown_from}
-    return algorithm_class(a.name)(comm, model_builder(cfg, num_classes), device, a, cfg.run.seed, warmup_rounds,
-                                   **phases)
+    a, cls = cfg.algo, algorithm_class(cfg.algo.name)
+    phases = {}
+    if cls.uses_warmup:  # only such an algorithm takes whole-network rounds
+        warmup_rounds, cooldown_from = whole_network_rounds(cfg.optim.epochs, steps_per_epoch, a.local_iters,
+                                                            a.warmup_epochs, a.cooldown_epochs)
+        phases = {"warmup_rounds": warmup_rounds, "cooldown_from": cooldown_from}
+    return cls(comm, model_builder(cfg, num_classes), device, a, cfg.run.seed, **phases)
 
 
 @dataclass
