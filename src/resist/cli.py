@@ -359,6 +359,22 @@ def _add_target_args(p: argparse.ArgumentParser) -> None:
                    "step time measured on an idle core), for the models and widths it measured")
 
 
+def _add_comm_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="paper_resnet101", help="registry name ('resist models' lists them)")
+    p.add_argument("--num-classes", type=int, default=100, help="output classes (default 100, as Table 1)")
+    p.add_argument("--layers", type=_numbers(int), default=None, help="blocks per section, e.g. 1,1,4,1")
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier")
+    p.add_argument("--workers", type=int, nargs="+", default=[2, 4, 8], help="worker counts S (default 2 4 8)")
+    p.add_argument("--min-depth", type=int, default=0, help="minimum partitioned blocks per sub-ResNet (Table 1: 4)")
+    p.add_argument("--rounds", type=int, default=3, help="synchronizations measured per worker count")
+    p.add_argument("--batch", type=int, default=128, help="batch per step (data and pipeline parallel)")
+    p.add_argument("--local-iters", type=int, default=50, help="SGD steps per round")
+    p.add_argument("--no-measure", action="store_true", help="skip the measurement on gloo processes")
+    p.add_argument("--compress", default="none", help=f"measure with this codec [{'|'.join(registry.CODECS)}]")
+    p.add_argument("--json", action="store_true", help="print one JSON object (exact bytes)")
+    p.set_defaults(fn=cmd_comm)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="resist", description="ResIST: distributed training of ResNets by independent "
                                                  "sub-ResNets (Dun et al.).")
@@ -386,20 +402,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=RUNTIMES, default="inprocess")
     p.add_argument("--force", action="store_true", help="replace the demo already in --out")
     p.set_defaults(fn=cmd_demo)
-    p = sub.add_parser("comm", help="bytes per round: paper convention (Table 1), measured, data/pipeline parallel")
-    p.add_argument("--model", default="paper_resnet101", help="registry name ('resist models' lists them)")
-    p.add_argument("--num-classes", type=int, default=100, help="output classes (default 100, as Table 1)")
-    p.add_argument("--layers", type=_numbers(int), default=None, help="blocks per section, e.g. 1,1,4,1")
-    p.add_argument("--width", type=float, default=1.0, help="channel multiplier")
-    p.add_argument("--workers", type=int, nargs="+", default=[2, 4, 8], help="worker counts S (default 2 4 8)")
-    p.add_argument("--min-depth", type=int, default=0, help="minimum partitioned blocks per sub-ResNet (Table 1: 4)")
-    p.add_argument("--rounds", type=int, default=3, help="synchronizations measured per worker count")
-    p.add_argument("--batch", type=int, default=128, help="batch per step (data and pipeline parallel)")
-    p.add_argument("--local-iters", type=int, default=50, help="SGD steps per round")
-    p.add_argument("--no-measure", action="store_true", help="skip the measurement on gloo processes")
-    p.add_argument("--compress", default="none", help=f"measure with this codec [{'|'.join(registry.CODECS)}]")
-    p.add_argument("--json", action="store_true", help="print one JSON object (exact bytes)")
-    p.set_defaults(fn=cmd_comm)
+    _add_comm_args(sub.add_parser("comm", help="bytes per round: paper convention (Table 1), measured, "
+                                  "data/pipeline parallel"))
     p = sub.add_parser("plot", help="the task's test score (accuracy; bits per byte for --task lm) vs time and "
                        "vs bytes sent, one line per run (a PNG)")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (with metrics.jsonl)")
