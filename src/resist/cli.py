@@ -77,8 +77,8 @@ def comma_lists(argv: Sequence[str]) -> None:
 FLAG_NAMES = {"algo.name": "--algo", "model.name": "--model", "optim.inner": "--inner-optim",
               "algo.scale_activations": "--scale", "run.out": "--out"}
 # Fields whose values are a registry's vocabulary, their help lists it: a field typed with one of
-# resist.registry's Literal types lists the type's names; this is a registry of another kind.
-CHOICES = {"algo.name": tuple(registry.ALGORITHMS)}
+# resist.registry's Literal types lists the type's names; these are registries of another kind.
+CHOICES = {"algo.name": tuple(registry.ALGORITHMS), "run.log": registry.LOGGERS}
 
 
 def _numbers(kind: type) -> Callable[[str], tuple]:
@@ -215,10 +215,12 @@ DEFAULTS_NOTE = ("Defaults shown are the base config's; a preset changes some ('
 def cmd_train(args: argparse.Namespace) -> int:
     from .rundir import fresh_default
     from .train import train
+    from .train.metrics import check_loggers
     from .train.trainer import under_torchrun
 
     cfg = build_config(args)
     _not_a_file(cfg.run.out)
+    check_loggers(cfg.run.loggers)
     if args.force and args.resume:
         raise UsageError("--force starts a run afresh in place of the one in --out; it does not go with --resume")
     with fresh_default(cfg.run.out, args.preset or ("run" if args.config else "demo"), bool(args.resume),

@@ -19,9 +19,10 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .registry import (ALGORITHMS, DETECTION_DATASETS, FOLDER_DATASETS, TEXT_DATASETS, AmpMode, Backend, BalanceMode,
-                       BNEvalMode, Codec, CompressWhat, Dataset, Device, EpochUnit, InnerOptimizer, LRSchedule,
-                       Partition, Runtime, Stem, Task, algorithms_that, can, did_you_mean, model_task, models_for)
+from .registry import (ALGORITHMS, DETECTION_DATASETS, FOLDER_DATASETS, LOGGERS, TEXT_DATASETS, AmpMode, Backend,
+                       BalanceMode, BNEvalMode, Codec, CompressWhat, Dataset, Device, EpochUnit, InnerOptimizer,
+                       LRSchedule, Partition, Runtime, Stem, Task, algorithms_that, can, did_you_mean, model_task,
+                       models_for)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -411,6 +412,10 @@ class RunConfig:
     channels_last: bool = False
     """Feed images in channels-last memory format, so that convolutions run channels-last; the weights
     stay in their flat fp32 buffers."""
+    log: str = "jsonl"
+    """Where each round's scalars go, comma-separated: jsonl (metrics.jsonl, always written: the source of
+    truth) and tensorboard (also TensorBoard event files beside it, with the optional tensorboard package:
+    ``pip install 'resist[tensorboard]'``)."""
 
     def __post_init__(self) -> None:
         _check_vocabularies(self)
@@ -424,6 +429,14 @@ class RunConfig:
         _check(self.checkpoint_every is None or self.checkpoint_every >= 1,
                f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         _check(self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        for name in self.loggers:
+            _check(name in LOGGERS, f"unknown log {name!r}{did_you_mean(name, LOGGERS)}; choose from: "
+                   f"{', '.join(LOGGERS)}, comma-separated (e.g. --log jsonl,tensorboard)")
+
+    @property
+    def loggers(self) -> tuple[str, ...]:
+        """The names in ``log`` (metrics.jsonl is written whatever they are)."""
+        return tuple(n.strip() for n in str(self.log).split(","))
 
 
 @dataclass
@@ -491,7 +504,7 @@ class Config:
 RESUMABLE_CHANGES = frozenset({
     "algo.workers", "run.runtime", "run.backend", "run.device", "run.timeout", "run.max_rounds", "run.master_port",
     "run.eval_every", "run.checkpoint_every", "run.keep_checkpoints", "run.out", "run.amp", "run.channels_last",
-    "data.loader_workers",
+    "run.log", "data.loader_workers",
 })
 
 

@@ -44,6 +44,8 @@ AmpMode = Literal["none", "bf16", "fp16"]
 #: What may travel compressed (paper Appendix A.5): none, 16-bit floats, k-bit quantization, sparsification.
 Codec = Literal["none", "fp16", "bf16", "q1", "q2", "q3", "q4", "q5", "q6", "q7", "q8", "topk", "randk"]
 CompressWhat = Literal["weights", "update"]
+#: Where a run's per-round scalars go besides metrics.jsonl (always written, the source of truth).
+Logger = Literal["jsonl", "tensorboard"]
 
 PARTITIONS: tuple[str, ...] = get_args(Partition)
 BALANCE_MODES: tuple[str, ...] = get_args(BalanceMode)
@@ -60,6 +62,7 @@ EPOCH_UNITS: tuple[str, ...] = get_args(EpochUnit)
 AMP_MODES: tuple[str, ...] = get_args(AmpMode)
 CODECS: tuple[str, ...] = get_args(Codec)
 COMPRESS_WHAT: tuple[str, ...] = get_args(CompressWhat)
+LOGGERS: tuple[str, ...] = get_args(Logger)
 #: Codecs that keep a fraction of the values (``keep_fraction``).
 SPARSE_CODECS = ("topk", "randk")
 #: Datasets of bytes, for the language-modelling task.

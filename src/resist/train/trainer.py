@@ -35,7 +35,7 @@ from ..plan import candidate_blocks, check_dealing, validate, whole_network_roun
 from ..registry import DETECTION_DATASETS, FOLDER_DATASETS, TEXT_DATASETS, algorithm_class
 from ..faults import fire, from_env, slowdown
 from . import checkpoint
-from .metrics import MetricsWriter
+from .metrics import MetricsWriter, check_loggers
 from ..tasks import make_task
 from .optim import Precision, lr_at, make_optimizer, train_step
 
@@ -244,7 +244,8 @@ def run_worker(comm: Communicator, cfg: Config, dataset: Dataset, out: Path | No
     writer = None
     if lead and out:
         (out / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-        writer = MetricsWriter(out / "metrics.jsonl", progress_total=max(0, sched.rounds - first_round))
+        writer = MetricsWriter(out / "metrics.jsonl", progress_total=max(0, sched.rounds - first_round),
+                               loggers=cfg.run.loggers, first_round=first_round)
 
     start = time.perf_counter() - progress["elapsed_s"]
     acc = None
@@ -583,6 +584,7 @@ def train(cfg: Config, dataset: Dataset | None = None, resume: bool | str = Fals
     ``force``: a fresh run replaces the run already in ``cfg.run.out`` (its files only; see
     :mod:`resist.rundir`). The run folder is locked for as long as the run goes on.
     """
+    check_loggers(cfg.run.loggers)  # before any folder or process exists
     owned: list[rundir.RunLock] = []
     try:
         return _train(cfg, dataset, resume, force, owned)
