@@ -55,9 +55,9 @@ def _check_vocabularies(section: Any) -> None:
     """Each vocabulary-typed field of ``section`` holds one of its names."""
     for name, (allowed, optional) in vocabularies(type(section)).items():
         value = getattr(section, name)
-        _check(value in allowed or (optional and value is None),
-               f"unknown {_NOUNS.get(name, name)} {value!r}{did_you_mean(value, allowed)}; "
-               f"choose one of: {', '.join(allowed)}")
+        if not (value in allowed or (optional and value is None)):
+            raise ValueError(f"unknown {_NOUNS.get(name, name)} {value!r}{did_you_mean(value, allowed)}; "
+                             f"choose one of: {', '.join(allowed)}")
 
 
 FLOAT32_MAX = 3.4028234663852886e38

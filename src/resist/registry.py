@@ -178,23 +178,28 @@ def _class_attributes(target: str) -> dict[str, object]:
     return found
 
 
-@functools.lru_cache(maxsize=None)
 def capabilities(name: str) -> dict[str, object]:
     """What algorithm ``name`` can do (:data:`CAPABILITIES`): its class's attributes over the defaults of
-    ``Algorithm``, read from their source, so that config validation stays free of torch."""
+    ``Algorithm``, read from their source, so that config validation stays free of torch (and of an import
+    cycle: the algorithms import the config)."""
     if name not in ALGORITHMS:
         raise _unknown_algorithm(name)
+    return dict(_capabilities(ALGORITHMS[name][0]))
+
+
+@functools.lru_cache(maxsize=None)
+def _capabilities(target: str) -> dict[str, object]:
     caps = _class_attributes("resist.algorithms.base:Algorithm")
     missing = set(CAPABILITIES) - set(caps)
     assert not missing, f"Algorithm declares no default for {', '.join(sorted(missing))}"
-    caps.update(_class_attributes(ALGORITHMS[name][0]))
+    caps.update(_class_attributes(target))
     return caps
 
 
 def can(name: object, capability: str) -> bool:
     """Whether algorithm ``name`` has ``capability``; an unknown name (an old run folder's) has none."""
     assert capability in CAPABILITIES, capability
-    return isinstance(name, str) and name in ALGORITHMS and bool(capabilities(name)[capability])
+    return isinstance(name, str) and name in ALGORITHMS and bool(_capabilities(ALGORITHMS[name][0])[capability])
 
 
 def algorithms_that(capability: str) -> tuple[str, ...]:

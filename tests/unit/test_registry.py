@@ -61,9 +61,12 @@ def test_vocabularies_cover_the_registry_tuples():
 
 
 def test_model_tasks_name_registered_models():
-    from resist.models import list_models
+    from resist.models import STEMS, list_models
+    from resist.models.yolo import DETECTION_MODELS
 
     assert set(registry.MODEL_TASKS) <= set(list_models())
+    assert set(registry.models_for("detection")) == set(DETECTION_MODELS)
+    assert tuple(STEMS) == registry.STEMS  # the ViT's patch geometry per stem name
     assert registry.model_task("paper_resnet101") == "classification"
     assert registry.model_task("mypackage.models:net") == "classification"  # a user's model
 
