@@ -60,6 +60,12 @@ def _check_vocabularies(section: Any) -> None:
                              f"choose one of: {', '.join(allowed)}")
 
 
+def _either(names: Any) -> str:
+    """``a, b or c``."""
+    names = list(names)
+    return " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+
+
 FLOAT32_MAX = 3.4028234663852886e38
 # Every wait on a peer takes a finite timeout (threading, datetime.timedelta, gloo and NCCL all refuse
 # inf or nan); 30 days is no limit in practice and far below any of theirs.
@@ -306,16 +312,15 @@ class AlgoConfig:
         """What is asked of the algorithm is something it can do (its class's capability attributes,
         ``resist.registry.capabilities``)."""
         name, has = self.name, functools.partial(can, self.name)
-        whole = " or ".join(algorithms_that("uses_warmup"))
         _check(self.warmup_epochs == 0 or has("uses_warmup"),
-               f"warmup_epochs is the local-SGD warm-up of {whole}; {name} has none: drop --warmup-epochs")
+               f"warmup_epochs is ResIST's local-SGD warm-up; {name} has none: drop --warmup-epochs")
         _check(self.cooldown_epochs == 0 or has("uses_warmup"),
-               f"cooldown_epochs is the local-SGD cool-down of {whole}; {name} has none: drop --cooldown-epochs")
+               f"cooldown_epochs is ResIST's local-SGD cool-down; {name} has none: drop --cooldown-epochs")
         _check(not self.outer or has("supports_outer"),
                f"an outer optimizer steps the average of a round; {name} has none: use "
                f"{' or '.join(algorithms_that('supports_outer'))}, or drop --outer-lr / --outer-momentum")
         _check(not has("syncs_every_step") or self.compress_what == "weights",
-               f"{name} compresses its gradients: drop --compress-what")
+               "data parallel compresses its gradients: drop --compress-what")
         _check(self.compress == "none" or has("compressible"),
                f"compression is implemented for {', '.join(algorithms_that('compressible'))}, not {name}; "
                f"drop --compress")
@@ -465,8 +470,8 @@ class Config:
         _check(not lm or self.model.layers is None,
                f"--layers shapes ResNets; {self.model.name} has its own depth: drop --layers")
         _check(task == "classification" or not can(self.algo.name, "classification_only"),
-               f"{self.algo.name} is for classification (its members' class scores are averaged); --task {task} "
-               f"trains with --algo {', '.join(n for n in ALGORITHMS if not can(n, 'classification_only'))}")
+               f"shallow ensembles are for classification (their members' class scores are averaged); --task {task} "
+               f"trains with --algo {_either(n for n in ALGORITHMS if not can(n, 'classification_only'))}")
         _check(not lm or not self.run.channels_last, "channels-last is an image layout; drop --channels-last for --task lm")
 
     def to_dict(self) -> dict[str, Any]:
