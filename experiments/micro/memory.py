@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import command, environment, library_state, parser, record, table  # noqa: E402
-from resist.config import preset  # noqa: E402
+from resist.presets import preset  # noqa: E402
 from resist.data import load_dataset  # noqa: E402
 from resist.train import train  # noqa: E402
 

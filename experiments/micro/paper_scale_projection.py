@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import OUT, command, environment, library_state, parser, record, table  # noqa: E402
 from resist.analysis.projection import round_bytes, round_messages  # noqa: E402
-from resist.config import preset  # noqa: E402
+from resist.presets import preset  # noqa: E402
 from resist.data import load_dataset  # noqa: E402
 from resist.plan import candidate_blocks, make_plan  # noqa: E402
 from resist.train import read_metrics, train  # noqa: E402

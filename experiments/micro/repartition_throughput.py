@@ -126,7 +126,7 @@ def _install_probe(comm) -> _Probe:
 def _rank(comm, spec: dict) -> dict:
     import torch.distributed as dist
 
-    from resist.config import preset
+    from resist.presets import preset
     from resist.train.trainer import build_algorithm
 
     w, me = comm.world_size, comm.rank

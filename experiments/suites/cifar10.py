@@ -85,7 +85,7 @@ COMPRESSION = [
 
 
 def specs(args) -> list[Spec]:
-    from resist.config import preset
+    from resist.presets import preset
 
     p, out = args.preset, []
     if "main" in args.parts:

@@ -17,7 +17,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from .config import PRESETS, RESUMABLE_CHANGES, TASK_PRESETS, Config, field_docs, preset
+from .config import RESUMABLE_CHANGES, Config, field_docs, vocabulary
+from .presets import PRESETS, TASK_PRESETS, preset
 from . import registry
 from .registry import RUNTIMES, first_sentence
 
@@ -75,14 +76,9 @@ def comma_lists(argv: Sequence[str]) -> None:
 # a repeatable flag (``--extra-test A=DIR --extra-test B=DIR``), a tuple of numbers one comma-separated value.
 FLAG_NAMES = {"algo.name": "--algo", "model.name": "--model", "optim.inner": "--inner-optim",
               "algo.scale_activations": "--scale", "run.out": "--out"}
-# Fields whose values are a registry's vocabulary: the help lists it.
-CHOICES = {"algo.name": registry.ALGORITHMS, "algo.partition": registry.PARTITIONS,
-           "algo.balance": registry.BALANCE_MODES,
-           "algo.bn_eval": registry.BN_EVAL_MODES, "data.dataset": registry.DATASETS, "run.runtime": registry.RUNTIMES,
-           "run.backend": registry.BACKENDS, "run.device": registry.DEVICES, "optim.inner": registry.INNER_OPTIMIZERS,
-           "run.amp": registry.AMP_MODES, "algo.compress": registry.CODECS,
-           "algo.compress_what": registry.COMPRESS_WHAT, "model.stem": registry.STEMS, "data.task": registry.TASKS,
-           "optim.lr_schedule": registry.LR_SCHEDULES}
+# Fields whose values are a registry's vocabulary, their help lists it: a field typed with one of
+# resist.registry's Literal types lists the type's names; these are registries of another kind.
+CHOICES = {"algo.name": tuple(registry.ALGORITHMS), "run.log": registry.LOGGERS}
 
 
 def _numbers(kind: type) -> Callable[[str], tuple]:
@@ -121,10 +117,11 @@ def train_flags() -> list[Flag]:
             elif typing.get_origin(base) is tuple:
                 kind = _numbers(typing.get_args(base)[0])
             else:
-                kind = base
+                kind = str if vocabulary(hint) else base  # the config names what a vocabulary allows
             help_ = first_sentence(docs[key]).replace("``", "'")
-            if key in CHOICES:
-                help_ += f" [{'|'.join(CHOICES[key])}]"
+            choices = vocabulary(hint) or CHOICES.get(key)
+            if choices:
+                help_ += f" [{'|'.join(choices)}]"
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             flags.append(Flag(FLAG_NAMES.get(key, "--" + f.name.replace("_", "-")), key, kind, help_, repeat, default))
     names = [f.name for f in flags]
@@ -218,10 +215,12 @@ DEFAULTS_NOTE = ("Defaults shown are the base config's; a preset changes some ('
 def cmd_train(args: argparse.Namespace) -> int:
     from .rundir import fresh_default
     from .train import train
+    from .train.metrics import check_loggers
     from .train.trainer import under_torchrun
 
     cfg = build_config(args)
     _not_a_file(cfg.run.out)
+    check_loggers(cfg.run.loggers)
     if args.force and args.resume:
         raise UsageError("--force starts a run afresh in place of the one in --out; it does not go with --resume")
     with fresh_default(cfg.run.out, args.preset or ("run" if args.config else "demo"), bool(args.resume),
@@ -362,6 +361,22 @@ def _add_target_args(p: argparse.ArgumentParser) -> None:
                    "step time measured on an idle core), for the models and widths it measured")
 
 
+def _add_comm_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="paper_resnet101", help="registry name ('resist models' lists them)")
+    p.add_argument("--num-classes", type=int, default=100, help="output classes (default 100, as Table 1)")
+    p.add_argument("--layers", type=_numbers(int), default=None, help="blocks per section, e.g. 1,1,4,1")
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier")
+    p.add_argument("--workers", type=int, nargs="+", default=[2, 4, 8], help="worker counts S (default 2 4 8)")
+    p.add_argument("--min-depth", type=int, default=0, help="minimum partitioned blocks per sub-ResNet (Table 1: 4)")
+    p.add_argument("--rounds", type=int, default=3, help="synchronizations measured per worker count")
+    p.add_argument("--batch", type=int, default=128, help="batch per step (data and pipeline parallel)")
+    p.add_argument("--local-iters", type=int, default=50, help="SGD steps per round")
+    p.add_argument("--no-measure", action="store_true", help="skip the measurement on gloo processes")
+    p.add_argument("--compress", default="none", help=f"measure with this codec [{'|'.join(registry.CODECS)}]")
+    p.add_argument("--json", action="store_true", help="print one JSON object (exact bytes)")
+    p.set_defaults(fn=cmd_comm)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="resist", description="ResIST: distributed training of ResNets by independent "
                                                  "sub-ResNets (Dun et al.).")
@@ -389,20 +404,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=RUNTIMES, default="inprocess")
     p.add_argument("--force", action="store_true", help="replace the demo already in --out")
     p.set_defaults(fn=cmd_demo)
-    p = sub.add_parser("comm", help="bytes per round: paper convention (Table 1), measured, data/pipeline parallel")
-    p.add_argument("--model", default="paper_resnet101", help="registry name ('resist models' lists them)")
-    p.add_argument("--num-classes", type=int, default=100, help="output classes (default 100, as Table 1)")
-    p.add_argument("--layers", type=_numbers(int), default=None, help="blocks per section, e.g. 1,1,4,1")
-    p.add_argument("--width", type=float, default=1.0, help="channel multiplier")
-    p.add_argument("--workers", type=int, nargs="+", default=[2, 4, 8], help="worker counts S (default 2 4 8)")
-    p.add_argument("--min-depth", type=int, default=0, help="minimum partitioned blocks per sub-ResNet (Table 1: 4)")
-    p.add_argument("--rounds", type=int, default=3, help="synchronizations measured per worker count")
-    p.add_argument("--batch", type=int, default=128, help="batch per step (data and pipeline parallel)")
-    p.add_argument("--local-iters", type=int, default=50, help="SGD steps per round")
-    p.add_argument("--no-measure", action="store_true", help="skip the measurement on gloo processes")
-    p.add_argument("--compress", default="none", help=f"measure with this codec [{'|'.join(registry.CODECS)}]")
-    p.add_argument("--json", action="store_true", help="print one JSON object (exact bytes)")
-    p.set_defaults(fn=cmd_comm)
+    _add_comm_args(sub.add_parser("comm", help="bytes per round: paper convention (Table 1), measured, "
+                                  "data/pipeline parallel"))
     p = sub.add_parser("plot", help="the task's test score (accuracy; bits per byte for --task lm) vs time and "
                        "vs bytes sent, one line per run (a PNG)")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (with metrics.jsonl)")

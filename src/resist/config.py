@@ -1,8 +1,8 @@
-"""Typed, validated configuration and named presets (the paper's §4 and Appendix A settings).
+"""Typed, validated configuration: the schema of a training job.
 
 Every field has a docstring; every bad value raises ``ValueError`` with a one-line message at
-construction. A preset is a plain function over the base config; the CLI takes a preset name plus
-overrides, and the resolved config is written as ``config.json`` into every run folder.
+construction. Named presets are functions over this base config (:mod:`resist.presets`); the CLI takes a
+preset name plus overrides, and the resolved config is written as ``config.json`` into every run folder.
 """
 
 from __future__ import annotations
@@ -14,17 +14,56 @@ import inspect
 import json
 import re
 import sys
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Literal
 
-from .registry import (EPOCH_UNITS, ALGORITHMS, BALANCE_MODES, AMP_MODES, BACKENDS, BN_DEFERRABLE, CODECS, COMPRESS_WHAT, COMPRESSIBLE, BN_EVAL_MODES,
-                       DATASETS, DETECTION_DATASETS, DETECTION_MODEL_PREFIX, DEVICES, FOLDER_DATASETS, FRAGMENTED, INNER_OPTIMIZERS, LR_SCHEDULES, OUTER_STEPPED, PARTITIONS,
-                       RUNTIMES, STEMS, TASKS, TEXT_DATASETS, did_you_mean)
+from .registry import (ALGORITHMS, DETECTION_DATASETS, FOLDER_DATASETS, LOGGERS, TEXT_DATASETS, AmpMode, Backend,
+                       BalanceMode, BNEvalMode, Codec, CompressWhat, Dataset, Device, EpochUnit, InnerOptimizer,
+                       LRSchedule, Partition, Runtime, Stem, Task, algorithms_that, can, did_you_mean, model_task,
+                       models_for)
 
 
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
+
+
+#: What a value is called in the message that refuses it, where not the field's own name.
+_NOUNS = {"partition": "partition mode", "compress": "codec", "inner": "inner optimizer", "amp": "amp mode",
+          "balance": "balance mode"}
+
+
+def vocabulary(hint: Any) -> tuple[str, ...] | None:
+    """The names a field's type allows when it is a ``Literal`` (or an optional one), else ``None``."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
+
+
+@functools.lru_cache(maxsize=None)
+def vocabularies(cls: type) -> dict[str, tuple[tuple[str, ...], bool]]:
+    """``field -> (allowed names, whether None is allowed too)`` for the fields of a config section whose
+    type is a vocabulary (a ``Literal`` of ``resist.registry``)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: (v, type(None) in typing.get_args(hints[f.name]))
+            for f in dataclasses.fields(cls) if (v := vocabulary(hints[f.name])) is not None}
+
+
+def _check_vocabularies(section: Any) -> None:
+    """Each vocabulary-typed field of ``section`` holds one of its names."""
+    for name, (allowed, optional) in vocabularies(type(section)).items():
+        value = getattr(section, name)
+        if not (value in allowed or (optional and value is None)):
+            raise ValueError(f"unknown {_NOUNS.get(name, name)} {value!r}{did_you_mean(value, allowed)}; "
+                             f"choose one of: {', '.join(allowed)}")
+
+
+def _either(names: Any) -> str:
+    """``a, b or c``."""
+    names = list(names)
+    return " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
 FLOAT32_MAX = 3.4028234663852886e38
@@ -44,13 +83,13 @@ class ModelConfig:
     """Output classes; ``None`` takes the dataset's."""
     layers: tuple[int, ...] | None = None
     """Blocks per section, for the generic factories (``paper_resnet``, ``preact_resnet``, ``resnet``)."""
-    stem: str | None = None
+    stem: Stem | None = None
     """The stem: cifar (a ResNet's 3x3 conv, stride 1; a ViT's 4-pixel patches of 32x32 images) or imagenet
     (7x7 stride-2 conv and 3x3 stride-2 max pool for 224-pixel images, paper §5; a ViT's 16-pixel patches of
     224x224 images); ``None``: the architecture's own (cifar for every ResNet and ViT)."""
 
     def __post_init__(self) -> None:
-        _check(self.stem is None or self.stem in STEMS, f"unknown stem {self.stem!r}; choose one of: {', '.join(STEMS)}")
+        _check_vocabularies(self)
         if self.layers is not None:
             self.layers = tuple(self.layers)
             _check(len(self.layers) == 4 and all(n >= 1 for n in self.layers),
@@ -62,11 +101,11 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    task: str = "classification"
+    task: Task = "classification"
     """What is learned (``resist.registry.TASKS``): ``classification`` of images, ``lm``, the next byte of
     text (a byte-level language model; metric: bits per byte), or ``detection``, objects' boxes and
     classes (Pascal VOC with a yolo_* model, paper §5; metric: test loss, with mAP@0.5 beside it)."""
-    dataset: str = "cifar10"
+    dataset: Dataset = "cifar10"
     """The dataset (``resist.registry.DATASETS``; digits ship with scikit-learn, synthetic is for tests,
     imagefolder reads class-per-folder images from ``data_dir``/train and ``data_dir``/val)."""
     data_dir: str = "data"
@@ -118,11 +157,11 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         self.extra_test = tuple(self.extra_test)
+        _check_vocabularies(self)
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
         _check(self.eval_limit is None or self.eval_limit >= 1, f"eval_limit must be >= 1, got {self.eval_limit}")
         _check(self.crop_size >= 8, f"crop_size must be >= 8, got {self.crop_size}")
-        _check(self.task in TASKS, f"unknown task {self.task!r}; choose one of: {', '.join(TASKS)}")
         _check((self.task == "lm") == (self.dataset in TEXT_DATASETS)
                and (self.task == "detection") == (self.dataset in DETECTION_DATASETS),
                f"task {self.task} cannot learn from dataset {self.dataset}: language modelling (--task lm) reads "
@@ -187,7 +226,7 @@ class AlgoConfig:
     """Local SGD steps between synchronizations (paper default 50)."""
     min_depth: int = 0
     """Minimum partitioned blocks per sub-ResNet; blocks are shared to reach it (paper §2.6; 0 = off)."""
-    partition: str = "section3"
+    partition: Partition = "section3"
     """Which blocks are dealt out. section3 (ResIST) or naive (every skippable block of every section;
     Fig. 6 ablation)."""
     scale_activations: bool = True
@@ -205,7 +244,7 @@ class AlgoConfig:
     partitioned residual branch (c f(x) = f'(x) exactly), so that the branches train at scale 1 as they
     did in their sub-networks; off, or where a model's blocks do not name their branch outputs, the
     cool-down trains the branches scaled by c, as the warm-up does."""
-    bn_eval: str = "average"
+    bn_eval: BNEvalMode = "average"
     """Evaluation BatchNorm: ``average`` (running stats averaged over holders), ``batch`` (test-batch
     statistics, as the paper's code), or ``recalibrate`` (re-estimated on training batches)."""
     recalib_batches: int = 20
@@ -218,11 +257,11 @@ class AlgoConfig:
     """Momentum of the outer SGD (DiLoCo: 0.9); it travels with a ResIST block to its next holders."""
     outer_nesterov: bool = True
     """Nesterov momentum for the outer SGD (DiLoCo's choice)."""
-    compress: str = "none"
+    compress: Codec = "none"
     """Codec for the parameters sent at synchronization (paper Appendix A.5): fp16, bf16, q1..q8 (k-bit
     quantization), topk or randk; BatchNorm statistics, counters and momenta travel exactly. Data
     parallel sends its gradients through it at every step."""
-    compress_what: str = "weights"
+    compress_what: CompressWhat = "weights"
     """What the codec compresses: weights (the paper: every parameter sent) or update (the change since
     the round began, for the layers every rank holds; blocks that change holders still travel as
     weights)."""
@@ -233,7 +272,7 @@ class AlgoConfig:
     """Fraction of values that topk / randk keep."""
     chunk: int = 256
     """Values per quantization scale and offset (q1..q8)."""
-    balance: str = "none"
+    balance: BalanceMode = "none"
     """ResIST for workers of different speeds (ours; docs/heterogeneous.md): each round's plan follows the
     workers' measured speeds: ``depth`` gives a slower worker fewer partitioned blocks, ``steps`` fewer
     local steps, ``depth+steps`` both (depth first); ``none`` deals equal shares (the paper)."""
@@ -254,63 +293,62 @@ class AlgoConfig:
     def __post_init__(self) -> None:
         _check(self.name in ALGORITHMS, f"unknown algorithm {self.name!r}{did_you_mean(self.name, ALGORITHMS)}; "
                                         f"choose one of: {', '.join(ALGORITHMS)}")
+        _check_vocabularies(self)
         _check(self.workers >= 1, f"workers must be >= 1, got {self.workers}")
         _check(self.local_iters >= 1, f"local_iters must be >= 1, got {self.local_iters}")
         _check(self.min_depth >= 0, f"min_depth must be >= 0, got {self.min_depth}")
-        _check(self.partition in PARTITIONS,
-               f"unknown partition mode {self.partition!r}; choose one of: {', '.join(PARTITIONS)}")
         _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        _check(self.warmup_epochs == 0 or self.name == "resist",
-               f"warmup_epochs is ResIST's local-SGD warm-up; {self.name} has none: drop --warmup-epochs")
         _check(self.cooldown_epochs >= 0, f"cooldown_epochs must be >= 0, got {self.cooldown_epochs}")
-        _check(self.cooldown_epochs == 0 or self.name == "resist",
-               f"cooldown_epochs is ResIST's local-SGD cool-down; {self.name} has none: drop --cooldown-epochs")
         _check(not (self.cooldown_epochs and self.cooldown_fold and self.error_feedback),
                "folding the scale into the weights at the cool-down would leave error-feedback residuals in the "
                "old units: add --no-cooldown-fold or drop --error-feedback")
-        _check(self.bn_eval in BN_EVAL_MODES,
-               f"unknown bn_eval {self.bn_eval!r}; choose one of: {', '.join(BN_EVAL_MODES)}")
         _check(self.recalib_batches >= 1, f"recalib_batches must be >= 1, got {self.recalib_batches}")
         _check(self.outer_lr > 0, f"outer_lr must be > 0, got {self.outer_lr}")
         _check(0 <= self.outer_momentum < 1, f"outer_momentum must be in [0, 1), got {self.outer_momentum}")
-        _check(not self.outer or self.name in OUTER_STEPPED,
-               f"an outer optimizer steps the average of a round; {self.name} has none: use "
-               f"{' or '.join(OUTER_STEPPED)}, or drop --outer-lr / --outer-momentum")
-
-        _check(self.compress in CODECS, f"unknown codec {self.compress!r}; choose one of: {', '.join(CODECS)}")
         _check(0 < self.keep_fraction <= 1, f"keep_fraction must be in (0, 1], got {self.keep_fraction}")
         _check(self.chunk >= 1, f"chunk must be >= 1, got {self.chunk}")
-        _check(self.compress_what in COMPRESS_WHAT,
-               f"unknown compress_what {self.compress_what!r}; choose one of: {', '.join(COMPRESS_WHAT)}")
-        _check(self.name != "data_parallel" or self.compress_what == "weights",
-               "data parallel compresses its gradients: drop --compress-what")
-        _check(not self.error_feedback or self.compress_what == "update" or self.name == "data_parallel",
+        _check(not self.error_feedback or self.compress_what == "update" or can(self.name, "syncs_every_step"),
                "error feedback corrects compressed updates: use --compress-what update")
         _check(not (self.error_feedback and self.compress == "randk"),
                "random-k scales what it keeps by 1 / keep_fraction, so what it drops can exceed what it was "
                "given and error feedback diverges; use --compress topk with --error-feedback, or drop it")
         _check(self.compress != "none" or (self.compress_what == "weights" and not self.error_feedback),
                "--compress-what / --error-feedback need a codec: add --compress")
-        _check(self.compress == "none" or self.name in COMPRESSIBLE,
-               f"compression is implemented for {', '.join(COMPRESSIBLE)}, not {self.name}; drop --compress")
-        _check(self.balance in BALANCE_MODES,
-               f"unknown balance mode {self.balance!r}; choose one of: {', '.join(BALANCE_MODES)}")
-        _check(self.balance == "none" or self.name == "resist",
-               f"--balance sizes ResIST's sub-networks to its workers' speeds; {self.name} has none: drop --balance")
         _check(self.bn_sync_every >= 1, f"bn_sync_every must be >= 1, got {self.bn_sync_every}")
-        _check(self.bn_sync_every == 1 or self.name in BN_DEFERRABLE,
-               f"{self.name} has no round average to defer BatchNorm statistics from; drop --bn-sync-every "
-               f"(it applies to {', '.join(BN_DEFERRABLE)})")
         _check(self.fragments >= 1, f"fragments must be >= 1, got {self.fragments}")
         _check(self.sync_delay >= 0, f"sync_delay must be >= 0, got {self.sync_delay}")
         _check(0 <= self.mix_alpha < 1, f"mix_alpha must be in [0, 1), got {self.mix_alpha}")
-        _check(self.name in FRAGMENTED or (self.fragments, self.sync_delay, self.mix_alpha) == (1, 0, 0.0),
-               f"--fragments / --sync-delay / --mix-alpha are Streaming DiLoCo's; {self.name} has no fragments: "
-               f"drop them or use --algo {' or '.join(FRAGMENTED)}")
-        _check(self.name not in FRAGMENTED or self.local_iters % self.fragments == 0,
+        self._check_capabilities()
+
+    def _check_capabilities(self) -> None:
+        """What is asked of the algorithm is something it can do (its class's capability attributes,
+        ``resist.registry.capabilities``)."""
+        name, has = self.name, functools.partial(can, self.name)
+        _check(self.warmup_epochs == 0 or has("uses_warmup"),
+               f"warmup_epochs is ResIST's local-SGD warm-up; {name} has none: drop --warmup-epochs")
+        _check(self.cooldown_epochs == 0 or has("uses_warmup"),
+               f"cooldown_epochs is ResIST's local-SGD cool-down; {name} has none: drop --cooldown-epochs")
+        _check(not self.outer or has("supports_outer"),
+               f"an outer optimizer steps the average of a round; {name} has none: use "
+               f"{' or '.join(algorithms_that('supports_outer'))}, or drop --outer-lr / --outer-momentum")
+        _check(not has("syncs_every_step") or self.compress_what == "weights",
+               "data parallel compresses its gradients: drop --compress-what")
+        _check(self.compress == "none" or has("compressible"),
+               f"compression is implemented for {', '.join(algorithms_that('compressible'))}, not {name}; "
+               f"drop --compress")
+        _check(self.balance == "none" or has("balances"),
+               f"--balance sizes ResIST's sub-networks to its workers' speeds; {name} has none: drop --balance")
+        _check(self.bn_sync_every == 1 or has("defers_bn_sync"),
+               f"{name} has no round average to defer BatchNorm statistics from; drop --bn-sync-every "
+               f"(it applies to {', '.join(algorithms_that('defers_bn_sync'))})")
+        fragmented = has("fragmented")
+        _check(fragmented or (self.fragments, self.sync_delay, self.mix_alpha) == (1, 0, 0.0),
+               f"--fragments / --sync-delay / --mix-alpha are Streaming DiLoCo's; {name} has no fragments: "
+               f"drop them or use --algo {' or '.join(algorithms_that('fragmented'))}")
+        _check(not fragmented or self.local_iters % self.fragments == 0,
                f"local_iters {self.local_iters} must be a multiple of fragments {self.fragments} (one fragment "
                f"is sent every local_iters / fragments steps)")
-        _check(self.name not in FRAGMENTED or self.sync_delay < max(1, self.local_iters // self.fragments),
+        _check(not fragmented or self.sync_delay < max(1, self.local_iters // self.fragments),
                f"sync_delay {self.sync_delay} must be below local_iters / fragments = "
                f"{self.local_iters // self.fragments} (a fragment merges before the next one is sent)")
 
@@ -330,7 +368,7 @@ class OptimConfig:
     epochs: float = 160.0
     """Training length in epochs (``epoch_unit`` says what one is; paper: 160 on CIFAR at 4 and 8 workers,
     80 at 2)."""
-    epoch_unit: str = "shard"
+    epoch_unit: EpochUnit = "shard"
     """What one epoch is for each worker. shard: one pass over its 1/S of the training set, n / (S B)
     steps (the data-parallel convention: S workers together pass over the data once). dataset: n / B
     steps, one pass's worth over the whole set for every worker, as in the authors' code, where each
@@ -344,10 +382,10 @@ class OptimConfig:
     """L2 weight decay."""
     lr_decay_at: tuple[float, ...] = (0.5, 0.75)
     """Fractions of training at which the learning rate is divided by 10 (the step schedule)."""
-    inner: str = "sgd"
+    inner: InnerOptimizer = "sgd"
     """The workers' (inner) optimizer: ``sgd`` (with ``momentum``) or ``adamw`` (default betas). Like
     momentum, AdamW's moments restart every round unless ``carry_momentum`` (not available for AdamW)."""
-    lr_schedule: str = "step"
+    lr_schedule: LRSchedule = "step"
     """Learning-rate schedule after the warm-up: ``step`` (divided by 10 at each ``lr_decay_at``, paper §5)
     or ``cosine`` (half a cosine from lr down to 0 at the last step; Loshchilov & Hutter 2017, as ViTs
     are trained)."""
@@ -357,18 +395,13 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         self.lr_decay_at = tuple(self.lr_decay_at)
+        _check_vocabularies(self)
         _check(self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
         _check(0 < self.lr <= FLOAT32_MAX, f"lr must be > 0 and at most {FLOAT32_MAX:.4g} (float32's largest, which "
                f"the weights are updated in), got {self.lr}")
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         _check(all(0 < f < 1 for f in self.lr_decay_at), f"lr_decay_at must lie in (0, 1), got {self.lr_decay_at}")
-        _check(self.inner in INNER_OPTIMIZERS,
-               f"unknown inner optimizer {self.inner!r}; choose one of: {', '.join(INNER_OPTIMIZERS)}")
-        _check(self.epoch_unit in EPOCH_UNITS,
-               f"unknown epoch_unit {self.epoch_unit!r}; choose one of: {', '.join(EPOCH_UNITS)}")
-        _check(self.lr_schedule in LR_SCHEDULES,
-               f"unknown lr_schedule {self.lr_schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}")
         _check(0 <= self.lr_warmup_epochs < self.epochs,
                f"lr_warmup_epochs must be >= 0 and below epochs ({self.epochs}), got {self.lr_warmup_epochs}")
 
@@ -381,11 +414,11 @@ class RunConfig:
     """Stop after this many rounds (``None``: run all epochs)."""
     eval_every: int = 10
     """Evaluate the assembled global model every this many rounds (and at the end)."""
-    runtime: str = "inprocess"
+    runtime: Runtime = "inprocess"
     """Where the workers run. inprocess (simulated as threads of one process) or dist (torch.distributed)."""
-    backend: str | None = None
+    backend: Backend | None = None
     """The torch.distributed backend; ``None`` picks nccl when CUDA is available, else gloo."""
-    device: str = "cpu"
+    device: Device = "cpu"
     """The device that computes (auto: CUDA when available)."""
     timeout: float = 600.0
     """Seconds a collective may wait for a peer before the run fails naming it."""
@@ -399,22 +432,23 @@ class RunConfig:
     """Write a checkpoint every this many rounds (and at the end); ``None``: at every evaluation."""
     keep_checkpoints: int = 2
     """How many of the latest checkpoints to keep."""
-    amp: str = "none"
+    amp: AmpMode = "none"
     """Mixed precision of the forward and backward pass: none, bf16 or fp16 (autocast; fp16 with a
     gradient scaler that restarts with every round, as momentum does). Master weights, optimizer state,
     averages and everything sent stay fp32; evaluation runs in fp32."""
     channels_last: bool = False
     """Feed images in channels-last memory format, so that convolutions run channels-last; the weights
     stay in their flat fp32 buffers."""
+    log: str = "jsonl"
+    """Where each round's scalars go, comma-separated: jsonl (metrics.jsonl, always written: the source of
+    truth) and tensorboard (also TensorBoard event files beside it, with the optional tensorboard package:
+    ``pip install 'resist[tensorboard]'``)."""
 
     def __post_init__(self) -> None:
+        _check_vocabularies(self)
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         _check(self.max_rounds is None or self.max_rounds >= 1, f"max_rounds must be >= 1, got {self.max_rounds}")
         _check(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
-        _check(self.runtime in RUNTIMES, f"unknown runtime {self.runtime!r}; choose one of: {', '.join(RUNTIMES)}")
-        _check(self.backend is None or self.backend in BACKENDS,
-               f"unknown backend {self.backend!r}; choose one of: {', '.join(BACKENDS)}")
-        _check(self.device in DEVICES, f"unknown device {self.device!r}; choose one of: {', '.join(DEVICES)}")
         _check(0 < self.timeout <= MAX_TIMEOUT_S, f"timeout must be > 0 and at most {MAX_TIMEOUT_S:.0f} seconds "
                f"(30 days), got {self.timeout}")
         _check(self.master_port is None or 0 < self.master_port < 65536,
@@ -422,7 +456,14 @@ class RunConfig:
         _check(self.checkpoint_every is None or self.checkpoint_every >= 1,
                f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         _check(self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
-        _check(self.amp in AMP_MODES, f"unknown amp mode {self.amp!r}; choose one of: {', '.join(AMP_MODES)}")
+        for name in self.loggers:
+            _check(name in LOGGERS, f"unknown log {name!r}{did_you_mean(name, LOGGERS)}; choose from: "
+                   f"{', '.join(LOGGERS)}, comma-separated (e.g. --log jsonl,tensorboard)")
+
+    @property
+    def loggers(self) -> tuple[str, ...]:
+        """The names in ``log`` (metrics.jsonl is written whatever they are)."""
+        return tuple(n.strip() for n in str(self.log).split(","))
 
 
 @dataclass
@@ -439,18 +480,20 @@ class Config:
         _check(self.algo.warmup_epochs + self.algo.cooldown_epochs < self.optim.epochs,
                f"warm-up ({self.algo.warmup_epochs:g}) plus cool-down ({self.algo.cooldown_epochs:g}) epochs leave no "
                f"ResIST in {self.optim.epochs:g} epochs: shorten them or raise --epochs")
-        _check(self.optim.inner == "sgd" or not (self.algo.carry_momentum or self.algo.name == "data_parallel"),
+        _check(self.optim.inner == "sgd" or not (self.algo.carry_momentum or can(self.algo.name, "syncs_every_step")),
                "the adamw inner optimizer restarts with every round; it cannot carry its state "
-               "(--carry-momentum, data_parallel): use --inner-optim sgd")
+               f"(--carry-momentum, {', '.join(algorithms_that('syncs_every_step'))}): use --inner-optim sgd")
         task = self.data.task
-        lm, detection = task == "lm", task == "detection"
-        _check(lm == self.model.name.startswith("gpt") and detection == self.model.name.startswith(DETECTION_MODEL_PREFIX),
-               f"model {self.model.name} does not fit task {task}: language modelling takes a gpt_* model, "
-               f"detection a {DETECTION_MODEL_PREFIX}* model (e.g. yolo_resnet101), classification an image model")
-        _check(not lm or self.model.layers is None, "--layers shapes ResNets; gpt_char has its own depth: drop --layers")
-        _check(task == "classification" or self.algo.name != "ensemble",
+        lm = task == "lm"
+        _check(model_task(self.model.name) == task,
+               f"model {self.model.name} does not fit task {task}: language modelling takes "
+               f"{', '.join(models_for('lm'))}, detection one of {', '.join(models_for('detection'))}, "
+               f"classification an image model")
+        _check(not lm or self.model.layers is None,
+               f"--layers shapes ResNets; {self.model.name} has its own depth: drop --layers")
+        _check(task == "classification" or not can(self.algo.name, "classification_only"),
                f"shallow ensembles are for classification (their members' class scores are averaged); --task {task} "
-               f"trains with --algo resist, local_sgd or data_parallel")
+               f"trains with --algo {_either(n for n in ALGORITHMS if not can(n, 'classification_only'))}")
         _check(not lm or not self.run.channels_last, "channels-last is an image layout; drop --channels-last for --task lm")
 
     def to_dict(self) -> dict[str, Any]:
@@ -488,7 +531,7 @@ class Config:
 RESUMABLE_CHANGES = frozenset({
     "algo.workers", "run.runtime", "run.backend", "run.device", "run.timeout", "run.max_rounds", "run.master_port",
     "run.eval_every", "run.checkpoint_every", "run.keep_checkpoints", "run.out", "run.amp", "run.channels_last",
-    "data.loader_workers",
+    "run.log", "data.loader_workers",
 })
 
 
@@ -511,235 +554,3 @@ def differences(a: Config, b: Config) -> list[str]:
     """``section.field`` names whose values differ between two configs."""
     da, db = a.to_dict(), b.to_dict()
     return [f"{sec}.{k}" for sec in da for k in da[sec] if da[sec][k] != db[sec][k]]
-
-
-# --- presets: functions over the base config ------------------------------------------------------
-
-
-def cifar10_resnet101_paper() -> Config:
-    """Paper Table 2/4 setting: ResNet101, 160 epochs counted as the authors' code counts them (every
-    worker passes over the whole training set each epoch: ``epoch_unit`` dataset), batch 128 per worker,
-    50 local iterations, minimum depth 4 (Table 1's convention): at 2 and 4 workers every sub-ResNet
-    already has more blocks, so it changes nothing there; at 8 workers it shares blocks, as the paper
-    does. The paper's 2-worker runs had 80 epochs: ``--epochs 80``."""
-    cfg = Config()
-    cfg.optim.epoch_unit = "dataset"
-    cfg.algo.min_depth = 4
-    return cfg
-
-
-def cifar100_resnet101_paper() -> Config:
-    """Paper Table 2 on CIFAR-100: ResNet101 (100 classes), 160 epochs, 50 local iterations."""
-    cfg = cifar10_resnet101_paper()
-    cfg.data.dataset = "cifar100"
-    return cfg
-
-
-def cifar10_resnet200_paper() -> Config:
-    """Paper Table 8: ResNet200 on 4 workers, 80 epochs, 100 local iterations."""
-    cfg = cifar10_resnet101_paper()
-    cfg.model.name = "paper_resnet200"
-    cfg.optim.epochs = 80
-    cfg.algo.local_iters = 100
-    return cfg
-
-
-def cifar10_cpu() -> Config:
-    """CPU scale (the results tables): paper ResNet101 at 1/8 width (0.65 M parameters), 1 epoch of
-    CIFAR-10, 25 local steps per round, lr 0.05 decayed at 50% and 75%, evaluated every 2 rounds on the
-    whole test set. In-process on one core of this project's CPU machine a run takes about 4 (ResIST)
-    to 6 (local SGD, data parallel) minutes of wall time."""
-    cfg = Config()
-    cfg.model.width = 0.125
-    cfg.optim.epochs = 1
-    cfg.optim.lr = 0.05
-    cfg.algo.local_iters = 25
-    cfg.run.eval_every = 2
-    return cfg
-
-
-def cifar10_cpu_long() -> Config:
-    """``cifar10_cpu`` for 8 epochs: each run within about 30 minutes on this project's 2 cores (from the
-    1-epoch runs' wall times: data parallel, the slowest, about 2.8 minutes an epoch)."""
-    cfg = cifar10_cpu()
-    cfg.optim.epochs = 8
-    cfg.run.eval_every = 8
-    return cfg
-
-
-def cifar10_gpu_short() -> Config:
-    """Paper Table 2's setting (ResNet101 at full width, batch 128 per worker, 50 local iterations, lr
-    0.1 decayed at 50% and 75%) shortened to 14 epochs with one linear warm-up epoch: what fits one lent
-    GPU for a few minutes, ResIST and local SGD side by side at 4 workers (about 2.5 and 4 minutes on an
-    H200, docs/results/cifar10_gpu_w4_tables.md). fp32; evaluated every 2 rounds (about once an epoch at
-    4 workers); a checkpoint only at the end (full-width checkpoints are large)."""
-    cfg = cifar10_resnet101_paper()
-    cfg.optim.epoch_unit = "shard"  # as it was measured: 14 passes over the data by all workers together
-    cfg.optim.epochs = 14
-    cfg.optim.lr_warmup_epochs = 1.0
-    cfg.run.eval_every = 2
-    cfg.run.checkpoint_every = 1000
-    cfg.run.device = "auto"
-    return cfg
-
-
-def gpt_char_cpu() -> Config:
-    """A byte-level GPT on the Python standard library's sources, at CPU scale: 8 pre-norm blocks of
-    width 128 (about 1.6 M parameters), context 128, batch 32 per worker, AdamW (lr 2e-3, restarted each
-    round), 25 local steps per round, the first 4 MB of training text for one epoch, bits per byte on
-    the first 1,024 test windows every 4 rounds. Blocks 1-6 are partitioned (the first and last are
-    shared, as a ResNet's strided blocks are)."""
-    cfg = Config()
-    cfg.data.task, cfg.data.dataset = "lm", "pystdlib"
-    cfg.data.context, cfg.data.batch_size, cfg.data.text_bytes = 128, 32, 4_000_000
-    cfg.data.eval_limit, cfg.data.eval_batch_size = 1024, 64
-    cfg.model.name, cfg.model.width = "gpt_char", 0.5
-    cfg.optim.inner, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.epochs = "adamw", 2e-3, 0.01, 1
-    cfg.algo.local_iters = 25
-    cfg.run.eval_every = 4
-    return cfg
-
-
-def voc_resnet101_paper() -> Config:
-    """Paper §5 and Table 6 on Pascal VOC (``--data-dir DIR`` with VOCdevkit/VOC2007 and VOC2012): the
-    YOLOv2-style yolo_resnet101 (post-activation ResNet101, ImageNet stem, one prediction conv), trained on
-    VOC 2007+2012 trainval and tested on VOC 2007 test, 416-pixel inputs, batch 10 per worker, 100 epochs,
-    no augmentation, the learning rate raised linearly over the first 30 epochs and divided by 10 at
-    epochs 60 and 90; 2 workers (Table 6 also has 4); best test loss.
-
-    Where the paper gives no number (its text lost them): the peak learning rate 1e-3 and weight decay
-    5e-4 (YOLOv2's yolo-voc.cfg), the division factor 10, 50 local iterations (the paper's default, §4).
-    Local SGD from this preset: ``--algo local_sgd``."""
-    cfg = Config()
-    cfg.data.task, cfg.data.dataset = "detection", "voc"
-    cfg.data.input_size = 416
-    cfg.data.batch_size = 10
-    cfg.data.eval_batch_size = 50
-    cfg.model.name = "yolo_resnet101"
-    cfg.optim.epochs = 100
-    cfg.optim.lr = 1e-3
-    cfg.optim.lr_warmup_epochs = 30
-    cfg.optim.lr_decay_at = (60 / 100, 90 / 100)
-    cfg.optim.weight_decay = 5e-4
-    cfg.algo.workers = 2
-    cfg.algo.local_iters = 50
-    cfg.run.eval_every = 33  # about every 2 epochs at 2 workers (16,551 images: 827 steps of 10 an epoch)
-    cfg.run.device = "auto"
-    return cfg
-
-
-def voc_cpu() -> Config:
-    """Detection at CPU scale, on a generated VOC-format set (experiments/data/make_voc_like.py: 2,000 training and
-    500 test images, 5 of the VOC classes drawn as shapes): ``voc_resnet101_paper``'s model at 1/16 width
-    (168 K parameters with the 20 VOC classes), 96-pixel inputs (a 3 x 3 grid), 8 epochs, peak lr 0.01
-    reached after 30% of them and divided by 10 at 60% and 90%, 25 local steps per round, evaluated every 4
-    rounds on the whole test set, images decoded in the training process. A run took 2 to 3.5 minutes of
-    wall time on one shared core (docs/results/voc_cpu.md)."""
-    cfg = voc_resnet101_paper()
-    cfg.model.width = 1 / 16
-    cfg.data.input_size = 96
-    cfg.data.loader_workers = 0
-    cfg.optim.epochs = 8
-    cfg.optim.lr = 0.01
-    cfg.optim.lr_warmup_epochs = 0.3 * 8
-    cfg.algo.local_iters = 25
-    cfg.run.eval_every = 4
-    cfg.run.device = "cpu"
-    return cfg
-
-
-def demo() -> Config:
-    """A few minutes on 2 CPU cores: paper ResNet101 at 1/8 width, 4 workers, 0.6 epoch of CIFAR-10,
-    evaluated on the first 2,000 test images."""
-    cfg = cifar10_cpu()
-    cfg.optim.epochs = 0.6
-    cfg.algo.local_iters = 10
-    cfg.data.eval_limit = 2000
-    cfg.run.eval_every = 2
-    return cfg
-
-
-def demo_digits() -> Config:
-    """The demo's offline fallback: scikit-learn's bundled 8x8 digits (upsampled to 16x16)."""
-    cfg = demo()
-    cfg.data.dataset = "digits"
-    cfg.data.batch_size = 32
-    cfg.optim.epochs = 12
-    cfg.data.eval_limit = None
-    cfg.run.eval_every = 5
-    return cfg
-
-
-def imagenet_resnet101_paper() -> Config:
-    """Paper §5 and Table 3 on ImageNet: a class-per-folder tree (``--data-dir DIR`` with train/ and val/),
-    the paper ResNet101 (pre-activation) with the ImageNet stem, 2 workers, 224-pixel crops, batch 256 per
-    worker, 90 epochs, lr 0.1 divided by 10 at epochs 30 and 60, minimum depth 10, a local-SGD warm-up,
-    momentum restarts, BatchNorm statistics averaged every 1300 rounds.
-
-    Where the paper gives no number: 20 local iterations (the symbol is lost from the text; 20 makes
-    Table 3's local-SGD communication, 7546.8 GB at 2 and at 4 workers, come out within 0.1% for this
-    model with 1000 classes), 5 warm-up epochs ("a few", §2.6) and weight decay 1e-4 (He et al. 2016,
-    whose recipe §5 cites). Local SGD from this preset: ``--algo local_sgd --warmup-epochs 0``."""
-    cfg = Config()
-    cfg.model.stem = "imagenet"
-    cfg.data.dataset = "imagefolder"
-    cfg.data.crop_size = 224
-    cfg.data.batch_size = 256
-    cfg.data.loader_workers = 8
-    cfg.optim.epochs = 90
-    cfg.optim.lr = 0.1
-    cfg.optim.lr_decay_at = (30 / 90, 60 / 90)
-    cfg.optim.weight_decay = 1e-4
-    cfg.algo.workers = 2
-    cfg.algo.local_iters = 20
-    cfg.algo.min_depth = 10
-    cfg.algo.warmup_epochs = 5
-    cfg.algo.bn_sync_every = 1300
-    cfg.run.eval_every = 125  # about an epoch at 2 workers (2502 steps of 20)
-    cfg.run.device = "auto"
-    return cfg
-
-
-def smoke() -> Config:
-    """Seconds: a tiny model on synthetic data (tests, CI, first check of an install); 3 workers, one for
-    each of its 3 partitionable blocks."""
-    cfg = Config()
-    cfg.algo.workers = 3
-    cfg.model.name = "paper_resnet"
-    cfg.model.layers = (1, 1, 4, 1)
-    cfg.model.width = 0.0625
-    cfg.data.dataset = "synthetic"
-    cfg.data.batch_size = 16
-    cfg.optim.epochs = 2
-    cfg.optim.lr = 0.05
-    cfg.algo.local_iters = 4
-    cfg.run.eval_every = 2
-    return cfg
-
-
-PRESETS: dict[str, Callable[[], Config]] = {
-    "cifar10_resnet101_paper": cifar10_resnet101_paper,
-    "cifar100_resnet101_paper": cifar100_resnet101_paper,
-    "cifar10_resnet200_paper": cifar10_resnet200_paper,
-    "cifar10_cpu": cifar10_cpu,
-    "cifar10_cpu_long": cifar10_cpu_long,
-    "cifar10_gpu_short": cifar10_gpu_short,
-    "imagenet_resnet101_paper": imagenet_resnet101_paper,
-    "gpt_char_cpu": gpt_char_cpu,
-    "voc_resnet101_paper": voc_resnet101_paper,
-    "voc_cpu": voc_cpu,
-    "demo": demo,
-    "demo_digits": demo_digits,
-    "smoke": smoke,
-}
-
-
-#: The preset a run of each task starts from when none is named: hyper-parameters that task trains
-#: with (a detector at classification's lr 0.05 and no warm-up diverges).
-TASK_PRESETS = {"classification": "demo", "lm": "gpt_char_cpu", "detection": "voc_cpu"}
-
-
-def preset(name: str) -> Config:
-    _check(name in PRESETS,
-           f"unknown preset {name!r}{did_you_mean(name, PRESETS)}; choose one of: {', '.join(PRESETS)}")
-    return Config.from_dict(PRESETS[name]().to_dict())  # validates what the preset set

@@ -11,7 +11,7 @@ import logging
 import os
 from pathlib import Path
 
-from .config import preset
+from .presets import preset
 from .data import Dataset, DatasetError, load_dataset
 from .io import atomic_write_text
 from .rundir import check_fresh, check_out

@@ -11,10 +11,8 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
-from .registry import BALANCE_MODES, DEALING
+from .registry import BALANCE_MODES, PARTITIONS, can
 from .seeds import mix
-
-PARTITION_MODES = ("section3", "naive")
 
 
 def candidate_blocks(partitionable: Sequence[int], skippable: Sequence[int], mode: str) -> tuple[int, ...]:
@@ -28,7 +26,7 @@ def candidate_blocks(partitionable: Sequence[int], skippable: Sequence[int], mod
         return tuple(partitionable)
     if mode == "naive":
         return tuple(skippable)
-    raise ValueError(f"unknown partition mode {mode!r}; choose one of: {', '.join(PARTITION_MODES)}")
+    raise ValueError(f"unknown partition mode {mode!r}; choose one of: {', '.join(PARTITIONS)}")
 
 
 @dataclass(frozen=True)
@@ -83,7 +81,7 @@ def check_dealing(algo: str, num_workers: int, num_candidates: int, min_depth: i
     trains the whole model on every worker and averages: local SGD under another name (shallow
     ensembles then are ensembles of whole models, which is what they say).
     """
-    if algo not in DEALING:  # the others hold every block on every worker
+    if not can(algo, "partitions"):  # the others hold every block on every worker
         return
     if num_candidates == 0 and algo == "resist":
         raise ValueError("this model has no partitionable block (for a ResNet: none but the strided first one "

@@ -7,9 +7,10 @@ host into it so that a refused run can say who holds the folder. Folders written
 existed count as run folders when their ``config.json`` is a resist config and a run's metrics,
 summary or checkpoints lie beside it.
 
-A run writes only the names in :data:`RUN_FILES`, ``member<N>.pt`` and ``checkpoints/round_NNNNNN.pt``
-(each through a temporary ``.NAME.*.tmp`` beside it). A fresh run therefore refuses a folder where any
-of those names exist unless the folder is a run folder, and even then only with ``force``; with it,
+A run writes only the names in :data:`RUN_FILES`, ``member<N>.pt``, TensorBoard's
+``events.out.tfevents.*`` and ``checkpoints/round_NNNNNN.pt`` (each but the event files through a
+temporary ``.NAME.*.tmp`` beside it). A fresh run therefore refuses a folder where any of those names
+exist unless the folder is a run folder, and even then only with ``force``; with it,
 the run deletes exactly those names and leaves everything else in the folder alone.
 """
 
@@ -33,6 +34,8 @@ MARKER = ".resist-run"
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "model.pt", "classes.json", "split.json")
 CHECKPOINTS = "checkpoints"
 _MEMBER = re.compile(r"member\d+\.pt$")
+# TensorBoard's event files (``--log tensorboard``): events.out.tfevents.<time>.<host>[.<pid>.<n>].
+_EVENTS = re.compile(r"events\.out\.tfevents\..+")
 _CHECKPOINT = re.compile(r"round_\d{6}\.pt$")
 # Temporary files of resist.io's atomic writes: ".<target name>.<random>.tmp".
 _PARTIAL = re.compile(r"\.(.+)\.[^.]+\.tmp$")
@@ -46,7 +49,7 @@ class RunDirError(ValueError):
 
 
 def _is_run_file(name: str) -> bool:
-    return name in RUN_FILES or bool(_MEMBER.fullmatch(name))
+    return name in RUN_FILES or bool(_MEMBER.fullmatch(name) or _EVENTS.fullmatch(name))
 
 
 def run_entries(folder: Path) -> list[Path]:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from resist.cli import main
-from resist.config import PRESETS
+from resist.presets import PRESETS
 
 SMOKE = ["train", "smoke", "--workers", "2", "--max-rounds", "2", "--eval-every", "1"]
 

@@ -249,7 +249,7 @@ def test_projection_charges_the_busier_direction_and_counted_messages():
 def fake_run(path, algo, scores, task="lm", config=True):
     """A run folder as training writes it, without training: 2 workers, one evaluation per round with
     ``scores`` as the task's headline (bits per byte, or accuracy for ``task="classification"``)."""
-    from resist.config import preset
+    from resist.presets import preset
 
     path.mkdir(parents=True)
     name = "gpt_char_cpu" if task == "lm" else "smoke"

@@ -12,7 +12,7 @@ import torch
 
 from resist import registry
 from resist.cli import main
-from resist.config import preset
+from resist.presets import preset
 from resist.data import load_dataset
 from resist.faults import InjectedFault
 from resist.models import list_models

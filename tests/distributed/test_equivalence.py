@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from resist.config import preset
+from resist.presets import preset
 from resist.data import load_dataset
 from resist.train import train
 

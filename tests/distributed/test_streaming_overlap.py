@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from resist.comm import spawn
-from resist.config import Config, preset
+from resist.config import Config
+from resist.presets import preset
 from resist.train.trainer import build_algorithm
 
 LATE_S = 1.5

@@ -12,7 +12,7 @@ import torch
 
 from resist.cli import main
 from resist.comm import CommError
-from resist.config import preset
+from resist.presets import preset
 from resist.data import load_dataset
 from resist.faults import InjectedFault, parse
 from resist.train import TrainingError, train
@@ -137,7 +137,7 @@ def test_progress_bar_total_is_never_negative(tmp_path, monkeypatch):
     totals = []
     real = metrics.MetricsWriter.__init__
     monkeypatch.setattr(metrics.MetricsWriter, "__init__",
-                        lambda self, path, progress_total=None: totals.append(progress_total) or real(self, path))
+                        lambda self, path, progress_total=None, **kw: totals.append(progress_total) or real(self, path, **kw))
     train(cfg_for(tmp_path, **{"run.max_rounds": 4}), DATA)
     train(cfg_for(tmp_path, **{"run.max_rounds": 4}), DATA, resume=True)  # nothing left: a finished run stays
     with pytest.raises(ValueError, match="past the end of this run"):  # already past the end

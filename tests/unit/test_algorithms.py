@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from resist.algorithms.parts import init_model, tensors_of
 from resist.comm import run_in_process
-from resist.config import preset
+from resist.presets import preset
 from resist.data import BatchStream, load_dataset
 from resist.models import create_model
 from resist.train import train

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from resist.comm.local import LocalCommunicator, LocalGroup
-from resist.config import preset
+from resist.presets import preset
 from resist.data import load_dataset
 from resist.faults import parse, slowdown
 from resist.train import train

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from resist.comm import run_in_process
-from resist.config import preset
+from resist.presets import preset
 from resist.data import load_dataset
 from resist.train import train
 from resist.train.trainer import Schedule, build_algorithm

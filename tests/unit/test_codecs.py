@@ -151,7 +151,7 @@ def test_dropped_is_exactly_what_each_contribution_lost(name):
 
 
 def test_resist_with_8_bit_weights_learns_and_sends_less(tmp_path):
-    from resist.config import preset
+    from resist.presets import preset
     from resist.data import load_dataset
     from resist.train import train
 
@@ -164,7 +164,7 @@ def test_resist_with_8_bit_weights_learns_and_sends_less(tmp_path):
 
 
 def test_data_parallel_with_8_bit_gradients_learns_and_sends_a_third(tmp_path):
-    from resist.config import preset
+    from resist.presets import preset
     from resist.data import load_dataset
     from resist.train import train
 
@@ -181,7 +181,7 @@ def test_data_parallel_with_8_bit_gradients_learns_and_sends_a_third(tmp_path):
 def test_compressed_updates_lose_less_than_compressed_weights(tmp_path):
     """One round of local SGD at 4 bits: sending the change since the round began (small values) lands
     far closer to the exact average than sending the weights; error feedback keeps what was dropped."""
-    from resist.config import preset
+    from resist.presets import preset
     from resist.data import load_dataset
     from resist.train import train
 

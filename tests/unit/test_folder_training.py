@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from resist.config import preset
+from resist.presets import preset
 from resist.data import DatasetError
 from resist.train import train
 from resist.tasks.classification import Accuracy, top_k

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from resist.config import preset
+from resist.presets import preset
 from resist.data import load_dataset
 from resist.train import train
 

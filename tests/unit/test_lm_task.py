@@ -11,7 +11,7 @@ import torch
 
 from resist import registry
 from resist.cli import main
-from resist.config import preset
+from resist.presets import preset
 from resist.data.text import TextDataset, load_text
 from resist.faults import InjectedFault
 from resist.tasks import TASK_FACTORIES, make_task

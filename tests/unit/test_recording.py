@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from resist.comm import run_in_process
-from resist.config import preset
+from resist.presets import preset
 from resist.data import load_dataset
 from resist.plan import make_plan
 from resist.train.optim import make_optimizer, train_step

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from resist.algorithms.parts import init_model
-from resist.config import preset
+from resist.presets import preset
 from resist.data import BatchStream, load_dataset
 from resist.models import create_model
 from resist.plan import candidate_blocks, make_plan

@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from resist.config import OptimConfig, preset
+from resist.config import OptimConfig
+from resist.presets import preset
 from resist.data import load_dataset
 from resist.train import train
 from resist.train.optim import lr_at
@@ -59,7 +60,7 @@ def test_dataset_epochs_give_every_worker_a_pass_over_the_whole_set():
     """The authors' code has every worker iterate the whole training set each epoch: with epoch_unit
     dataset an epoch is n / B steps per worker at any worker count (S x a shard epoch's), which is
     what the paper presets count; shard epochs shrink with S."""
-    from resist.config import preset
+    from resist.presets import preset
     from resist.train.trainer import Schedule
 
     paper = preset("cifar10_resnet101_paper")

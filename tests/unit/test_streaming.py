@@ -17,7 +17,7 @@ from resist.algorithms.parts import init_model
 from resist.algorithms.streaming import fragments_of, model_parts
 from resist.cli import main
 from resist.comm import run_in_process
-from resist.config import preset
+from resist.presets import preset
 from resist.data import BatchStream, load_dataset
 from resist.faults import InjectedFault
 from resist.models import create_model

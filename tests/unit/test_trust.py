@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from resist import io
-from resist.config import preset
+from resist.presets import preset
 from resist.data import load_dataset
 from resist.train import read_metrics, train
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from resist.config import preset
+from resist.presets import preset
 from resist.data import load_dataset
 from resist.models import ScaledResidual, check_model, create_model, residual_stack
 

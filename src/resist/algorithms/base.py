@@ -50,8 +50,30 @@ def make_store(comm: Communicator, build_model: Callable[[], nn.Module], device:
 class Algorithm(ABC):
     """One rank's side of a training algorithm (SPMD: every rank runs the same calls)."""
 
+    # What the algorithm can do (``resist.registry.CAPABILITIES`` says what each means). Config validation
+    # reads these from the source without importing torch, so each is a literal.
     #: Whether the run's whole state is the global model (so that a checkpoint can hold it).
     checkpointable: ClassVar[bool] = True
+    #: Whether it deals the partitionable blocks out to sub-networks (``plan.make_plan``).
+    partitions: ClassVar[bool] = False
+    #: Whether it can train whole-network rounds first and last (``warmup_epochs``, ``cooldown_epochs``);
+    #: if so its constructor takes ``warmup_rounds`` and ``cooldown_from``.
+    uses_warmup: ClassVar[bool] = False
+    #: Whether its rounds end in an average of the parts, which an outer optimizer can step.
+    supports_outer: ClassVar[bool] = False
+    #: Whether it can send its synchronization compressed (``compress``).
+    compressible: ClassVar[bool] = False
+    #: Whether it can average BatchNorm statistics less often than the parameters (``bn_sync_every``).
+    defers_bn_sync: ClassVar[bool] = False
+    #: Whether its plan can follow the workers' measured speeds (``balance``).
+    balances: ClassVar[bool] = False
+    #: Whether it averages gradients after every step (momentum persists; it compresses gradients).
+    syncs_every_step: ClassVar[bool] = False
+    #: Whether it averages its members' class scores at evaluation (classification only).
+    classification_only: ClassVar[bool] = False
+    #: Whether it cuts the model into fragments synchronized on a staggered schedule (``fragments``,
+    #: ``sync_delay``, ``mix_alpha``).
+    fragmented: ClassVar[bool] = False
 
     comm: Communicator
     store: PartStore

@@ -30,10 +30,12 @@ class DataParallel(Algorithm):
     ``cfg.error_feedback`` what compression took from this rank's gradients is added to its next
     step's (Seide et al. 2014; Karimireddy et al. 2019), one residual per bucket, kept in checkpoints."""
 
+    compressible = True
+    syncs_every_step = True
     BUCKET_BYTES = 1 << 20
 
     def __init__(self, comm: Communicator, build_model: Callable[[], nn.Module], device: torch.device,
-                 cfg: AlgoConfig, seed: int, warmup_rounds: int = 0) -> None:
+                 cfg: AlgoConfig, seed: int) -> None:
         self.comm = comm
         self.store = make_store(comm, build_model, device, cfg, carry_momentum=True, init_seed=seed)
         self.everyone = tuple(range(comm.world_size))

@@ -23,9 +23,11 @@ class Ensemble(Algorithm):
     (one all-reduce). The members are not one global model, so ensemble runs write no checkpoints."""
 
     checkpointable = False
+    partitions = True
+    classification_only = True
 
     def __init__(self, comm: Communicator, build_model: Callable[[], nn.Module], device: torch.device,
-                 cfg: AlgoConfig, seed: int, warmup_rounds: int = 0) -> None:
+                 cfg: AlgoConfig, seed: int) -> None:
         self.comm = comm
         # Independently trained members start independently: a seed of each member's own.
         self.store = make_store(comm, build_model, device, cfg, cfg.carry_momentum,

@@ -22,8 +22,12 @@ class LocalSGD(Algorithm):
     https://arxiv.org/abs/2311.08105): every rank then steps the averaged parameters identically, so the
     outer momentum never travels."""
 
+    supports_outer = True
+    compressible = True
+    defers_bn_sync = True
+
     def __init__(self, comm: Communicator, build_model: Callable[[], nn.Module], device: torch.device,
-                 cfg: AlgoConfig, seed: int, warmup_rounds: int = 0) -> None:
+                 cfg: AlgoConfig, seed: int) -> None:
         self.comm, self.cfg, self.seed = comm, cfg, seed
         self.store = make_store(comm, build_model, device, cfg, cfg.carry_momentum, seed, outer=cfg.outer)
         self.sync = SharedSync(self.store, cfg, seed)

@@ -28,6 +28,13 @@ from .parts import Part, SharedSync, all_reduce_flats
 
 
 class ResIST(Algorithm):
+    partitions = True
+    uses_warmup = True
+    supports_outer = True
+    compressible = True
+    defers_bn_sync = True
+    balances = True
+
     def __init__(self, comm: Communicator, build_model: Callable[[], nn.Module], device: torch.device,
                  cfg: AlgoConfig, seed: int, warmup_rounds: int = 0, cooldown_from: int | None = None) -> None:
         self.comm, self.cfg, self.seed, self.warmup_rounds = comm, cfg, seed, warmup_rounds

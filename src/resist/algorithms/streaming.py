@@ -96,8 +96,11 @@ class StreamingDiLoCo(Algorithm):
     after its all-reduce started, with mixing weight ``mix_alpha`` and DiLoCo's outer optimizer (see the
     module's docstring for the rule and its source)."""
 
+    supports_outer = True
+    fragmented = True
+
     def __init__(self, comm: Communicator, build_model: Callable[[], nn.Module], device: torch.device,
-                 cfg: AlgoConfig, seed: int, warmup_rounds: int = 0) -> None:
+                 cfg: AlgoConfig, seed: int) -> None:
         self.comm, self.cfg, self.seed = comm, cfg, seed
         self.store: PartStore = make_store(comm, build_model, device, cfg, cfg.carry_momentum, seed,
                                            outer=cfg.outer)

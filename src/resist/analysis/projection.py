@@ -31,12 +31,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from ..registry import can
 from ..train.metrics import human_bytes
 
 DEFAULT_GBITS: tuple[float, ...] = (1.0, 10.0, 100.0)
 DEFAULT_LATENCY_US = 50.0
-# Once per SGD step, not once per round: their gradients are all-reduced after every backward pass.
-PER_STEP_ALLREDUCE = ("data_parallel",)
 #: The share of a step's compute that a gradient all-reduce cannot hide behind: the forward pass
 #: (backward costs about twice the forward: two matrix products per layer against one).
 FORWARD_SHARE = 1 / 3
@@ -115,7 +114,8 @@ def round_messages(rows: Sequence[Mapping[str, Any]], algo: str | None = None) -
         elif nbytes == 0:
             out.append(0)
         else:
-            allreduces = 1 + (steps if algo in PER_STEP_ALLREDUCE else 0)
+            # Once per SGD step too where gradients are all-reduced after every backward pass.
+            allreduces = 1 + (steps if can(algo, "syncs_every_step") else 0)
             out.append(allreduces * allreduce_messages(len(row["sent_bytes"])))
     return out
 
@@ -161,7 +161,7 @@ def project_run(rows: Sequence[Mapping[str, Any]], label: str, gbits: Sequence[f
     if not rows:
         raise ValueError(f"{label}: no rounds to project")
     sent, msgs = round_bytes(rows), round_messages(rows, algo)
-    overlap = round_steps(rows) if algo in PER_STEP_ALLREDUCE else [0] * len(rows)
+    overlap = round_steps(rows) if can(algo, "syncs_every_step") else [0] * len(rows)
     compute = [float(r["compute_s"]) for r in rows]
     latency_s = latency_us * 1e-6
     n = len(rows)
@@ -202,7 +202,7 @@ def notes(runs: Sequence[RunProjection], latency_us: float, algos: Sequence[str 
         "larger of its sends and receives), or for runs recorded before that, estimated without ResIST's "
         "point-to-point messages (a lower bound)",
     ]
-    if "data_parallel" in algos:
+    if any(can(a, "syncs_every_step") for a in algos):
         out.append("data parallel: its per-step gradient all-reduces ran inside the measured compute time, "
                    "so its projection counts them twice (once measured, once projected)")
     if runs:

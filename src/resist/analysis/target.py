@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..plan import whole_network_rounds
+from ..registry import can
 from .plot import Run
 from .projection import cumulative_sent
 
@@ -106,13 +107,13 @@ class StepCost:
         plan (blocks dealt round robin, at least ``min_depth``)."""
         algo = (run.config or {}).get("algo", {})
         workers, name = int(algo.get("workers", 1)), algo.get("name")
-        if name not in ("resist", "ensemble"):
+        if not can(name, "partitions"):
             return [self.blocks] * len(run.rows)
         dealt = min(self.blocks, max(math.ceil(self.blocks / workers), int(algo.get("min_depth", 0))))
         out = []
         for row in run.rows:
             spe = round(row["step"] / row["epoch"]) if row.get("epoch") else None
-            whole = name == "resist" and spe is not None and _whole_round(run, algo, int(row["round"]), spe)
+            whole = can(name, "uses_warmup") and spe is not None and _whole_round(run, algo, int(row["round"]), spe)
             out.append(self.blocks if whole else dealt)
         return out
 

@@ -22,9 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..registry import CODECS, SPARSE_CODECS
 from ..seeds import mix
-
-from ..registry import CODECS  # noqa: F401 - the names, for callers of this module
 
 
 def payload_bytes(payload: list[torch.Tensor]) -> int:
@@ -198,8 +197,8 @@ def make_codec(name: str, keep: float = 0.25, chunk: int = 256) -> Codec | None:
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
         return Quantize(name, bits, chunk)
-    if name in ("topk", "randk"):
+    if name in SPARSE_CODECS:
         if not 0 < keep <= 1:
             raise ValueError(f"keep fraction must be in (0, 1], got {keep}")
         return (TopK if name == "topk" else RandK)(name, keep)
-    raise ValueError(f"unknown codec {name!r}; choose one of: none, fp16, bf16, q1..q8, topk, randk")
+    raise ValueError(f"unknown codec {name!r}; choose one of: {', '.join(CODECS)}")

@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from ..registry import DATASETS, did_you_mean
+from ..registry import DATASETS, TEXT_DATASETS, did_you_mean
 from .base import DatasetError, ImageArrays
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -93,7 +93,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
         return _synthetic(**kw)
     if name == "digits":
         return _digits(**kw)
-    if name in ("pystdlib", "text"):
+    if name in TEXT_DATASETS:
         from .text import TextDataset, load_text
 
         context = kw.pop("context", 128)

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resist.registry import STEMS
+
 from .protocol import run_stack
 from .registry import register_model
 
@@ -192,8 +194,8 @@ class ResNet(nn.Module):
             raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
         if block not in ("basic", "bottleneck"):
             raise ValueError(f"block must be 'basic' or 'bottleneck', got {block!r}")
-        if stem not in ("cifar", "imagenet"):
-            raise ValueError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {', '.join(map(repr, STEMS))}, got {stem!r}")
         block_cls = BLOCKS["preact" if preact else "postact", block]
         final_norm = preact if final_norm is None else final_norm
 

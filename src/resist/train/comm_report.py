@@ -91,7 +91,7 @@ def paper_convention(model_name: str, num_classes: int, width: float, workers: S
 def _measure_rank(comm, model_name: str, num_classes: int, width: float, layers, min_depth: int,
                   rounds: int, compress: str = "none") -> dict[str, list[tuple[int, int]]]:
     """One rank of :func:`measure`: (sent, received) ``sync`` bytes of each round, per algorithm."""
-    from ..config import preset
+    from ..presets import preset
     from .trainer import build_algorithm
 
     out = {}

@@ -37,7 +37,7 @@ from ..plan import candidate_blocks, check_dealing, validate, whole_network_roun
 from ..registry import algorithm_class
 from ..faults import fire, from_env, slowdown
 from . import checkpoint
-from .metrics import MetricsWriter
+from .metrics import MetricsWriter, check_loggers
 from ..tasks import Task, make_task
 from .optim import Precision, lr_at, make_optimizer, train_step
 from .runfolder import agree_on_resume, claim_run_folder, finished_summary, prepare_run_dir, resume_point
@@ -75,12 +75,13 @@ def model_builder(cfg: Config, num_classes: int) -> Callable[[], torch.nn.Module
 def build_algorithm(comm: Communicator, cfg: Config, num_classes: int, device: torch.device,
                     steps_per_epoch: int) -> Algorithm:
     """This rank's algorithm object, from the registry, given the parts of the config it needs."""
-    a = cfg.algo
-    warmup_rounds, cooldown_from = whole_network_rounds(cfg.optim.epochs, steps_per_epoch, a.local_iters,
-                                                        a.warmup_epochs, a.cooldown_epochs)
-    phases = {} if cooldown_from is None else {"cooldown_from": cooldown_from}
-    return algorithm_class(a.name)(comm, model_builder(cfg, num_classes), device, a, cfg.run.seed, warmup_rounds,
-                                   **phases)
+    a, cls = cfg.algo, algorithm_class(cfg.algo.name)
+    phases = {}
+    if cls.uses_warmup:  # only such an algorithm takes whole-network rounds
+        warmup_rounds, cooldown_from = whole_network_rounds(cfg.optim.epochs, steps_per_epoch, a.local_iters,
+                                                            a.warmup_epochs, a.cooldown_epochs)
+        phases = {"warmup_rounds": warmup_rounds, "cooldown_from": cooldown_from}
+    return cls(comm, model_builder(cfg, num_classes), device, a, cfg.run.seed, **phases)
 
 
 def load_data(cfg: Config, download: bool = False) -> DataSource:
@@ -348,7 +349,8 @@ def open_metrics(w: Worker) -> None:
     the clock continues from the checkpoint's."""
     if w.comm.rank == 0 and w.out:
         (w.out / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in w.rows))
-        w.writer = MetricsWriter(w.out / "metrics.jsonl", progress_total=max(0, w.sched.rounds - w.first_round))
+        w.writer = MetricsWriter(w.out / "metrics.jsonl", progress_total=max(0, w.sched.rounds - w.first_round),
+                                 loggers=w.cfg.run.loggers, first_round=w.first_round)
     w.started = time.perf_counter() - w.progress["elapsed_s"]
 
 
@@ -562,6 +564,7 @@ def train(cfg: Config, dataset: DataSource | None = None, resume: bool | str = F
     ``force``: a fresh run replaces the run already in ``cfg.run.out`` (its files only; see
     :mod:`resist.rundir`). The run folder is locked for as long as the run goes on.
     """
+    check_loggers(cfg.run.loggers)  # before any folder or process exists
     owned: list[rundir.RunLock] = []
     try:
         return _train(cfg, dataset, resume, force, owned)
