@@ -24,7 +24,8 @@ from ..config import AlgoConfig
 from ..models.protocol import can_fold, fold_residual_scale
 from ..plan import Plan, eval_scale, make_balanced_plan, make_plan, relative_speeds, update_speeds
 from .base import Algorithm, make_store
-from .parts import Part, SharedSync, all_reduce_flats
+from .parts import Part
+from .shared import SharedSync, all_reduce_flats
 
 
 class ResIST(Algorithm):
@@ -175,22 +176,22 @@ class ResIST(Algorithm):
         receive buffers and an average. With a codec the parameters travel encoded, each message with
         the key (seed, round, sender, part), which its receiver knows too.
         """
-        comm, store, me, c = self.comm, self.store, self.comm.rank, self.cfg
+        comm, store, me = self.comm, self.store, self.comm.rank
         everyone = [b for b in store.candidates if cur[b] == self.everyone and b in store.flats]
         codec, seed = self.sync.codec, self.seed
         bn = self.sync.syncs_bn(round_)
         self.sync.all_reduce(comm, round_)
         for b in everyone:
-            all_reduce_flats(comm, store.flats[b], codec, store.lossy[b], (seed, round_, b), None if bn else store.stats[b])
-        if c.outer:
+            all_reduce_flats(comm, store.flats[b], codec, store.layouts[b], (seed, round_, b), bn)
+        if self.sync.outer is not None:
             # Parts every rank holds are stepped after their average, identically everywhere; a block
             # with fewer holders is stepped by each holder before it travels (an affine step commutes
             # with the average), and its outer momentum travels with it.
             mine = [b for b in store.candidates if me in cur[b] and b not in everyone]
-            store.outer_step([*store.shared_parts, *everyone, *mine], c.outer_lr, c.outer_momentum, c.outer_nesterov)
+            self.sync.outer_step([*store.shared_parts, *everyone, *mine])
 
-        def lossy_of(b: Part) -> list[int]:  # per flat buffer of block b: how many values a codec may encode
-            return [store.lossy[b] if i == 0 else 0 for i in range(len(store.flats[b]))]
+        def lossy_of(b: Part) -> list[int]:
+            return store.layouts[b].lossy(store.flats[b])
 
         def as_sent(b: Part) -> list[torch.Tensor]:
             """This holder's copy of b as its receivers decode it: under a codec a holder that keeps b
@@ -198,7 +199,7 @@ class ResIST(Algorithm):
             if codec is None:
                 return store.flats[b]
             key, out = (seed, round_, me, b), [f.clone() for f in store.flats[b]]
-            n = store.lossy[b]
+            n = store.layouts[b].params
             out[0][:n] = codec.decode(codec.encode(out[0][:n], key), n, key)
             return out
 
@@ -229,17 +230,11 @@ class ResIST(Algorithm):
             # takes the lowest-ranked holder's (copies are in rank order); saved before the average
             # overwrites this rank's own copy, which may be the buffer itself.
             source = copies[cur[b].index(me) if me in cur[b] else 0]
-            kept = [] if bn else [t.clone() for t in self.statistics(b, source)]
+            kept = [] if bn else [t.clone() for t in store.layouts[b].statistics(source)]
             for i, target in enumerate(store.flats[b]):
                 target.copy_(aggregate.mean([c[i] for c in copies]))
-            for target, value in zip(self.statistics(b, store.flats[b]), kept):
+            for target, value in zip(store.layouts[b].statistics(store.flats[b]), kept):
                 target.copy_(value)
         for b in store.candidates:
             if me not in nxt[b] and store.held(b):
                 store.release(b)
-
-    def statistics(self, b: Part, flats: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Views of block ``b``'s BatchNorm statistics in ``flats`` (laid out as its bucket): the float32
-        ones after its parameters, and its other-dtype buffers (batch counters)."""
-        n, k = self.store.lossy[b], self.store.stats[b]
-        return [flats[0][n:n + k], *flats[1:]]
