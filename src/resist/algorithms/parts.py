@@ -8,7 +8,7 @@ from a seed of its own, so any rank can create any part identically without comm
 
 Every held tensor lives in a flat buffer per dtype of its bucket (``"shared"``, or a block index), so
 that synchronization sends and all-reduces those buffers as they are, with no copies (as DDP's buckets
-and apex's flat parameters do). A part's state is its parameters, its buffers (BatchNorm statistics)
+and apex's flat parameters do), laid out as :mod:`resist.algorithms.buckets` says. A part's state is its parameters, its buffers (BatchNorm statistics)
 and, where momentum persists across rounds, its momentum.
 """
 
@@ -37,6 +37,10 @@ def alignment(device: torch.device) -> int:
     with "misaligned address" on views at arbitrary offsets; 0 (packed tight) elsewhere, so the bytes on
     the wire are exactly the values'. The padding is zeros, travels with the bucket and stays zero."""
     return 128 if device.type == "cuda" else 0
+
+
+#: A state tensor's checkpoint name, the tensor, and how to put another tensor in its place.
+Entry = tuple[str, torch.Tensor, Callable[[torch.Tensor], None]]
 
 
 class PartStore:
@@ -111,7 +115,7 @@ class PartStore:
                 self.load_part(part, state)
 
     # --- state -----------------------------------------------------------------------------------
-    def _entries(self, parts: list[Part], outer: bool) -> list[tuple[str, torch.Tensor, Callable[[torch.Tensor], None]]]:
+    def _entries(self, parts: list[Part], outer: bool) -> list[Entry]:
         """Each state tensor of ``parts`` with its checkpoint name and a way to replace it, in the
         bucket layout's order (:func:`~resist.algorithms.buckets.ordered`); ``outer``: with the outer
         momentum (where kept). Momentum not yet allocated is a meta tensor of its parameter's shape."""

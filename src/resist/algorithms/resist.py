@@ -25,7 +25,7 @@ from ..models.protocol import can_fold, fold_residual_scale
 from ..plan import Plan, eval_scale, make_balanced_plan, make_plan, relative_speeds, update_speeds
 from .base import Algorithm, make_store
 from .parts import Part
-from .routing import Route, route
+from .routing import Route, holding, route
 from .shared import SharedSync, all_reduce_flats
 
 
@@ -106,8 +106,7 @@ class ResIST(Algorithm):
         else the plan."""
         if self.whole(round_):
             return {b: self.everyone for b in self.store.candidates}
-        plan = self.plan(round_)
-        return {b: plan.holders(b) for b in self.store.candidates}
+        return holding(self.plan(round_))
 
     def whole(self, round_: int) -> bool:
         """Whether ``round_`` trains the whole network as local SGD (warm-up or cool-down)."""
