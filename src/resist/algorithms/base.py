@@ -20,7 +20,8 @@ from ..comm import Communicator
 from ..config import AlgoConfig
 from ..io import atomic_save
 from ..plan import candidate_blocks, validate
-from .parts import Part, PartStore, SharedSync, assemble, evaluate_global
+from .parts import Part, PartStore, assemble, evaluate_global
+from .shared import SharedSync
 
 class Evaluator(Protocol):
     """How the trainer (its task) evaluates a model; algorithms decide which model that is."""

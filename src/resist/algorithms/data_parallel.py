@@ -12,7 +12,8 @@ from ..comm import Communicator
 from ..comm.codecs import make_codec
 from ..config import AlgoConfig
 from .base import Algorithm, make_store
-from .parts import Part, alignment, all_reduce_flats
+from .parts import Part, alignment
+from .shared import all_reduce_flats
 
 
 class DataParallel(Algorithm):

@@ -15,6 +15,7 @@ from ..plan import make_plan
 from ..seeds import mix
 from .base import Algorithm, Evaluator, make_store
 from .parts import Part
+from .routing import holding
 
 
 class Ensemble(Algorithm):
@@ -33,7 +34,7 @@ class Ensemble(Algorithm):
         self.store = make_store(comm, build_model, device, cfg, cfg.carry_momentum,
                                 mix(0xE45E, seed, comm.rank) % 2**32)
         plan = make_plan(seed, 0, comm.world_size, self.store.candidates, cfg.min_depth)
-        self.holding = {b: plan.holders(b) for b in self.store.candidates}
+        self.holding = holding(plan)
 
     def start(self, round_: int, state: dict[str, torch.Tensor] | None = None) -> None:
         store = self.store

@@ -10,7 +10,8 @@ from torch import nn
 from ..comm import Communicator
 from ..config import AlgoConfig
 from .base import Algorithm, make_store
-from .parts import Part, SharedSync
+from .parts import Part
+from .shared import SharedSync
 
 
 class LocalSGD(Algorithm):
@@ -44,9 +45,8 @@ class LocalSGD(Algorithm):
     @torch.no_grad()
     def end_round(self, round_: int, final: bool = False) -> None:
         self.sync.all_reduce(self.comm, round_)
-        if self.cfg.outer:
-            c = self.cfg
-            self.store.outer_step(self.store.all_parts(), c.outer_lr, c.outer_momentum, c.outer_nesterov)
+        if self.sync.outer is not None:
+            self.sync.outer_step(self.store.all_parts())
 
     def holders_now(self) -> dict[Part, tuple[int, ...]]:
         return {b: self.everyone for b in self.store.candidates}

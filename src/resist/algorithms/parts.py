@@ -8,7 +8,7 @@ from a seed of its own, so any rank can create any part identically without comm
 
 Every held tensor lives in a flat buffer per dtype of its bucket (``"shared"``, or a block index), so
 that synchronization sends and all-reduces those buffers as they are, with no copies (as DDP's buckets
-and apex's flat parameters do). A part's state is its parameters, its buffers (BatchNorm statistics)
+and apex's flat parameters do), laid out as :mod:`resist.algorithms.buckets` says. A part's state is its parameters, its buffers (BatchNorm statistics)
 and, where momentum persists across rounds, its momentum.
 """
 
@@ -21,8 +21,7 @@ from torch import nn
 
 from .. import aggregate
 from ..comm import Communicator
-from ..comm.codecs import Codec, make_codec
-from ..config import AlgoConfig
+from .buckets import BucketLayout, ordered
 # How a part is made from its seed is the model protocol's (the model's own initialization); re-exported.
 from ..models.protocol import Part, init_model, init_part, part_module  # noqa: F401
 
@@ -38,6 +37,10 @@ def alignment(device: torch.device) -> int:
     with "misaligned address" on views at arbitrary offsets; 0 (packed tight) elsewhere, so the bytes on
     the wire are exactly the values'. The padding is zeros, travels with the bucket and stays zero."""
     return 128 if device.type == "cuda" else 0
+
+
+#: A state tensor's checkpoint name, the tensor, and how to put another tensor in its place.
+Entry = tuple[str, torch.Tensor, Callable[[torch.Tensor], None]]
 
 
 class PartStore:
@@ -64,12 +67,8 @@ class PartStore:
         self.outer_momentum: dict[str, torch.Tensor] = {}
         self.round_start: dict[str, torch.Tensor] = {}
         self.flats: dict[Part, list[torch.Tensor]] = {}
-        #: Per bucket, how many leading values of its float32 buffer are parameters: what a codec may
-        #: compress (BatchNorm statistics, integer counters and momenta travel exactly).
-        self.lossy: dict[Part, int] = {}
-        #: Per bucket, how many float32 BatchNorm statistics follow those parameters in that buffer (its
-        #: other-dtype buffers, BatchNorm's batch counters, are statistics too).
-        self.stats: dict[Part, int] = {}
+        #: Per bucket, where its parameters and BatchNorm statistics lie in its flat buffers.
+        self.layouts: dict[Part, BucketLayout] = {}
 
     # --- holding ---------------------------------------------------------------------------------
     def module(self, part: Part) -> nn.Module:
@@ -105,6 +104,7 @@ class PartStore:
             for state in (self.momentum, self.outer_momentum, self.round_start):
                 state.pop(name, None)
         self.flats.pop(part, None)
+        self.layouts.pop(part, None)
         self.module(part).to("meta")
 
     def start(self, parts: list[Part], state: dict[str, torch.Tensor] | None) -> None:
@@ -115,28 +115,27 @@ class PartStore:
                 self.load_part(part, state)
 
     # --- state -----------------------------------------------------------------------------------
-    def _slots(self, parts: list[Part], outer: bool) -> list[tuple[Callable[[torch.Tensor], None], torch.Tensor]]:
-        """Each state tensor of ``parts`` with a way to replace it: every part's parameters first, then
-        their buffers, then momenta, so that a bucket's float buffer begins with all its parameters
-        (:meth:`lossy_numel`: what a codec may compress)."""
-        params, buffers, extra = [], [], []
+    def _entries(self, parts: list[Part], outer: bool) -> list[Entry]:
+        """Each state tensor of ``parts`` with its checkpoint name and a way to replace it, in the
+        bucket layout's order (:func:`~resist.algorithms.buckets.ordered`); ``outer``: with the outer
+        momentum (where kept). Momentum not yet allocated is a meta tensor of its parameter's shape."""
+        params, buffers, momenta = [], [], []
         for part in parts:
             module = self.module(part)
-            for m in module.modules():
-                for n, p in m._parameters.items():
-                    if p is not None:
-                        params.append((lambda v, m=m, n=n, g=p.requires_grad:
-                                       m._parameters.__setitem__(n, nn.Parameter(v, requires_grad=g)), p.data))
-            for m in module.modules():
-                for n, b in m._buffers.items():
-                    if b is not None:
-                        buffers.append((lambda v, m=m, n=n: m._buffers.__setitem__(n, v), b))
-            for kept, wanted in ((self.momentum, self.carry), (self.outer_momentum, self.outer and outer)):
+            for prefix, m in module.named_modules(prefix=self.prefix(part).rstrip(".")):
+                params += [(f"{prefix}.{n}", p.data, lambda v, m=m, n=n, g=p.requires_grad:
+                            m._parameters.__setitem__(n, nn.Parameter(v, requires_grad=g)))
+                           for n, p in m._parameters.items() if p is not None]
+            for prefix, m in module.named_modules(prefix=self.prefix(part).rstrip(".")):
+                buffers += [(f"{prefix}.{n}", b, lambda v, m=m, n=n: m._buffers.__setitem__(n, v))
+                            for n, b in m._buffers.items() if b is not None]
+            for label, kept, wanted in (("momentum/", self.momentum, self.carry),
+                                        ("outer_momentum/", self.outer_momentum, self.outer and outer)):
                 if wanted:
-                    for n, p in zip(self._param_names(part), module.parameters()):
-                        extra.append((lambda v, n=n, kept=kept: kept.__setitem__(n, v),
-                                      kept.get(n, torch.empty_like(p, device="meta"))))
-        return params + buffers + extra
+                    momenta += [(label + n, kept.get(n, torch.empty_like(p, device="meta")),
+                                 lambda v, n=n, kept=kept: kept.__setitem__(n, v))
+                                for n, p in zip(self._param_names(part), module.parameters())]
+        return ordered(params, buffers, momenta)
 
     @torch.no_grad()
     def bucket(self, key: Part, parts: list[Part], fresh: bool = False, outer: bool = True) -> None:
@@ -144,38 +143,24 @@ class PartStore:
         parameters, buffers and momentum become views into it. ``fresh``: allocate without copying,
         for a part about to be overwritten. ``outer=False`` leaves the outer momentum out of the bucket
         (for parts that every rank holds: it is the same everywhere, so it need not travel)."""
-        slots = self._slots(parts, outer)
+        entries = self._entries(parts, outer)
         a = self.align
-        self.lossy[key] = sum(aggregate.span(p, a) for part in parts for p in self.module(part).parameters()
-                              if p.dtype == torch.float32)
-        self.stats[key] = sum(aggregate.span(b, a) for part in parts for b in self.module(part).buffers()
-                              if b.dtype == torch.float32)
-        tensors = [t for _, t in slots]
+        self.layouts[key] = BucketLayout.of([p for part in parts for p in self.module(part).parameters()],
+                                            [b for part in parts for b in self.module(part).buffers()], a)
+        tensors = [t for _, t, _ in entries]
         flats = aggregate.empty_like_packed(tensors, self.device, a) if fresh else aggregate.pack(tensors, a)
-        for (point, _), view in zip(slots, aggregate.views(flats, tensors, a)):
+        for (_, _, point), view in zip(entries, aggregate.views(flats, tensors, a)):
             point(view)
         self.flats[key] = flats
 
     def state_tensors(self, part: Part) -> list[torch.Tensor]:
         """The state of ``part``: parameters, BatchNorm buffers and, where kept, momentum and outer
         momentum (in :meth:`state_names` order)."""
-        module = self.module(part)
-        out = tensors_of(module)
-        for kept, wanted in ((self.momentum, self.carry), (self.outer_momentum, self.outer)):
-            if wanted:
-                out += [kept.get(n, torch.empty_like(p, device="meta"))
-                        for n, p in zip(self._param_names(part), module.parameters())]
-        return out
+        return [t for _, t, _ in self._entries([part], outer=True)]
 
     def state_names(self, part: Part) -> list[str]:
         """Names of :meth:`state_tensors` in a checkpoint: state-dict keys, then ``momentum/<param>``."""
-        module, prefix = self.module(part), self.prefix(part)
-        names = [prefix + n for n, _ in module.named_parameters()] + [prefix + n for n, _ in module.named_buffers()]
-        if self.carry:
-            names += ["momentum/" + prefix + n for n, _ in module.named_parameters()]
-        if self.outer:
-            names += ["outer_momentum/" + prefix + n for n, _ in module.named_parameters()]
-        return names
+        return [n for n, _, _ in self._entries([part], outer=True)]
 
     def load_part(self, part: Part, state: dict[str, torch.Tensor]) -> None:
         """Fill a materialized ``part`` from a :func:`gather_state` dict (a checkpoint)."""
@@ -199,20 +184,11 @@ class PartStore:
             else:
                 self.round_start[name] = p.detach().clone()
 
-    @torch.no_grad()
-    def outer_step(self, parts: Iterable[Part], lr: float, momentum: float, nesterov: bool) -> None:
-        """DiLoCo's outer SGD on the parameters of ``parts``: the change since the round began is the
-        pseudo-gradient g = start - now; m <- momentum m + g; now <- start - lr (g + momentum m) with
-        Nesterov, else start - lr m. BatchNorm statistics are not stepped.
-
-        The step is affine in the parameters, so applying it to each holder's own copy and then
-        averaging the copies (and their outer momenta) equals averaging first and stepping once."""
-        for part in parts:
-            for name, p in zip(self._param_names(part), self.module(part).parameters()):
-                start, m = self.round_start[name], self.outer_momentum[name]
-                g = start - p
-                m.mul_(momentum).add_(g)
-                p.copy_(start - lr * (g + momentum * m if nesterov else m))
+    def outer_state(self, parts: Iterable[Part]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``(parameter, its round-start value, its outer momentum)`` of every parameter of ``parts``:
+        what :class:`~resist.algorithms.outer.OuterSGD` steps. BatchNorm statistics are not stepped."""
+        return [(p, self.round_start[n], self.outer_momentum[n]) for part in parts
+                for n, p in zip(self._param_names(part), self.module(part).parameters())]
 
     def trainable(self) -> list[tuple[str, nn.Parameter]]:
         """The held parameters, by name."""
@@ -290,152 +266,3 @@ def evaluate_global(comm: Communicator, store: PartStore, holders: dict[Part, tu
     with comm.tag("control"):
         comm.broadcast(values, 0)
     return dict(zip(names, values.tolist()))
-
-
-def all_reduce_flats(comm: Communicator, flats: Sequence[torch.Tensor], codec: Codec | None = None,
-                     lossy: int = 0, key: tuple[int, ...] = (), stats: int | None = None) -> None:
-    """Average flat buffers over all ranks, in place (one all-reduce per dtype buffer); with a codec,
-    the first ``lossy`` values of the first (float32) buffer travel encoded.
-
-    ``stats``: leave the BatchNorm statistics alone (a round that does not average them, ``bn_sync_every``):
-    the ``stats`` float32 values after the ``lossy`` parameters and every other-dtype buffer stay as
-    each rank has them, and only the parameters (and momenta) travel."""
-    if stats is None:
-        for i, f in enumerate(flats):
-            comm.all_reduce_coded(f, codec, lossy if i == 0 and f.dtype == torch.float32 else 0, key)
-        return
-    f = flats[0]
-    comm.all_reduce_coded(f[:lossy], codec, lossy, key)
-    if f.numel() > lossy + stats:
-        comm.all_reduce(f[lossy + stats:], average=True)
-
-
-class UpdateCompression:
-    """Compressed *updates* of the shared bucket (the parts every rank holds, all-reduced each round):
-    what travels is the change since the round began, θ - θ_start, which every rank can add back
-    because every rank starts the round from the same θ_start; small changes quantize far better than
-    the weights themselves (DiLoCo-style systems send updates at 2-8 bits).
-
-    With ``error_feedback`` what compression dropped from this rank's contribution (what it sent minus
-    the decoding of exactly the payloads it encoded, per shard of the compressed all-reduce) is kept
-    and added to the next round's update (Seide et al. 2014, Karimireddy et al. 2019). That residual is
-    this rank's alone; checkpoints keep every rank's (see :meth:`residuals`). Blocks that move between
-    holders travel as weights (their receiver may not know θ_start)."""
-
-    def __init__(self, codec: Codec, error_feedback: bool) -> None:
-        self.codec, self.error_feedback = codec, error_feedback
-        self.start: torch.Tensor | None = None
-        self.residual: torch.Tensor | None = None
-
-    def begin_round(self, store: PartStore) -> None:
-        self.start = store.flats["shared"][0][:store.lossy["shared"]].clone()
-
-    @torch.no_grad()
-    def all_reduce(self, comm: Communicator, store: PartStore, key: tuple[int, ...], bn: bool = True) -> None:
-        """Average the shared bucket over all ranks, its parameters sent as compressed updates; without
-        ``bn`` the BatchNorm statistics stay as each rank has them."""
-        assert self.start is not None, "begin_round() first"
-        flats, lossy = store.flats["shared"], store.lossy["shared"]
-        f = flats[0]
-        exact = lossy if bn else lossy + store.stats["shared"]  # where the values that travel exactly begin
-        sent = f[:lossy] - self.start
-        dropped = None
-        if self.error_feedback:
-            if self.residual is not None:
-                sent += self.residual
-            dropped = torch.empty_like(sent)
-        travelling = torch.cat([sent, f[exact:]])
-        comm.all_reduce_coded(travelling, self.codec, lossy, key, dropped)
-        if dropped is not None:
-            self.residual = dropped
-        f[:lossy].copy_(self.start + travelling[:lossy])
-        f[exact:].copy_(travelling[lossy:])
-        for g in flats[1:] if bn else []:
-            comm.all_reduce(g, average=True)
-
-    def residuals(self) -> dict[str, torch.Tensor]:
-        """This rank's state for a checkpoint (written after a round, when the residual exists)."""
-        if not self.error_feedback:
-            return {}
-        assert self.residual is not None, "a checkpoint follows a round"
-        return {"residual": self.residual}
-
-    def load_residuals(self, state: dict[str, torch.Tensor]) -> None:
-        if self.error_feedback:
-            self.residual = state["residual"].clone()
-
-
-class SharedSync:
-    """What an algorithm that averages the shared bucket at the end of each round does around it: the
-    round-start snapshot for an outer step, the codec, with compressed updates and their residuals
-    where asked for (``cfg.compress``, ``cfg.compress_what``, ``cfg.error_feedback``), and BatchNorm
-    statistics averaged only every ``cfg.bn_sync_every`` rounds (paper §5: 1300 on ImageNet).
-
-    Between those rounds each rank's statistics are its own, so a checkpoint keeps every rank's
-    (:meth:`rank_state`); running statistics never enter a training step (BatchNorm trains on batch
-    statistics), so they change evaluations only, never the parameters."""
-
-    def __init__(self, store: PartStore, cfg: AlgoConfig, seed: int) -> None:
-        self.store, self.outer, self.seed = store, cfg.outer, seed
-        self.codec = make_codec(cfg.compress, cfg.keep_fraction, cfg.chunk)
-        self.update = (UpdateCompression(self.codec, cfg.error_feedback)
-                       if self.codec is not None and cfg.compress_what == "update" else None)
-        self.syncs_bn = cfg.syncs_bn
-        self.local_stats = cfg.bn_sync_every > 1
-
-    def begin_round(self) -> None:
-        if self.outer:
-            self.store.snapshot()
-        if self.update is not None:
-            self.update.begin_round(self.store)
-
-    def all_reduce(self, comm: Communicator, round_: int) -> None:
-        """Average the shared bucket over all ranks (compressed as configured; its BatchNorm statistics
-        only in the rounds that average them)."""
-        key, bn = (self.seed, round_, -1), self.syncs_bn(round_)
-        if self.update is not None:
-            self.update.all_reduce(comm, self.store, key, bn)
-        else:
-            all_reduce_flats(comm, self.store.flats["shared"], self.codec, self.store.lossy["shared"], key,
-                             None if bn else self.store.stats["shared"])
-
-    def rank_state(self) -> dict[str, torch.Tensor]:
-        state = self.update.residuals() if self.update is not None else {}
-        if self.local_stats:
-            state.update(statistics_state(self.store))
-        return state
-
-    def load_rank_state(self, state: dict[str, torch.Tensor]) -> None:
-        if self.update is not None:
-            self.update.load_residuals(state)
-        if self.local_stats:
-            load_statistics_state(self.store, state)
-
-
-def statistics_state(store: PartStore) -> dict[str, torch.Tensor]:
-    """This rank's BatchNorm statistics of every part of the model, zeros for the parts it does not
-    hold, and which parts it holds: tensors of the same shapes on every rank (a checkpoint gathers them)."""
-    floats, counts, held = [], [], []
-    for part in store.all_parts():
-        mine = store.held(part)
-        held.append(int(mine))
-        for b in store.module(part).buffers():
-            flat = b.detach().reshape(-1) if mine else torch.zeros(b.numel(), dtype=b.dtype, device=store.device)
-            (floats if b.is_floating_point() else counts).append(flat)
-    none = torch.zeros(0, device=store.device)
-    return {"bn_stats": torch.cat([none, *floats]).float(), "bn_counts": torch.cat([none.long(), *counts]).long(),
-            "bn_held": torch.tensor(held, dtype=torch.int64, device=store.device)}
-
-
-@torch.no_grad()
-def load_statistics_state(store: PartStore, state: dict[str, torch.Tensor]) -> None:
-    """Put back the statistics of :func:`statistics_state` into the parts this rank held then and holds
-    now (a resume at the same round with the same workers: the same parts)."""
-    at = {"float": 0, "int": 0}
-    for part, was in zip(store.all_parts(), state["bn_held"].tolist()):
-        mine = store.held(part)
-        for b in store.module(part).buffers():
-            kind, source = ("float", state["bn_stats"]) if b.is_floating_point() else ("int", state["bn_counts"])
-            if was and mine:
-                b.copy_(source[at[kind]:at[kind] + b.numel()].view_as(b))
-            at[kind] += b.numel()

@@ -24,7 +24,9 @@ from ..config import AlgoConfig
 from ..models.protocol import can_fold, fold_residual_scale
 from ..plan import Plan, eval_scale, make_balanced_plan, make_plan, relative_speeds, update_speeds
 from .base import Algorithm, make_store
-from .parts import Part, SharedSync, all_reduce_flats
+from .parts import Part
+from .routing import Route, holding, route
+from .shared import SharedSync, all_reduce_flats
 
 
 class ResIST(Algorithm):
@@ -111,8 +113,7 @@ class ResIST(Algorithm):
         else the plan."""
         if self.whole(round_):
             return {b: self.everyone for b in self.store.candidates}
-        plan = self.plan(round_)
-        return {b: plan.holders(b) for b in self.store.candidates}
+        return holding(self.plan(round_))
 
     def whole(self, round_: int) -> bool:
         """Whether ``round_`` trains the whole network as local SGD (warm-up or cool-down)."""
@@ -175,78 +176,73 @@ class ResIST(Algorithm):
 
     @torch.no_grad()
     def synchronize(self, cur: dict[Part, tuple[int, ...]], nxt: dict[Part, tuple[int, ...]], round_: int = 0) -> None:
-        """Average every part over its holders of this round and deliver it to next round's holders.
+        """Average every part over its holders of this round and deliver it to next round's holders
+        (§2.5, Fig. 3), executing this rank's :func:`~resist.algorithms.routing.route`.
 
         The flat buffers travel as they are: the all-reduce runs in place, a block with one holder is
         received straight into its new holder's buffer, and only a block with several holders needs
         receive buffers and an average. With a codec the parameters travel encoded, each message with
         the key (seed, round, sender, part), which its receiver knows too.
         """
-        comm, store, me, c = self.comm, self.store, self.comm.rank, self.cfg
-        everyone = [b for b in store.candidates if cur[b] == self.everyone and b in store.flats]
-        codec, seed = self.sync.codec, self.seed
+        store, r = self.store, route(cur, nxt, self.comm.rank, self.comm.world_size)
         bn = self.sync.syncs_bn(round_)
-        self.sync.all_reduce(comm, round_)
-        for b in everyone:
-            all_reduce_flats(comm, store.flats[b], codec, store.lossy[b], (seed, round_, b), None if bn else store.stats[b])
-        if c.outer:
+        self.sync.all_reduce(self.comm, round_)
+        for b in r.all_reduced:
+            all_reduce_flats(self.comm, store.flats[b], self.sync.codec, store.layouts[b], (self.seed, round_, b), bn)
+        if self.sync.outer is not None:
             # Parts every rank holds are stepped after their average, identically everywhere; a block
             # with fewer holders is stepped by each holder before it travels (an affine step commutes
             # with the average), and its outer momentum travels with it.
-            mine = [b for b in store.candidates if me in cur[b] and b not in everyone]
-            store.outer_step([*store.shared_parts, *everyone, *mine], c.outer_lr, c.outer_momentum, c.outer_nesterov)
+            self.sync.outer_step([*store.shared_parts, *r.all_reduced, *r.stepped])
+        for b, copies in self._exchange(r, round_):
+            self._average(b, copies, cur[b], bn)
+        for b in r.released:
+            store.release(b)
 
-        def lossy_of(b: Part) -> list[int]:  # per flat buffer of block b: how many values a codec may encode
-            return [store.lossy[b] if i == 0 else 0 for i in range(len(store.flats[b]))]
+    def _exchange(self, r: Route, round_: int) -> list[tuple[Part, list[list[torch.Tensor]]]]:
+        """The point-to-point part of route ``r``, as one batched exchange; returns each block this rank
+        must average, with the copies to average (in its holders' rank order)."""
+        store, me, codec = self.store, self.comm.rank, self.sync.codec
+        for b in r.allocated:
+            store.bucket(b, [b], fresh=True)  # filled by the exchange below
 
-        def as_sent(b: Part) -> list[torch.Tensor]:
-            """This holder's copy of b as its receivers decode it: under a codec a holder that keeps b
-            averages the decoded copies too, so that every holder of the next round has the same bits."""
-            if codec is None:
-                return store.flats[b]
-            key, out = (seed, round_, me, b), [f.clone() for f in store.flats[b]]
-            n = store.lossy[b]
-            out[0][:n] = codec.decode(codec.encode(out[0][:n], key), n, key)
-            return out
+        def messages(peer: int, b: Part, flats: list[torch.Tensor], sender: int) -> list:
+            return [(peer, f, n, (self.seed, round_, sender, b)) for f, n in zip(flats, store.layouts[b].lossy(flats))]
 
-        sends, recvs, pending = [], [], []
-        for b in store.candidates:
-            held_by, goes_to = cur[b], nxt[b]
-            if held_by == self.everyone:
-                continue  # averaged by the all-reduce above
-            if me in held_by:
-                sends += [(dst, f, n, (seed, round_, me, b)) for dst in goes_to if dst != me
-                          for f, n in zip(store.flats[b], lossy_of(b))]
-            if me in goes_to and held_by == (me,) and goes_to != (me,) and codec is not None:
-                pending.append((b, [as_sent(b)]))  # its new co-holders see it decoded; so must it
-            if me in goes_to and held_by != (me,):  # a sole holder's own copy is already the average
-                if not store.held(b):
-                    store.bucket(b, [b], fresh=True)  # allocated here, filled by the exchange below
-                if len(held_by) == 1:
-                    recvs += [(held_by[0], f, n, (seed, round_, held_by[0], b))
-                              for f, n in zip(store.flats[b], lossy_of(b))]
-                    continue
-                bufs = {h: [torch.empty_like(f) for f in store.flats[b]] for h in held_by if h != me}
-                recvs += [(h, f, n, (seed, round_, h, b)) for h, fs in bufs.items() for f, n in zip(fs, lossy_of(b))]
-                pending.append((b, [as_sent(b) if h == me else bufs[h] for h in held_by]))
-        comm.exchange_coded(sends, recvs, codec)
+        sends = [m for dst, b in r.sends for m in messages(dst, b, store.flats[b], me)]
+        recvs, bufs = [], {}
+        for rec in r.receives:
+            if rec.direct:
+                recvs += messages(rec.src, rec.block, store.flats[rec.block], rec.src)
+            else:
+                bufs[rec.src, rec.block] = [torch.empty_like(f) for f in store.flats[rec.block]]
+                recvs += messages(rec.src, rec.block, bufs[rec.src, rec.block], rec.src)
+        # Under a codec a holder that keeps a block averages the decoded copies too (its own as its
+        # receivers decode it), so that every holder of the next round has the same bits.
+        pending = [(b, [self._as_sent(b, round_)]) for b in r.reencoded] if codec is not None else []
+        pending += [(a.block, [self._as_sent(a.block, round_) if h == me else bufs[h, a.block] for h in a.holders])
+                    for a in r.averages]
+        self.comm.exchange_coded(sends, recvs, codec)
+        return pending
 
-        for b, copies in pending:
-            # In a round that leaves BatchNorm statistics alone, a holder keeps its own and a new holder
-            # takes the lowest-ranked holder's (copies are in rank order); saved before the average
-            # overwrites this rank's own copy, which may be the buffer itself.
-            source = copies[cur[b].index(me) if me in cur[b] else 0]
-            kept = [] if bn else [t.clone() for t in self.statistics(b, source)]
-            for i, target in enumerate(store.flats[b]):
-                target.copy_(aggregate.mean([c[i] for c in copies]))
-            for target, value in zip(self.statistics(b, store.flats[b]), kept):
-                target.copy_(value)
-        for b in store.candidates:
-            if me not in nxt[b] and store.held(b):
-                store.release(b)
+    def _as_sent(self, b: Part, round_: int) -> list[torch.Tensor]:
+        """This rank's copy of block ``b`` as its receivers decode it (the copy itself without a codec)."""
+        codec, flats = self.sync.codec, self.store.flats[b]
+        if codec is None:
+            return flats
+        key, out, n = (self.seed, round_, self.comm.rank, b), [f.clone() for f in flats], self.store.layouts[b].params
+        out[0][:n] = codec.decode(codec.encode(out[0][:n], key), n, key)
+        return out
 
-    def statistics(self, b: Part, flats: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Views of block ``b``'s BatchNorm statistics in ``flats`` (laid out as its bucket): the float32
-        ones after its parameters, and its other-dtype buffers (batch counters)."""
-        n, k = self.store.lossy[b], self.store.stats[b]
-        return [flats[0][n:n + k], *flats[1:]]
+    def _average(self, b: Part, copies: list[list[torch.Tensor]], holders: tuple[int, ...], bn: bool) -> None:
+        """Block ``b`` becomes the mean of ``copies`` (its ``holders``', in rank order). In a round that
+        leaves BatchNorm statistics alone, a holder keeps its own and a new holder takes the
+        lowest-ranked holder's; saved before the average overwrites this rank's own copy, which may be
+        the buffer itself."""
+        me, flats, layout = self.comm.rank, self.store.flats[b], self.store.layouts[b]
+        source = copies[holders.index(me) if me in holders else 0]
+        kept = [] if bn else [t.clone() for t in layout.statistics(source)]
+        for i, target in enumerate(flats):
+            target.copy_(aggregate.mean([c[i] for c in copies]))
+        for target, value in zip(layout.statistics(flats), kept):
+            target.copy_(value)

@@ -16,7 +16,7 @@ and ``fragment_update_alpha``, ``_StreamingDiLoCoFragment.prepare_sync`` / ``per
   without waiting.
 - Merging (step t + tau): with an outer optimizer, the averaged parameters give the pseudo-gradient
   g = global - average, where ``global`` is the fragment's global parameters after its previous merge
-  (torchft's ``original_parameters``); DiLoCo's outer SGD (:meth:`PartStore.outer_step`'s arithmetic:
+  (torchft's ``original_parameters``); DiLoCo's outer SGD (:class:`~resist.algorithms.outer.OuterSGD`:
   m <- mu m + g; global <- global - lr (g + mu m) with Nesterov, else global - lr m) gives the new
   global parameters; without one (lr 1, momentum 0) they are the average itself. The live weights,
   which have trained tau more steps meanwhile, become global + alpha (live - global) = (1 - alpha)
@@ -57,6 +57,7 @@ from ..comm import Communicator
 from ..comm.base import Pending
 from ..config import AlgoConfig
 from .base import Algorithm, make_store
+from .outer import OuterSGD
 from .parts import Part, PartStore, gather_state
 
 
@@ -102,6 +103,7 @@ class StreamingDiLoCo(Algorithm):
     def __init__(self, comm: Communicator, build_model: Callable[[], nn.Module], device: torch.device,
                  cfg: AlgoConfig, seed: int) -> None:
         self.comm, self.cfg, self.seed = comm, cfg, seed
+        self.outer = OuterSGD(cfg.outer_lr, cfg.outer_momentum, cfg.outer_nesterov) if cfg.outer else None
         self.store: PartStore = make_store(comm, build_model, device, cfg, cfg.carry_momentum, seed,
                                            outer=cfg.outer)
         model = self.store.model
@@ -137,7 +139,7 @@ class StreamingDiLoCo(Algorithm):
             if store.outer:  # one flat outer momentum laid out as the parameters are (views kept in the store)
                 names = [n for q in parts for n in store._param_names(q)]
                 tensors = [store.outer_momentum[n] for n in names]
-                flat = torch.zeros(store.lossy[key], dtype=torch.float32, device=store.device)
+                flat = torch.zeros(store.layouts[key].params, dtype=torch.float32, device=store.device)
                 offset = 0
                 for n, t in zip(names, tensors):
                     view = flat[offset:offset + t.numel()].view_as(t)
@@ -183,16 +185,12 @@ class StreamingDiLoCo(Algorithm):
         for w in works:
             w.wait()
         c, key = self.cfg, self.keys[f]
-        live, glob, n = self.store.flats[key], self.glob[f], self.store.lossy[key]
-        if c.outer:  # DiLoCo's outer step from the fragment's global parameters (PartStore.outer_step's arithmetic)
-            start, m = glob[0][:n], self.outer_m[f]
-            g = start - average[0][:n]
-            m.mul_(c.outer_momentum).add_(g)
-            start.copy_(start - c.outer_lr * (g + c.outer_momentum * m if c.outer_nesterov else m))
-            glob[0][n:].copy_(average[0][n:])
-        else:
-            glob[0].copy_(average[0])
-        for g_, a in zip(glob[1:], average[1:]):
+        live, glob, n = self.store.flats[key], self.glob[f], self.store.layouts[key].params
+        if self.outer is not None:
+            # DiLoCo's outer step from the fragment's global parameters, written into the average's
+            # parameters, which then become the global ones with the rest of the average.
+            self.outer.step([(average[0][:n], glob[0][:n], self.outer_m[f])])
+        for g_, a in zip(glob, average):
             g_.copy_(a)
         for l_, g_ in zip(live, glob):
             if c.mix_alpha == 0 or not l_.is_floating_point():
