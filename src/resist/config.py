@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import math
 import re
 import sys
 import types
@@ -412,6 +413,10 @@ class RunConfig:
     """Seeds the model initialization, the data order, the augmentation and every plan."""
     max_rounds: int | None = None
     """Stop after this many rounds (``None``: run all epochs)."""
+    stop_at: float | None = None
+    """Stop after the first evaluation whose headline score is at least this good (test accuracy in %;
+    bits per byte or detection test loss, lower being better): time to a target without training past
+    it. Checkpointed there; a resume with the same target leaves the run as it is."""
     eval_every: int = 10
     """Evaluate the assembled global model every this many rounds (and at the end)."""
     runtime: Runtime = "inprocess"
@@ -447,6 +452,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         _check_vocabularies(self)
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        _check(self.stop_at is None or math.isfinite(self.stop_at), f"stop_at must be a finite score, got {self.stop_at}")
         _check(self.max_rounds is None or self.max_rounds >= 1, f"max_rounds must be >= 1, got {self.max_rounds}")
         _check(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
         _check(0 < self.timeout <= MAX_TIMEOUT_S, f"timeout must be > 0 and at most {MAX_TIMEOUT_S:.0f} seconds "
@@ -531,7 +537,7 @@ class Config:
 RESUMABLE_CHANGES = frozenset({
     "algo.workers", "run.runtime", "run.backend", "run.device", "run.timeout", "run.max_rounds", "run.master_port",
     "run.eval_every", "run.checkpoint_every", "run.keep_checkpoints", "run.out", "run.amp", "run.channels_last",
-    "run.log", "data.loader_workers",
+    "run.log", "run.stop_at", "data.loader_workers",
 })
 
 

@@ -94,6 +94,17 @@ def finished_summary(cfg: Config, run_dir: Path, path: Path, dataset: DataSource
     summary = Path(run_dir) / "summary.json"
     if not summary.is_file():
         return None  # unfinished, or finished but cut off before its summary: resuming completes it
+    try:
+        done, problem = json.loads(summary.read_text()), None
+    except (OSError, ValueError) as e:
+        done, problem = {}, e
+    stopped = done.get("stopped_at_target")
+    if stopped and cfg.run.stop_at != stopped["target"]:
+        return None  # it stopped at a target this resume does not ask for: it trains on
+    if stopped:
+        log.info("%s reached --stop-at %g after round %d: nothing to resume, so it is left as it is; resume with "
+                 "another --stop-at (or none) to train it further", run_dir, stopped["target"], stopped["round"])
+        return done
     saved = checkpoint.load(path)
     sched = Schedule.of(cfg, dataset.n_train)
     # Only a --max-rounds other than the run's own extends it: with another worker count alone the same
@@ -107,10 +118,9 @@ def finished_summary(cfg: Config, run_dir: Path, path: Path, dataset: DataSource
             f"so they are a new run (--epochs, another --out)")
     log.info("%s is finished (round %d of %d): nothing to resume, so it is left as it is; %s", run_dir,
              sched.rounds, sched.rounds, more)
-    try:
-        return json.loads(summary.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{summary} is unreadable ({e}); the run is finished, its model is {run_dir / 'model.pt'}") from None
+    if problem is not None:
+        raise ValueError(f"{summary} is unreadable ({problem}); the run is finished, its model is {run_dir / 'model.pt'}")
+    return done
 
 
 def claim_run_folder(cfg: Config, resume: bool | str, force: bool) -> rundir.RunLock:

@@ -153,9 +153,14 @@ class Worker:
     writer: MetricsWriter | None = None
     started: float = 0.0
     state_bytes: int = 0
+    stopped: dict[str, float] | None = None
+    """Where ``--stop-at`` ended the run: its round, the target and the score that reached it."""
 
     def is_last(self, r: int) -> bool:
-        return r == self.sched.rounds - 1
+        return r == self.sched.rounds - 1 or (self.stopped is not None and r == self.stopped["round"])
+
+    def rounds_trained(self) -> int:
+        return self.sched.rounds if self.stopped is None else int(self.stopped["round"]) + 1
 
     def end_step(self, r: int) -> int:
         """The global step after round ``r`` (the last round may be short)."""
@@ -282,10 +287,13 @@ def run_worker(comm: Communicator, cfg: Config, dataset: DataSource, out: Path |
         w.progress["parallel_s"] += float(local.compute_s.max() + synced.comm_s.max())
         scores = evaluate(w, r)
         record(w, r, local, synced, scores)
+        w.stopped = reached_target(w, r, scores)
         if w.checkpoint_due(r):
             w.progress["elapsed_s"] = time.perf_counter() - w.started
             save_checkpoint(comm, w.algo, cfg, w.out, r + 1, w.end_step(r) / w.sched.steps_per_epoch, w.progress,
                             w.rows)
+        if w.stopped:
+            break
     if w.writer:
         w.writer.close()
     w.stream.close()  # image folders: stop the loader processes now, not at garbage collection
@@ -416,6 +424,18 @@ def evaluate(w: Worker, r: int) -> dict[str, float] | None:
     return scores
 
 
+def reached_target(w: Worker, r: int, scores: dict[str, float] | None) -> dict[str, float] | None:
+    """``--stop-at``: round ``r``'s evaluation is at least as good as the target (every rank has the same
+    broadcast scores, so every rank stops at the same round)."""
+    target = w.cfg.run.stop_at
+    if target is None or scores is None or w.task.better(target, scores[w.task.headline]):
+        return None
+    if w.writer:
+        log.info("%s %.4g reached --stop-at %g after round %d: stopping", w.task.headline,
+                 scores[w.task.headline], target, r)
+    return {"round": r, "target": target, "score": scores[w.task.headline]}
+
+
 def record(w: Worker, r: int, local: LocalWork, synced: Synchronized, scores: dict[str, float] | None) -> None:
     """Round ``r``'s row: kept for checkpoints and the summary, and appended to metrics.jsonl by rank 0."""
     step = w.end_step(r)
@@ -436,11 +456,12 @@ def summarize(w: Worker, dataset: DataSource) -> dict[str, Any]:
     totals = gather(comm, Totals, comm.bytes.sent["sync"], comm.bytes.received["sync"], comm.bytes.sent["eval"],
                     comm.bytes.received["eval"], w.state_bytes, peak_memory_bytes(w.device),
                     comm.bytes.sent["checkpoint"], comm.bytes.received["checkpoint"])
-    steps = min(sched.rounds * cfg.algo.local_iters, sched.total_steps)
+    steps = min(w.rounds_trained() * cfg.algo.local_iters, sched.total_steps)
     end_epoch = steps / sched.steps_per_epoch
     return {
         "algo": cfg.algo.name, "model": cfg.model.name, "width": cfg.model.width, "workers": comm.world_size,
-        "dataset": dataset.name, "runtime": cfg.run.runtime, "rounds": sched.rounds,
+        "dataset": dataset.name, "runtime": cfg.run.runtime, "rounds": w.rounds_trained(),
+        "stopped_at_target": w.stopped,
         "steps": steps, "resumed_at_round": w.first_round,
         # Epochs each worker's shard was trained for, before and after the last resume (the worker
         # count may differ between them); their sum is what the whole run trained.
