@@ -157,7 +157,7 @@ def block_counts(speeds: Sequence[float], shared_cost: float, block_cost: float,
     blocks) at ``speeds[w]`` cost units per second. Everyone starts at the minimum depth, and at one
     block where there are as many blocks as workers: a sub-network with none trains the stem and head
     alone and pulls the shared layers towards a network without blocks (the deal ``check_dealing``
-    refuses; measured: 4 points lost at 4 workers, docs/heterogeneous.md). Each remaining block goes to
+    refuses; docs/heterogeneous.md). Each remaining block goes to
     the worker whose step it lengthens least (ties to the lower rank): this greedy fill minimizes the
     largest step time, since each worker's time grows linearly in its blocks. With equal speeds it
     gives the round robin's sizes (the first P mod S workers one block more).
