@@ -95,12 +95,9 @@ class ResIST(Algorithm):
         if self.cfg.balance == "none":
             return
         world = self.comm.world_size
-        tail: list[dict] = []
-        for row in rows:
-            same = len(row.get("compute_s_per_worker", ())) == world
-            tail = tail + [row] if same else []
+        other = [i for i, row in enumerate(rows) if len(row.get("compute_s_per_worker", ())) != world]
         last_dealt = None
-        for row in tail:
+        for row in rows[other[-1] + 1 if other else 0:]:
             r = row["round"]
             self.plan(r)  # made with the speeds known before r, as the uninterrupted run made it
             self.observe(r, row["compute_s_per_worker"], row["steps_per_worker"])
