@@ -108,9 +108,11 @@ def models_for(task: str) -> tuple[str, ...]:
 #:   compresses gradients rather than weights, and all-reduces once a step;
 #: - ``classification_only``: its members' class scores are averaged at evaluation;
 #: - ``fragmented``: synchronizes fragments of the model on a staggered schedule (``fragments``);
-#: - ``checkpointable``: the run's whole state is the global model (so that a checkpoint can hold it).
+#: - ``checkpointable``: the run's whole state is the global model (so that a checkpoint can hold it);
+#: - ``elastic``: can go on through lost and joining workers (``--runtime elastic``; it has
+#:   ``reconfigure`` and ``join``).
 CAPABILITIES = ("partitions", "uses_warmup", "supports_outer", "compressible", "defers_bn_sync", "balances",
-                "syncs_every_step", "classification_only", "fragmented", "checkpointable")
+                "syncs_every_step", "classification_only", "fragmented", "checkpointable", "elastic")
 
 
 ABBREVIATIONS = ("et al", "e.g", "i.e", "cf", "vs", "Fig", "Eq", "resp")

@@ -75,6 +75,9 @@ class Algorithm(ABC):
     #: Whether it cuts the model into fragments synchronized on a staggered schedule (``fragments``,
     #: ``sync_delay``, ``mix_alpha``).
     fragmented: ClassVar[bool] = False
+    #: Whether it can go on through lost and joining workers (``--runtime elastic``): it then has
+    #: ``reconfigure(comm)`` and ``join()``, and its shared bucket is ``store.flats["shared"]``.
+    elastic: ClassVar[bool] = False
 
     comm: Communicator
     store: PartStore

@@ -26,6 +26,7 @@ class LocalSGD(Algorithm):
     supports_outer = True
     compressible = True
     defers_bn_sync = True
+    elastic = True
 
     def __init__(self, comm: Communicator, build_model: Callable[[], nn.Module], device: torch.device,
                  cfg: AlgoConfig, seed: int) -> None:
@@ -38,6 +39,17 @@ class LocalSGD(Algorithm):
         parts = self.store.all_parts()
         self.store.start(parts, state)
         self.store.bucket("shared", parts, outer=False)  # nothing ever moves: one bucket for the whole model
+
+    def reconfigure(self, comm: Communicator) -> None:
+        """Go on over another membership (elastic training)."""
+        self.comm, self.everyone = comm, tuple(range(comm.world_size))
+
+    def join(self) -> None:
+        """A worker joining a run in progress: the whole model as zeros, so that its share of the
+        all-reduce adds nothing and it ends with the others' average (whole-model recovery)."""
+        self.start(0)
+        for f in self.store.flats["shared"]:
+            f.zero_()
 
     def begin_round(self, round_: int) -> None:
         self.sync.begin_round()

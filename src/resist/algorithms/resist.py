@@ -36,6 +36,7 @@ class ResIST(Algorithm):
     compressible = True
     defers_bn_sync = True
     balances = True
+    elastic = True
 
     def __init__(self, comm: Communicator, build_model: Callable[[], nn.Module], device: torch.device,
                  cfg: AlgoConfig, seed: int, warmup_rounds: int = 0, cooldown_from: int | None = None) -> None:
@@ -65,6 +66,25 @@ class ResIST(Algorithm):
             return make_plan(self.seed, round_, self.comm.world_size, self.store.candidates, self.cfg.min_depth)
         return make_balanced_plan(self.seed, round_, relative_speeds(self.speeds), self.store.candidates,
                                   self.cfg.min_depth, *self.costs, self.cfg.local_iters, self.cfg.balance)
+
+    def reconfigure(self, comm: Communicator) -> None:
+        """Go on over another membership (elastic training): ``comm``'s ranks are the new quorum's, and
+        every plan from here on deals the blocks over its world size (the plan is a pure function of
+        (seed, round, membership)); the evaluation scale follows the new S."""
+        self.comm, self.everyone = comm, tuple(range(comm.world_size))
+        self.plan = lru_cache(maxsize=4)(self._plan)
+        if self.cfg.scale_activations:
+            self.c = eval_scale(comm.world_size, len(self.store.candidates), self.cfg.min_depth)
+
+    def join(self) -> None:
+        """A worker joining a run in progress: it holds the shared layers (zeros, so that its share of
+        their all-reduce adds nothing) and no block; the synchronization fills in the rest."""
+        store = self.store
+        store.start(store.shared_parts, None)
+        store.bucket("shared", store.shared_parts, outer=False)
+        for f in store.flats["shared"]:
+            f.zero_()
+        self.holding = {b: () for b in store.candidates}
 
     def set_costs(self, shared: float, block: float) -> None:
         """The cost of one training step of the layers every sub-network runs and of one partitioned
@@ -172,7 +192,8 @@ class ResIST(Algorithm):
         self.folded = True
 
     @torch.no_grad()
-    def synchronize(self, cur: dict[Part, tuple[int, ...]], nxt: dict[Part, tuple[int, ...]], round_: int = 0) -> None:
+    def synchronize(self, cur: dict[Part, tuple[int, ...]], nxt: dict[Part, tuple[int, ...]], round_: int = 0,
+                    shared: bool = True) -> None:
         """Average every part over its holders of this round and deliver it to next round's holders
         (§2.5, Fig. 3), executing this rank's :func:`~resist.algorithms.routing.route`.
 
@@ -183,7 +204,8 @@ class ResIST(Algorithm):
         """
         store, r = self.store, route(cur, nxt, self.comm.rank, self.comm.world_size)
         bn = self.sync.syncs_bn(round_)
-        self.sync.all_reduce(self.comm, round_)
+        if shared:  # (elastic training averages the shared layers over the workers that trained them)
+            self.sync.all_reduce(self.comm, round_)
         for b in r.all_reduced:
             all_reduce_flats(self.comm, store.flats[b], self.sync.codec, store.layouts[b], (self.seed, round_, b), bn)
         if self.sync.outer is not None:

@@ -1,0 +1,412 @@
+"""Elastic training: one worker's run through lost and joining workers, with no restart and no
+checkpoint read (docs/elastic.md).
+
+Membership changes only at round boundaries. After its local steps a worker asks the coordinator
+(torchft's Lighthouse, or its in-process twin) for the next quorum, reporting what it trained
+(:class:`~resist.algorithms.recovery.Report`); every member of the quorum then derives the same
+decision (:func:`~resist.algorithms.recovery.decide`) and synchronizes the round over the new quorum
+(:func:`resist.algorithms.elastic.synchronize`): a lost worker's blocks come back from their keepers,
+a joiner receives its sub-network. A synchronization that a member's loss interrupts is redone over
+the survivors from the state each had after its local steps. The data follow
+:mod:`resist.data.elastic` (no example used twice or skipped within an epoch) and the learning rate
+follows the epochs trained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..algorithms import Algorithm
+from ..algorithms.elastic import Snapshot, restore, synchronize
+from ..algorithms.recovery import Decision, Refused, Report, decide
+from ..comm import CommError, Communicator
+from ..config import Config
+from ..data.elastic import DataCursor, ElasticBatches, commit, deal, examples_done, usable_positions
+from ..faults import fire, from_env, slowdown
+from ..io import atomic_write_json
+from ..models.protocol import Part
+from ..tasks import make_task
+from .optim import Precision, lr_at, make_optimizer, train_step
+
+log = logging.getLogger("resist")
+
+#: Config fields that may differ between the workers of one elastic run (where each runs, not what it computes).
+LOCAL_FIELDS = {"data": ("data_dir", "download", "loader_workers"),
+                "run": ("out", "runtime", "lighthouse", "worker_id", "timeout", "device", "log", "master_port",
+                        "backend", "min_workers")}
+
+
+class WorkerLost(RuntimeError):
+    """This (simulated) worker was killed: its thread ends here, as a killed process would."""
+
+
+def config_digest(cfg: Config) -> str:
+    """What every worker of a run must agree on: the config without where each worker runs."""
+    d = cfg.to_dict()
+    for section, names in LOCAL_FIELDS.items():
+        for name in names:
+            d[section].pop(name, None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class Trained:
+    """This worker's round in progress: what it trained and how, until the round is synchronized."""
+
+    round: int
+    members: tuple[str, ...]
+    cursor: DataCursor
+    """The data cursor at the start of the round."""
+    holding: dict[Part, tuple[int, ...]]
+    snapshot: Snapshot
+    loss: float
+    compute_s: float
+    steps: int
+
+
+@dataclass
+class ElasticWorker:
+    """What one elastic worker carries from quorum to quorum."""
+
+    name: str
+    cfg: Config
+    out: Path | None
+    write: bool
+    """Whether this worker writes metrics.jsonl and summary.json when it is rank 0 of a quorum."""
+    build: Callable[[Communicator], Algorithm]
+    batches: ElasticBatches
+    evaluator_of: Callable[[Algorithm], Any]
+    n_train: int
+    token: str = field(default_factory=lambda: secrets.token_hex(8))
+    digest: str = ""
+    algo: Algorithm | None = None
+    comm: Communicator | None = None
+    trained: Trained | None = None
+    kept: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    parallel_s: float = 0.0
+    best: float | None = None
+    started: float = field(default_factory=time.perf_counter)
+    faults: list = field(default_factory=from_env)
+    kill: Callable[[], None] | None = None
+    """How a ``kill`` fault ends this worker (in-process: the thread; else SIGKILL of the process)."""
+    peak_extra: int = 0
+    """Most bytes of snapshot plus kept copies this worker held at once (elastic training's memory)."""
+
+    def report(self) -> Report:
+        t = self.trained
+        if t is None:
+            return Report(self.token, self.digest)
+        held = [b for b in self.algo.store.candidates if self.algo.comm.rank in t.holding.get(b, ())]
+        return Report(self.token, self.digest, t.round, tuple(held), tuple(sorted(self.kept)), t.cursor.to_dict(),
+                      t.members, {"loss": t.loss, "compute_s": t.compute_s, "steps": t.steps,
+                                  "parallel_s": self.parallel_s, "best": self.best})
+
+
+def epochs_of(cfg: Config) -> float:
+    return cfg.optim.epochs
+
+
+def run_elastic_worker(membership, cfg: Config, dataset, out: Path | None, write: bool = True,
+                       kill: Callable[[], None] | None = None) -> dict[str, Any] | None:
+    """One worker's whole elastic run; returns the summary (on the worker that wrote it; None elsewhere)."""
+    from .trainer import build_algorithm, num_classes_of, resolve_device
+
+    device = resolve_device(cfg.run.device)
+    d = cfg.data
+    task = make_task(d.task)
+    if not hasattr(dataset, "train") or not hasattr(dataset.train, "x"):
+        raise ValueError(f"elastic training reads in-memory images (cifar10, cifar100, synthetic); "
+                         f"{d.dataset} is not one")
+    n_classes = num_classes_of(cfg, dataset)
+    spe0 = usable_positions(dataset.n_train, d.batch_size) // (d.batch_size * cfg.algo.workers)
+    batches = ElasticBatches(dataset.train, dataset.mean, dataset.std, cfg.run.seed, augment=d.augment)
+    plain = ElasticBatches(dataset.train, dataset.mean, dataset.std, cfg.run.seed + 1, augment=False)
+    sets = dataset.eval_sets(d.eval_batch_size, d.eval_limit)
+    recal = lambda: (plain.batch_at(0, range(k * d.batch_size, (k + 1) * d.batch_size))  # noqa: E731
+                     for k in range(cfg.algo.recalib_batches))
+
+    def evaluator_of(algo: Algorithm):
+        return make_task(d.task, algo.store.model).evaluator(sets, recal, cfg.algo.bn_eval, device)
+
+    w = ElasticWorker(membership.worker_id, cfg, out, write,
+                      lambda comm: build_algorithm(comm, cfg, n_classes, device, max(1, spe0)), batches,
+                      evaluator_of, dataset.n_train, kill=kill)
+    w.digest = config_digest(cfg)
+    precision = Precision(cfg.run.amp, device)
+    summary = None
+    try:
+        while True:
+            q, decision, waited = form_quorum(w, membership)
+            if decision is None:
+                continue
+            if decision.start:
+                w.comm = membership.communicator(q, cfg.run.timeout)
+                w.algo = w.build(w.comm)
+                w.algo.start(0)
+                cursor = DataCursor(0, ())
+                round_ = 0
+                log_event(w, {"event": "started", "round": 0, "members": list(q.members)})
+            else:
+                done = sync_round(w, membership, q, decision, waited)
+                if done is None:  # a member failed during the synchronization: form the quorum again
+                    continue
+                cursor, finished = done
+                round_ = decision.round + 1
+                if finished:
+                    summary = finish(w)
+                    break
+            train_elastic_round(w, round_, q.members, cursor, precision, task, device, spe0)
+    finally:
+        w.batches.close()
+        membership.leave()
+    return summary
+
+
+def form_quorum(w: ElasticWorker, membership) -> tuple[Any, Decision | None, float]:
+    """The next quorum and its decision; ``None`` for a quorum to form again (a fresh start that
+    misses workers, or a worker of another config still in it). Refused and Unrecoverable end this
+    worker with one line."""
+    t0 = time.perf_counter()
+    q = membership.quorum(w.report().to_dict(), w.cfg.run.timeout)
+    waited = time.perf_counter() - t0
+    reports = [Report.from_dict(x) for x in q.data]
+    try:
+        decision = decide(q.members, reports, candidates_of(w))
+    except Refused as e:
+        mine = reports[q.rank_of(w.name)]
+        if mine.digest != reports[0].digest or (mine.fresh and any(not r.fresh for r in reports)
+                                                and mine.digest != next(r.digest for r in reports if not r.fresh)):
+            raise
+        time.sleep(0.2)  # the other worker is refused and leaves; its heartbeat stops
+        log.warning("%s", e)
+        return q, None, waited
+    if decision.start and len(q.members) < w.cfg.algo.workers:
+        time.sleep(0.05)  # round 0 waits for all --workers, so that a run's start does not depend on timing
+        return q, None, waited
+    return q, decision, waited
+
+
+def candidates_of(w: ElasticWorker) -> tuple[int, ...]:
+    if w.algo is not None:
+        return tuple(w.algo.store.candidates) if w.algo.partitions else ()
+    from .trainer import model_builder, num_classes_of  # noqa: F401  (a joiner has no algorithm yet)
+    from ..models.protocol import part_module  # noqa: F401
+    from ..plan import candidate_blocks
+
+    model = w.build.__closure__ and None
+    del model
+    cfg = w.cfg
+    from .trainer import model_builder as mb
+
+    built = mb(cfg, cfg.model.num_classes or 10)()
+    return tuple(candidate_blocks(built.partitionable, built.skippable, cfg.algo.partition)) \
+        if _partitions(cfg) else ()
+
+
+def _partitions(cfg: Config) -> bool:
+    from ..registry import can
+
+    return can(cfg.algo.name, "partitions")
+
+
+def sync_round(w: ElasticWorker, membership, q, d: Decision, waited: float):
+    """Synchronize round ``d.round`` over quorum ``q``; returns (the data cursor after it, whether the
+    run is finished), or None if a member failed during it (this worker's state is restored)."""
+    cfg = w.cfg
+    t0 = time.perf_counter()
+    comm = membership.communicator(q, cfg.run.timeout)
+    if w.algo is None:  # a joiner
+        w.algo = w.build(comm)
+    n, batch = w.n_train, cfg.data.batch_size
+    previous = d.previous
+    survivors = {q.members[i] for i in d.contributors}
+    round_deal = deal(DataCursor.from_dict(d.cursor), n, batch, [local_steps(cfg, n, DataCursor.from_dict(d.cursor),
+                                                                             len(previous))] * len(previous))
+    kept = [name in survivors for name in previous]
+    cursor = commit(DataCursor.from_dict(d.cursor), round_deal, kept, n, batch)
+    finished = examples_done(cursor, n, batch) >= epochs_of(cfg) - 1e-9 or (
+        cfg.run.max_rounds is not None and d.round + 1 >= cfg.run.max_rounds)
+    try:
+        out = synchronize(w.algo, comm, d, w.kept, final=finished)
+    except CommError as e:
+        log.info("round %d: a member failed during the synchronization (%s); redoing it", d.round, e)
+        if w.trained is not None:
+            restore(w.algo, w.trained.snapshot, w.trained.holding)
+        else:
+            w.algo = None  # a joiner starts over
+        w.events.append({"event": "redone", "round": d.round, "worker": w.name, "at": time.time()})
+        return None
+    sync_s = time.perf_counter() - t0
+    w.comm = comm
+    extra = (w.trained.snapshot.nbytes() if w.trained else 0) + sum(
+        f.numel() * f.element_size() for v in w.kept.values() for f in v) + out.kept_bytes
+    w.peak_extra = max(w.peak_extra, extra)
+    w.kept = out.kept
+    stats = gather_stats(comm, out, sync_s, w.peak_extra)
+    record_round(w, q, d, cursor, stats, waited)
+    w.trained = None
+    evaluate_round(w, d.round, finished)
+    return cursor, finished
+
+
+def local_steps(cfg: Config, n: int, cursor: DataCursor, world: int) -> int:
+    """Local steps of every member in a round that starts at ``cursor``: ``local_iters``, or fewer in the
+    last round, where what is left of the last epoch would not fill them."""
+    batch = cfg.data.batch_size
+    usable = usable_positions(n, batch)
+    left = (epochs_of(cfg) - examples_done(cursor, n, batch)) * usable
+    return max(1, min(cfg.algo.local_iters, math.ceil(left / (batch * world))))
+
+
+def train_elastic_round(w: ElasticWorker, round_: int, members: tuple[str, ...], cursor: DataCursor,
+                        precision: Precision, task, device: torch.device, spe0: int) -> None:
+    """This worker's local steps of ``round_`` (its batches from the round's deal), then the snapshot
+    that a failed synchronization goes back to."""
+    cfg, algo = w.cfg, w.algo
+    me, world = members.index(w.name), len(members)
+    algo.begin_round(round_)
+    opt = make_optimizer(algo.store, cfg.optim)
+    precision.new_round()
+    n, batch = w.n_train, cfg.data.batch_size
+    steps = local_steps(cfg, n, cursor, world)
+    mine = deal(cursor, n, batch, [steps] * world).batches(me)
+    total = max(1, math.ceil(epochs_of(cfg) * spe0))
+    done = examples_done(cursor, n, batch) * spe0
+    layout = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
+    t0, losses = time.perf_counter(), []
+    for k, (epoch, positions) in enumerate(mine):
+        step = round_ * cfg.algo.local_iters + k
+        if w.faults:
+            if any(f.kind == "kill" and f.matches(me, round_, step) for f in w.faults) and w.kill is not None:
+                w.kill()
+            poisoned = fire(w.faults, me, round_, step)
+        else:
+            poisoned = False
+        t_step = time.perf_counter()
+        x, y = w.batches.batch_at(epoch, positions)
+        lr = lr_at(cfg.optim, min(total - 1, int(done + k * world / cfg.algo.workers)), total)
+        loss = train_step(algo.store.model, opt, x.to(device, memory_format=layout), y.to(device), lr,
+                          algo.after_backward, precision, make_task(cfg.data.task).loss)
+        losses.append(loss * float("nan") if poisoned else loss)
+        slow = slowdown(w.faults, me, round_, step) if w.faults else 1.0
+        if slow > 1:
+            time.sleep((slow - 1) * (time.perf_counter() - t_step))
+    loss = torch.stack(losses).mean().item()
+    if not math.isfinite(loss):
+        raise RuntimeError(f"loss became {loss} on worker {w.name} in round {round_}; lower --lr or check the data")
+    compute_s = time.perf_counter() - t0
+    holding = dict(algo.holders(round_)) if algo.partitions else {}
+    w.trained = Trained(round_, members, cursor, holding, Snapshot.of(algo.store), loss, compute_s, len(mine))
+
+
+def gather_stats(comm: Communicator, out, sync_s: float, extra_bytes: int) -> torch.Tensor:
+    """Every member's figures of the synchronization, one row each (control traffic)."""
+    mine = torch.tensor([sync_s, out.restore_bytes, out.backup_bytes, out.received_bytes, out.kept_bytes,
+                         comm.bytes.sent["sync"], comm.bytes.received["sync"], extra_bytes], dtype=torch.float64)
+    with comm.tag("control"):
+        return torch.stack(comm.all_gather(mine))
+
+
+def record_round(w: ElasticWorker, q, d: Decision, cursor: DataCursor, stats: torch.Tensor, waited: float) -> None:
+    """The round's row of metrics.jsonl, with its membership events (rank 0 of the quorum writes it)."""
+    reports = [Report.from_dict(x) for x in q.data]
+    trained = [reports[i].progress for i in d.contributors]
+    compute = max(p["compute_s"] for p in trained)
+    w.parallel_s = max(p.get("parallel_s", 0.0) for p in trained) + compute + float(stats[:, 0].max())
+    events = []
+    at = time.time()
+    for name in d.lost:
+        events.append({"event": "lost", "worker": name, "round": d.round, "at": at, "quorum_wait_s": waited,
+                       "restored_blocks": len(d.restored), "rounds_lost": 1 if d.restored else 0,
+                       "recovery_bytes": int(stats[:, 1].sum())})
+    for i in d.joiners:
+        events.append({"event": "joined", "worker": q.members[i], "round": d.round, "at": at,
+                       "join_bytes": int(stats[i, 3])})
+    w.events += events
+    row = {"round": d.round, "epoch": examples_done(cursor, w.n_train, w.cfg.data.batch_size),
+           "loss": sum(p["loss"] for p in trained) / len(trained), "compute_s": compute,
+           "comm_s": float(stats[:, 0].max()), "time_s": w.parallel_s, "elapsed_s": time.perf_counter() - w.started,
+           "members": list(q.members), "quorum_id": q.id,
+           "sent_bytes": [int(v) for v in stats[:, 5]], "recv_bytes": [int(v) for v in stats[:, 6]],
+           "backup_bytes": int(stats[:, 2].sum()), "kept_bytes_per_worker": [int(v) for v in stats[:, 4]],
+           "elastic_extra_bytes_per_worker": [int(v) for v in stats[:, 7]],
+           "compute_s_per_worker": [p["compute_s"] for p in trained], "events": events}
+    w.rows.append(row)
+
+
+def evaluate_round(w: ElasticWorker, round_: int, finished: bool) -> None:
+    """Every ``eval_every`` rounds and at the end: the assembled model's scores, in the round's row. A
+    member lost during the evaluation costs only that evaluation (the round is already committed)."""
+    row = w.rows[-1]
+    if (round_ + 1) % w.cfg.run.eval_every == 0 or finished:
+        try:
+            scores = w.algo.evaluate(w.evaluator_of(w.algo))
+        except CommError as e:
+            log.info("round %d: evaluation skipped, a member was lost during it (%s)", round_, e)
+            scores = None
+        if scores is not None:
+            task = make_task(w.cfg.data.task)
+            score = scores[task.headline]
+            if task.better(score, w.best if w.best is not None else task.worst):
+                w.best = score
+            row.update(task.record(scores, w.best))
+    if w.write and w.out is not None and w.comm.rank == 0:
+        with open(w.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        if any(k.startswith("test/") for k in row):
+            log.info("round %d  epoch %.2f  loss %.4f  %s  members %s", round_ + 1, row["epoch"], row["loss"],
+                     "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k.startswith("test/")), ",".join(row["members"]))
+
+
+def finish(w: ElasticWorker) -> dict[str, Any] | None:
+    """The end of the run: rank 0 of the last quorum writes the final model and the summary."""
+    from ..algorithms.parts import assemble
+
+    algo, comm = w.algo, w.comm
+    model = assemble(comm, algo.store, algo.holders_now(), algo.eval_scale())
+    if comm.rank != 0:
+        return None
+    rows = read_rows(w)
+    task = make_task(w.cfg.data.task)
+    events = [e for r in rows for e in r.get("events", [])]
+    summary = {"algo": w.cfg.algo.name, "model": w.cfg.model.name, "width": w.cfg.model.width, "runtime": "elastic",
+               "workers": w.cfg.algo.workers, "final_members": list(w.rows[-1]["members"]) if w.rows else [],
+               "rounds": (w.rows[-1]["round"] + 1) if w.rows else 0, **task.summary(rows),
+               "time_s": w.parallel_s, "elapsed_s": time.perf_counter() - w.started,
+               "membership_events": events,
+               "lost": sum(e["event"] == "lost" for e in events), "joined": sum(e["event"] == "joined" for e in events),
+               "backup_bytes": sum(r.get("backup_bytes", 0) for r in rows),
+               "elastic_extra_bytes_per_worker": w.rows[-1]["elastic_extra_bytes_per_worker"] if w.rows else [],
+               "sent_bytes_per_worker": w.rows[-1]["sent_bytes"] if w.rows else []}
+    if w.write and w.out is not None:
+        from ..io import atomic_save
+
+        atomic_save(model.state_dict(), w.out / "model.pt")
+        atomic_write_json(summary, w.out / "summary.json")
+    return summary
+
+
+def read_rows(w: ElasticWorker) -> list[dict[str, Any]]:
+    """The run's rows: metrics.jsonl where this worker writes it (the rounds other workers led are in it
+    too), else the rows this worker saw."""
+    path = w.out / "metrics.jsonl" if w.out is not None else None
+    if w.write and path is not None and path.exists():
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return list(w.rows)
+
+
+def log_event(w: ElasticWorker, event: dict[str, Any]) -> None:
+    event = {**event, "at": time.time()}
+    w.events.append(event)
