@@ -49,6 +49,7 @@ def test_no_position_twice_and_finished_epochs_are_complete(args):
                 assert len(ps) == b and all(0 <= p < usable for p in ps)  # the floor remainder is never dealt
         counts.update(trained(d, kept))
         assert max(counts.values(), default=1) == 1, "a position trained twice in an epoch"
+        assert not after.used or after.used[0][0] > 0 or after.used[0][1] < usable, "an epoch all used"
         for e in range(after.epoch):  # every epoch the cursor left: each usable position exactly once
             assert {p for (ep, p) in counts if ep == e} == set(range(usable))
         # the cursor says exactly what was trained from its epoch on
