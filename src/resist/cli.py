@@ -167,6 +167,13 @@ def build_config(args: argparse.Namespace) -> Config:
         if not sep:
             raise UsageError(f"--set takes section.field=value, got {item!r}")
         overrides[key] = _typed(text)
+    if getattr(args, "elastic", False):
+        if overrides.get("run.runtime", "elastic") != "elastic":
+            raise UsageError("--elastic is --runtime elastic; drop one of them")
+        if "run.lighthouse" not in overrides:
+            raise UsageError("--elastic joins a running lighthouse: add --lighthouse HOST:PORT (start one with "
+                             "'resist lighthouse'), or use --runtime elastic to start one here with --workers workers")
+        overrides["run.runtime"] = "elastic"
     if resume:
         fixed = sorted(k for k in overrides if k not in RESUMABLE_CHANGES)
         if fixed:
@@ -231,6 +238,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if cfg.run.runtime == "dist" and under_torchrun() and os.environ.get("RANK", "0") != "0":
         return 0  # torchrun runs this command once per rank: rank 0 reports the run
+    if "time_s" not in summary:  # an elastic worker whose run's summary another worker wrote
+        print(f"{cfg.algo.name}: worker {cfg.run.worker_id} done; the run's summary is with the worker that led "
+              f"the last quorum")
+        return 0
     print(f"{cfg.algo.name}: {make_task(cfg.data.task).headline_words(summary)} in {summary['time_s']:.1f} s "
           f"(parallel-equivalent), {max(summary['sent_bytes_per_worker']) / 1e6:.2f} MB sent per worker; "
           f"run folder {cfg.run.out}")
@@ -244,6 +255,24 @@ def _wrapped(name: str, text: str, indent: int) -> str:
 
     width = max(60, min(120, shutil.get_terminal_size((100, 24)).columns))
     return textwrap.fill(text, width, initial_indent=f"{name:<{indent}}", subsequent_indent=" " * indent)
+
+
+def cmd_lighthouse(args: argparse.Namespace) -> int:
+    """Run a lighthouse until interrupted (torchft's: quorums and heartbeats for elastic workers)."""
+    import time
+
+    from .comm.membership import start_lighthouse
+
+    if args.min_workers < 1:
+        raise UsageError(f"--min-workers must be >= 1, got {args.min_workers}")
+    server = start_lighthouse(bind=args.bind, min_workers=args.min_workers)
+    print(f"resist lighthouse at {server.address()} (min {args.min_workers} workers); workers join with: resist "
+          f"train ... --elastic --lighthouse {server.address()} --worker-id NAME", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        server.shutdown()
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
@@ -390,7 +419,14 @@ def make_parser() -> argparse.ArgumentParser:
                    help="resume from --out's latest checkpoint if there is one (for torchrun --max-restarts)")
     p.add_argument("--force", action="store_true",
                    help="replace the run already in --out (its own files only; other files stay)")
+    p.add_argument("--elastic", action="store_true",
+                   help="join the lighthouse at --lighthouse as worker --worker-id (elastic training, docs/elastic.md)")
     p.set_defaults(fn=cmd_train)
+    p = sub.add_parser("lighthouse", help="the coordinator of an elastic run: workers join it with --elastic "
+                       "--lighthouse HOST:PORT")
+    p.add_argument("--bind", default="[::]:29510", help="address to listen on (default [::]:29510)")
+    p.add_argument("--min-workers", type=int, default=1, help="the fewest workers a run goes on with (default 1)")
+    p.set_defaults(fn=cmd_lighthouse)
     p = sub.add_parser("config", help="print the resolved config of a preset plus overrides", epilog=DEFAULTS_NOTE)
     _add_train_args(p)
     p.set_defaults(fn=cmd_show)

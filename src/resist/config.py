@@ -420,7 +420,16 @@ class RunConfig:
     eval_every: int = 10
     """Evaluate the assembled global model every this many rounds (and at the end)."""
     runtime: Runtime = "inprocess"
-    """Where the workers run. inprocess (simulated as threads of one process) or dist (torch.distributed)."""
+    """Where the workers run. inprocess (simulated as threads of one process), dist (torch.distributed), or
+    elastic (processes that may die and join while the run goes on, on torchft; docs/elastic.md)."""
+    lighthouse: str | None = None
+    """Elastic: the address of a running ``resist lighthouse`` (host:port) to join as one worker;
+    ``None``: start one here with ``--workers`` worker processes."""
+    worker_id: str | None = None
+    """Elastic: this worker's name, unique in the run (a restarted worker may take its old name)."""
+    min_workers: int = 1
+    """Elastic: the fewest workers the run goes on with (a local run's lighthouse; ``resist lighthouse
+    --min-workers`` sets it for a shared one)."""
     backend: Backend | None = None
     """The torch.distributed backend; ``None`` picks nccl when CUDA is available, else gloo."""
     device: Device = "cpu"
@@ -462,6 +471,14 @@ class RunConfig:
         _check(self.checkpoint_every is None or self.checkpoint_every >= 1,
                f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         _check(self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        _check(self.min_workers >= 1, f"min_workers must be >= 1, got {self.min_workers}")
+        _check(self.worker_id is None or (self.worker_id and self.worker_id.replace("-", "").replace("_", "")
+                                          .replace(".", "").isalnum()),
+               f"worker_id must be letters, digits, '-', '_' or '.', got {self.worker_id!r}")
+        _check(self.runtime == "elastic" or (self.lighthouse is None and self.worker_id is None),
+               "--lighthouse and --worker-id are for elastic training: add --elastic (or --runtime elastic)")
+        _check(self.lighthouse is None or self.worker_id is not None,
+               "a worker that joins a lighthouse needs a name: add --worker-id NAME (unique in the run)")
         for name in self.loggers:
             _check(name in LOGGERS, f"unknown log {name!r}{did_you_mean(name, LOGGERS)}; choose from: "
                    f"{', '.join(LOGGERS)}, comma-separated (e.g. --log jsonl,tensorboard)")
@@ -501,6 +518,25 @@ class Config:
                f"shallow ensembles are for classification (their members' class scores are averaged); --task {task} "
                f"trains with --algo {_either(n for n in ALGORITHMS if not can(n, 'classification_only'))}")
         _check(not lm or not self.run.channels_last, "channels-last is an image layout; drop --channels-last for --task lm")
+        if self.run.runtime == "elastic":
+            self._check_elastic()
+
+    def _check_elastic(self) -> None:
+        """Elastic training covers plain ResIST and local SGD on in-memory image classification (what its
+        recovery rule and data rule are written for, docs/elastic.md); the rest is refused, not ignored."""
+        a, name = self.algo, self.algo.name
+        _check(can(name, "elastic"), f"elastic training is implemented for {', '.join(algorithms_that('elastic'))}, "
+                                     f"not {name}; use one of them or another --runtime")
+        extras = [flag for flag, on in (("--compress", a.compress != "none"), ("--outer-lr/--outer-momentum", a.outer),
+                                        ("--balance", a.balance != "none"), ("--bn-sync-every", a.bn_sync_every != 1),
+                                        ("--warmup-epochs", a.warmup_epochs > 0), ("--cooldown-epochs", a.cooldown_epochs > 0),
+                                        ("--epoch-unit dataset", self.optim.epoch_unit != "shard"),
+                                        ("--stop-at", self.run.stop_at is not None)) if on]
+        _check(not extras, f"{extras[0] if extras else ''} does not go with elastic training (its recovery rule "
+                           f"covers plain rounds); drop it or use --runtime inprocess/dist")
+        _check(self.data.task == "classification" and self.data.dataset in ("cifar10", "cifar100", "digits", "synthetic"),
+               f"elastic training reads in-memory images (cifar10, cifar100, digits, synthetic); {self.data.dataset} is not one")
+        _check(self.run.min_workers <= a.workers, f"min_workers {self.run.min_workers} is above --workers {a.workers}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -37,7 +37,7 @@ class Fault:
     once: str | None = None
 
     def matches(self, rank: int, round_: int, step: int) -> bool:
-        return (rank == self.rank and (self.round is None or round_ == self.round)
+        return ((rank == self.rank or self.rank == -1) and (self.round is None or round_ == self.round)
                 and (self.step is None or step == self.step))
 
 
@@ -79,8 +79,9 @@ def slowdown(faults: list[Fault], rank: int, round_: int, step: int) -> float:
     return factor
 
 
-def fire(faults: list[Fault], rank: int, round_: int, step: int) -> bool:
-    """Carry out the faults due now; returns True when the current loss must become NaN."""
+def fire(faults: list[Fault], rank: int, round_: int, step: int, kill=None) -> bool:
+    """Carry out the faults due now; returns True when the current loss must become NaN. ``kill``: how a
+    ``kill`` ends this worker (default: SIGKILL of this process; a simulated worker ends its thread)."""
     nan = False
     for f in faults:
         if f.kind == "slow" or not f.matches(rank, round_, step):
@@ -91,6 +92,8 @@ def fire(faults: list[Fault], rank: int, round_: int, step: int) -> bool:
                 continue
             marker.touch()
         if f.kind == "kill":
+            if kill is not None:
+                kill()
             os.kill(os.getpid(), signal.SIGKILL)
         elif f.kind == "raise":
             raise InjectedFault(f"injected fault on rank {rank} at round {round_}, step {step}")

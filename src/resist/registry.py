@@ -27,7 +27,7 @@ Partition = Literal["section3", "naive"]
 #: How ResIST's plan adapts to workers of different speeds (``--balance``; ``plan.make_balanced_plan``).
 BalanceMode = Literal["none", "depth", "steps", "depth+steps"]
 BNEvalMode = Literal["average", "batch", "recalibrate"]
-Runtime = Literal["inprocess", "dist"]
+Runtime = Literal["inprocess", "dist", "elastic"]
 Backend = Literal["gloo", "nccl"]
 Device = Literal["cpu", "cuda", "auto"]
 #: In-memory datasets (CIFAR, digits, synthetic), class-per-folder image trees streamed from disk,

@@ -68,6 +68,8 @@ class Trained:
     cursor: DataCursor
     """The data cursor at the start of the round."""
     holding: dict[Part, tuple[int, ...]]
+    holds: tuple[int, ...]
+    """The blocks this worker trained in the round."""
     snapshot: Snapshot
     loss: float
     compute_s: float
@@ -87,6 +89,7 @@ class ElasticWorker:
     batches: ElasticBatches
     evaluator_of: Callable[[Algorithm], Any]
     n_train: int
+    n_classes: int
     token: str = field(default_factory=lambda: secrets.token_hex(8))
     digest: str = ""
     algo: Algorithm | None = None
@@ -99,8 +102,12 @@ class ElasticWorker:
     best: float | None = None
     started: float = field(default_factory=time.perf_counter)
     faults: list = field(default_factory=from_env)
+    on_round: Callable[[int], None] | None = None
     kill: Callable[[], None] | None = None
     """How a ``kill`` fault ends this worker (in-process: the thread; else SIGKILL of the process)."""
+    sent: int = 0
+    received: int = 0
+    """Training bytes this worker sent and received since it (this incarnation) started."""
     peak_extra: int = 0
     """Most bytes of snapshot plus kept copies this worker held at once (elastic training's memory)."""
 
@@ -108,8 +115,7 @@ class ElasticWorker:
         t = self.trained
         if t is None:
             return Report(self.token, self.digest)
-        held = [b for b in self.algo.store.candidates if self.algo.comm.rank in t.holding.get(b, ())]
-        return Report(self.token, self.digest, t.round, tuple(held), tuple(sorted(self.kept)), t.cursor.to_dict(),
+        return Report(self.token, self.digest, t.round, t.holds, tuple(sorted(self.kept)), t.cursor.to_dict(),
                       t.members, {"loss": t.loss, "compute_s": t.compute_s, "steps": t.steps,
                                   "parallel_s": self.parallel_s, "best": self.best})
 
@@ -119,8 +125,12 @@ def epochs_of(cfg: Config) -> float:
 
 
 def run_elastic_worker(membership, cfg: Config, dataset, out: Path | None, write: bool = True,
-                       kill: Callable[[], None] | None = None) -> dict[str, Any] | None:
-    """One worker's whole elastic run; returns the summary (on the worker that wrote it; None elsewhere)."""
+                       kill: Callable[[], None] | None = None, faults: list | None = None,
+                       on_round: Callable[[int], None] | None = None) -> dict[str, Any] | None:
+    """One worker's whole elastic run; returns the summary (on the worker that wrote it; None elsewhere).
+
+    ``kill``: how a ``kill`` fault ends this worker; ``faults``: instead of ``RESIST_FAULTS`` (a fault's
+    rank -1 matches any rank); ``on_round(r)``: called as this worker begins round ``r``'s local steps."""
     from .trainer import build_algorithm, num_classes_of, resolve_device
 
     device = resolve_device(cfg.run.device)
@@ -142,7 +152,9 @@ def run_elastic_worker(membership, cfg: Config, dataset, out: Path | None, write
 
     w = ElasticWorker(membership.worker_id, cfg, out, write,
                       lambda comm: build_algorithm(comm, cfg, n_classes, device, max(1, spe0)), batches,
-                      evaluator_of, dataset.n_train, kill=kill)
+                      evaluator_of, dataset.n_train, n_classes, kill=kill, on_round=on_round)
+    if faults is not None:
+        w.faults = faults
     w.digest = config_digest(cfg)
     precision = Precision(cfg.run.amp, device)
     summary = None
@@ -199,26 +211,17 @@ def form_quorum(w: ElasticWorker, membership) -> tuple[Any, Decision | None, flo
 
 
 def candidates_of(w: ElasticWorker) -> tuple[int, ...]:
-    if w.algo is not None:
-        return tuple(w.algo.store.candidates) if w.algo.partitions else ()
-    from .trainer import model_builder, num_classes_of  # noqa: F401  (a joiner has no algorithm yet)
-    from ..models.protocol import part_module  # noqa: F401
-    from ..plan import candidate_blocks
+    """The blocks a plan deals (none for local SGD), known before this worker has an algorithm."""
+    if w.algo is None:  # a joiner: from the architecture on the meta device
+        from ..plan import candidate_blocks
+        from ..registry import can
+        from .trainer import model_builder
 
-    model = w.build.__closure__ and None
-    del model
-    cfg = w.cfg
-    from .trainer import model_builder as mb
-
-    built = mb(cfg, cfg.model.num_classes or 10)()
-    return tuple(candidate_blocks(built.partitionable, built.skippable, cfg.algo.partition)) \
-        if _partitions(cfg) else ()
-
-
-def _partitions(cfg: Config) -> bool:
-    from ..registry import can
-
-    return can(cfg.algo.name, "partitions")
+        if not can(w.cfg.algo.name, "partitions"):
+            return ()
+        model = model_builder(w.cfg, w.n_classes)()
+        return tuple(candidate_blocks(model.partitionable, model.skippable, w.cfg.algo.partition))
+    return tuple(w.algo.store.candidates) if w.algo.partitions else ()
 
 
 def sync_round(w: ElasticWorker, membership, q, d: Decision, waited: float):
@@ -254,7 +257,9 @@ def sync_round(w: ElasticWorker, membership, q, d: Decision, waited: float):
         f.numel() * f.element_size() for v in w.kept.values() for f in v) + out.kept_bytes
     w.peak_extra = max(w.peak_extra, extra)
     w.kept = out.kept
-    stats = gather_stats(comm, out, sync_s, w.peak_extra)
+    w.sent += comm.bytes.sent["sync"]
+    w.received += comm.bytes.received["sync"]
+    stats = gather_stats(comm, w, out, sync_s)
     record_round(w, q, d, cursor, stats, waited)
     w.trained = None
     evaluate_round(w, d.round, finished)
@@ -276,6 +281,8 @@ def train_elastic_round(w: ElasticWorker, round_: int, members: tuple[str, ...],
     that a failed synchronization goes back to."""
     cfg, algo = w.cfg, w.algo
     me, world = members.index(w.name), len(members)
+    if w.on_round is not None:
+        w.on_round(round_)
     algo.begin_round(round_)
     opt = make_optimizer(algo.store, cfg.optim)
     precision.new_round()
@@ -288,12 +295,7 @@ def train_elastic_round(w: ElasticWorker, round_: int, members: tuple[str, ...],
     t0, losses = time.perf_counter(), []
     for k, (epoch, positions) in enumerate(mine):
         step = round_ * cfg.algo.local_iters + k
-        if w.faults:
-            if any(f.kind == "kill" and f.matches(me, round_, step) for f in w.faults) and w.kill is not None:
-                w.kill()
-            poisoned = fire(w.faults, me, round_, step)
-        else:
-            poisoned = False
+        poisoned = fire(w.faults, me, round_, step, w.kill) if w.faults else False
         t_step = time.perf_counter()
         x, y = w.batches.batch_at(epoch, positions)
         lr = lr_at(cfg.optim, min(total - 1, int(done + k * world / cfg.algo.workers)), total)
@@ -308,13 +310,14 @@ def train_elastic_round(w: ElasticWorker, round_: int, members: tuple[str, ...],
         raise RuntimeError(f"loss became {loss} on worker {w.name} in round {round_}; lower --lr or check the data")
     compute_s = time.perf_counter() - t0
     holding = dict(algo.holders(round_)) if algo.partitions else {}
-    w.trained = Trained(round_, members, cursor, holding, Snapshot.of(algo.store), loss, compute_s, len(mine))
+    holds = tuple(b for b, held_by in holding.items() if me in held_by)
+    w.trained = Trained(round_, members, cursor, holding, holds, Snapshot.of(algo.store), loss, compute_s, len(mine))
 
 
-def gather_stats(comm: Communicator, out, sync_s: float, extra_bytes: int) -> torch.Tensor:
+def gather_stats(comm: Communicator, w: ElasticWorker, out, sync_s: float) -> torch.Tensor:
     """Every member's figures of the synchronization, one row each (control traffic)."""
     mine = torch.tensor([sync_s, out.restore_bytes, out.backup_bytes, out.received_bytes, out.kept_bytes,
-                         comm.bytes.sent["sync"], comm.bytes.received["sync"], extra_bytes], dtype=torch.float64)
+                         w.sent, w.received, w.peak_extra], dtype=torch.float64)
     with comm.tag("control"):
         return torch.stack(comm.all_gather(mine))
 
@@ -410,3 +413,71 @@ def read_rows(w: ElasticWorker) -> list[dict[str, Any]]:
 def log_event(w: ElasticWorker, event: dict[str, Any]) -> None:
     event = {**event, "at": time.time()}
     w.events.append(event)
+
+
+def run_elastic_in_process(cfg: Config, dataset, out: Path | None, kills: dict[str, tuple[int, int]] | None = None,
+                           joins: dict[str, int] | None = None, timeout: float = 600.0) -> dict[str, Any]:
+    """The in-process twin of ``--runtime elastic``: ``cfg.algo.workers`` workers w0, w1, ... as threads,
+    on :class:`~resist.comm.membership.LocalCoordinator`, running the same worker code.
+
+    ``kills``: worker -> (round, local step) at which it dies (its thread ends; what it trained in that
+    round is lost). ``joins``: worker -> round during whose local steps it starts (it joins at that
+    round's end). A membership history is thus replayed exactly, whatever the timing. Returns the
+    summary; raises the first error of a worker that failed otherwise."""
+    import threading
+
+    from ..comm.membership import LocalCoordinator, LocalMembership
+
+    kills, joins = dict(kills or {}), dict(joins or {})
+    coordinator = LocalCoordinator(min_workers=cfg.run.min_workers)
+    results: dict[str, Any] = {}
+    errors: list[BaseException] = []
+    threads: list[threading.Thread] = []
+    lock = threading.Lock()
+
+    def on_round(round_: int) -> None:
+        with lock:
+            due = [name for name, r in joins.items() if r == round_]
+            for name in due:
+                del joins[name]
+                start(name)
+
+    def start(name: str) -> None:
+        membership = LocalMembership(coordinator, name)  # registered now: it joins at the coming round's end
+        threads.append(threading.Thread(target=worker, args=(name, membership), name=f"elastic-{name}", daemon=True))
+        threads[-1].start()
+
+    def worker(name: str, membership) -> None:
+        faults = []
+        if name in kills:
+            from ..faults import Fault
+
+            r, step = kills.pop(name)
+            faults = [Fault("kill", rank=-1, round=r, step=r * cfg.algo.local_iters + step)]
+
+        def die() -> None:
+            coordinator.kill(name)
+            raise WorkerLost(name)
+
+        try:
+            results[name] = run_elastic_worker(membership, cfg, dataset, out, write=True, kill=die,
+                                               faults=faults, on_round=on_round)
+        except WorkerLost:
+            pass
+        except BaseException as e:  # noqa: BLE001 - reported to the caller
+            errors.append(e)
+            coordinator.kill(name)
+
+    for i in range(cfg.algo.workers):
+        start(f"w{i}")
+    deadline = time.monotonic() + timeout
+    while any(t.is_alive() for t in list(threads)):
+        if time.monotonic() > deadline:
+            raise CommError(f"in-process elastic run did not end within {timeout:g} s")
+        time.sleep(0.02)
+    if errors:
+        raise errors[0]
+    summaries = [s for s in results.values() if s is not None]
+    if not summaries:
+        raise CommError("in-process elastic run: no worker finished the run")
+    return summaries[0]

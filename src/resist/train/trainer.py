@@ -616,6 +616,9 @@ def _train(cfg: Config, dataset: DataSource | None, resume: bool | str, force: b
     if dataset is None:
         dataset = load_data(cfg, download=cfg.data.download)
     check(cfg, dataset)
+    if resume is True and cfg.run.runtime == "elastic":
+        raise ValueError("an elastic run writes no checkpoint (it goes on through lost workers instead); "
+                         "start it afresh")
     if resume is True and not algorithm_class(cfg.algo.name).checkpointable:
         raise ValueError(f"{cfg.algo.name} runs write no checkpoints, so they cannot be resumed")
     torchrun = cfg.run.runtime == "dist" and under_torchrun()
@@ -652,6 +655,8 @@ def launch(cfg: Config, dataset: DataSource, given: bool, out: Path, ckpt: Path 
            torchrun: bool) -> dict[str, Any]:
     """Run every rank on the configured runtime and return rank 0's summary; a failed peer's error
     says how to resume. ``given``: the caller passed ``dataset`` in (else it was loaded from disk)."""
+    if cfg.run.runtime == "elastic":
+        return launch_elastic_run(cfg, dataset, given, out)
     try:
         if cfg.run.runtime == "inprocess":
             state = checkpoint.load(ckpt) if ckpt else None
@@ -675,6 +680,23 @@ def launch(cfg: Config, dataset: DataSource, given: bool, out: Path, ckpt: Path 
         hint = (f"resume with: resist train --resume {out} (latest checkpoint {last.name})" if last
                 else "no checkpoint was written yet")
         raise CommError(f"{e}; {hint}") from None
+
+
+def launch_elastic_run(cfg: Config, dataset: DataSource, given: bool, out: Path) -> dict[str, Any]:
+    """``--runtime elastic``: this process is one worker of a shared lighthouse (``--lighthouse``), or
+    the supervisor of a local lighthouse and ``--workers`` worker processes."""
+    if cfg.run.lighthouse is not None:
+        from ..comm.membership import TorchftMembership
+        from .elastic import run_elastic_worker
+
+        summary = run_elastic_worker(TorchftMembership(cfg.run.lighthouse, cfg.run.worker_id), cfg, dataset, out)
+        if summary is None:  # another worker wrote the run's summary: this one says what it did
+            summary = {"algo": cfg.algo.name, "runtime": "elastic", "worker_id": cfg.run.worker_id,
+                       "summary_written_by": "the lowest-named worker of the last quorum"}
+        return summary
+    from .elastic_launch import launch_elastic
+
+    return launch_elastic(cfg, out, dataset if given else None)
 
 
 class _PrintableFormatter(logging.Formatter):
