@@ -47,7 +47,10 @@ class LocalSGD(Algorithm):
     def join(self) -> None:
         """A worker joining a run in progress: the whole model as zeros, so that its share of the
         all-reduce adds nothing and it ends with the others' average (whole-model recovery)."""
-        self.start(0)
+        parts = self.store.all_parts()
+        for part in parts:  # allocated, not initialized: no seeded (global-RNG) draw
+            self.store.materialize(part, init=False)
+        self.store.bucket("shared", parts, outer=False)
         for f in self.store.flats["shared"]:
             f.zero_()
 

@@ -80,7 +80,8 @@ class ResIST(Algorithm):
         """A worker joining a run in progress: it holds the shared layers (zeros, so that its share of
         their all-reduce adds nothing) and no block; the synchronization fills in the rest."""
         store = self.store
-        store.start(store.shared_parts, None)
+        for part in store.shared_parts:  # allocated, not initialized: no seeded (global-RNG) draw
+            store.materialize(part, init=False)
         store.bucket("shared", store.shared_parts, outer=False)
         for f in store.flats["shared"]:
             f.zero_()

@@ -14,6 +14,7 @@ follows the epochs trained.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -103,6 +104,9 @@ class ElasticWorker:
     started: float = field(default_factory=time.perf_counter)
     faults: list = field(default_factory=from_env)
     on_round: Callable[[int], None] | None = None
+    computing: Any = contextlib.nullcontext
+    """A context for computing on the device: in-process, a lock, since the simulated workers share the
+    process's random generator (parts are initialized from it under a seed) and its cores."""
     kill: Callable[[], None] | None = None
     """How a ``kill`` fault ends this worker (in-process: the thread; else SIGKILL of the process)."""
     sent: int = 0
@@ -126,7 +130,7 @@ def epochs_of(cfg: Config) -> float:
 
 def run_elastic_worker(membership, cfg: Config, dataset, out: Path | None, write: bool = True,
                        kill: Callable[[], None] | None = None, faults: list | None = None,
-                       on_round: Callable[[int], None] | None = None) -> dict[str, Any] | None:
+                       on_round: Callable[[int], None] | None = None, computing=None) -> dict[str, Any] | None:
     """One worker's whole elastic run; returns the summary (on the worker that wrote it; None elsewhere).
 
     ``kill``: how a ``kill`` fault ends this worker; ``faults``: instead of ``RESIST_FAULTS`` (a fault's
@@ -155,6 +159,8 @@ def run_elastic_worker(membership, cfg: Config, dataset, out: Path | None, write
                       evaluator_of, dataset.n_train, n_classes, kill=kill, on_round=on_round)
     if faults is not None:
         w.faults = faults
+    if computing is not None:
+        w.computing = computing
     w.digest = config_digest(cfg)
     precision = Precision(cfg.run.amp, device)
     summary = None
@@ -165,8 +171,9 @@ def run_elastic_worker(membership, cfg: Config, dataset, out: Path | None, write
                 continue
             if decision.start:
                 w.comm = membership.communicator(q, cfg.run.timeout)
-                w.algo = w.build(w.comm)
-                w.algo.start(0)
+                with w.computing():
+                    w.algo = w.build(w.comm)
+                    w.algo.start(0)
                 cursor = DataCursor(0, ())
                 round_ = 0
                 log_event(w, {"event": "started", "round": 0, "members": list(q.members)})
@@ -179,7 +186,8 @@ def run_elastic_worker(membership, cfg: Config, dataset, out: Path | None, write
                 if finished:
                     summary = finish(w)
                     break
-            train_elastic_round(w, round_, q.members, cursor, precision, task, device, spe0)
+            with w.computing():
+                train_elastic_round(w, round_, q.members, cursor, precision, task, device, spe0)
     finally:
         w.batches.close()
         membership.leave()
@@ -205,7 +213,12 @@ def form_quorum(w: ElasticWorker, membership) -> tuple[Any, Decision | None, flo
         log.warning("%s", e)
         return q, None, waited
     if decision.start and len(q.members) < w.cfg.algo.workers:
-        time.sleep(0.05)  # round 0 waits for all --workers, so that a run's start does not depend on timing
+        # Round 0 waits for all --workers, so that a run's start does not depend on timing; a worker
+        # alone after the run it came to join has ended waits no longer than the timeout.
+        if time.perf_counter() - w.started > w.cfg.run.timeout:
+            raise CommError(f"worker {w.name}: {len(q.members)} of --workers {w.cfg.algo.workers} workers came "
+                            f"within {w.cfg.run.timeout:g} s ({', '.join(q.members)}), and no run was in progress")
+        time.sleep(0.1)
         return q, None, waited
     return q, decision, waited
 
@@ -231,7 +244,8 @@ def sync_round(w: ElasticWorker, membership, q, d: Decision, waited: float):
     t0 = time.perf_counter()
     comm = membership.communicator(q, cfg.run.timeout)
     if w.algo is None:  # a joiner
-        w.algo = w.build(comm)
+        with w.computing():
+            w.algo = w.build(comm)
     n, batch = w.n_train, cfg.data.batch_size
     previous = d.previous
     survivors = {q.members[i] for i in d.contributors}
@@ -432,6 +446,7 @@ def run_elastic_in_process(cfg: Config, dataset, out: Path | None, kills: dict[s
     coordinator = LocalCoordinator(min_workers=cfg.run.min_workers)
     results: dict[str, Any] = {}
     errors: list[BaseException] = []
+    device = threading.Lock()
     threads: list[threading.Thread] = []
     lock = threading.Lock()
 
@@ -461,7 +476,7 @@ def run_elastic_in_process(cfg: Config, dataset, out: Path | None, kills: dict[s
 
         try:
             results[name] = run_elastic_worker(membership, cfg, dataset, out, write=True, kill=die,
-                                               faults=faults, on_round=on_round)
+                                               faults=faults, on_round=on_round, computing=lambda: device)
         except WorkerLost:
             pass
         except BaseException as e:  # noqa: BLE001 - reported to the caller

@@ -53,12 +53,15 @@ class ElasticLauncher:
     out: Path
     dataset: Any = None
     """An in-memory dataset to hand each worker (tests); None: each loads its own from disk."""
+    linger_s: float = 10.0
+    """How long workers may go on after the run's summary is written (then they are stopped)."""
     procs: dict[str, mp.Process] = field(default_factory=dict)
     outcomes: dict[str, list[tuple[str, Any]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from ..comm.membership import start_lighthouse
 
+        self.out.mkdir(parents=True, exist_ok=True)
         self.lighthouse = start_lighthouse(min_workers=self.cfg.run.min_workers)
         self.address = self.lighthouse.address()
         self.ctx = mp.get_context("spawn")
@@ -93,8 +96,15 @@ class ElasticLauncher:
         """Wait for every worker to exit; the summary of the worker that wrote it. Raises CommError when
         no worker finished the run (the first error line of each)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        finished_at = None
         while self.alive():
             self.collect()
+            if finished_at is None and any(s == "ok" and v is not None for o in self.outcomes.values() for s, v in o):
+                finished_at = time.monotonic()
+            if finished_at is not None and time.monotonic() - finished_at > self.linger_s:
+                for p in self.procs.values():  # a joiner that came after the end waits for a run that is over
+                    p.kill()
+                break
             if deadline is not None and time.monotonic() > deadline:
                 for p in self.procs.values():
                     p.kill()
