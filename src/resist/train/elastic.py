@@ -91,6 +91,8 @@ class ElasticWorker:
     evaluator_of: Callable[[Algorithm], Any]
     n_train: int
     n_classes: int
+    spe0: int
+    """Steps per epoch of each of ``--workers`` workers: the unit of the learning-rate schedule's steps."""
     token: str = field(default_factory=lambda: secrets.token_hex(8))
     digest: str = ""
     algo: Algorithm | None = None
@@ -101,6 +103,8 @@ class ElasticWorker:
     events: list[dict[str, Any]] = field(default_factory=list)
     parallel_s: float = 0.0
     best: float | None = None
+    best_time: float = 0.0
+    """Parallel training time when the best score was reached."""
     started: float = field(default_factory=time.perf_counter)
     faults: list = field(default_factory=from_env)
     on_round: Callable[[int], None] | None = None
@@ -156,7 +160,7 @@ def run_elastic_worker(membership, cfg: Config, dataset, out: Path | None, write
 
     w = ElasticWorker(membership.worker_id, cfg, out, write,
                       lambda comm: build_algorithm(comm, cfg, n_classes, device, max(1, spe0)), batches,
-                      evaluator_of, dataset.n_train, n_classes, kill=kill, on_round=on_round)
+                      evaluator_of, dataset.n_train, n_classes, max(1, spe0), kill=kill, on_round=on_round)
     if faults is not None:
         w.faults = faults
     if computing is not None:
@@ -352,7 +356,8 @@ def record_round(w: ElasticWorker, q, d: Decision, cursor: DataCursor, stats: to
         events.append({"event": "joined", "worker": q.members[i], "round": d.round, "at": at,
                        "join_bytes": int(stats[i, 3])})
     w.events += events
-    row = {"round": d.round, "epoch": examples_done(cursor, w.n_train, w.cfg.data.batch_size),
+    epoch = examples_done(cursor, w.n_train, w.cfg.data.batch_size)
+    row = {"round": d.round, "step": round(epoch * w.spe0), "epoch": epoch,
            "loss": sum(p["loss"] for p in trained) / len(trained), "compute_s": compute,
            "comm_s": float(stats[:, 0].max()), "time_s": w.parallel_s, "elapsed_s": time.perf_counter() - w.started,
            "members": list(q.members), "quorum_id": q.id,
@@ -377,7 +382,7 @@ def evaluate_round(w: ElasticWorker, round_: int, finished: bool) -> None:
             task = make_task(w.cfg.data.task)
             score = scores[task.headline]
             if task.better(score, w.best if w.best is not None else task.worst):
-                w.best = score
+                w.best, w.best_time = score, w.parallel_s
             row.update(task.record(scores, w.best))
     if w.write and w.out is not None and w.comm.rank == 0:
         with open(w.out / "metrics.jsonl", "a", encoding="utf-8") as f:
@@ -401,7 +406,7 @@ def finish(w: ElasticWorker) -> dict[str, Any] | None:
     summary = {"algo": w.cfg.algo.name, "model": w.cfg.model.name, "width": w.cfg.model.width, "runtime": "elastic",
                "workers": w.cfg.algo.workers, "final_members": list(w.rows[-1]["members"]) if w.rows else [],
                "rounds": (w.rows[-1]["round"] + 1) if w.rows else 0, **task.summary(rows),
-               "time_s": w.parallel_s, "elapsed_s": time.perf_counter() - w.started,
+               "time_s": w.parallel_s, "time_to_best_s": w.best_time, "elapsed_s": time.perf_counter() - w.started,
                "membership_events": events,
                "lost": sum(e["event"] == "lost" for e in events), "joined": sum(e["event"] == "joined" for e in events),
                "backup_bytes": sum(r.get("backup_bytes", 0) for r in rows),
