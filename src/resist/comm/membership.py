@@ -108,6 +108,9 @@ class Quorum:
     def world_size(self) -> int:
         return len(self.members)
 
+    def __hash__(self) -> int:  # the data dicts are not hashable; id and members identify a quorum
+        return hash((self.id, self.members))
+
 
 class Membership(ABC):
     """One worker's view of the elastic group."""
@@ -448,9 +451,9 @@ class LocalCoordinator:
             while wid not in self._delivered:
                 left = deadline - time.monotonic()
                 if self._live.get(wid) is not member or left <= 0:
+                    waiting = sorted(set(self._live) - set(self._asking))
                     self._asking.pop(wid, None)
                     self._check_live(member)
-                    waiting = sorted(set(self._live) - set(self._asking))
                     raise CommError(f"worker {wid}: no quorum within {timeout:g} s (waiting for {waiting})")
                 self._cond.wait(left)
             return self._delivered.pop(wid)
