@@ -196,6 +196,8 @@ class TorchftMembership(Membership):
         self._stores: dict[str, str] = {}
         """Each member's rendezvous store in the last quorum (the Quorum carries only the members' data)."""
         self._pg = None
+        self._pg_quorum: int | None = None
+        """The quorum whose group ``_pg`` is, until the group is aborted."""
         self._stop = threading.Event()
         self._heartbeat_error: str | None = None
         self._beats = threading.Thread(target=self._heartbeat_loop, daemon=True,
@@ -253,6 +255,7 @@ class TorchftMembership(Membership):
         self._pg.set_timeout(timedelta(seconds=timeout))
         # members[0]'s store, a prefix per quorum: successive quorums never see each other's keys.
         store = f"{self._stores[quorum.members[0]]}/resist/q{quorum.id}"
+        self._pg_quorum = None
         try:
             # configure() aborts the previous quorum's group, so a stale communicator cannot hang on it.
             self._pg.configure(store, self.worker_id, rank, quorum.world_size, quorum_id=quorum.id)
@@ -260,7 +263,14 @@ class TorchftMembership(Membership):
             self._pg.abort(errored=False)
             raise CommError(f"rank {rank}: joining quorum {quorum.id} {list(quorum.members)} failed: "
                             f"{_first_line(exc)}") from exc
-        return TorchftCommunicator(self._pg, rank, quorum)
+        self._pg_quorum = quorum.id
+        return TorchftCommunicator(self, rank, quorum)
+
+    def _abort(self, quorum_id: int) -> None:
+        """Abort the group of quorum ``quorum_id`` if it is still the current one."""
+        if self._pg is not None and self._pg_quorum == quorum_id:
+            self._pg_quorum = None
+            self._pg.abort()
 
     def leave(self) -> None:
         self._stop.set()
@@ -268,7 +278,7 @@ class TorchftMembership(Membership):
             self._beats.join(5)
         if self._pg is not None:
             self._pg.abort(errored=False)
-            self._pg = None
+            self._pg, self._pg_quorum = None, None
         self._store = None
 
 
@@ -279,17 +289,18 @@ class TorchftCommunicator(Communicator):
     it fail at once instead of after the timeout, and every later verb fails too (the group is gone).
     """
 
-    def __init__(self, pg, rank: int, quorum: Quorum) -> None:
+    def __init__(self, membership: TorchftMembership, rank: int, quorum: Quorum) -> None:
         super().__init__(rank, quorum.world_size)
-        self._pg = pg
+        self._membership = membership
         self.quorum = quorum
 
     def _group(self, verb: str):
         """The configured group, unless it was aborted or reconfigured for another quorum since."""
-        if self._pg._pg is None or self._pg._quorum_id != self.quorum.id:
+        m = self._membership
+        if m._pg is None or m._pg_quorum != self.quorum.id:
             raise CommError(f"rank {self.rank}: {verb} failed: the group of quorum {self.quorum.id} is gone "
                             f"(aborted after an error, or replaced by a later quorum)")
-        return self._pg
+        return m._pg
 
     @contextlib.contextmanager
     def _guard(self, verb: str) -> Iterator[None]:
@@ -298,8 +309,7 @@ class TorchftCommunicator(Communicator):
         except CommError:
             raise
         except Exception as exc:  # noqa: BLE001 - gloo raises RuntimeError and friends
-            if self._pg._quorum_id == self.quorum.id:
-                self._pg.abort()
+            self._membership._abort(self.quorum.id)
             raise CommError(f"rank {self.rank}: {verb} failed: {_first_line(exc)}") from exc
 
     def _all_reduce(self, tensor: torch.Tensor) -> None:
