@@ -334,3 +334,33 @@ def test_a_lone_worker_has_a_one_member_quorum_and_its_verbs_are_local(lighthous
     c2.barrier()
     m.leave()
 
+
+
+@pytest.mark.timeout(60)
+def test_members_wait_for_a_live_member_that_computes_long_instead_of_dropping_it(lighthouse):
+    """Quorums only (no process group), so the workers are threads of this process. The slow member
+    computes 3 s, several heartbeat timeouts, between quorums: its heartbeats come from a thread, so
+    it stays healthy, and the join timeout keeps the others from going on without it."""
+    addr = lighthouse(min_workers=1)
+    members = {w: TorchftMembership(addr, w) for w in ("a", "b", "slow")}  # all heartbeating
+    out = {}
+
+    def worker(wid):
+        m = members[wid]
+        first = m.quorum({"step": 0}, timeout=30)
+        if wid == "slow":
+            time.sleep(3.0)
+        t0 = time.monotonic()
+        second = m.quorum({"step": 1}, timeout=30)
+        out[wid] = (first.members, second.members, time.monotonic() - t0)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in members]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(40)
+    for m in members.values():
+        m.leave()
+    for wid, (first, second, waited) in out.items():
+        assert first == second == ("a", "b", "slow"), wid
+    assert out["a"][2] > 2.5 and out["b"][2] > 2.5
