@@ -320,9 +320,9 @@ def test_a_quorum_that_cannot_form_in_time_is_one_line(lighthouse):
 @pytest.mark.timeout(30)
 def test_a_lone_worker_has_a_one_member_quorum_and_its_verbs_are_local(lighthouse):
     """Also: successive quorums of unchanged members get distinct, increasing ids (the Lighthouse's own
-    quorum id would repeat)."""
+    quorum id would repeat), and HOST:PORT names a lighthouse as well as its URL."""
     addr = lighthouse(min_workers=1)
-    m = TorchftMembership(addr, "solo")
+    m = TorchftMembership("127.0.0.1:" + addr.rsplit(":", 1)[1], "solo")  # HOST:PORT works as well as a URL
     q1 = m.quorum({"step": 0}, timeout=10)
     c1 = m.communicator(q1, timeout=10)
     t = torch.ones(3)

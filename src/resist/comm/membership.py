@@ -174,7 +174,8 @@ class TorchftMembership(Membership):
 
     def __init__(self, lighthouse_addr: str, worker_id: str, host: str = "127.0.0.1",
                  connect_timeout: float = 5.0) -> None:
-        """Connects to the Lighthouse and heartbeats once (an unreachable one raises :class:`CommError`
+        """``lighthouse_addr``: ``http://host:port`` (as ``.address()`` gives it) or ``host:port``.
+        Connects to the Lighthouse and heartbeats once (an unreachable one raises :class:`CommError`
         within ``connect_timeout``), serves a TCPStore for rendezvous and keeps heartbeating from a
         daemon thread until :meth:`leave`."""
         from torch.distributed import TCPStore
@@ -182,11 +183,13 @@ class TorchftMembership(Membership):
         ft = _torchft()
         self.worker_id = worker_id
         self.lighthouse_addr = lighthouse_addr
+        # torchft's client wants a URL; HOST:PORT is what people type.
+        self._url = lighthouse_addr if "://" in lighthouse_addr else f"http://{lighthouse_addr}"
         self.host = host
         self._connect_timeout = timedelta(seconds=connect_timeout)
         self._token = secrets.token_hex(8)  # tells two processes that claim the same id apart
         try:
-            self._client = ft.LighthouseClient(lighthouse_addr, self._connect_timeout)
+            self._client = ft.LighthouseClient(self._url, self._connect_timeout)
             self._client.heartbeat(worker_id, timeout=self._connect_timeout)
         except (RuntimeError, TimeoutError) as exc:
             raise CommError(f"no resist lighthouse at {lighthouse_addr} (start one with `resist lighthouse`)") \
@@ -209,7 +212,7 @@ class TorchftMembership(Membership):
         client = None
         while not self._stop.wait(HEARTBEAT_INTERVAL_S):
             try:
-                client = client or _torchft().LighthouseClient(self.lighthouse_addr, self._connect_timeout)
+                client = client or _torchft().LighthouseClient(self._url, self._connect_timeout)
                 client.heartbeat(self.worker_id, timeout=self._connect_timeout)
                 self._heartbeat_error = None
             except (RuntimeError, TimeoutError) as exc:  # the Lighthouse restarting: keep trying
