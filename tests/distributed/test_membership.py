@@ -148,13 +148,13 @@ def test_three_workers_form_a_quorum_and_every_verb_matches_the_in_process_twin(
     assert [v for _, v in got["w2"][5]["exchange"]] == [[2.0], [2.1, 2.1], [12.0], [12.1, 12.1]]
 
 
-def _kill_worker(addr, wid, q, barrier):
+def _kill_worker(addr, wid, victim, q, barrier):
     m = TorchftMembership(addr, wid)
     barrier.wait()
     quorum = m.quorum({"step": 0}, timeout=60)
     comm = m.communicator(quorum, timeout=60)
     comm.all_reduce(torch.ones(3))
-    if wid == "w2":
+    if wid == victim:
         q.put((wid, "victim ready", time.time(), None))
         time.sleep(600)  # killed here, while the others wait for it in an all-reduce
     q.put((wid, "blocked", time.time(), None))
@@ -174,29 +174,32 @@ def _kill_worker(addr, wid, q, barrier):
 
 
 @pytest.mark.timeout(120)
-def test_a_killed_worker_fails_its_peers_collective_at_once_and_the_survivors_form_a_new_quorum(lighthouse):
+@pytest.mark.parametrize("victim", ["w2", "w0"])  # w0 also serves the quorum's rendezvous store
+def test_a_killed_worker_fails_its_peers_collective_at_once_and_the_survivors_form_a_new_quorum(lighthouse, victim):
     addr = lighthouse(min_workers=2)
     q, barrier = CTX.Queue(), CTX.Barrier(3)
-    procs = {wid: CTX.Process(target=_kill_worker, args=(addr, wid, q, barrier)) for wid in ("w0", "w1", "w2")}
+    procs = {wid: CTX.Process(target=_kill_worker, args=(addr, wid, victim, q, barrier))
+             for wid in ("w0", "w1", "w2")}
+    survivors = tuple(w for w in procs if w != victim)
     for p in procs.values():
         p.start()
     ready = _get(q, 3)
     assert sorted(m[1] for m in ready) == ["blocked", "blocked", "victim ready"]
     time.sleep(0.5)  # the survivors are inside the all-reduce by now
     killed_at = time.time()
-    os.kill(procs["w2"].pid, signal.SIGKILL)
+    os.kill(procs[victim].pid, signal.SIGKILL)
     events = _get(q, 6)
     _stop(procs.values())
 
     by = {(wid, what): (t, info) for wid, what, t, info in events}
-    for wid in ("w0", "w1"):
+    for wid in survivors:
         t_err, msg = by[(wid, "error")]
         assert msg.startswith(f"rank {int(wid[1])}: all_reduce failed: ") and "\n" not in msg
-        assert by[(wid, "quorum")][1] == ("w0", "w1")
+        assert by[(wid, "quorum")][1] == survivors
         assert by[(wid, "sum")][1] == [3.0, 3.0, 3.0]
-    detect = max(by[(w, "error")][0] for w in ("w0", "w1")) - killed_at
-    requorum = max(by[(w, "quorum")][0] for w in ("w0", "w1")) - killed_at
-    print(f"\nkill -> CommError on every survivor: {detect:.3f} s; kill -> new 2-member quorum: {requorum:.3f} s")
+    detect = max(by[(w, "error")][0] for w in survivors) - killed_at
+    requorum = max(by[(w, "quorum")][0] for w in survivors) - killed_at
+    print(f"\n{victim} killed -> CommError on every survivor: {detect:.3f} s; kill -> new 2-member quorum: {requorum:.3f} s")
     assert detect < 3.0
     assert requorum < 5.0
 
