@@ -199,7 +199,8 @@ def test_a_killed_worker_fails_its_peers_collective_at_once_and_the_survivors_fo
         assert by[(wid, "sum")][1] == [3.0, 3.0, 3.0]
     detect = max(by[(w, "error")][0] for w in survivors) - killed_at
     requorum = max(by[(w, "quorum")][0] for w in survivors) - killed_at
-    print(f"\n{victim} killed -> CommError on every survivor: {detect:.3f} s; kill -> new 2-member quorum: {requorum:.3f} s")
+    print(f"\n{victim} killed -> CommError on every survivor: {detect:.3f} s; "
+          f"kill -> new 2-member quorum: {requorum:.3f} s")
     assert detect < 3.0
     assert requorum < 5.0
 

@@ -70,7 +70,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 
@@ -125,7 +125,9 @@ class Membership(ABC):
     @abstractmethod
     def communicator(self, quorum: Quorum, timeout: float) -> Communicator:
         """A fresh Communicator over exactly ``quorum.members`` (rank = index in members) for this
-        quorum; its verbs raise CommError naming the verb when a member is gone."""
+        quorum; its verbs raise CommError naming the verb when a member is gone. It serves until this
+        membership's next ``communicator()`` (with torchft, that reconfigures the one process group, so
+        the older communicator's verbs then raise CommError)."""
 
     def leave(self) -> None:
         """Clean exit: stop heartbeats, close stores/PGs."""
