@@ -183,6 +183,11 @@ class TorchftMembership(Membership):
         from torch.distributed import TCPStore
 
         ft = _torchft()
+        # Imported now, before heartbeating starts: a heavy import later could hold the GIL long enough
+        # to delay the heartbeat thread.
+        from torchft.process_group import ProcessGroupGloo
+
+        self._pg_class = ProcessGroupGloo
         self.worker_id = worker_id
         self.lighthouse_addr = lighthouse_addr
         # torchft's client wants a URL; HOST:PORT is what people type.
@@ -250,13 +255,11 @@ class TorchftMembership(Membership):
                       members=tuple(p.replica_id for p in parts), data=tuple(datas))
 
     def communicator(self, quorum: Quorum, timeout: float) -> Communicator:
-        from torchft.process_group import ProcessGroupGloo
-
         rank = quorum.rank_of(self.worker_id)
         if self._stop.is_set():
             raise CommError(f"worker {self.worker_id} has left")
         if self._pg is None:
-            self._pg = ProcessGroupGloo(timeout=timedelta(seconds=timeout))
+            self._pg = self._pg_class(timeout=timedelta(seconds=timeout))
         self._pg.set_timeout(timedelta(seconds=timeout))
         # members[0]'s store, a prefix per quorum: successive quorums never see each other's keys.
         store = f"{self._stores[quorum.members[0]]}/resist/q{quorum.id}"
