@@ -56,7 +56,9 @@ its data; the first quorum that both ask for shows one token, and the other proc
 :class:`CommError` naming the id (the Lighthouse decides which one keeps the id). A ``quorum()`` that
 times out leaves the worker registered as a participant at the Lighthouse, so the next quorum may
 include it although it is not listening; that quorum's ``communicator()`` then times out and the
-survivors ask again. Give ``quorum()`` a timeout above the longest round.
+survivors ask again. Give ``quorum()`` a timeout above the longest round. Likewise a worker that dies
+between a quorum and its process group's rendezvous is noticed only when ``communicator()`` times out
+(sooner if it served the store). Each quorum's rendezvous leaves a few small keys in members[0]'s store.
 """
 
 from __future__ import annotations
