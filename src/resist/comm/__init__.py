@@ -13,6 +13,13 @@ _LAZY = {
     "run_from_env": ".launch",
     "default_backend": ".launch",
     "find_free_port": ".launch",
+    # Elastic membership; torchft itself is imported only when a torchft membership is used.
+    "Quorum": ".membership",
+    "Membership": ".membership",
+    "LocalCoordinator": ".membership",
+    "LocalMembership": ".membership",
+    "TorchftMembership": ".membership",
+    "start_lighthouse": ".membership",
 }
 
 
