@@ -6,11 +6,12 @@ Runs (real CIFAR-10, paper ResNet101 at 1/8 width, ``--workers`` workers, ``--lo
 ``--epochs`` epochs; each worker a process on the cores this suite is pinned to, the lighthouse in the
 suite's process):
 
-- ``soak_{resist,lsgd}_sS``: ``--runtime elastic``; every ``--kill-every`` rounds (counted in
+- ``soak_{resist,lsgd}_sS``: ``--runtime elastic`` (local SGD for ``--lsgd-epochs`` only: its bytes per
+  event, for comparison); every ``--kill-every`` rounds (counted in
   metrics.jsonl's rows) plus a random 0-4 s, a random member is killed (SIGKILL, no clean exit) and its
   replacement (same name, a new process) is started ``--restart-after`` s later; it joins at the next round
   boundary after its process is up. The kill times go to ``soak.json`` in the run folder.
-- ``clean_{resist,lsgd}_sS``: the same config, no kills (the failure-free spread).
+- ``clean_resist_sS``: the same config, no kills (the failure-free spread).
 - ``restart_resist_sS``: the non-elastic ``--runtime dist`` with a checkpoint every round; the same kills end
   the job (a lost rank fails it), and it is resumed from its latest checkpoint ``--restart-after`` s later.
 
@@ -46,13 +47,16 @@ TABULATE_ONLY = False
 
 def add_arguments(ap) -> None:
     common.options(ap, seeds=([0, 1], "seeds of the failure-free runs (the soak and restart runs use the first)"),
-                   epochs=(8.0, "epochs of every run"), workers=(4, "workers"), local_iters=(5, "local steps per round"),
+                   epochs=(8.0, "epochs of every ResIST run"),
+                   lsgd_epochs=(2.0, "epochs of the local SGD soak (its recovery bytes per event, for comparison)"),
+                   workers=(4, "workers"), local_iters=(5, "local steps per round"),
                    kill_every=(5, "rounds between kills"), restart_after=(3.0, "seconds from a kill to its restart"),
                    eval_every=(20, "rounds between evaluations"))
 
 
 def flags(args, algo: str, seed: int, runtime: str) -> list[str]:
-    return ["--algo", algo, "--workers", str(args.workers), "--seed", str(seed), "--epochs", f"{args.epochs:g}",
+    epochs = args.lsgd_epochs if algo == "local_sgd" else args.epochs
+    return ["--algo", algo, "--workers", str(args.workers), "--seed", str(seed), "--epochs", f"{epochs:g}",
             "--local-iters", str(args.local_iters), "--eval-every", str(args.eval_every), "--runtime", runtime]
 
 
@@ -62,7 +66,6 @@ def specs(args) -> list[Spec]:
            Spec(f"soak_lsgd_s{s0}", PRESET, flags(args, "local_sgd", s0, "elastic"), "local SGD, kills", "soak")]
     out += [Spec(f"clean_resist_s{s}", PRESET, flags(args, "resist", s, "elastic"), "ResIST, no kills", "clean")
             for s in args.seeds]
-    out.append(Spec(f"clean_lsgd_s{s0}", PRESET, flags(args, "local_sgd", s0, "elastic"), "local SGD, no kills", "clean"))
     out.append(Spec(f"restart_resist_s{s0}", PRESET, [*flags(args, "resist", s0, "dist"), "--checkpoint-every", "1"],
                     "ResIST, kills, restart from checkpoint", "restart"))
     return out
@@ -242,7 +245,8 @@ def tabulate(args, results: list[dict], env: dict) -> None:
     doc = [
         "# Elastic training under fire (issue 22)\n",
         f"Real CIFAR-10, paper ResNet101 at 1/8 width, {args.workers} workers (one process each, sharing the "
-        f"cores named in the command), {args.local_iters} local steps a round, {args.epochs:g} epochs; a random "
+        f"cores named in the command), {args.local_iters} local steps a round, {args.epochs:g} epochs (local SGD: "
+        f"{args.lsgd_epochs:g}, for its bytes per event); a random "
         f"member SIGKILLed about every {args.kill_every} rounds and restarted {args.restart_after:g} s later, no "
         "checkpoint read (soak); the same config with no kills (clean); the non-elastic dist runtime with a "
         "checkpoint every round, killed on the same schedule and resumed from its checkpoint (restart). "

@@ -100,7 +100,6 @@ class ElasticWorker:
     trained: Trained | None = None
     kept: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
-    events: list[dict[str, Any]] = field(default_factory=list)
     parallel_s: float = 0.0
     best: float | None = None
     best_time: float = 0.0
@@ -116,6 +115,8 @@ class ElasticWorker:
     sent: int = 0
     received: int = 0
     """Training bytes this worker sent and received since it (this incarnation) started."""
+    redone: int = 0
+    """Synchronizations of the current round that a member's loss interrupted (each was redone)."""
     peak_extra: int = 0
     """Most bytes of snapshot plus kept copies this worker held at once (elastic training's memory)."""
 
@@ -180,7 +181,6 @@ def run_elastic_worker(membership, cfg: Config, dataset, out: Path | None, write
                     w.algo.start(0)
                 cursor = DataCursor(0, ())
                 round_ = 0
-                log_event(w, {"event": "started", "round": 0, "members": list(q.members)})
             else:
                 done = sync_round(w, membership, q, decision, waited)
                 if done is None:  # a member failed during the synchronization: form the quorum again
@@ -267,7 +267,7 @@ def sync_round(w: ElasticWorker, membership, q, d: Decision, waited: float):
             restore(w.algo, w.trained.snapshot, w.trained.holding)
         else:
             w.algo = None  # a joiner starts over
-        w.events.append({"event": "redone", "round": d.round, "worker": w.name, "at": time.time()})
+        w.redone += 1
         return None
     sync_s = time.perf_counter() - t0
     w.comm = comm
@@ -355,7 +355,6 @@ def record_round(w: ElasticWorker, q, d: Decision, cursor: DataCursor, stats: to
     for i in d.joiners:
         events.append({"event": "joined", "worker": q.members[i], "round": d.round, "at": at,
                        "join_bytes": int(stats[i, 3])})
-    w.events += events
     epoch = examples_done(cursor, w.n_train, w.cfg.data.batch_size)
     row = {"round": d.round, "step": round(epoch * w.spe0), "epoch": epoch,
            "loss": sum(p["loss"] for p in trained) / len(trained), "compute_s": compute,
@@ -364,7 +363,8 @@ def record_round(w: ElasticWorker, q, d: Decision, cursor: DataCursor, stats: to
            "sent_bytes": [int(v) for v in stats[:, 5]], "recv_bytes": [int(v) for v in stats[:, 6]],
            "backup_bytes": int(stats[:, 2].sum()), "kept_bytes_per_worker": [int(v) for v in stats[:, 4]],
            "elastic_extra_bytes_per_worker": [int(v) for v in stats[:, 7]],
-           "compute_s_per_worker": [p["compute_s"] for p in trained], "events": events}
+           "compute_s_per_worker": [p["compute_s"] for p in trained], "redone": w.redone, "events": events}
+    w.redone = 0
     w.rows.append(row)
 
 
@@ -427,11 +427,6 @@ def read_rows(w: ElasticWorker) -> list[dict[str, Any]]:
     if w.write and path is not None and path.exists():
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return list(w.rows)
-
-
-def log_event(w: ElasticWorker, event: dict[str, Any]) -> None:
-    event = {**event, "at": time.time()}
-    w.events.append(event)
 
 
 def run_elastic_in_process(cfg: Config, dataset, out: Path | None, kills: dict[str, tuple[int, int]] | None = None,
