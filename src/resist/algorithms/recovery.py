@@ -96,6 +96,12 @@ class Decision:
     """The workers of the round that ends, in its rank order."""
 
 
+def reference_digest(reports: Sequence[Report]) -> str:
+    """The config a quorum's members must share: that of the lowest-ranked member that trained the round
+    (at a fresh start, of the lowest rank)."""
+    return next((r.digest for r in reports if not r.fresh), reports[0].digest)
+
+
 def decide(members: Sequence[str], reports: Sequence[Report], candidates: Sequence[int]) -> Decision:
     """The decision of a quorum of ``members`` (sorted; rank = index) that reported ``reports``.
 
@@ -104,7 +110,7 @@ def decide(members: Sequence[str], reports: Sequence[Report], candidates: Sequen
     :class:`Unrecoverable` when some block has neither a surviving holder nor a surviving keeper."""
     members = tuple(members)
     trained = [i for i, rep in enumerate(reports) if not rep.fresh]
-    ref = reports[trained[0] if trained else 0].digest
+    ref = reference_digest(reports)
     foreign = [members[i] for i, rep in enumerate(reports) if rep.digest != ref]
     if foreign:
         raise Refused(f"worker {foreign[0]} runs another config than this run's (digest {ref[:12]}); "

@@ -173,6 +173,20 @@ def start_lighthouse(bind: str = "[::]:0", min_workers: int = 1, join_timeout_ms
                                        quorum_tick_ms=quorum_tick_ms, heartbeat_timeout_ms=heartbeat_timeout_ms)
 
 
+def check_lighthouse(address: str, timeout: float = 5.0) -> None:
+    """CommError with one line unless something listens at ``address`` (HOST:PORT or a URL): checked
+    before a worker writes anything, so that a mistyped address leaves no run folder behind."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"http://{address}")
+    try:
+        with socket.create_connection((parts.hostname or "", parts.port or 80), timeout=timeout):
+            pass
+    except (OSError, ValueError):
+        raise CommError(f"no resist lighthouse at {address} (start one with `resist lighthouse`)") from None
+
+
 class TorchftMembership(Membership):
     """A worker process in a group coordinated by a torchft Lighthouse."""
 

@@ -29,7 +29,7 @@ import torch
 
 from ..algorithms import Algorithm
 from ..algorithms.elastic import Snapshot, restore, synchronize
-from ..algorithms.recovery import Decision, Refused, Report, decide
+from ..algorithms.recovery import Decision, Refused, Report, decide, reference_digest
 from ..comm import CommError, Communicator
 from ..config import Config
 from ..data.elastic import DataCursor, ElasticBatches, commit, deal, examples_done, usable_positions
@@ -209,10 +209,8 @@ def form_quorum(w: ElasticWorker, membership) -> tuple[Any, Decision | None, flo
     try:
         decision = decide(q.members, reports, candidates_of(w))
     except Refused as e:
-        mine = reports[q.rank_of(w.name)]
-        if mine.digest != reports[0].digest or (mine.fresh and any(not r.fresh for r in reports)
-                                                and mine.digest != next(r.digest for r in reports if not r.fresh)):
-            raise
+        if reports[q.rank_of(w.name)].digest != reference_digest(reports):
+            raise  # this worker is the one of another config: it leaves, with one line
         time.sleep(0.2)  # the other worker is refused and leaves; its heartbeat stops
         log.warning("%s", e)
         return q, None, waited

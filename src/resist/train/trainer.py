@@ -625,6 +625,10 @@ def _train(cfg: Config, dataset: DataSource | None, resume: bool | str, force: b
     if torchrun and int(os.environ["WORLD_SIZE"]) != cfg.algo.workers:
         raise ValueError(f"torchrun started {os.environ['WORLD_SIZE']} processes but --workers is "
                          f"{cfg.algo.workers}; make them equal")
+    if cfg.run.runtime == "elastic" and cfg.run.lighthouse is not None:
+        from ..comm.membership import check_lighthouse
+
+        check_lighthouse(cfg.run.lighthouse)  # before the run folder is written
     lead = not torchrun or int(os.environ["RANK"]) == 0
     if lead:
         owned.append(claim_run_folder(cfg, resume, force))
