@@ -191,6 +191,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("preset", nargs="?", default=None, help=f"named preset ({', '.join(PRESETS)}); default: "
                    f"{', '.join(f'{p} with --task {t}' for t, p in TASK_PRESETS.items())}")
     p.add_argument("--config", help="a config.json (e.g. from a run folder) instead of a preset")
+    p.add_argument("--elastic", action="store_true",
+                   help="join the lighthouse at --lighthouse as worker --worker-id (elastic training, docs/elastic.md)")
     for flag in train_flags():
         help_ = f"{flag.help} (default: {_shown(flag.default)})".replace("%", "%%")
         if flag.type is bool:
@@ -419,8 +421,6 @@ def make_parser() -> argparse.ArgumentParser:
                    help="resume from --out's latest checkpoint if there is one (for torchrun --max-restarts)")
     p.add_argument("--force", action="store_true",
                    help="replace the run already in --out (its own files only; other files stay)")
-    p.add_argument("--elastic", action="store_true",
-                   help="join the lighthouse at --lighthouse as worker --worker-id (elastic training, docs/elastic.md)")
     p.set_defaults(fn=cmd_train)
     p = sub.add_parser("lighthouse", help="the coordinator of an elastic run: workers join it with --elastic "
                        "--lighthouse HOST:PORT")

@@ -105,6 +105,9 @@ class ElasticWorker:
     best_time: float = 0.0
     """Parallel training time when the best score was reached."""
     started: float = field(default_factory=time.perf_counter)
+    run_started: float = field(default_factory=time.time)
+    """When the run began (wall clock): the earliest start any member reports, so that a row's elapsed
+    time is the run's, whichever incarnation of which worker writes it."""
     faults: list = field(default_factory=from_env)
     on_round: Callable[[int], None] | None = None
     computing: Any = contextlib.nullcontext
@@ -126,7 +129,7 @@ class ElasticWorker:
             return Report(self.token, self.digest)
         return Report(self.token, self.digest, t.round, t.holds, tuple(sorted(self.kept)), t.cursor.to_dict(),
                       t.members, {"loss": t.loss, "compute_s": t.compute_s, "steps": t.steps,
-                                  "parallel_s": self.parallel_s, "best": self.best})
+                                  "parallel_s": self.parallel_s, "best": self.best, "run_started": self.run_started})
 
 
 def epochs_of(cfg: Config) -> float:
@@ -344,6 +347,7 @@ def record_round(w: ElasticWorker, q, d: Decision, cursor: DataCursor, stats: to
     trained = [reports[i].progress for i in d.contributors]
     compute = max(p["compute_s"] for p in trained)
     w.parallel_s = max(p.get("parallel_s", 0.0) for p in trained) + compute + float(stats[:, 0].max())
+    w.run_started = min([w.run_started, *(p.get("run_started", w.run_started) for p in trained)])
     events = []
     at = time.time()
     for name in d.lost:
@@ -356,7 +360,7 @@ def record_round(w: ElasticWorker, q, d: Decision, cursor: DataCursor, stats: to
     epoch = examples_done(cursor, w.n_train, w.cfg.data.batch_size)
     row = {"round": d.round, "step": round(epoch * w.spe0), "epoch": epoch,
            "loss": sum(p["loss"] for p in trained) / len(trained), "compute_s": compute,
-           "comm_s": float(stats[:, 0].max()), "time_s": w.parallel_s, "elapsed_s": time.perf_counter() - w.started,
+           "comm_s": float(stats[:, 0].max()), "time_s": w.parallel_s, "elapsed_s": time.time() - w.run_started,
            "members": list(q.members), "quorum_id": q.id,
            "sent_bytes": [int(v) for v in stats[:, 5]], "recv_bytes": [int(v) for v in stats[:, 6]],
            "backup_bytes": int(stats[:, 2].sum()), "kept_bytes_per_worker": [int(v) for v in stats[:, 4]],
@@ -404,7 +408,7 @@ def finish(w: ElasticWorker) -> dict[str, Any] | None:
     summary = {"algo": w.cfg.algo.name, "model": w.cfg.model.name, "width": w.cfg.model.width, "runtime": "elastic",
                "workers": w.cfg.algo.workers, "final_members": list(w.rows[-1]["members"]) if w.rows else [],
                "rounds": (w.rows[-1]["round"] + 1) if w.rows else 0, **task.summary(rows),
-               "time_s": w.parallel_s, "time_to_best_s": w.best_time, "elapsed_s": time.perf_counter() - w.started,
+               "time_s": w.parallel_s, "time_to_best_s": w.best_time, "elapsed_s": time.time() - w.run_started,
                "membership_events": events,
                "lost": sum(e["event"] == "lost" for e in events), "joined": sum(e["event"] == "joined" for e in events),
                "backup_bytes": sum(r.get("backup_bytes", 0) for r in rows),
