@@ -13,7 +13,8 @@ import threading
 import pytest
 import torch
 
-from resist.algorithms.elastic import Snapshot, synchronize
+from resist.algorithms.elastic import Snapshot, restore, synchronize
+from resist.comm import CommError
 from resist.algorithms.parts import gather_state
 from resist.algorithms.recovery import Report, decide
 from resist.comm.membership import LocalCoordinator, LocalMembership
@@ -41,13 +42,14 @@ def delta(rank: int, round_: int) -> float:
     return 0.01 * (rank + 1) * (round_ + 1)
 
 
-def run(cfg, lose=None, join=None):
+def run(cfg, lose=None, join=None, in_sync=False, redone=None):
     """Round 0 over w0..w2, then round 1 (``lose`` is lost during it, ``join`` joins at its end); returns
     the global state after round 0 and after round 1, and round 1's plan (holders by round-1 rank)."""
     coordinator = LocalCoordinator(min_workers=1)
     members = {n: LocalMembership(coordinator, n) for n in ("w0", "w1", "w2")}
     states, holders1, errors = {}, {}, []
     threads = []
+    redone = [] if redone is None else redone
 
     def admit_joiner():  # after round 0's synchronization: it joins at round 1's end
         if join:
@@ -80,16 +82,30 @@ def run(cfg, lose=None, join=None):
                 states[0] = state0
             holders1.update(algo.holders(1) if algo.partitions else {})
             barrier.wait()
-            if name == lose:
+            if name == lose and not in_sync:
                 coordinator.kill(name)  # lost during round 1: what it trained never arrives
                 return
             algo.begin_round(1)
             fake_train(algo, algo.comm.rank, 1)
-            Snapshot.of(algo.store)
-            q = m.quorum(report(name, algo, 1, out.kept, q.members), 30)
-            d = decide(q.members, [Report.from_dict(x) for x in q.data], dealt(algo))
-            comm = m.communicator(q, 30)
-            synchronize(algo, comm, d, out.kept, final=True)
+            holding = dict(algo.holders(1)) if algo.partitions else {}
+            snap = Snapshot.of(algo, holding)
+            members1 = q.members
+            while True:
+                q = m.quorum(report(name, algo, 1, out.kept, members1), 30)
+                d = decide(q.members, [Report.from_dict(x) for x in q.data], dealt(algo))
+                comm = m.communicator(q, 30)
+                if name == lose:  # lost during the synchronization: the others' collectives fail
+                    if in_sync == "late":  # after the shared layers' all-reduce changed them in place
+                        for f in algo.store.flats["shared"]:
+                            comm.all_reduce(f)
+                    coordinator.kill(name)
+                    return
+                try:
+                    synchronize(algo, comm, d, out.kept, final=True)
+                    break
+                except CommError:
+                    redone.append(name)
+                    restore(algo, snap, holding)
             state1 = gather_state(algo.comm, algo.store, algo.holders_now())
             if state1 is not None:
                 states[1] = state1
@@ -125,10 +141,15 @@ def block_of(name: str) -> int | None:
     return int(name.split(".")[1]) if name.startswith("blocks.") else None
 
 
-@pytest.mark.parametrize("lose", ["w1", "w0"])
-def test_a_lost_worker_costs_only_its_own_round(lose):
+@pytest.mark.parametrize("lose,in_sync", [("w1", False), ("w0", False), ("w1", True), ("w2", "late")])
+def test_a_lost_worker_costs_only_its_own_round(lose, in_sync):
+    """Lost during its local steps, or during the synchronization (which the others then redo from
+    their snapshots over the survivors), even after the shared layers were averaged in place with its
+    copy: the same result."""
     cfg = config()
-    state0, state1, holders1 = run(cfg, lose=lose)
+    redone = []
+    state0, state1, holders1 = run(cfg, lose=lose, in_sync=in_sync, redone=redone)
+    assert bool(redone) == bool(in_sync)
     lost_rank = int(lose[1])
     survivors = [r for r in range(3) if r != lost_rank]
     restored = 0

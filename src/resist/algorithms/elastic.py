@@ -13,8 +13,8 @@ SGD):
    :mod:`.routing`), next round's plan being over the new membership;
 4. each block's committed value gets its keeper (:func:`~resist.algorithms.recovery.keepers`): the
    worker that sent it keeps what it sent, or its holder sends a backup;
-5. a vote (one all-gather): every member got everything; otherwise the caller restores its
-   :class:`Snapshot` and the quorum is formed again.
+5. a vote (one all-gather): every member got everything, and the blocks that went elsewhere are
+   released; otherwise the caller restores its :class:`Snapshot` and the quorum is formed again.
 """
 
 from __future__ import annotations
@@ -31,37 +31,39 @@ from .recovery import Decision, keepers
 
 @dataclass
 class Snapshot:
-    """A worker's state after its local steps, before the synchronization changes it in place: what it
-    restores if the synchronization fails (a member lost during it), to redo it over the survivors."""
+    """What a worker's synchronization changes in place, as it was after the local steps: restored if the
+    synchronization fails (a member lost during it), to redo it over the survivors.
 
-    parts: list[Part]
-    state: dict[str, torch.Tensor]
+    The shared bucket (all-reduced in place) and the blocks it trained together with others (averaged in
+    place). Blocks it trained alone are not changed by a synchronization, and the ones it sends are
+    released only once every member has everything, so neither needs a copy: the snapshot is a copy of
+    part of what the worker sends."""
+
+    flats: dict[Part, list[torch.Tensor]]
+    held: tuple[Part, ...]
+    """The blocks it held after its local steps (any other it holds after a failed attempt goes)."""
 
     @classmethod
-    def of(cls, store: PartStore) -> "Snapshot":
-        parts = [p for p in store.all_parts() if store.held(p)]
-        return cls(parts, {n: t.clone() for p in parts for n, t in zip(store.state_names(p), store.state_tensors(p))})
+    def of(cls, algo, holding: dict[Part, tuple[int, ...]]) -> "Snapshot":
+        store = algo.store
+        keys = ["shared", *(b for b in store.candidates if b in store.flats and len(holding.get(b, ())) > 1)]
+        return cls({k: [f.clone() for f in store.flats[k]] for k in keys},
+                   tuple(b for b in store.candidates if b in store.flats))
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.state.values())
+        return sum(_nbytes(v) for v in self.flats.values())
 
 
 def restore(algo, snap: Snapshot, holding: dict[Part, tuple[int, ...]]) -> None:
-    """Put ``algo``'s store back as ``snap`` took it (the same parts, the same values, re-bucketed as
-    the algorithm buckets them)."""
+    """Put ``algo``'s store back as it was after the local steps that ``snap`` followed."""
     store = algo.store
-    for p in store.all_parts():
-        if store.held(p):
-            store.release(p)
-    store.flats.clear()
-    store.layouts.clear()
-    store.start(snap.parts, snap.state)
-    shared = [p for p in snap.parts if p in store.shared_parts] if algo.partitions else snap.parts
-    store.bucket("shared", shared, outer=False)
+    for b in store.candidates:
+        if b in store.flats and b not in snap.held:  # received, or restored from a kept copy, in vain
+            store.release(b)
+    for key, saved in snap.flats.items():
+        for f, v in zip(store.flats[key], saved):
+            f.copy_(v)
     if algo.partitions:
-        for b in snap.parts:
-            if b not in store.shared_parts:
-                store.bucket(b, [b])
         algo.holding = holding
 
 
@@ -99,7 +101,7 @@ def synchronize(algo, comm: Communicator, d: Decision, kept: dict[int, list[torc
     for f in store.flats["shared"]:
         comm.all_reduce(f)
         divide_(f, len(d.contributors))
-    out = Outcome()
+    out, released = Outcome(), ()
     if algo.partitions:
         nxt = d.cur if final else algo.holders(d.round + 1)
         keep, backups = keepers(d.cur, nxt, comm.world_size) if not final else ({}, {})
@@ -107,7 +109,7 @@ def synchronize(algo, comm: Communicator, d: Decision, kept: dict[int, list[torc
         out.kept = {b: store.flats[b] for b, k in keep.items() if k == me}
         restored_sent = sum(_nbytes(store.flats[b]) * len([h for h in nxt[b] if h != me])
                             for b, k in d.restored.items() if k == me)
-        algo.synchronize(d.cur, nxt, d.round, shared=False)
+        released = algo.synchronize(d.cur, nxt, d.round, shared=False, release=False)
         sends = [(dst, f) for b, (h, dst) in backups.items() if h == me for f in store.flats[b]]
         recvs = []
         for b, (h, dst) in backups.items():
@@ -121,6 +123,8 @@ def synchronize(algo, comm: Communicator, d: Decision, kept: dict[int, list[torc
         algo.holding, algo.round = nxt, d.round + 1
     with comm.tag("control"):
         comm.all_gather(torch.ones(1))  # the vote: returns only if every member got this far
+    for b in released:
+        store.release(b)  # (what it keeps for others it still holds, in out.kept)
     out.received_bytes = comm.bytes.received["sync"] - received0
     out.kept_bytes = sum(_nbytes(v) for v in out.kept.values())
     del sent0

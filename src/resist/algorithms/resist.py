@@ -194,7 +194,7 @@ class ResIST(Algorithm):
 
     @torch.no_grad()
     def synchronize(self, cur: dict[Part, tuple[int, ...]], nxt: dict[Part, tuple[int, ...]], round_: int = 0,
-                    shared: bool = True) -> None:
+                    shared: bool = True, release: bool = True) -> tuple[int, ...]:
         """Average every part over its holders of this round and deliver it to next round's holders
         (§2.5, Fig. 3), executing this rank's :func:`~resist.algorithms.routing.route`.
 
@@ -216,8 +216,10 @@ class ResIST(Algorithm):
             self.sync.outer_step([*store.shared_parts, *r.all_reduced, *r.stepped])
         for b, copies in self._exchange(r, round_):
             self._average(b, copies, cur[b], bn)
-        for b in r.released:
-            store.release(b)
+        if release:  # (elastic training releases them once every member has everything)
+            for b in r.released:
+                store.release(b)
+        return r.released
 
     def _exchange(self, r: Route, round_: int) -> list[tuple[Part, list[list[torch.Tensor]]]]:
         """The point-to-point part of route ``r``, as one batched exchange; returns each block this rank

@@ -330,7 +330,8 @@ def train_elastic_round(w: ElasticWorker, round_: int, members: tuple[str, ...],
     compute_s = time.perf_counter() - t0
     holding = dict(algo.holders(round_)) if algo.partitions else {}
     holds = tuple(b for b, held_by in holding.items() if me in held_by)
-    w.trained = Trained(round_, members, cursor, holding, holds, Snapshot.of(algo.store), loss, compute_s, len(mine))
+    w.trained = Trained(round_, members, cursor, holding, holds, Snapshot.of(algo, holding), loss, compute_s,
+                        len(mine))
 
 
 def gather_stats(comm: Communicator, w: ElasticWorker, out, sync_s: float) -> torch.Tensor:
