@@ -205,6 +205,43 @@ def test_a_killed_worker_fails_its_peers_collective_at_once_and_the_survivors_fo
     assert requorum < 5.0
 
 
+def _dies_before_setup(addr, wid, victim, q, barrier):
+    """All three get a quorum; the victim dies before setting up its group (no socket to close yet)."""
+    m = TorchftMembership(addr, wid, setup_timeout=3.0)
+    barrier.wait()
+    quorum = m.quorum({}, timeout=30)
+    if wid == victim:
+        os.kill(os.getpid(), signal.SIGKILL)
+    t0 = time.time()
+    try:
+        m.communicator(quorum, timeout=600)
+        q.put((wid, "setup", None))
+    except CommError as e:
+        q.put((wid, "error", (time.time() - t0, str(e))))
+        quorum = m.quorum({}, timeout=30)
+        comm = m.communicator(quorum, timeout=600)
+        t = torch.ones(2)
+        comm.all_reduce(t)
+        q.put((wid, "recovered", (quorum.members, t.tolist())))
+    m.leave()
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_dead_before_the_group_setup_costs_the_setup_timeout_not_the_collectives(lighthouse):
+    addr = lighthouse(min_workers=2)
+    q, barrier = CTX.Queue(), CTX.Barrier(3)
+    procs = [CTX.Process(target=_dies_before_setup, args=(addr, wid, "w1", q, barrier)) for wid in ("w0", "w1", "w2")]
+    for p in procs:
+        p.start()
+    events = _get(q, 4)
+    _stop(procs)
+    by = {(wid, what): info for wid, what, info in events}
+    for wid in ("w0", "w2"):
+        waited, msg = by[(wid, "error")]
+        assert waited < 10 and "\n" not in msg  # the setup's 3 s, not the verbs' 600 s
+        assert by[(wid, "recovered")] == (("w0", "w2"), [2.0, 2.0])
+
+
 def _round_worker(addr, wid, q, barrier):
     """The elastic loop in miniature: a quorum per round, one all-reduce, then 1 s of "compute" (longer
     than the heartbeat timeout). The run ends after two rounds of three members, however long the

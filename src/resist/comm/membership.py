@@ -86,6 +86,10 @@ HEARTBEAT_INTERVAL_S = 0.1
 JOIN_TIMEOUT_MS = 600_000
 """How long a quorum waits for a live worker that has not asked yet: longer than any round."""
 QUORUM_TICK_MS = 50
+RENDEZVOUS_TIMEOUT_S = 30.0
+"""How long a quorum's members wait for each other to set up its process group. They all ask for it
+right after the quorum forms, so this is short: a member that died between the quorum and the setup
+(SIGKILL, no socket to close yet) is noticed this long after, not after the collectives' timeout."""
 _TOKEN_KEY = "_resist_token"
 
 
@@ -191,7 +195,7 @@ class TorchftMembership(Membership):
     """A worker process in a group coordinated by a torchft Lighthouse."""
 
     def __init__(self, lighthouse_addr: str, worker_id: str, host: str = "127.0.0.1",
-                 connect_timeout: float = 5.0) -> None:
+                 connect_timeout: float = 5.0, setup_timeout: float = RENDEZVOUS_TIMEOUT_S) -> None:
         """``lighthouse_addr``: ``http://host:port`` (as ``.address()`` gives it) or ``host:port``.
         Connects to the Lighthouse and heartbeats once (an unreachable one raises :class:`CommError`
         within ``connect_timeout``), serves a TCPStore for rendezvous and keeps heartbeating from a
@@ -211,6 +215,7 @@ class TorchftMembership(Membership):
         self.host = host
         self._connect_timeout = timedelta(seconds=connect_timeout)
         self._token = secrets.token_hex(8)  # tells two processes that claim the same id apart
+        self._setup_timeout = setup_timeout
         try:
             self._client = ft.LighthouseClient(self._url, self._connect_timeout)
             self._client.heartbeat(worker_id, timeout=self._connect_timeout)
@@ -274,9 +279,10 @@ class TorchftMembership(Membership):
         rank = quorum.rank_of(self.worker_id)
         if self._stop.is_set():
             raise CommError(f"worker {self.worker_id} has left")
+        setup = timedelta(seconds=min(timeout, self._setup_timeout))
         if self._pg is None:
-            self._pg = self._pg_class(timeout=timedelta(seconds=timeout))
-        self._pg.set_timeout(timedelta(seconds=timeout))
+            self._pg = self._pg_class(timeout=setup)
+        self._pg.set_timeout(setup)  # the group's default: its setup; each verb passes the full timeout
         # members[0]'s store, a prefix per quorum: successive quorums never see each other's keys.
         store = f"{self._stores[quorum.members[0]]}/resist/q{quorum.id}"
         self._pg_quorum = None
@@ -288,7 +294,7 @@ class TorchftMembership(Membership):
             raise CommError(f"rank {rank}: joining quorum {quorum.id} {list(quorum.members)} failed: "
                             f"{_first_line(exc)}") from exc
         self._pg_quorum = quorum.id
-        return TorchftCommunicator(self, rank, quorum)
+        return TorchftCommunicator(self, rank, quorum, timeout)
 
     def _abort(self, quorum_id: int) -> None:
         """Abort the group of quorum ``quorum_id`` if it is still the current one."""
@@ -313,10 +319,12 @@ class TorchftCommunicator(Communicator):
     it fail at once instead of after the timeout, and every later verb fails too (the group is gone).
     """
 
-    def __init__(self, membership: TorchftMembership, rank: int, quorum: Quorum) -> None:
+    def __init__(self, membership: TorchftMembership, rank: int, quorum: Quorum, timeout: float) -> None:
         super().__init__(rank, quorum.world_size)
         self._membership = membership
         self.quorum = quorum
+        self._timeout = timedelta(seconds=timeout)
+        """Each verb's (the group's own default is its setup's, RENDEZVOUS_TIMEOUT_S)."""
 
     def _group(self, verb: str):
         """The configured group, unless it was aborted or reconfigured for another quorum since."""
@@ -346,6 +354,7 @@ class TorchftCommunicator(Communicator):
         staged = tensor if tensor.is_contiguous() else tensor.contiguous()
         opts = AllreduceOptions()
         opts.reduceOp = ReduceOp.SUM
+        opts.timeout = self._timeout
         with self._guard("all_reduce"):
             work = self._group("all_reduce").allreduce([staged], opts)
 
@@ -376,6 +385,7 @@ class TorchftCommunicator(Communicator):
         staged = tensor if tensor.is_contiguous() else tensor.contiguous()
         opts = BroadcastOptions()
         opts.rootRank = src
+        opts.timeout = self._timeout
         with self._guard("broadcast"):
             self._group("broadcast").broadcast([staged], opts).wait()
         if staged is not tensor:
@@ -387,7 +397,9 @@ class TorchftCommunicator(Communicator):
         staged = tensor.contiguous()
         out = [torch.empty_like(staged) for _ in range(self.world_size)]
         with self._guard("all_gather"):
-            self._group("all_gather").allgather([out], [staged], AllgatherOptions()).wait()
+            opts = AllgatherOptions()
+            opts.timeout = self._timeout
+            self._group("all_gather").allgather([out], [staged], opts).wait()
         return out
 
     def _exchange(self, sends, recvs) -> None:
@@ -406,7 +418,7 @@ class TorchftCommunicator(Communicator):
                 if staged is not buf:
                     copies.append((buf, staged))
             for work in works:
-                work.wait()
+                work.wait(self._timeout)
         for buf, staged in copies:
             buf.copy_(staged)
 
@@ -414,7 +426,9 @@ class TorchftCommunicator(Communicator):
         from torch.distributed.distributed_c10d import BarrierOptions
 
         with self._guard("barrier"):
-            self._group("barrier").barrier(BarrierOptions()).wait()
+            opts = BarrierOptions()
+            opts.timeout = self._timeout
+            self._group("barrier").barrier(opts).wait()
 
 
 # --- in-process twin -------------------------------------------------------------------------------

@@ -178,7 +178,11 @@ def run_elastic_worker(membership, cfg: Config, dataset, out: Path | None, write
             if decision is None:
                 continue
             if decision.start:
-                w.comm = membership.communicator(q, cfg.run.timeout)
+                try:
+                    w.comm = membership.communicator(q, cfg.run.timeout)
+                except CommError as e:  # a member died before its group was set up: ask again
+                    log.info("the group of the first quorum could not be set up (%s); asking again", e)
+                    continue
                 with w.computing():
                     w.algo = w.build(w.comm)
                     w.algo.start(0)
@@ -247,7 +251,12 @@ def sync_round(w: ElasticWorker, membership, q, d: Decision, waited: float):
     run is finished), or None if a member failed during it (this worker's state is restored)."""
     cfg = w.cfg
     t0 = time.perf_counter()
-    comm = membership.communicator(q, cfg.run.timeout)
+    try:
+        comm = membership.communicator(q, cfg.run.timeout)
+    except CommError as e:  # a member died between the quorum and its group's setup: ask again
+        log.info("round %d: the quorum's group could not be set up (%s); asking again", d.round, e)
+        w.redone += 1
+        return None
     if w.algo is None:  # a joiner
         with w.computing():
             w.algo = w.build(comm)
