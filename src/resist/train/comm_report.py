@@ -92,7 +92,7 @@ def _measure_rank(comm, model_name: str, num_classes: int, width: float, layers,
                   rounds: int, compress: str = "none") -> dict[str, list[tuple[int, int]]]:
     """One rank of :func:`measure`: (sent, received) ``sync`` bytes of each round, per algorithm."""
     from ..presets import preset
-    from .trainer import build_algorithm
+    from .build import build_algorithm
 
     out = {}
     for algo in ("resist", "local_sgd"):

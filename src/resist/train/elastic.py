@@ -143,7 +143,7 @@ def run_elastic_worker(membership, cfg: Config, dataset, out: Path | None, write
 
     ``kill``: how a ``kill`` fault ends this worker; ``faults``: instead of ``RESIST_FAULTS`` (a fault's
     rank -1 matches any rank); ``on_round(r)``: called as this worker begins round ``r``'s local steps."""
-    from .trainer import build_algorithm, num_classes_of, resolve_device
+    from .build import build_algorithm, num_classes_of, resolve_device
 
     device = resolve_device(cfg.run.device)
     d = cfg.data
@@ -237,7 +237,7 @@ def candidates_of(w: ElasticWorker) -> tuple[int, ...]:
     if w.algo is None:  # a joiner: from the architecture on the meta device
         from ..plan import candidate_blocks
         from ..registry import can
-        from .trainer import model_builder
+        from .build import model_builder
 
         if not can(w.cfg.algo.name, "partitions"):
             return ()

@@ -28,7 +28,7 @@ def _worker(cfg_dict: dict, out: str, name: str, lighthouse: str, dataset, resul
 
     from ..comm.membership import TorchftMembership
     from .elastic import run_elastic_worker
-    from .trainer import load_data, setup_logging
+    from .build import load_data, setup_logging
 
     torch.set_num_threads(1)
     cfg = Config.from_dict(cfg_dict)

@@ -14,11 +14,10 @@ import logging
 import math
 import os
 import resource
-import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -30,10 +29,9 @@ from ..comm.launch import check_backend, check_port
 from ..config import Config
 from ..data import BadImages, BatchSource, DataSource, DatasetError
 from .. import rundir
-from ..io import NO_SPACE, NoSpaceError, atomic_write_json, printable
-from ..models import create_model
+from ..io import NO_SPACE, NoSpaceError, atomic_write_json
 from ..models.protocol import step_costs
-from ..plan import candidate_blocks, check_dealing, validate, whole_network_rounds
+from ..plan import candidate_blocks, check_dealing, validate
 from ..registry import algorithm_class
 from ..faults import fire, from_env, slowdown
 from . import checkpoint
@@ -43,57 +41,13 @@ from .optim import Precision, lr_at, make_optimizer, train_step
 from .runfolder import agree_on_resume, claim_run_folder, finished_summary, prepare_run_dir, resume_point
 from .schedule import ResumePoint, Schedule, resume_point_in
 
+from .build import build_algorithm, load_data, model_builder, num_classes_of, resolve_device, setup_logging  # noqa: F401
+
 log = logging.getLogger("resist")
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss, a failed peer); the message says what to do."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but CUDA is not available; use --device cpu")
-    return torch.device(name)
-
-
-def model_builder(cfg: Config, num_classes: int) -> Callable[[], torch.nn.Module]:
-    """A factory for the architecture on the meta device: workers materialize only what they hold."""
-    extra = {"layers": cfg.model.layers} if cfg.model.layers is not None else {}
-    if cfg.model.stem is not None:
-        extra["stem"] = cfg.model.stem
-    extra.update(make_task(cfg.data.task).model_options(cfg.data))
-
-    def build() -> torch.nn.Module:
-        with torch.device("meta"):
-            return create_model(cfg.model.name, num_classes=num_classes, width=cfg.model.width, **extra)
-
-    return build
-
-
-def build_algorithm(comm: Communicator, cfg: Config, num_classes: int, device: torch.device,
-                    steps_per_epoch: int) -> Algorithm:
-    """This rank's algorithm object, from the registry, given the parts of the config it needs."""
-    a, cls = cfg.algo, algorithm_class(cfg.algo.name)
-    phases = {}
-    if cls.uses_warmup:  # only such an algorithm takes whole-network rounds
-        warmup_rounds, cooldown_from = whole_network_rounds(cfg.optim.epochs, steps_per_epoch, a.local_iters,
-                                                            a.warmup_epochs, a.cooldown_epochs)
-        phases = {"warmup_rounds": warmup_rounds, "cooldown_from": cooldown_from}
-    return cls(comm, model_builder(cfg, num_classes), device, a, cfg.run.seed, **phases)
-
-
-def load_data(cfg: Config, download: bool = False) -> DataSource:
-    """The dataset ``cfg.data`` names, loaded as its task loads it (image folders: scanned, not decoded)."""
-    return make_task(cfg.data.task).load(cfg.data, download)
-
-
-def num_classes_of(cfg: Config, dataset: DataSource) -> int:
-    n = cfg.model.num_classes or dataset.num_classes
-    if n < dataset.num_classes:
-        raise ValueError(f"num_classes {n} is below the dataset's {dataset.num_classes} classes")
-    return n
 
 
 def check(cfg: Config, dataset: DataSource) -> Schedule:
@@ -701,17 +655,3 @@ def launch_elastic_run(cfg: Config, dataset: DataSource, given: bool, out: Path)
     from .elastic_launch import launch_elastic
 
     return launch_elastic(cfg, out, dataset if given else None)
-
-
-class _PrintableFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return printable(super().format(record))  # a file name that is not UTF-8 (a skipped image)
-
-
-def setup_logging(verbose: bool = False) -> None:
-    """One logger for the package; messages to stderr."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_PrintableFormatter("%(message)s"))
-    log.handlers[:] = [handler]
-    log.setLevel(logging.DEBUG if verbose else logging.INFO)
-    log.propagate = False
