@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import queue
 import signal
 import time
 import traceback
@@ -57,6 +58,10 @@ class ElasticLauncher:
     """How long workers may go on after the run's summary is written (then they are stopped)."""
     procs: dict[str, mp.Process] = field(default_factory=dict)
     outcomes: dict[str, list[tuple[str, Any]]] = field(default_factory=dict)
+    started: list[mp.Process] = field(default_factory=list)
+    """Every process started, replacements included."""
+    reported: set[int] = field(default_factory=set)
+    """Pids whose report has been taken."""
 
     def __post_init__(self) -> None:
         from ..comm.membership import start_lighthouse
@@ -75,6 +80,7 @@ class ElasticLauncher:
                                                    self.dataset, self.results), name=f"resist-{name}", daemon=True)
         p.start()
         self.procs[name] = p
+        self.started.append(p)
 
     def kill(self, name: str) -> float:
         """SIGKILL worker ``name`` (no clean exit: a machine lost); returns when it happened (time.time())."""
@@ -87,10 +93,19 @@ class ElasticLauncher:
     def alive(self) -> list[str]:
         return [n for n, p in self.procs.items() if p.is_alive()]
 
-    def collect(self) -> None:
-        while not self.results.empty():
-            name, _, status, value = self.results.get()
+    def collect(self, wait_for: int = 0, timeout: float = 30.0) -> None:
+        """Take the workers' reports that have arrived, and block until ``wait_for`` more have (a report
+        put just before its process exited may still be in the queue's pipe)."""
+        got = 0
+        while True:
+            try:
+                item = self.results.get(timeout=timeout) if got < wait_for else self.results.get_nowait()
+            except queue.Empty:
+                return
+            name, pid, status, value = item
+            self.reported.add(pid)
             self.outcomes.setdefault(name, []).append((status, value))
+            got += 1
 
     def wait(self, timeout: float | None = None) -> dict[str, Any]:
         """Wait for every worker to exit; the summary of the worker that wrote it. Raises CommError when
@@ -110,8 +125,9 @@ class ElasticLauncher:
                     p.kill()
                 raise CommError(f"elastic run did not end within {timeout:g} s")
             time.sleep(0.1)
-        time.sleep(0.1)
-        self.collect()
+        # Every process that exited normally reported (killed ones did not): wait for those reports.
+        clean = [p for p in self.started if p.exitcode == 0 and p.pid not in self.reported]
+        self.collect(wait_for=len(clean))
         summaries = [v for outs in self.outcomes.values() for s, v in outs if s == "ok" and v is not None]
         if summaries:
             return summaries[0]
