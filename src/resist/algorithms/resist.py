@@ -20,10 +20,9 @@ and see the global model, as blocking ResIST's; a checkpoint also keeps each ran
 
 from __future__ import annotations
 
+import contextlib
 from functools import lru_cache
 from typing import Callable
-
-import contextlib
 
 import torch
 from torch import nn
