@@ -295,3 +295,16 @@ def test_bad_combinations_one_line_exit_2(capsys, tmp_path, case):
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert message in err, err
+
+
+def test_aligned_buckets_give_the_same_bits(tmp_path, monkeypatch):
+    """CUDA's 128-byte aligned buckets (forced on the CPU here): the copies in flight, the receive buffers
+    and a checkpoint's live copies are laid out as the buckets, padding included, with the same bits."""
+    from resist.algorithms import parts
+
+    over = {"algo.overlap": 2, "algo.mix_alpha": 0.5, "algo.min_depth": 3, "algo.carry_momentum": True,
+            "run.max_rounds": 3, "run.checkpoint_every": 1}
+    tight = trained(config(tmp_path / "tight", **over))
+    monkeypatch.setattr(parts, "alignment", lambda device: 128)
+    aligned = trained(config(tmp_path / "aligned", **over))
+    assert all(torch.equal(tight[k], aligned[k]) for k in tight)
