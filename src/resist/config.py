@@ -289,7 +289,11 @@ class AlgoConfig:
     live weights (below local_iters / fragments)."""
     mix_alpha: float = 0.0
     """Streaming DiLoCo's alpha: a merged fragment's live weights become (1 - alpha) x the new global
-    weights + alpha x the live ones (in [0, 1))."""
+    weights + alpha x the live ones (in [0, 1)); with ``overlap``, the same for ResIST's shared layers."""
+    overlap: int | None = None
+    """ResIST's overlapped synchronization (docs/streaming.md): round r's transfers run behind the first
+    TAU local steps of round r+1, whose incoming blocks join at step TAU, when the shared layers merge
+    (0 <= TAU < local_iters; 0 with mix_alpha 0 is blocking ResIST bit for bit). None: blocking."""
 
     def __post_init__(self) -> None:
         _check(self.name in ALGORITHMS, f"unknown algorithm {self.name!r}{did_you_mean(self.name, ALGORITHMS)}; "
@@ -319,7 +323,10 @@ class AlgoConfig:
         _check(self.fragments >= 1, f"fragments must be >= 1, got {self.fragments}")
         _check(self.sync_delay >= 0, f"sync_delay must be >= 0, got {self.sync_delay}")
         _check(0 <= self.mix_alpha < 1, f"mix_alpha must be in [0, 1), got {self.mix_alpha}")
+        _check(self.overlap is None or self.overlap >= 0, f"overlap must be >= 0, got {self.overlap}")
         self._check_capabilities()
+        if self.overlap is not None:
+            self._check_overlap()
 
     def _check_capabilities(self) -> None:
         """What is asked of the algorithm is something it can do (its class's capability attributes,
@@ -342,8 +349,11 @@ class AlgoConfig:
         _check(self.bn_sync_every == 1 or has("defers_bn_sync"),
                f"{name} has no round average to defer BatchNorm statistics from; drop --bn-sync-every "
                f"(it applies to {', '.join(algorithms_that('defers_bn_sync'))})")
+        _check(not (has("overlaps") and self.mix_alpha and self.overlap is None),
+               f"--mix-alpha mixes {name}'s overlapped merges: add --overlap TAU, or drop --mix-alpha")
         fragmented = has("fragmented")
-        _check(fragmented or (self.fragments, self.sync_delay, self.mix_alpha) == (1, 0, 0.0),
+        mixes = self.overlap is not None and has("overlaps")  # ResIST's overlap mixes its merges too
+        _check(fragmented or ((self.fragments, self.sync_delay) == (1, 0) and (self.mix_alpha == 0 or mixes)),
                f"--fragments / --sync-delay / --mix-alpha are Streaming DiLoCo's; {name} has no fragments: "
                f"drop them or use --algo {' or '.join(algorithms_that('fragmented'))}")
         _check(not fragmented or self.local_iters % self.fragments == 0,
@@ -352,6 +362,22 @@ class AlgoConfig:
         _check(not fragmented or self.sync_delay < max(1, self.local_iters // self.fragments),
                f"sync_delay {self.sync_delay} must be below local_iters / fragments = "
                f"{self.local_iters // self.fragments} (a fragment merges before the next one is sent)")
+
+    def _check_overlap(self) -> None:
+        """--overlap TAU: ResIST's plain rounds only (docs/streaming.md); the rest is refused, not ignored."""
+        name, tau = self.name, self.overlap
+        _check(can(name, "overlaps"), f"--overlap hides ResIST's transfers behind the next round; {name} has none: "
+                                      f"drop --overlap or use --algo {' or '.join(algorithms_that('overlaps'))}")
+        _check(tau < self.local_iters, f"overlap {tau} must be below local_iters {self.local_iters} (the "
+                                       f"transfers land within the next round)")
+        extras = [flag for flag, on in (("--compress", self.compress != "none"),
+                                        ("--outer-lr/--outer-momentum", self.outer),
+                                        ("--balance", self.balance != "none"),
+                                        ("--bn-sync-every", self.bn_sync_every != 1),
+                                        ("--warmup-epochs", self.warmup_epochs > 0),
+                                        ("--cooldown-epochs", self.cooldown_epochs > 0)) if on]
+        _check(not extras, f"{extras[0] if extras else ''} does not go with --overlap (it overlaps plain ResIST "
+                           f"rounds); drop one of them")
 
     def syncs_bn(self, round_: int) -> bool:
         """Whether BatchNorm statistics are averaged at the end of ``round_`` (a pure function of the
@@ -528,6 +554,7 @@ class Config:
         _check(can(name, "elastic"), f"elastic training is implemented for {', '.join(algorithms_that('elastic'))}, "
                                      f"not {name}; use one of them or another --runtime")
         extras = [flag for flag, on in (("--compress", a.compress != "none"), ("--outer-lr/--outer-momentum", a.outer),
+                                        ("--overlap", a.overlap is not None),
                                         ("--balance", a.balance != "none"), ("--bn-sync-every", a.bn_sync_every != 1),
                                         ("--warmup-epochs", a.warmup_epochs > 0), ("--cooldown-epochs", a.cooldown_epochs > 0),
                                         ("--epoch-unit dataset", self.optim.epoch_unit != "shard"),

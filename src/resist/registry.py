@@ -110,9 +110,10 @@ def models_for(task: str) -> tuple[str, ...]:
 #: - ``fragmented``: synchronizes fragments of the model on a staggered schedule (``fragments``);
 #: - ``checkpointable``: the run's whole state is the global model (so that a checkpoint can hold it);
 #: - ``elastic``: can go on through lost and joining workers (``--runtime elastic``; it has
-#:   ``reconfigure`` and ``join``).
+#:   ``reconfigure`` and ``join``);
+#: - ``overlaps``: can run a round's synchronization behind the next round's first steps (``overlap``).
 CAPABILITIES = ("partitions", "uses_warmup", "supports_outer", "compressible", "defers_bn_sync", "balances",
-                "syncs_every_step", "classification_only", "fragmented", "checkpointable", "elastic")
+                "syncs_every_step", "classification_only", "fragmented", "checkpointable", "elastic", "overlaps")
 
 
 ABBREVIATIONS = ("et al", "e.g", "i.e", "cf", "vs", "Fig", "Eq", "resp")

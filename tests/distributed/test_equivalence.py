@@ -1,7 +1,7 @@
 """The two runtimes agree: the same seed and config give the same global model in-process and on
 real gloo processes (parameters and BatchNorm buffers), for ResIST with and without min-depth sharing,
-local SGD, data parallel and Streaming DiLoCo (whose all-reduces are asynchronous on gloo), on ResNets
-and on a vision transformer.
+local SGD, data parallel, Streaming DiLoCo and overlapped ResIST (whose all-reduces and exchanges are
+asynchronous on gloo), on ResNets and on a vision transformer.
 
 What holds, and is tested exactly: at 2 workers the two runtimes are bitwise equal for any number of
 rounds (a sum of two numbers is the same in either order). At 3+ workers gloo's ring sums in another
@@ -43,6 +43,7 @@ CASES = [
     ("resist+bn2", 2, 3), ("local_sgd+bn2", 3, 0),
     ("resist+vit", 2, 0), ("resist+vit", 3, 3), ("local_sgd+vit", 2, 0),
     ("streaming_diloco+stream", 2, 0), ("streaming_diloco+stream", 3, 0), ("streaming_diloco+streamcarry", 2, 0),
+    ("resist+overlap", 2, 0), ("resist+overlap", 2, 3), ("resist+overlapcarry", 2, 0),
 ]
 # A vision transformer (no BatchNorm; LayerNorm, attention) with its recipe: AdamW, warm-up and cosine.
 VIT = {"model.name": "vit_tiny", "model.layers": None, "model.width": 1 / 16, "optim.inner": "adamw",
@@ -59,7 +60,12 @@ EXTRA = {"": {}, "outer": {"algo.outer_lr": 0.7, "algo.outer_momentum": 0.9},  #
          "stream": {"algo.local_iters": 4, "algo.fragments": 2, "algo.sync_delay": 1, "algo.mix_alpha": 0.5,
                     "algo.outer_lr": 0.7, "algo.outer_momentum": 0.9},
          "streamcarry": {"algo.local_iters": 6, "algo.fragments": 3, "algo.sync_delay": 1, "algo.mix_alpha": 0.25,
-                         "algo.carry_momentum": True}}
+                         "algo.carry_momentum": True},
+         # Overlapped ResIST: round r's all-reduce and exchange (non-blocking on gloo) land at step 1 of
+         # round r+1, with an evaluation every round (which waits for them).
+         "overlap": {"algo.local_iters": 3, "algo.overlap": 1, "algo.mix_alpha": 0.5, "run.eval_every": 1},
+         "overlapcarry": {"algo.local_iters": 4, "algo.overlap": 2, "algo.mix_alpha": 0.25,
+                          "algo.carry_momentum": True}}
 
 
 @pytest.mark.timeout(240)

@@ -78,6 +78,10 @@ class Algorithm(ABC):
     #: Whether it can go on through lost and joining workers (``--runtime elastic``): it then has
     #: ``reconfigure(comm)`` and ``join()``, and its shared bucket is ``store.flats["shared"]``.
     elastic: ClassVar[bool] = False
+    #: Whether it can run a round's synchronization behind the first ``overlap`` steps of the next round
+    #: (``overlap``; docs/streaming.md); if so it may grow the trained sub-network mid-round
+    #: (:meth:`joined`).
+    overlaps: ClassVar[bool] = False
 
     comm: Communicator
     store: PartStore
@@ -96,6 +100,11 @@ class Algorithm(ABC):
     def after_step(self, round_: int, step: int) -> None:
         """After the optimizer step of this round's local step ``step`` (0-based): where an algorithm
         that synchronizes inside a round starts or finishes it (Streaming DiLoCo's fragments)."""
+
+    def joined(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """Parameters that started training since the last call (ResIST's overlap: incoming blocks join
+        at step tau), by name; the trainer adds them to the round's optimizer. Asked after every step."""
+        return []
 
     def local_steps(self, round_: int) -> int | None:
         """Local steps this rank takes in ``round_``; None: the configured ``local_iters``."""

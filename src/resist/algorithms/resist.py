@@ -8,10 +8,19 @@ holders' copies in rank order. A block kept by the same single holder moves noth
 statistics (and carried momentum) travel with their block. An optional warm-up (§2.6) first trains the
 whole network, its partitioned branches scaled by c, as local SGD; an optional cool-down (ours, not the
 paper's) ends training the same way, with c folded into the weights that end each branch.
+
+With ``--overlap TAU`` (docs/streaming.md, "Overlapped ResIST") round r's synchronization runs behind
+round r+1's first tau steps (:mod:`.overlap`): blocks that come to this rank are skipped until step tau,
+then installed as the holders' average and added to the optimizer (:meth:`joined`); the shared layers,
+and blocks this rank held with others and keeps, merge at step tau as a Streaming DiLoCo fragment does
+(global = the holders' average; live <- global + alpha (live - global)). The last round synchronizes at
+once. Evaluation, checkpoints and the final model wait for the transfers (the merge stays at step tau)
+and see the global model, as blocking ResIST's; a checkpoint also keeps each rank's live copies.
 """
 
 from __future__ import annotations
 
+import contextlib
 from functools import lru_cache
 from typing import Callable
 
@@ -23,6 +32,7 @@ from ..comm import Communicator
 from ..config import AlgoConfig
 from ..models.protocol import can_fold, fold_residual_scale
 from ..plan import Plan, eval_scale, make_balanced_plan, make_plan, relative_speeds, update_speeds
+from . import overlap
 from .base import Algorithm, make_store
 from .parts import Part
 from .routing import Route, holding, route
@@ -37,6 +47,7 @@ class ResIST(Algorithm):
     defers_bn_sync = True
     balances = True
     elastic = True
+    overlaps = True
 
     def __init__(self, comm: Communicator, build_model: Callable[[], nn.Module], device: torch.device,
                  cfg: AlgoConfig, seed: int, warmup_rounds: int = 0, cooldown_from: int | None = None) -> None:
@@ -58,6 +69,10 @@ class ResIST(Algorithm):
         # and one partitioned block (set_costs).
         self.speeds: tuple[float, ...] | None = None
         self.costs = (1.0, 1.0)
+        # --overlap: the synchronization in flight from the last round's end to this round's step tau,
+        # and the parameters that joined at that step (for the trainer's optimizer).
+        self.inflight: overlap.InFlight | None = None
+        self._joined: list[tuple[str, nn.Parameter]] = []
 
     def _plan(self, round_: int) -> Plan:
         # A round's plan is made once (cached) from the speeds known when it is first asked for: at the
@@ -168,15 +183,124 @@ class ResIST(Algorithm):
         whole_scaled = self.whole(round_) and not self.folded
         model.set_residual_scale(self.store.candidates, self.c if whole_scaled else 1.0)
         self.sync.begin_round()
+        if self.inflight is not None:
+            if self.cfg.overlap == 0:  # everything lands before step 0: blocking ResIST, bit for bit
+                self._merge()
+            else:  # incoming blocks are skipped (ResIST's own skip) until they land at step tau
+                model.skip = model.skip | frozenset(self.inflight.incoming)
+
+    def after_step(self, round_: int, step: int) -> None:
+        if self.inflight is not None and step + 1 == self.cfg.overlap:
+            store = self.store
+            self._joined = [(n, p) for b in self._merge()
+                            for n, p in zip(store._param_names(b), store.module(b).parameters())]
+
+    def joined(self) -> list[tuple[str, nn.Parameter]]:
+        out, self._joined = self._joined, []
+        return out
 
     def end_round(self, round_: int, final: bool = False) -> None:
         """Average and repartition. After the ``final`` round no block goes to the holders of a round
         that never runs: each is only averaged over its current holders."""
+        if self.inflight is not None:  # a round shorter than tau steps (the schedule's last)
+            self._merge()
         cur = self.holders(round_)
         nxt = cur if final else self.holders(round_ + 1)
-        self.synchronize(cur, nxt, round_)
+        if self.cfg.overlap is None or final:  # after the last round: only averages, waited for at once
+            self.synchronize(cur, nxt, round_)
+        else:
+            self.inflight = overlap.start(self.comm, self.store, cur, nxt)
         self.holding = nxt
         self.round = round_ + 1
+
+    @torch.no_grad()
+    def _merge(self) -> list[Part]:
+        """Step tau of an overlapped round: wait for the last round's transfers, merge the shared layers
+        and the shared-kept blocks, and install the incoming blocks, which now train; returns those."""
+        fl, store = self.inflight, self.store
+        glob = fl.land(self.comm.rank)
+        for key in fl.merges:
+            overlap.mix(store.flats[key], glob[key], self.cfg.mix_alpha)
+        for b in fl.incoming:
+            overlap.install(store, b, glob[b])
+        self.inflight = None
+        store.model.skip = store.model.skip - frozenset(fl.incoming)
+        return fl.incoming
+
+    @contextlib.contextmanager
+    def _global(self):
+        """Inside: this rank's store holds the global model as blocking ResIST's would between rounds
+        (the transfers in flight waited for: every average in place, incoming blocks installed); outside,
+        its live copies and the pending merge, untouched."""
+        fl, store = self.inflight, self.store
+        if fl is None:
+            yield
+            return
+        with torch.no_grad():
+            glob = fl.land(self.comm.rank)
+            live = {k: [t.clone() for t in store.flats[k]] for k in fl.merges}
+            for k in fl.merges:
+                overlap.mix(store.flats[k], glob[k], 0.0)
+            for b in fl.incoming:
+                overlap.install(store, b, glob[b])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for k, saved in live.items():
+                    for t, v in zip(store.flats[k], saved):
+                        t.copy_(v)
+                for b in fl.incoming:
+                    store.release(b)
+
+    def evaluate(self, evaluator):
+        with self._global():
+            return super().evaluate(evaluator)
+
+    def gather_state(self, tag: str = "checkpoint") -> dict[str, torch.Tensor] | None:
+        with self._global():
+            return super().gather_state(tag)
+
+    def save_final(self, out_dir) -> None:
+        with self._global():
+            super().save_final(out_dir)
+
+    def rank_state(self) -> dict[str, torch.Tensor]:
+        """Besides :class:`SharedSync`'s: with a synchronization in flight (a checkpoint between overlapped
+        rounds) this rank's live copies of what merges at step tau (its end-of-round values; zeros for the
+        blocks it does not merge, so that every rank has the same keys and shapes). The global values are
+        the checkpoint's model."""
+        state = super().rank_state()
+        fl, store = self.inflight, self.store
+        if fl is None:
+            return state
+        for key in ["shared", *store.candidates]:
+            if key in fl.merges:
+                live = store.flats[key]
+            else:
+                live = [t.zero_() for t in aggregate.empty_like_packed(store.state_tensors(key), store.device, store.align)]
+            state.update({f"overlap/{key}/{i}": t for i, t in enumerate(live)})
+        return state
+
+    @torch.no_grad()
+    def load_rank_state(self, state: dict[str, torch.Tensor]) -> None:
+        """After :meth:`start` from a checkpoint's global model: with a synchronization that was in flight,
+        the global values become the landed transfers, this rank's live copies come back, and its
+        incoming blocks wait for step tau again."""
+        super().load_rank_state(state)
+        if "overlap/shared/0" not in state:
+            return
+        store, me, r = self.store, self.comm.rank, self.round
+        cur, nxt = self.holders(r - 1), self.holders(r)
+        r_ = route(cur, nxt, me, self.comm.world_size)
+        fl = overlap.InFlight(r_, *overlap.kinds(r_, nxt, me))
+        fl.glob = {k: [t.clone() for t in store.flats[k]] for k in [*fl.merges, *fl.incoming]}
+        for k in fl.merges:
+            for i, t in enumerate(store.flats[k]):
+                t.copy_(state[f"overlap/{k}/{i}"])
+        for b in fl.incoming:
+            store.release(b)
+        self.inflight = fl
 
     @torch.no_grad()
     def fold_scale(self) -> None:

@@ -233,6 +233,13 @@ class Communicator(ABC):
         (including both directions between two ranks) cannot deadlock. Messages between one pair of
         ranks are matched in list order.
         """
+        self._check_and_count(sends, recvs)
+        if sends or recvs:
+            self._exchange(list(sends), list(recvs))
+
+    def _check_and_count(self, sends: Sequence[tuple[int, torch.Tensor]],
+                         recvs: Sequence[tuple[int, torch.Tensor]]) -> None:
+        """Refuse a message to or from this rank or a rank that does not exist; count the payloads."""
         for dst, t in sends:
             if dst == self.rank or not 0 <= dst < self.world_size:
                 raise ValueError(f"rank {self.rank} cannot send to rank {dst}")
@@ -244,8 +251,17 @@ class Communicator(ABC):
             sum(t.numel() * t.element_size() for _, t in recvs),
             max(len(sends), len(recvs)),
         )
-        if sends or recvs:
-            self._exchange(list(sends), list(recvs))
+
+    def exchange_async(self, sends: Sequence[tuple[int, torch.Tensor]],
+                       recvs: Sequence[tuple[int, torch.Tensor]]) -> "Pending":
+        """Start :meth:`exchange`; the receive buffers hold their messages once the returned handle's
+        ``wait()`` has returned. The sent tensors must stay unchanged until then (send copies). Every
+        rank must start its exchanges and collectives in the same order, and wait for an exchange before
+        it starts another between the same ranks. This default runs the exchange inside ``wait()`` (bytes
+        counted there, as :meth:`all_reduce_async`'s); a runtime with non-blocking point-to-point posts the
+        messages at once and overlaps them with whatever the caller does meanwhile."""
+        sends, recvs = list(sends), list(recvs)
+        return Pending(lambda: self.exchange(sends, recvs))
 
     def barrier(self) -> None:
         if self.world_size > 1:

@@ -87,16 +87,36 @@ class DistCommunicator(Communicator):
         return out
 
     def _exchange(self, sends, recvs) -> None:
+        self._post(sends, recvs)()
+
+    def exchange_async(self, sends, recvs) -> Pending:
+        """The messages are posted now (``batch_isend_irecv``) and waited for at ``wait()``; counted now."""
+        sends, recvs = list(sends), list(recvs)
+        if self.world_size == 1 or not (sends or recvs):
+            return super().exchange_async(sends, recvs)
+        self._check_and_count(sends, recvs)
+        return Pending(self._post(sends, recvs))
+
+    def _post(self, sends, recvs):
+        """Post every message of an exchange at once; returns what waits for them and copies staged
+        receive buffers back."""
         send_bufs = [(dst, self._stage(t)) for dst, t in sends]
         recv_bufs = [(src, buf, self._stage(buf)) for src, buf in recvs]
         ops = [dist.P2POp(dist.isend, t, dst) for dst, t in send_bufs]
         ops += [dist.P2POp(dist.irecv, staged, src) for src, _, staged in recv_bufs]
         with self._guard("exchange"):
-            for work in dist.batch_isend_irecv(ops):
-                work.wait()
-        for _, buf, staged in recv_bufs:
-            if staged is not buf:
-                buf.copy_(staged)
+            works = dist.batch_isend_irecv(ops)
+
+        def finish() -> None:
+            del send_bufs[:]  # (kept alive until here: a staged send's copy is what travels)
+            with self._guard("exchange"):
+                for work in works:
+                    work.wait()
+            for _, buf, staged in recv_bufs:
+                if staged is not buf:
+                    buf.copy_(staged)
+
+        return finish
 
     def _barrier(self) -> None:
         with self._guard("barrier"):

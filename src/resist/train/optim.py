@@ -32,6 +32,17 @@ def make_optimizer(store: PartStore, o: OptimConfig) -> torch.optim.Optimizer:
     return opt
 
 
+def add_parameters(opt: torch.optim.Optimizer, store: PartStore, named: list[tuple[str, torch.nn.Parameter]],
+                   o: OptimConfig) -> None:
+    """Parameters that join the round's training mid-round (ResIST's overlap: blocks that arrive at step
+    tau) become a parameter group of ``opt`` with the optimizer's defaults: their state starts fresh, or
+    from their carried momentum, as :func:`make_optimizer` starts it."""
+    opt.add_param_group({"params": [p for _, p in named]})
+    if o.inner == "sgd" and store.carry and o.momentum > 0:
+        for n, p in named:
+            opt.state[p]["momentum_buffer"] = store.momentum[n]
+
+
 def lr_at(o: OptimConfig, step: int, total_steps: int) -> float:
     """The learning rate of ``step`` (0-based) of ``total_steps``.
 

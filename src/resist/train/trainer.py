@@ -37,7 +37,7 @@ from ..faults import fire, from_env, slowdown
 from . import checkpoint
 from .metrics import MetricsWriter, check_loggers
 from ..tasks import Task, make_task
-from .optim import Precision, lr_at, make_optimizer, train_step
+from .optim import Precision, add_parameters, lr_at, make_optimizer, train_step
 from .runfolder import agree_on_resume, claim_run_folder, finished_summary, prepare_run_dir, resume_point
 from .schedule import ResumePoint, Schedule, resume_point_in
 
@@ -340,6 +340,8 @@ def train_round(w: Worker, r: int) -> tuple[float, float, int]:
         if slow > 1:  # RESIST_FAULTS slow: this step takes as long as on a machine 1/slow as fast
             time.sleep((slow - 1) * (time.perf_counter() - t_step))
         w.algo.after_step(r, step - first)
+        if joined := w.algo.joined():  # the sub-network grew (ResIST's overlap: blocks arrived at step tau)
+            add_parameters(opt, store, joined, cfg.optim)
     loss = torch.stack(losses).mean().item()
     compute_s = time.perf_counter() - t0 - (comm.idle_s - idle0)
     w.state_bytes = max(w.state_bytes, store.memory_bytes(opt))

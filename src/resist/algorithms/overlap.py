@@ -1,0 +1,111 @@
+"""ResIST's overlapped synchronization (docs/streaming.md, "Overlapped ResIST"; ``--overlap TAU``): what
+travels from round r to round r+1 while round r+1's first tau steps compute, and how it lands.
+
+At the end of round r every rank copies what travels and starts it without waiting: the shared bucket
+and the blocks every rank held are all-reduced (one asynchronous all-reduce per dtype buffer, on copies),
+and each other block goes from its round-r holders to its round-r+1 holders in one non-blocking batched
+exchange (today's messages, byte for byte). For this rank the round-r+1 buckets then fall in three kinds
+(:func:`kinds`): *kept* (it was the block's only round-r holder: nothing to wait for), *merged* (the
+shared bucket, and blocks it held with others: it trains its own copy and merges it at step tau with the
+holders' average) and *incoming* (it did not hold the block: the block is skipped until step tau, then
+installed as the holders' average). Pure bookkeeping here; :class:`~resist.algorithms.resist.ResIST`
+decides when.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .. import aggregate
+from ..comm import Communicator
+from ..comm.base import Pending
+from .parts import Part, PartStore
+from .routing import Holding, Route, route
+
+
+def kinds(r: Route, nxt: Holding, me: int) -> tuple[list[Part], list[Part]]:
+    """Of route ``r`` to holders ``nxt``: the buckets this rank merges at step tau (the shared bucket, then
+    the blocks it held with others and holds again, in candidate order), and its incoming blocks."""
+    shared_kept = [b for b in r.all_reduced if me in nxt[b]] + [a.block for a in r.averages if me in a.holders]
+    return ["shared", *sorted(shared_kept)], list(r.allocated)
+
+
+@dataclass
+class InFlight:
+    """Round r's synchronization between its start (end of round r) and the merge at step tau of round
+    r+1. Once landed, ``glob`` holds the global value (the average) of every merged and incoming bucket."""
+
+    route: Route
+    merges: list[Part]
+    incoming: list[Part]
+    waits: list[Pending] = field(default_factory=list)
+    reduced: dict[Part, list[torch.Tensor]] = field(default_factory=dict)
+    """All-reduced copies, by bucket (the shared bucket, blocks every rank held)."""
+    own: dict[Part, list[torch.Tensor]] = field(default_factory=dict)
+    """This rank's copies of the blocks it sends or averages with others' (what it had at round r's end)."""
+    received: dict[tuple[int, Part], list[torch.Tensor]] = field(default_factory=dict)
+    glob: dict[Part, list[torch.Tensor]] | None = None
+
+    @torch.no_grad()
+    def land(self, me: int) -> dict[Part, list[torch.Tensor]]:
+        """Wait for every transfer (once) and return the global values: the all-reduced average, the
+        holders' copies averaged in rank order, or a sole holder's copy as received."""
+        if self.glob is not None:
+            return self.glob
+        for w in self.waits:
+            w.wait()
+        glob = {k: v for k, v in self.reduced.items() if k in self.merges}
+        for a in self.route.averages:
+            copies = [self.own[a.block] if h == me else self.received[h, a.block] for h in a.holders]
+            glob[a.block] = [aggregate.mean([c[i] for c in copies]) for i in range(len(copies[0]))]
+        for rec in self.route.receives:
+            if rec.direct:
+                glob[rec.block] = self.received[rec.src, rec.block]
+        self.glob, self.waits, self.reduced, self.own, self.received = glob, [], {}, {}, {}
+        return glob
+
+
+@torch.no_grad()
+def start(comm: Communicator, store: PartStore, cur: Holding, nxt: Holding) -> InFlight:
+    """Copy what travels from holders ``cur`` to ``nxt`` and start it without waiting (all-reduces first,
+    then the exchange, in the order blocking ResIST runs them); release the blocks this rank stops
+    holding (their copies travel)."""
+    me = comm.rank
+    r = route(cur, nxt, me, comm.world_size)
+    merges, incoming = kinds(r, nxt, me)
+    fl = InFlight(r, merges, incoming)
+    for key in ["shared", *r.all_reduced]:
+        fl.reduced[key] = [f.clone() for f in store.flats[key]]
+        fl.waits += [comm.all_reduce_async(c, average=True) for c in fl.reduced[key]]
+    travels = {b for _, b in r.sends} | {a.block for a in r.averages if me in a.holders}
+    fl.own = {b: [f.clone() for f in store.flats[b]] for b in sorted(travels)}
+    for rec in r.receives:  # laid out as the block's bucket (its state tensors; meta if not held)
+        bufs = aggregate.empty_like_packed(store.state_tensors(rec.block), store.device, store.align)
+        fl.received[rec.src, rec.block] = bufs
+    sends = [(dst, f) for dst, b in r.sends for f in fl.own[b]]
+    recvs = [(rec.src, f) for rec in r.receives for f in fl.received[rec.src, rec.block]]
+    fl.waits.append(comm.exchange_async(sends, recvs))
+    for b in r.released:
+        store.release(b)
+    return fl
+
+
+@torch.no_grad()
+def install(store: PartStore, b: Part, value: list[torch.Tensor]) -> None:
+    """Block ``b`` (not held) becomes a bucket of this rank holding ``value``."""
+    store.bucket(b, [b], fresh=True)
+    for t, v in zip(store.flats[b], value):
+        t.copy_(v)
+
+
+@torch.no_grad()
+def mix(live: list[torch.Tensor], glob: list[torch.Tensor], alpha: float) -> None:
+    """Streaming DiLoCo's merge: live <- global + alpha (live - global); integers (and alpha 0) take the
+    global value (:meth:`~resist.algorithms.streaming.StreamingDiLoCo._merge`)."""
+    for l_, g_ in zip(live, glob):
+        if alpha == 0 or not l_.is_floating_point():
+            l_.copy_(g_)
+        else:
+            l_.copy_(g_ + (l_ - g_) * alpha)
