@@ -217,6 +217,17 @@ def events(r: dict) -> list[dict]:
     return out
 
 
+def backup_share(r: dict) -> float | None:
+    """Backup bytes over all training bytes sent, in the rounds whose members did not change (where the
+    per-worker cumulative counters give the round's bytes)."""
+    rows, backup, total = r["rows"], 0, 0
+    for a, b in zip(rows, rows[1:]):
+        if a["members"] == b["members"] and "backup_bytes" in b:
+            backup += b["backup_bytes"]
+            total += sum(b["sent_bytes"]) - sum(a["sent_bytes"])
+    return backup / total if total else None
+
+
 def tabulate(args, results: list[dict], env: dict) -> None:
     copy_runs(results, common.RESULTS / "elastic")
     clean = [r for r in results if r["suite"] == "clean" and r["algo"] == "resist"]
@@ -231,6 +242,8 @@ def tabulate(args, results: list[dict], env: dict) -> None:
                "extra_bytes": extra}
         raw.append(row)
         pick = lambda k: [e[k] for e in ev if e[k] is not None]  # noqa: E731
+        share = backup_share(r) if r["algo"] == "resist" and r["suite"] != "restart" else None
+        row["backup_share"] = share
         lines.append([r["label"], r["seed"], f"{r['final_acc']:.2f}", f"{r['wall_s']:.0f}" if r["wall_s"] else "-",
                       kills, joins if r["suite"] != "restart" else "-",
                       f"{statistics.median(pick('detect_s')):.2f} / {max(pick('detect_s')):.2f}" if ev else "-",
@@ -238,11 +251,26 @@ def tabulate(args, results: list[dict], env: dict) -> None:
                       f"{statistics.fmean(pick('rounds_lost')):.2f}" if ev else "-",
                       f"{statistics.fmean(pick('recovery_bytes')) / 1e6:.3f}" if ev else "-",
                       f"{statistics.fmean(pick('join_bytes')) / 1e6:.3f}" if pick("join_bytes") else "-",
-                      f"{extra / 1e6:.2f}" if extra else "-"])
+                      f"{extra / 1e6:.2f}" if extra else "-", f"{100 * share:.1f}%" if share is not None else "-"])
     head = ["run", "seed", "final acc (%)", "wall (s)", "kills", "joins", "detection median / max (s)",
             "within 1 s + 1 round", "rounds lost per event", "restore MB per event", "join MB per event",
-            "extra memory per worker (MB)"]
+            "extra memory per worker (MB)", "backups, share of bytes sent"]
     spread_clean = spread([r["final_acc"] for r in clean])
+    soaked = next((r for r in results if r["suite"] == "soak" and r["algo"] == "resist"), None)
+    restarted = next((r for r in results if r["suite"] == "restart"), None)
+    lsgd = next((r for r in results if r["suite"] == "soak" and r["algo"] == "local_sgd"), None)
+    said = []
+    if soaked and restarted and soaked["wall_s"] and restarted["wall_s"]:
+        said.append(f"Wall time under the kill schedule: elastic {soaked['wall_s']:.0f} s, restart from checkpoint "
+                    f"{restarted['wall_s']:.0f} s ({restarted['wall_s'] / soaked['wall_s']:.2f}x the elastic run's), both "
+                    f"on the same core with nothing else on it.")
+    if soaked and lsgd:
+        mine = [e["join_bytes"] for e in events(soaked) if e["join_bytes"]]
+        theirs = [e["join_bytes"] for e in events(lsgd) if e["join_bytes"]]
+        if mine and theirs:
+            said.append(f"Bytes a joiner receives: ResIST {statistics.fmean(mine) / 1e6:.3f} MB, local SGD "
+                        f"{statistics.fmean(theirs) / 1e6:.3f} MB per event "
+                        f"({statistics.fmean(mine) / statistics.fmean(theirs):.2f}x).")
     doc = [
         "# Elastic training under fire (issue 22)\n",
         f"Real CIFAR-10, paper ResNet101 at 1/8 width, {args.workers} workers (one process each, sharing the "
@@ -255,6 +283,7 @@ def tabulate(args, results: list[dict], env: dict) -> None:
         "from the kill to the first quorum without the worker. 'Within 1 s + 1 round': detection plus the "
         "recovering synchronization at most 1 s more than that round's local steps. Extra memory: the most a "
         "worker held at once of its post-step snapshot (to redo a synchronization a loss interrupts) plus the "
-        "committed copies it keeps for others. Run folders: [elastic/](elastic/).\n",
-        *table(head, lines)]
+        "committed copies it keeps for others. Backups: share of all training bytes sent, over the rounds "
+        "whose members did not change. Run folders: [elastic/](elastic/).\n",
+        *table(head, lines), "", *said]
     record("elastic", {"rows": raw, "runs": [common.public(r) for r in results]}, doc, args.command, env)
