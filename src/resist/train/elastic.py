@@ -495,13 +495,20 @@ def run_elastic_in_process(cfg: Config, dataset, out: Path | None, kills: dict[s
             errors.append(e)
             coordinator.kill(name)
 
-    for i in range(cfg.algo.workers):
-        start(f"w{i}")
-    deadline = time.monotonic() + timeout
-    while any(t.is_alive() for t in list(threads)):
-        if time.monotonic() > deadline:
-            raise CommError(f"in-process elastic run did not end within {timeout:g} s")
-        time.sleep(0.02)
+    # One intra-op thread, as each worker process of --runtime elastic has: the kernels' reduction order
+    # (and so the last bits, which training amplifies) depends on it.
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for i in range(cfg.algo.workers):
+            start(f"w{i}")
+        deadline = time.monotonic() + timeout
+        while any(t.is_alive() for t in list(threads)):
+            if time.monotonic() > deadline:
+                raise CommError(f"in-process elastic run did not end within {timeout:g} s")
+            time.sleep(0.02)
+    finally:
+        torch.set_num_threads(threads_before)
     if errors:
         raise errors[0]
     summaries = [s for s in results.values() if s is not None]
