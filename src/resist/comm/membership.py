@@ -443,6 +443,18 @@ class _ThreadCommunicator(LocalCommunicator):
     def give_token(self) -> None:
         pass
 
+    def _sync(self) -> None:
+        # A collective of an aborted group fails at once: a worker that died (or any member after a
+        # death) must not complete a barrier the others are still counting on.
+        if self.group.failed_rank is not None:
+            raise self._failure()
+        super()._sync()
+
+    def _exchange(self, sends, recvs) -> None:
+        if self.group.failed_rank is not None:
+            raise self._failure()
+        super()._exchange(sends, recvs)
+
     @contextlib.contextmanager
     def _off_device(self) -> Iterator[None]:
         # No token handoffs to measure a stall from: a wait times out ``timeout`` after the latest arrival.
