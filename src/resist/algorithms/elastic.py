@@ -88,7 +88,7 @@ def synchronize(algo, comm: Communicator, d: Decision, kept: dict[int, list[torc
     worker kept at the last synchronization. ``final``: the run ends with this round (no next plan:
     each block is only averaged over its contributors). Raises ``CommError`` if a member fails."""
     store, me = algo.store, comm.rank
-    received0, sent0 = comm.bytes.received["sync"], comm.bytes.sent["sync"]
+    received0 = comm.bytes.received["sync"]
     algo.reconfigure(comm)
     if me in d.joiners:
         algo.join()
@@ -127,7 +127,6 @@ def synchronize(algo, comm: Communicator, d: Decision, kept: dict[int, list[torc
         store.release(b)  # (what it keeps for others it still holds, in out.kept)
     out.received_bytes = comm.bytes.received["sync"] - received0
     out.kept_bytes = sum(_nbytes(v) for v in out.kept.values())
-    del sent0
     return out
 
 

@@ -132,10 +132,6 @@ class ElasticWorker:
                                   "parallel_s": self.parallel_s, "best": self.best, "run_started": self.run_started})
 
 
-def epochs_of(cfg: Config) -> float:
-    return cfg.optim.epochs
-
-
 def run_elastic_worker(membership, cfg: Config, dataset, out: Path | None, write: bool = True,
                        kill: Callable[[], None] | None = None, faults: list | None = None,
                        on_round: Callable[[int], None] | None = None, computing=None) -> dict[str, Any] | None:
@@ -267,7 +263,7 @@ def sync_round(w: ElasticWorker, membership, q, d: Decision, waited: float):
                                                                              len(previous))] * len(previous))
     kept = [name in survivors for name in previous]
     cursor = commit(DataCursor.from_dict(d.cursor), round_deal, kept, n, batch)
-    finished = examples_done(cursor, n, batch) >= epochs_of(cfg) - 1e-9 or (
+    finished = examples_done(cursor, n, batch) >= cfg.optim.epochs - 1e-9 or (
         cfg.run.max_rounds is not None and d.round + 1 >= cfg.run.max_rounds)
     try:
         out = synchronize(w.algo, comm, d, w.kept, final=finished)
@@ -299,7 +295,7 @@ def local_steps(cfg: Config, n: int, cursor: DataCursor, world: int) -> int:
     last round, where what is left of the last epoch would not fill them."""
     batch = cfg.data.batch_size
     usable = usable_positions(n, batch)
-    left = (epochs_of(cfg) - examples_done(cursor, n, batch)) * usable
+    left = (cfg.optim.epochs - examples_done(cursor, n, batch)) * usable
     return max(1, min(cfg.algo.local_iters, math.ceil(left / (batch * world))))
 
 
@@ -317,7 +313,7 @@ def train_elastic_round(w: ElasticWorker, round_: int, members: tuple[str, ...],
     n, batch = w.n_train, cfg.data.batch_size
     steps = local_steps(cfg, n, cursor, world)
     mine = deal(cursor, n, batch, [steps] * world).batches(me)
-    total = max(1, math.ceil(epochs_of(cfg) * spe0))
+    total = max(1, math.ceil(cfg.optim.epochs * spe0))
     done = examples_done(cursor, n, batch) * spe0
     layout = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
     t0, losses = time.perf_counter(), []
