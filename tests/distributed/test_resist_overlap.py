@@ -40,6 +40,31 @@ def test_exchange_async_posts_without_waiting_on_gloo():
     assert (got0, got1) == (2.0, 1.0)
 
 
+def _world_collectives_beside_a_pending_exchange(comm):
+    peer, n = 1 - comm.rank, 4_000_000  # 16 MB: more than the sockets buffer, so the pair stays busy
+    into = torch.zeros(n)
+    pending = None
+    if comm.rank == 0:  # rank 0's transfer is in flight; its peer posts only after two world collectives
+        pending = comm.exchange_async([(peer, torch.full((n,), 1.0))], [(peer, into)])
+    comm.barrier()
+    got = [int(t) for t in comm.all_gather(torch.tensor([comm.rank]))]
+    if comm.rank == 1:
+        pending = comm.exchange_async([(peer, torch.full((n,), 2.0))], [(peer, into)])
+    pending.wait()
+    return got, into[0].item(), into[-1].item()
+
+
+@pytest.mark.timeout(120)
+def test_world_collectives_do_not_wait_for_a_background_transfer():
+    """The round's bookkeeping (a barrier, a gather) completes while a transfer started without waiting is
+    still pending: background transfers run on a group of their own. On one group gloo's barrier waits
+    for the pending exchange, whose peer posts only after the barrier: a deadlock (the timeout)."""
+    (got0, *into0), (got1, *into1) = spawn(2, _world_collectives_beside_a_pending_exchange, backend="gloo",
+                                           timeout=20)
+    assert got0 == got1 == [0, 1]
+    assert into0 == [2.0, 2.0] and into1 == [1.0, 1.0]
+
+
 def _round_then_land(comm, cfg_dict):
     cfg = Config.from_dict(cfg_dict)
     algo = build_algorithm(comm, cfg, 4, torch.device("cpu"), 8)

@@ -1,7 +1,11 @@
 """torch.distributed runtime: one :class:`Communicator` per process over the default (world) group.
 
-Only this module and :mod:`resist.comm.launch` import ``torch.distributed``. Every verb runs on the
-world group; no sub-groups are ever created. Under NCCL, tensors that live elsewhere (e.g. on the CPU)
+Only this module and :mod:`resist.comm.launch` import ``torch.distributed``. Blocking verbs run on the
+world group; transfers started without waiting (``all_reduce_async``, ``exchange_async``) run on a
+second group of all the ranks, made once at construction: on one group a later collective's bytes
+queue behind theirs on the same connections (and gloo's barrier waits for every op pending on its
+group), so a round's small bookkeeping collectives would wait for the whole background transfer and
+nothing would overlap (measured over a rate-limited link, docs/results/streaming.md). Under NCCL, tensors that live elsewhere (e.g. on the CPU)
 are staged to the current CUDA device and copied back, so callers need not care where a tensor lives.
 Backend errors (timeouts, peers that went away) surface as :class:`CommError` naming this rank.
 """
@@ -30,6 +34,8 @@ class DistCommunicator(Communicator):
             self.device = torch.device("cuda", torch.cuda.current_device())
         else:
             self.device = torch.device("cpu")
+        # Collective: every rank constructs its communicator at the same point (comm.launch).
+        self._background = dist.new_group(backend=self.backend) if self.world_size > 1 else None
 
     @contextlib.contextmanager
     def _guard(self, verb: str) -> Iterator[None]:
@@ -58,7 +64,7 @@ class DistCommunicator(Communicator):
         self._count_all_reduce(tensor)
         staged = self._stage(tensor)
         with self._guard("all_reduce"):
-            work = dist.all_reduce(staged, op=dist.ReduceOp.SUM, async_op=True)
+            work = dist.all_reduce(staged, op=dist.ReduceOp.SUM, group=self._background, async_op=True)
 
         def finish() -> None:
             with self._guard("all_reduce"):
@@ -95,15 +101,15 @@ class DistCommunicator(Communicator):
         if self.world_size == 1 or not (sends or recvs):
             return super().exchange_async(sends, recvs)
         self._check_and_count(sends, recvs)
-        return Pending(self._post(sends, recvs))
+        return Pending(self._post(sends, recvs, self._background))
 
-    def _post(self, sends, recvs):
-        """Post every message of an exchange at once; returns what waits for them and copies staged
-        receive buffers back."""
+    def _post(self, sends, recvs, group=None):
+        """Post every message of an exchange at once (on ``group``, default the world); returns what
+        waits for them and copies staged receive buffers back."""
         send_bufs = [(dst, self._stage(t)) for dst, t in sends]
         recv_bufs = [(src, buf, self._stage(buf)) for src, buf in recvs]
-        ops = [dist.P2POp(dist.isend, t, dst) for dst, t in send_bufs]
-        ops += [dist.P2POp(dist.irecv, staged, src) for src, _, staged in recv_bufs]
+        ops = [dist.P2POp(dist.isend, t, dst, group) for dst, t in send_bufs]
+        ops += [dist.P2POp(dist.irecv, staged, src, group) for src, _, staged in recv_bufs]
         with self._guard("exchange"):
             works = dist.batch_isend_irecv(ops)
 
