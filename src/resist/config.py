@@ -294,6 +294,11 @@ class AlgoConfig:
     """ResIST's overlapped synchronization (docs/streaming.md): round r's transfers run behind the first
     TAU local steps of round r+1, whose incoming blocks join at step TAU, when the shared layers merge
     (0 <= TAU < local_iters; 0 with mix_alpha 0 is blocking ResIST bit for bit). None: blocking."""
+    overlap_merge: str = "mix"
+    """How overlapped ResIST's shared layers take the delayed average at step TAU: 'mix' (Streaming
+    DiLoCo's, live <- global + mix_alpha (live - global): a share 1 - mix_alpha of the TAU steps taken
+    meanwhile is dropped) or 'delta' (live <- global + (live - sent): the average plus this worker's own
+    steps since it sent, none dropped; mix_alpha unused). docs/streaming.md."""
 
     def __post_init__(self) -> None:
         _check(self.name in ALGORITHMS, f"unknown algorithm {self.name!r}{did_you_mean(self.name, ALGORITHMS)}; "
@@ -324,6 +329,12 @@ class AlgoConfig:
         _check(self.sync_delay >= 0, f"sync_delay must be >= 0, got {self.sync_delay}")
         _check(0 <= self.mix_alpha < 1, f"mix_alpha must be in [0, 1), got {self.mix_alpha}")
         _check(self.overlap is None or self.overlap >= 0, f"overlap must be >= 0, got {self.overlap}")
+        _check(self.overlap_merge in ("mix", "delta"),
+               f"overlap_merge must be 'mix' or 'delta', got {self.overlap_merge!r}")
+        _check(self.overlap is not None or self.overlap_merge == "mix",
+               "--overlap-merge says how overlapped merges land: add --overlap TAU, or drop --overlap-merge")
+        _check(self.overlap_merge == "mix" or self.mix_alpha == 0,
+               "--mix-alpha weighs 'mix' merges; --overlap-merge delta keeps every local step: drop --mix-alpha")
         self._check_capabilities()
         if self.overlap is not None:
             self._check_overlap()

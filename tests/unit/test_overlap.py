@@ -54,7 +54,7 @@ def _block(key: str):
 def reference(cfg) -> dict[str, torch.Tensor]:
     """The global model after ``cfg.run.max_rounds`` overlapped rounds, from whole-model copies."""
     a, o, s = cfg.algo, cfg.optim, cfg.algo.workers
-    H, tau, alpha = a.local_iters, a.overlap, a.mix_alpha
+    H, tau, alpha, delta = a.local_iters, a.overlap, a.mix_alpha, a.overlap_merge == "delta"
     models = [init_model(create_model(cfg.model.name, num_classes=4, width=cfg.model.width,
                                       layers=cfg.model.layers), cfg.run.seed) for _ in range(s)]
     cands = candidate_blocks(models[0].partitionable, models[0].skippable, "section3")
@@ -93,15 +93,17 @@ def reference(cfg) -> dict[str, torch.Tensor]:
             m.train()
 
         def land():
-            avg, before = landing
+            avg, before, sent = landing
             with torch.no_grad():
                 for k, m in enumerate(models):
                     for key, t in state(k).items():
                         b = _block(key) if _block(key) in before else None  # a dealt block, or None: shared
                         if not held(key, k) or (b is not None and before[b] == (k,)):
                             continue  # not trained this round, or kept by its sole holder
-                        if b in incoming[k] or alpha == 0 or not t.is_floating_point():
+                        if b in incoming[k] or not t.is_floating_point() or (alpha == 0 and not delta):
                             t.copy_(avg[key])
+                        elif delta:  # the average plus this worker's steps since it sent
+                            t.copy_(avg[key] + (t - sent[k][key]))
                         else:
                             t.copy_(avg[key] + (t - avg[key]) * alpha)
                     m.skip = frozenset(b for b in cands if k not in holders[b])
@@ -122,7 +124,8 @@ def reference(cfg) -> dict[str, torch.Tensor]:
         with torch.no_grad():  # every tensor's average over this round's holders, as it is now
             states = [state(k) for k in range(s)]
             avg = {key: _mean([states[h][key] for h in holders.get(_block(key), everyone)]) for key in states[0]}
-        landing = (avg, holders)
+            sent = [{key: v.clone() for key, v in st.items()} for st in states]
+        landing = (avg, holders, sent)
     return {k: v for k, v in landing[0].items() if not k.startswith("momentum/")}  # the last round: at once
 
 
@@ -141,6 +144,11 @@ CASES = {
     # 3 workers, 2 blocks each of 4: blocks held by two, averaged from the point-to-point copies.
     "S=3 min depth 2 tau=1 alpha=0.5, 3 rounds": {"algo.workers": 3, "algo.min_depth": 2, "algo.overlap": 1,
                                                   "algo.mix_alpha": 0.5, "run.max_rounds": 3},
+    "S=2 tau=2 delta, 3 rounds": {"algo.overlap": 2, "algo.overlap_merge": "delta", "run.max_rounds": 3},
+    "S=3 min depth 2 tau=1 delta, 3 rounds": {"algo.workers": 3, "algo.min_depth": 2, "algo.overlap": 1,
+                                              "algo.overlap_merge": "delta", "run.max_rounds": 3},
+    "S=2 tau=2 delta carried momentum": {"algo.overlap": 2, "algo.overlap_merge": "delta",
+                                         "algo.carry_momentum": True, "run.max_rounds": 3},
     "S=2 tau=2 alpha=0.5 carried momentum": {"algo.overlap": 2, "algo.mix_alpha": 0.5, "algo.carry_momentum": True,
                                              "run.max_rounds": 3},
 }
@@ -156,12 +164,14 @@ def test_library_equals_the_hand_written_reference_bitwise(case, tmp_path):
 
 
 def test_the_reference_depends_on_overlap_and_mixing():
-    """Guards the test above: tau and alpha change the result."""
+    """Guards the test above: tau, alpha and the delta merge change the result."""
     a = reference(config("unused", **{"algo.overlap": 0}))
     b = reference(config("unused", **{"algo.overlap": 2}))
     c = reference(config("unused", **{"algo.overlap": 2, "algo.mix_alpha": 0.5}))
+    d = reference(config("unused", **{"algo.overlap": 2, "algo.overlap_merge": "delta"}))
     assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
     assert any(not torch.equal(b[k], c[k]) for k in b if b[k].is_floating_point())
+    assert all(any(not torch.equal(d[k], x[k]) for k in d if d[k].is_floating_point()) for x in (b, c))
 
 
 BLOCKING = {
@@ -226,11 +236,12 @@ def test_incoming_blocks_are_skipped_until_step_tau_then_join_the_optimizer():
         assert sizes[0] < sizes[1] == sizes[2] == sizes[3]  # the optimizer grew at step tau
 
 
-def test_resume_is_bitwise(tmp_path, monkeypatch):
+@pytest.mark.parametrize("merge", [{"algo.mix_alpha": 0.5}, {"algo.overlap_merge": "delta"}], ids=["mix", "delta"])
+def test_resume_is_bitwise(tmp_path, monkeypatch, merge):
     """A checkpoint between overlapped rounds holds the global model (the transfers waited for) and each
-    rank's live copies; resumed, the incoming blocks wait for step tau again: the same bits as a run
-    never interrupted."""
-    over = {"algo.overlap": 2, "algo.mix_alpha": 0.5, "algo.carry_momentum": True, "algo.min_depth": 3,
+    rank's live copies (with the delta merge, also what it sent: the same values at a round's end);
+    resumed, the incoming blocks wait for step tau again: the same bits as a run never interrupted."""
+    over = {"algo.overlap": 2, **merge, "algo.carry_momentum": True, "algo.min_depth": 3,
             "run.max_rounds": 4, "run.checkpoint_every": 1}
     whole = train(config(tmp_path / "whole", **over), DATA)
     monkeypatch.setenv("RESIST_FAULTS", "raise:rank=1:round=2:step=9")
@@ -281,6 +292,10 @@ BAD = {
     "overlap not below H": (["--local-iters", "4", "--overlap", "4"], "overlap 4 must be below local_iters 4"),
     "negative overlap": (["--overlap", "-1"], "overlap must be >= 0"),
     "mixing without overlap": (["--mix-alpha", "0.5"], "add --overlap TAU"),
+    "delta merge without overlap": (["--overlap-merge", "delta"], "add --overlap TAU, or drop --overlap-merge"),
+    "delta merge with alpha": (["--overlap", "1", "--overlap-merge", "delta", "--mix-alpha", "0.5"],
+                               "--overlap-merge delta keeps every local step: drop --mix-alpha"),
+    "unknown merge": (["--overlap", "1", "--overlap-merge", "avg"], "overlap_merge must be 'mix' or 'delta'"),
     "compression": (["--overlap", "1", "--compress", "q8"], "--compress does not go with --overlap"),
     "outer optimizer": (["--overlap", "1", "--outer-lr", "0.7"], "--outer-lr/--outer-momentum does not go with --overlap"),
     "warm-up": (["--overlap", "1", "--warmup-epochs", "1"], "--warmup-epochs does not go with --overlap"),

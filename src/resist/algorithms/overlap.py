@@ -46,6 +46,8 @@ class InFlight:
     own: dict[Part, list[torch.Tensor]] = field(default_factory=dict)
     """This rank's copies of the blocks it sends or averages with others' (what it had at round r's end)."""
     received: dict[tuple[int, Part], list[torch.Tensor]] = field(default_factory=dict)
+    sent: dict[Part, list[torch.Tensor]] = field(default_factory=dict)
+    """With the 'delta' merge: this rank's values of what it merges, as they were when sent."""
     glob: dict[Part, list[torch.Tensor]] | None = None
 
     @torch.no_grad()
@@ -68,14 +70,17 @@ class InFlight:
 
 
 @torch.no_grad()
-def start(comm: Communicator, store: PartStore, cur: Holding, nxt: Holding) -> InFlight:
+def start(comm: Communicator, store: PartStore, cur: Holding, nxt: Holding, keep_sent: bool = False) -> InFlight:
     """Copy what travels from holders ``cur`` to ``nxt`` and start it without waiting (all-reduces first,
     then the exchange, in the order blocking ResIST runs them); release the blocks this rank stops
-    holding (their copies travel)."""
+    holding (their copies travel). ``keep_sent``: also keep this rank's values of what it merges (the
+    'delta' merge adds the steps taken since)."""
     me = comm.rank
     r = route(cur, nxt, me, comm.world_size)
     merges, incoming = kinds(r, nxt, me)
     fl = InFlight(r, merges, incoming)
+    if keep_sent:
+        fl.sent = {k: [f.clone() for f in store.flats[k]] for k in merges}
     for key in ["shared", *r.all_reduced]:
         fl.reduced[key] = [f.clone() for f in store.flats[key]]
         fl.waits += [comm.all_reduce_async(c, average=True) for c in fl.reduced[key]]
@@ -101,11 +106,17 @@ def install(store: PartStore, b: Part, value: list[torch.Tensor]) -> None:
 
 
 @torch.no_grad()
-def mix(live: list[torch.Tensor], glob: list[torch.Tensor], alpha: float) -> None:
-    """Streaming DiLoCo's merge: live <- global + alpha (live - global); integers (and alpha 0) take the
-    global value (:meth:`~resist.algorithms.streaming.StreamingDiLoCo._merge`)."""
-    for l_, g_ in zip(live, glob):
-        if alpha == 0 or not l_.is_floating_point():
+def mix(live: list[torch.Tensor], glob: list[torch.Tensor], alpha: float,
+        sent: list[torch.Tensor] | None = None) -> None:
+    """Streaming DiLoCo's merge: live <- global + alpha (live - global)
+    (:meth:`~resist.algorithms.streaming.StreamingDiLoCo._merge`); with ``sent`` (this rank's values when
+    they were sent) the 'delta' merge instead: live <- global + (live - sent), the average plus the steps
+    taken since, as a blocking round followed by those steps would have them but for where their
+    gradients were taken. Integers (and alpha 0 without ``sent``) take the global value."""
+    for i, (l_, g_) in enumerate(zip(live, glob)):
+        if not l_.is_floating_point() or (sent is None and alpha == 0):
             l_.copy_(g_)
+        elif sent is not None:
+            l_.copy_(g_ + (l_ - sent[i]))
         else:
             l_.copy_(g_ + (l_ - g_) * alpha)

@@ -209,7 +209,7 @@ class ResIST(Algorithm):
         if self.cfg.overlap is None or final:  # after the last round: only averages, waited for at once
             self.synchronize(cur, nxt, round_)
         else:
-            self.inflight = overlap.start(self.comm, self.store, cur, nxt)
+            self.inflight = overlap.start(self.comm, self.store, cur, nxt, self.cfg.overlap_merge == "delta")
         self.holding = nxt
         self.round = round_ + 1
 
@@ -220,7 +220,7 @@ class ResIST(Algorithm):
         fl, store = self.inflight, self.store
         glob = fl.land(self.comm.rank)
         for key in fl.merges:
-            overlap.mix(store.flats[key], glob[key], self.cfg.mix_alpha)
+            overlap.mix(store.flats[key], glob[key], self.cfg.mix_alpha, fl.sent.get(key))
         for b in fl.incoming:
             overlap.install(store, b, glob[b])
         self.inflight = None
@@ -298,6 +298,8 @@ class ResIST(Algorithm):
         for k in fl.merges:
             for i, t in enumerate(store.flats[k]):
                 t.copy_(state[f"overlap/{k}/{i}"])
+        if self.cfg.overlap_merge == "delta":  # checkpoints are taken as the transfers start: live = sent
+            fl.sent = {k: [t.clone() for t in store.flats[k]] for k in fl.merges}
         for b in fl.incoming:
             store.release(b)
         self.inflight = fl
