@@ -47,14 +47,24 @@ RUNS = "runs/streaming"
 
 
 def methods(args) -> list[str]:
-    """The compared methods: local SGD, blocking ResIST, overlapped ResIST at each tau, Streaming DiLoCo."""
-    return ["local_sgd", "resist", *(f"overlap{t}" for t in args.overlap), "streaming_diloco"]
+    """The compared methods: local SGD, blocking ResIST, overlapped ResIST at each tau with each merge
+    (``overlapTAU``: Streaming DiLoCo's mix; ``overlapTAU-delta``), Streaming DiLoCo."""
+    return ["local_sgd", "resist", *(f"overlap{t}{'' if m == 'mix' else '-' + m}" for t in args.overlap
+                                     for m in args.merges), "streaming_diloco"]
+
+
+def link_method(method: str) -> str:
+    """The link run that times ``method``: the merge rule changes no byte and no step, so overlapped
+    ResIST's merges share their tau's run."""
+    return method.split("-")[0]
 
 
 def method_flags(method: str, args) -> list[str]:
     """``resist train`` flags of each compared method (the overlap, mixing and fragments from the options)."""
     if method.startswith("overlap"):
-        return ["--algo", "resist", "--overlap", method[len("overlap"):], "--mix-alpha", str(args.mix_alpha)]
+        tau, _, merge = method[len("overlap"):].partition("-")
+        return ["--algo", "resist", "--overlap", tau,
+                *(["--overlap-merge", merge] if merge else ["--mix-alpha", str(args.mix_alpha)])]
     return {"local_sgd": ["--algo", "local_sgd"],
             "resist": ["--algo", "resist"],
             "streaming_diloco": ["--algo", "streaming_diloco", "--fragments", str(args.fragments),
@@ -68,7 +78,9 @@ def add_arguments(ap) -> None:
             slow_methods=(["resist", "overlap20"], "methods run at the ratios not in --all-at (the bound's)"),
             rounds=(6, "rounds per link run at the --all-at ratios (the first and the last are not steady state)"),
             slow_rounds=(4, "rounds per link run at the other ratios"),
-            overlap=([5, 20], "--overlap TAU of overlapped ResIST, one method per value"), mix_alpha=(0.5, "--mix-alpha of both streaming methods"),
+            overlap=([5, 20], "--overlap TAU of overlapped ResIST, one method per value"),
+            merges=(["mix", "delta"], "--overlap-merge rules compared (each tau's link run times them all)",
+                    ["mix", "delta"]), mix_alpha=(0.5, "--mix-alpha of both streaming methods"),
             fragments=(5, "Streaming DiLoCo's --fragments"), sync_delay=(4, "Streaming DiLoCo's --sync-delay"),
             delay_ms=(0.0, "one-way delay added per packet (netem)"), seed=0, name="streaming",
             acc_runs=(str, "folder of the loopback accuracy runs METHOD_wW_sSEED (see --list)"),
@@ -141,7 +153,7 @@ def execute(args, specs: list[Spec]) -> dict | None:
             link = rl.probe(w, mbit, args, runs / f"probe_w{w}_r{ratio:g}.json", model_bytes)
             print(f"[streaming] w{w} {ratio:g}x: {mbit} Mbit/s, probed {link['goodput_mbit']:.3f}", flush=True)
             full = ratio in args.all_at
-            for m in methods(args) if full else args.slow_methods:
+            for m in dict.fromkeys(link_method(m) for m in (methods(args) if full else args.slow_methods)):
                 got = round_times(link_run(m, w, mbit, args, runs / f"{m}_w{w}_r{ratio:g}",
                                            args.rounds if full else args.slow_rounds))
                 print(f"[streaming] {m} w{w} {ratio:g}x: {got}", flush=True)
@@ -183,7 +195,8 @@ def accuracy(args) -> dict:
 
 def link_time(links: list[dict], method: str, workers: int, ratio: float, rounds: int) -> float | None:
     """Seconds ``rounds`` rounds of ``method`` take over that link: its first round, then its steady mean."""
-    got = next((x for x in links if (x["method"], x["workers"], x["ratio"]) == (method, workers, ratio)), None)
+    key = (link_method(method), workers, ratio)
+    got = next((x for x in links if (x["method"], x["workers"], x["ratio"]) == key), None)
     return None if got is None else got["first_wall_s"] + (rounds - 1) * got["wall_s"]
 
 
@@ -198,8 +211,9 @@ def tabulate(args, results: dict | None, env: dict) -> None:
     env["cores_used"] = len(os.sched_getaffinity(0))
     taus = ", ".join(str(t) for t in args.overlap)
     lines = [f"# Overlapped ResIST over rate-limited links ({args.name})\n",
-             f"overlapTAU = ResIST `--overlap TAU --mix-alpha {args.mix_alpha}` (TAU = {taus} of "
-             f"the preset's local steps per round); streaming_diloco = `--fragments {args.fragments} --sync-delay "
+             f"overlapTAU = ResIST `--overlap TAU --mix-alpha {args.mix_alpha}`, overlapTAU-delta = "
+             f"`--overlap TAU --overlap-merge delta` (TAU = {taus} of the preset's local steps per round; a tau's "
+             f"link run times both merges: they move the same bytes in the same steps); streaming_diloco = `--fragments {args.fragments} --sync-delay "
              f"{args.sync_delay} --mix-alpha {args.mix_alpha}` (no outer optimizer: at this scale DiLoCo's hurts, "
              f"cifar10_outer.md). Preset {args.preset}. Link runs: {args.rounds} rounds at "
              f"{', '.join(f'{r:g}x' for r in args.all_at)}, {args.slow_rounds} at the other ratios; gloo ranks in "
