@@ -164,7 +164,7 @@ def execute(args, specs: list[Spec]) -> dict | None:
 
 def accuracy(args) -> dict:
     """The loopback runs' scores and, per run, the round and bytes at which it first reached each target."""
-    from resist.analysis.target import time_to
+    from resist.analysis.target import TOLERANCE, default_targets, time_to
 
     runs = {}
     for m in methods(args):
@@ -174,12 +174,17 @@ def accuracy(args) -> dict:
                 runs[(m, s)] = read_run(path)
     if not runs:
         return {"runs": [], "targets": []}
-    finals = {k: r.evaluated[-1]["test_acc"] for k, r in runs.items()}
+    head = next(iter(runs.values())).headline  # accuracy, or bits per byte (lower is better) for the GPT
+    finals = {k: r.evaluated[-1][head.key] for k, r in runs.items()}
     bests = {k: r.best() for k, r in runs.items()}
-    targets = [{"name": "lowest best of the runs", "value": min(bests.values())}]
+    order = sorted(runs, key=lambda k: k[0] != "local_sgd")  # default_targets reads the first local SGD run
+    targets = [{"name": t.name, "value": t.value} for t in default_targets([runs[k] for k in order])]
     lsgd = [finals[k] for k in finals if k[0] == "local_sgd"]
-    if lsgd:
-        targets.append({"name": "local SGD's final (mean) - 0.5", "value": statistics.mean(lsgd) - 0.5})
+    if len(lsgd) > 1:  # local SGD's final over every seed, not the first one's
+        tol = TOLERANCE[next(iter(runs.values())).task]
+        mean = statistics.mean(lsgd)
+        targets[-1] = {"name": f"local SGD final (mean of {len(lsgd)}) {'-' if head.higher_is_better else '+'} {tol:g}",
+                       "value": mean - tol if head.higher_is_better else mean + tol}
     rows = []
     for (m, s), run in runs.items():
         reached = {}
@@ -187,10 +192,11 @@ def accuracy(args) -> dict:
             got = time_to(run, t["value"])
             reached[t["name"]] = None if got is None else {"rounds": got.round + 1, "sent_bytes": got.sent_bytes,
                                                            "loopback_time_s": got.time_s}
-        rows.append({"method": m, "seed": s, "path": str(run.path), "final_acc": finals[(m, s)],
-                     "best_acc": bests[(m, s)], "rounds": len(run.rows), "time_s": run.rows[-1]["time_s"],
+        rows.append({"method": m, "seed": s, "path": str(run.path), "final": finals[(m, s)],
+                     "best": bests[(m, s)], "rounds": len(run.rows), "time_s": run.rows[-1]["time_s"],
                      "reached": reached})
-    return {"runs": rows, "targets": targets}
+    return {"runs": rows, "targets": targets, "headline": {"key": head.key, "name": head.name, "unit": head.unit,
+                                                         "higher_is_better": head.higher_is_better}}
 
 
 def link_time(links: list[dict], method: str, workers: int, ratio: float, rounds: int) -> float | None:
@@ -261,24 +267,27 @@ def accuracy_lines(args, links: list[dict], acc: dict) -> list[str]:
     w, full = args.acc_workers, min(args.all_at)
     by = lambda m: [r for r in acc["runs"] if r["method"] == m]  # noqa: E731
     ovls = [m for m in methods(args) if m.startswith("overlap") and by(m)]
-    out = ["", f"## Accuracy (loopback runs, {w} workers)\n",
-           "| method | seeds | final acc (%) mean ± sd | per seed | best (%) | rounds |", "|---|---|---|---|---|---|"]
+    head = acc["headline"]
+    unit, up = f" ({head['unit']})" if head["unit"] else "", head["higher_is_better"]
+    out = ["", f"## {head['name'].capitalize()} (loopback runs, {w} workers)\n",
+           f"| method | seeds | final{unit} mean ± sd | per seed | best{unit} | rounds |", "|---|---|---|---|---|---|"]
     for m in methods(args):
         rs = by(m)
         if not rs:
             continue
-        f = [r["final_acc"] for r in rs]
+        f = [r["final"] for r in rs]
         sd = f"{statistics.stdev(f):.2f}" if len(f) > 1 else "-"
         out.append(f"| {m} | {', '.join(str(r['seed']) for r in rs)} | {statistics.mean(f):.2f} ± {sd} | "
-                   f"{', '.join(f'{x:.2f}' for x in f)} | {max(r['best_acc'] for r in rs):.2f} | {rs[0]['rounds']} |")
+                   f"{', '.join(f'{x:.2f}' for x in f)} | {(max if up else min)(r['best'] for r in rs):.2f} | {rs[0]['rounds']} |")
     if by("resist"):
         out.append("")
         for m in ovls:
             seeds = {r["seed"] for r in by(m)} & {r["seed"] for r in by("resist")}
-            fin = lambda name: statistics.mean(r["final_acc"] for r in by(name) if r["seed"] in seeds)  # noqa: E731
+            fin = lambda name: statistics.mean(r["final"] for r in by(name) if r["seed"] in seeds)  # noqa: E731
             d = fin(m) - fin("resist")
-            out.append(f"- {m} minus blocking ResIST, final accuracy (mean over seeds {sorted(seeds)}): {d:+.2f} "
-                       f"points (goal: at most 0.5 below; {'met' if d >= -0.5 else 'missed'}).")
+            goal = f"goal: at most 0.5 below; {'met' if d >= -0.5 else 'missed'}" if up else "lower is better"
+            out.append(f"- {m} minus blocking ResIST, final {head['name']} (mean over seeds {sorted(seeds)}): "
+                       f"{d:+.3f} ({goal}).")
     out += ["", f"## Time to target on the {full:g}x link ({w} workers), composed\n",
             f"Rounds to the target from the loopback runs; seconds = that method's measured {full:g}x-link round "
             "times for that many rounds (first round, then the steady mean). Bytes: per worker, the loopback "
@@ -302,7 +311,7 @@ def accuracy_lines(args, links: list[dict], acc: dict) -> list[str]:
         sdl = times.get("streaming_diloco")
         for m, (n, of, rounds, secs, mb) in got.items():
             vs = f"{sdl / times[m]:.2f}x" if sdl and times[m] else "-"
-            out.append(f"| {t['name']} ({t['value']:.2f}%) | {m} | {n}/{of} | {fmt(rounds)} | {fmt(secs)} | "
+            out.append(f"| {t['name']} ({t['value']:.3g}{head['unit']}) | {m} | {n}/{of} | {fmt(rounds)} | {fmt(secs)} | "
                        f"{fmt(mb, '.2f')} | {vs} |")
         reached = {m: v for m, v in times.items() if v is not None}
         if reached:
@@ -318,7 +327,7 @@ def accuracy_lines(args, links: list[dict], acc: dict) -> list[str]:
 
 
 def plot_to_target(args, links: list[dict], acc: dict | None) -> None:
-    """Accuracy against seconds on the 1x link (composed as in the table), one line per loopback run."""
+    """The headline score against seconds on the 1x link (composed as in the table), one line per loopback run."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -330,14 +339,16 @@ def plot_to_target(args, links: list[dict], acc: dict | None) -> None:
         for r in (acc or {}).get("runs", []):
             if r["method"] != m:
                 continue
-            rows = [x for x in read_run(r["path"]).rows if "test_acc" in x]
+            key = acc["headline"]["key"]
+            rows = [x for x in read_run(r["path"]).rows if key in x]
             t = [link_time(links, m, args.acc_workers, full, int(x["round"]) + 1) for x in rows]
             if None in t:
                 continue
-            ax.plot(t, [x["test_acc"] for x in rows], color=f"C{k}", alpha=0.8,
+            ax.plot(t, [x[key] for x in rows], color=f"C{k}", alpha=0.8,
                     label=m if r["seed"] == args.acc_seeds[0] else None)
     ax.set_xlabel(f"seconds on the {full:g}x link ({args.acc_workers} workers; composed)")
-    ax.set_ylabel("test accuracy (%)")
+    if acc and acc.get("headline"):
+        ax.set_ylabel(acc["headline"]["name"])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
