@@ -23,10 +23,14 @@ Two measurements, each where it can be made on this project's 2-core machine:
   beside every figure it gives. Bytes to target are the loopback runs' own counters (identical to gloo's).
 
     sudo python experiments/run.py streaming --data-dir ../shared/data/cifar10 --workers 2 4 --ratios 1 10 \\
-        --acc-runs RUNS   # RUNS/{local_sgd,resist,overlap,streaming_diloco}_w4_s{0,1}: the commands below
+        --acc-runs RUNS   # the loopback runs RUNS/METHOD_w4_sSEED (below)
 
 The loopback runs: ``resist train cifar10_cpu_long --workers 4 --seed S --eval-every 1`` with the method's
-flags (``--list`` prints them).
+flags (``--list`` prints them; ``--train-acc`` trains the missing ones first). The byte-level GPT:
+
+    sudo python experiments/run.py streaming --preset gpt_char_cpu --workers 4 --ratios 1 --acc-seeds 0 \\
+        --acc-runs RUNS --train-acc --name streaming_gpt -- --width 0.25 --context 64 --batch-size 16 \\
+        --text-bytes 1000000 --eval-limit 512
 """
 
 from __future__ import annotations
@@ -86,6 +90,7 @@ def add_arguments(ap) -> None:
             acc_runs=(str, "folder of the loopback accuracy runs METHOD_wW_sSEED (see --list)"),
             acc_workers=(4, "workers of the loopback accuracy runs (their link round times come from this count)"),
             acc_seeds=[0, 1],
+            train_acc=(False, "train the loopback runs missing from --acc-runs first (in-process, one after another)"),
             reuse=(False, "reuse finished link runs of the same configuration and link probes of the same size"))
 
 
@@ -136,7 +141,9 @@ def execute(args, specs: list[Spec]) -> dict | None:
     if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("tc"):
         print("streaming: needs root and iproute2 (ip, tc) to make network namespaces; nothing was run")
         return None
-    if args.acc_runs and not Path(args.acc_runs).is_dir():
+    if args.train_acc and not args.acc_runs:
+        raise SystemExit("streaming: --train-acc trains into --acc-runs: name the folder")
+    if args.acc_runs and not args.train_acc and not Path(args.acc_runs).is_dir():
         raise SystemExit(f"streaming: --acc-runs {args.acc_runs} is not a folder")
     import atexit
 
@@ -144,6 +151,8 @@ def execute(args, specs: list[Spec]) -> dict | None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: (rl.cleanup(), sys.exit(130)))
     runs, links = Path(args.runs), []
+    for spec in specs if args.train_acc else []:
+        common.launch(spec, Path(args.acc_runs), args.data_dir, args.extra)
     for w in args.workers:
         free = link_run("local_sgd", w, None, args, runs / f"local_sgd_w{w}_unlimited", args.slow_rounds)
         cal = round_times(free)
