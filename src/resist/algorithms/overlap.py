@@ -1,10 +1,13 @@
 """ResIST's overlapped synchronization (docs/streaming.md, "Overlapped ResIST"; ``--overlap TAU``): what
 travels from round r to round r+1 while round r+1's first tau steps compute, and how it lands.
 
-At the end of round r every rank copies what travels and starts it without waiting: the shared bucket
-and the blocks every rank held are all-reduced (one asynchronous all-reduce per dtype buffer, on copies),
-and each other block goes from its round-r holders to its round-r+1 holders in one non-blocking batched
-exchange (today's messages, byte for byte). For this rank the round-r+1 buckets then fall in three kinds
+At the end of round r every rank copies what travels; when round r+1 begins it starts the transfers
+without waiting: the shared bucket and the blocks every rank held are all-reduced (one asynchronous
+all-reduce per dtype buffer, on the copies), and each other block goes from its round-r holders to its
+round-r+1 holders in one non-blocking batched exchange (today's messages, byte for byte). Posting at the
+next round's start rather than at this round's end keeps the trainer's small collectives in between
+(the round's timings and byte counters) off a link that the transfer fills: over a rate-limited link
+each of their messages waited behind the transfer's queued bytes (docs/streaming.md). For this rank the round-r+1 buckets then fall in three kinds
 (:func:`kinds`): *kept* (it was the block's only round-r holder: nothing to wait for), *merged* (the
 shared bucket, and blocks it held with others: it trains its own copy and merges it at step tau with the
 holders' average) and *incoming* (it did not hold the block: the block is skipped until step tau, then
@@ -40,6 +43,7 @@ class InFlight:
     route: Route
     merges: list[Part]
     incoming: list[Part]
+    comm: Communicator | None = None
     waits: list[Pending] = field(default_factory=list)
     reduced: dict[Part, list[torch.Tensor]] = field(default_factory=dict)
     """All-reduced copies, by bucket (the shared bucket, blocks every rank held)."""
@@ -49,13 +53,27 @@ class InFlight:
     sent: dict[Part, list[torch.Tensor]] = field(default_factory=dict)
     """With the 'delta' merge: this rank's values of what it merges, as they were when sent."""
     glob: dict[Part, list[torch.Tensor]] | None = None
+    messages: tuple[list, list] | None = None
+    """The exchange's (sends, receives), until :meth:`post` starts it."""
+
+    def post(self) -> None:
+        """Start every transfer without waiting (once): the all-reduces, then the exchange, in the order
+        blocking ResIST runs them."""
+        if self.messages is None:
+            return
+        for copies in self.reduced.values():
+            self.waits += [self.comm.all_reduce_async(c, average=True) for c in copies]
+        self.waits.append(self.comm.exchange_async(*self.messages))
+        self.messages = None
 
     @torch.no_grad()
     def land(self, me: int) -> dict[Part, list[torch.Tensor]]:
-        """Wait for every transfer (once) and return the global values: the all-reduced average, the
-        holders' copies averaged in rank order, or a sole holder's copy as received."""
+        """Wait for every transfer (once; posted first if it was not) and return the global values: the
+        all-reduced average, the holders' copies averaged in rank order, or a sole holder's copy as
+        received."""
         if self.glob is not None:
             return self.glob
+        self.post()
         for w in self.waits:
             w.wait()
         glob = {k: v for k, v in self.reduced.items() if k in self.merges}
@@ -71,19 +89,17 @@ class InFlight:
 
 @torch.no_grad()
 def start(comm: Communicator, store: PartStore, cur: Holding, nxt: Holding, keep_sent: bool = False) -> InFlight:
-    """Copy what travels from holders ``cur`` to ``nxt`` and start it without waiting (all-reduces first,
-    then the exchange, in the order blocking ResIST runs them); release the blocks this rank stops
-    holding (their copies travel). ``keep_sent``: also keep this rank's values of what it merges (the
+    """Copy what travels from holders ``cur`` to ``nxt``, ready for :meth:`InFlight.post`; release the
+    blocks this rank stops holding (their copies travel). ``keep_sent``: also keep this rank's values of what it merges (the
     'delta' merge adds the steps taken since)."""
     me = comm.rank
     r = route(cur, nxt, me, comm.world_size)
     merges, incoming = kinds(r, nxt, me)
-    fl = InFlight(r, merges, incoming)
+    fl = InFlight(r, merges, incoming, comm)
     if keep_sent:
         fl.sent = {k: [f.clone() for f in store.flats[k]] for k in merges}
     for key in ["shared", *r.all_reduced]:
         fl.reduced[key] = [f.clone() for f in store.flats[key]]
-        fl.waits += [comm.all_reduce_async(c, average=True) for c in fl.reduced[key]]
     travels = {b for _, b in r.sends} | {a.block for a in r.averages if me in a.holders}
     fl.own = {b: [f.clone() for f in store.flats[b]] for b in sorted(travels)}
     for rec in r.receives:  # laid out as the block's bucket (its state tensors; meta if not held)
@@ -91,7 +107,7 @@ def start(comm: Communicator, store: PartStore, cur: Holding, nxt: Holding, keep
         fl.received[rec.src, rec.block] = bufs
     sends = [(dst, f) for dst, b in r.sends for f in fl.own[b]]
     recvs = [(rec.src, f) for rec in r.receives for f in fl.received[rec.src, rec.block]]
-    fl.waits.append(comm.exchange_async(sends, recvs))
+    fl.messages = (sends, recvs)
     for b in r.released:
         store.release(b)
     return fl

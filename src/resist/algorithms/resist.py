@@ -184,6 +184,7 @@ class ResIST(Algorithm):
         model.set_residual_scale(self.store.candidates, self.c if whole_scaled else 1.0)
         self.sync.begin_round()
         if self.inflight is not None:
+            self.inflight.post()  # now: the trainer's collectives since the round's end are done
             if self.cfg.overlap == 0:  # everything lands before step 0: blocking ResIST, bit for bit
                 self._merge()
             else:  # incoming blocks are skipped (ResIST's own skip) until they land at step tau
