@@ -92,6 +92,7 @@ def add_arguments(ap) -> None:
             acc_seeds=[0, 1],
             train_acc=(False, "train the loopback runs missing from --acc-runs first (in-process, one after another)"),
             reuse=(False, "reuse finished link runs of the same configuration and link probes of the same size"))
+    ap.add_argument("--skip", nargs="+", default=[], metavar="WORKERS:RATIO", help="links not to run (e.g. 4:10)")
 
 
 def specs(args) -> list[Spec]:
@@ -141,6 +142,8 @@ def execute(args, specs: list[Spec]) -> dict | None:
     if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("tc"):
         print("streaming: needs root and iproute2 (ip, tc) to make network namespaces; nothing was run")
         return None
+    if any(len(x.split(":")) != 2 for x in args.skip):
+        raise SystemExit(f"streaming: --skip takes WORKERS:RATIO pairs, got {' '.join(args.skip)}")
     if args.train_acc and not args.acc_runs:
         raise SystemExit("streaming: --train-acc trains into --acc-runs: name the folder")
     if args.acc_runs and not args.train_acc and not Path(args.acc_runs).is_dir():
@@ -153,11 +156,14 @@ def execute(args, specs: list[Spec]) -> dict | None:
     runs, links = Path(args.runs), []
     for spec in specs if args.train_acc else []:
         common.launch(spec, Path(args.acc_runs), args.data_dir, args.extra)
+    skip = {tuple(float(x) for x in item.split(":")) for item in args.skip}
     for w in args.workers:
+        if all((w, r) in skip for r in args.ratios):
+            continue
         free = link_run("local_sgd", w, None, args, runs / f"local_sgd_w{w}_unlimited", args.slow_rounds)
         cal = round_times(free)
         model_bytes = int(cal["bytes"] / (2 * (w - 1) / w))  # what one local-SGD round all-reduces
-        for ratio in args.ratios:
+        for ratio in (r for r in args.ratios if (w, r) not in skip):
             mbit = round(cal["bytes"] * 8 / (ratio * cal["compute_s"]) / 1e6, 3)
             link = rl.probe(w, mbit, args, runs / f"probe_w{w}_r{ratio:g}.json", model_bytes)
             print(f"[streaming] w{w} {ratio:g}x: {mbit} Mbit/s, probed {link['goodput_mbit']:.3f}", flush=True)

@@ -140,3 +140,44 @@ def test_micro_benchmarks_import(path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert callable(module.main)
+
+
+def _scores_run(path, algo, accs):
+    """A loopback run folder with one evaluation per round (classification), as training writes it."""
+    path.mkdir(parents=True)
+    rows = [{"round": r, "step": 25 * (r + 1), "epoch": 0.25 * (r + 1), "compute_s": 1.0, "comm_s": 0.0,
+             "time_s": float(r + 1), "sent_bytes": [10**6 * (r + 1)] * 4, "test_acc": a, "best_acc": max(accs[:r + 1])}
+            for r, a in enumerate(accs)]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (path / "summary.json").write_text(json.dumps({"algo": algo, "best_acc": max(accs), "final_acc": accs[-1]}))
+
+
+def test_streaming_tables_bound_accuracy_and_time_to_target(tmp_path, monkeypatch):
+    """The streaming suite's verdicts from link round times and loopback runs: the round-time bound,
+    overlapped minus blocking accuracy, and the composed time to target (rounds x that link's rounds)."""
+    suite = load("streaming")
+    ap = argparse.ArgumentParser()
+    suite.add_arguments(ap)
+    args = ap.parse_args(["--overlap", "20", "--merges", "mix", "--acc-runs", str(tmp_path / "acc"),
+                          "--acc-seeds", "0"])
+    args.extra, args.command, args.name = [], "python experiments/run.py streaming", "streaming_test"
+    accs = {"local_sgd": [40, 50, 60, 61], "resist": [35, 45, 58, 60], "overlap20": [34, 44, 57, 59.8],
+            "streaming_diloco": [30, 40, 55, 60]}
+    for m, a in accs.items():
+        _scores_run(tmp_path / "acc" / f"{m}_w4_s0", m, a)
+    link = lambda m, wall, compute, comm: {"workers": 4, "ratio": 1.0, "mbit": 2.0, "goodput_mbit": 1.8,  # noqa: E731
+                                           "method": m, "rounds": 6, "steady_rounds": 4, "compute_s": compute,
+                                           "comm_s": comm, "wall_s": wall, "first_wall_s": wall, "bytes": 10**6}
+    links = [link("local_sgd", 20.0, 10.0, 10.0), link("resist", 14.0, 7.0, 7.0), link("overlap20", 7.5, 7.5, 0.0),
+             link("streaming_diloco", 12.0, 12.0, 0.0)]
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    suite.tabulate(args, {"links": links, "accuracy": suite.accuracy(args)}, common.environment())
+    md = (tmp_path / "results" / "streaming_test.md").read_text()
+    # C = 7, L = 14 - 7 = 7: bound 7; overlapped 7.5 -> 1.07x, within 1.10
+    assert "| 4 | 2 | 1.800 | 1x | 7.00 | 7.00 | 7.00 | 14.00 | overlap20 | 7.50 | 1.07x | met | 0.54x |" in md
+    assert "overlap20 minus blocking ResIST, final test accuracy (mean over seeds [0]): -0.200 (goal: at most 0.5 below; met)" in md
+    # lowest best = 59.8 (overlap20's): reached in round 4 by all but... resist 60 at round 4, local SGD 60 at 3
+    assert "| lowest best (59.8%) | overlap20 | 1/1 | 4.0 | 30.0 | 4.00 | 1.60x |" in md  # 7.5 x 4; SDL 12 x 4 = 48
+    assert "| lowest best (59.8%) | local_sgd | 1/1 | 3.0 | 60.0 |" in md
+    assert "lowest best: first to reach it: overlap20; overlap20: 30 s, Streaming DiLoCo 48 s (goal: overlap20 first and Streaming DiLoCo's time >= 1.5x its own: met)" in md
+    assert (tmp_path / "results" / "streaming_test.png").is_file()
