@@ -333,9 +333,10 @@ def accuracy_lines(args, links: list[dict], acc: dict) -> list[str]:
             first = min(reached, key=reached.get)
             for m in ovls:
                 ok = first == m and sdl is not None and times[m] is not None and sdl / times[m] >= 1.5
+                sdl_text = "not run" if "streaming_diloco" not in got else "not reached" if sdl is None else f"{sdl:.0f} s"
                 verdicts.append(f"{t['name']}: first to reach it: {first}; {m}: "
                                 f"{'not reached' if times[m] is None else f'{times[m]:.0f} s'}, Streaming DiLoCo "
-                                f"{'not reached' if sdl is None else f'{sdl:.0f} s'} (goal: {m} first and Streaming "
+                                f"{sdl_text} (goal: {m} first and Streaming "
                                 f"DiLoCo's time >= 1.5x its own: {'met' if ok else 'missed'}).")
     out += ["", *(f"- {v}" for v in verdicts)] if verdicts else []
     return out
