@@ -332,7 +332,7 @@ def accuracy_lines(args, links: list[dict], acc: dict) -> list[str]:
         if reached:
             first = min(reached, key=reached.get)
             for m in ovls:
-                ok = first == m and sdl is not None and times[m] is not None and sdl / times[m] >= 1.5
+                ok = times[m] == reached[first] and sdl is not None and sdl / times[m] >= 1.5  # ties count as first
                 sdl_text = "not run" if "streaming_diloco" not in got else "not reached" if sdl is None else f"{sdl:.0f} s"
                 verdicts.append(f"{t['name']}: first to reach it: {first}; {m}: "
                                 f"{'not reached' if times[m] is None else f'{times[m]:.0f} s'}, Streaming DiLoCo "
