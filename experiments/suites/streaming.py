@@ -134,7 +134,8 @@ def round_times(rows: list[dict]) -> dict:
     steady = slice(1, -1) if len(rows) >= 3 else slice(None)
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     return {"rounds": len(rows), "steady_rounds": len(rows[steady]),
-            "compute_s": mean([r["compute_s"] for r in rows[steady]]), "comm_s": mean([r["comm_s"] for r in rows[steady]]),
+            "compute_s": mean([r["compute_s"] for r in rows[steady]]),
+            "comm_s": mean([r["comm_s"] for r in rows[steady]]),
             "wall_s": mean(walls[steady]), "first_wall_s": walls[0], "bytes": mean(round_bytes(rows)[steady])}
 
 
@@ -234,7 +235,8 @@ def tabulate(args, results: dict | None, env: dict) -> None:
     lines = [f"# Overlapped ResIST over rate-limited links ({args.name})\n",
              f"overlapTAU = ResIST `--overlap TAU --mix-alpha {args.mix_alpha}`, overlapTAU-delta = "
              f"`--overlap TAU --overlap-merge delta` (TAU = {taus} of the preset's local steps per round; a tau's "
-             f"link run times both merges: they move the same bytes in the same steps); streaming_diloco = `--fragments {args.fragments} --sync-delay "
+             "link run times both merges: they move the same bytes in the same steps); "
+             f"streaming_diloco = `--fragments {args.fragments} --sync-delay "
              f"{args.sync_delay} --mix-alpha {args.mix_alpha}` (no outer optimizer: at this scale DiLoCo's hurts, "
              f"cifar10_outer.md). Preset {args.preset}. Link runs: {args.rounds} rounds at "
              f"{', '.join(f'{r:g}x' for r in args.all_at)}, {args.slow_rounds} at the other ratios; gloo ranks in "
@@ -333,7 +335,8 @@ def accuracy_lines(args, links: list[dict], acc: dict) -> list[str]:
             first = min(reached, key=reached.get)
             for m in ovls:
                 ok = times[m] == reached[first] and sdl is not None and sdl / times[m] >= 1.5  # ties count as first
-                sdl_text = "not run" if "streaming_diloco" not in got else "not reached" if sdl is None else f"{sdl:.0f} s"
+                sdl_text = ("not run" if "streaming_diloco" not in got
+                            else "not reached" if sdl is None else f"{sdl:.0f} s")
                 verdicts.append(f"{t['name']}: first to reach it: {first}; {m}: "
                                 f"{'not reached' if times[m] is None else f'{times[m]:.0f} s'}, Streaming DiLoCo "
                                 f"{sdl_text} (goal: {m} first and Streaming "

@@ -7,8 +7,8 @@ all-reduce per dtype buffer, on the copies), and each other block goes from its 
 round-r+1 holders in one non-blocking batched exchange (today's messages, byte for byte). Posting at the
 next round's start rather than at this round's end keeps the trainer's small collectives in between
 (the round's timings and byte counters) off a link that the transfer fills: over a rate-limited link
-each of their messages waited behind the transfer's queued bytes (docs/streaming.md). For this rank the round-r+1 buckets then fall in three kinds
-(:func:`kinds`): *kept* (it was the block's only round-r holder: nothing to wait for), *merged* (the
+each of their messages waited behind the transfer's queued bytes (docs/streaming.md). For this rank
+the round-r+1 buckets then fall in three kinds (:func:`kinds`): *kept* (it was the block's only round-r holder: nothing to wait for), *merged* (the
 shared bucket, and blocks it held with others: it trains its own copy and merges it at step tau with the
 holders' average) and *incoming* (it did not hold the block: the block is skipped until step tau, then
 installed as the holders' average). Pure bookkeeping here; :class:`~resist.algorithms.resist.ResIST`
@@ -90,8 +90,8 @@ class InFlight:
 @torch.no_grad()
 def start(comm: Communicator, store: PartStore, cur: Holding, nxt: Holding, keep_sent: bool = False) -> InFlight:
     """Copy what travels from holders ``cur`` to ``nxt``, ready for :meth:`InFlight.post`; release the
-    blocks this rank stops holding (their copies travel). ``keep_sent``: also keep this rank's values of what it merges (the
-    'delta' merge adds the steps taken since)."""
+    blocks this rank stops holding (their copies travel). ``keep_sent``: also keep this rank's values of
+    what it merges (the 'delta' merge adds the steps taken since)."""
     me = comm.rank
     r = route(cur, nxt, me, comm.world_size)
     merges, incoming = kinds(r, nxt, me)

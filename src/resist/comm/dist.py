@@ -3,9 +3,9 @@
 Only this module and :mod:`resist.comm.launch` import ``torch.distributed``. Blocking verbs run on the
 world group; transfers started without waiting (``all_reduce_async``, ``exchange_async``) run on a
 second group of all the ranks, made once at construction: on one group a later collective's bytes
-queue behind theirs on the same connections (and gloo's barrier waits for every op pending on its
-group), so a round's small bookkeeping collectives would wait for the whole background transfer and
-nothing would overlap (measured over a rate-limited link, docs/results/streaming.md). Under NCCL, tensors that live elsewhere (e.g. on the CPU)
+queue behind theirs on the same connections, so a round's small bookkeeping collectives waited for
+the whole background transfer and nothing overlapped (observed over a rate-limited link;
+docs/streaming.md, "On its own process group"). Under NCCL, tensors that live elsewhere (e.g. on the CPU)
 are staged to the current CUDA device and copied back, so callers need not care where a tensor lives.
 Backend errors (timeouts, peers that went away) surface as :class:`CommError` naming this rank.
 """
