@@ -55,6 +55,7 @@ def reference(cfg) -> dict[str, torch.Tensor]:
     """The global model after ``cfg.run.max_rounds`` overlapped rounds, from whole-model copies."""
     a, o, s = cfg.algo, cfg.optim, cfg.algo.workers
     H, tau, alpha, delta = a.local_iters, a.overlap, a.mix_alpha, a.overlap_merge == "delta"
+    ahead = a.prefetch  # blocks that change holders leave tau steps early; their last steps follow
     models = [init_model(create_model(cfg.model.name, num_classes=4, width=cfg.model.width,
                                       layers=cfg.model.layers), cfg.run.seed) for _ in range(s)]
     cands = candidate_blocks(models[0].partitionable, models[0].skippable, "section3")
@@ -89,18 +90,25 @@ def reference(cfg) -> dict[str, torch.Tensor]:
         if landing is not None:
             incoming = [{b for b in cands if k in holders[b] and k not in landing[1][b]} for k in range(s)]
         for k, m in enumerate(models):
-            m.skip = frozenset(b for b in cands if k not in holders[b]) | incoming[k]
+            m.skip = frozenset(b for b in cands if k not in holders[b]) | (set() if ahead else incoming[k])
             m.train()
+            if ahead and landing is not None:  # prefetched: they train from step 0, from the early average
+                with torch.no_grad():
+                    for key, t in state(k).items():
+                        if _block(key) in incoming[k]:
+                            t.copy_(landing[3][key])
 
         def land():
-            avg, before, sent = landing
+            avg, before, sent = landing[:3]
             with torch.no_grad():
                 for k, m in enumerate(models):
                     for key, t in state(k).items():
                         b = _block(key) if _block(key) in before else None  # a dealt block, or None: shared
                         if not held(key, k) or (b is not None and before[b] == (k,)):
                             continue  # not trained this round, or kept by its sole holder
-                        if b in incoming[k] or not t.is_floating_point() or (alpha == 0 and not delta):
+                        if ahead and b in incoming[k]:  # the holders' steps since the early send
+                            t.add_(landing[4][key])
+                        elif b in incoming[k] or not t.is_floating_point() or (alpha == 0 and not delta):
                             t.copy_(avg[key])
                         elif delta:  # the average plus this worker's steps since it sent
                             t.copy_(avg[key] + (t - sent[k][key]))
@@ -110,6 +118,7 @@ def reference(cfg) -> dict[str, torch.Tensor]:
 
         if landing is not None and tau == 0:
             land()
+        snap = None
         for c in range(1, min(H, total - r * H) + 1):
             step = r * H + c - 1
             for k, (m, opt) in enumerate(zip(models, opts)):
@@ -121,11 +130,20 @@ def reference(cfg) -> dict[str, torch.Tensor]:
                 opt.step()
             if landing is not None and c == tau:
                 land()
+            if ahead and c == H - tau and r < rounds - 1:
+                snap = [{key: v.clone() for key, v in state(k).items()} for k in range(s)]
         with torch.no_grad():  # every tensor's average over this round's holders, as it is now
             states = [state(k) for k in range(s)]
             avg = {key: _mean([states[h][key] for h in holders.get(_block(key), everyone)]) for key in states[0]}
             sent = [{key: v.clone() for key, v in st.items()} for st in states]
-        landing = (avg, holders, sent)
+            early, change = {}, {}
+            if snap is not None:  # per block: the holders' early average, and their average change since
+                for key in states[0]:
+                    if _block(key) in holders:
+                        hs = holders[_block(key)]
+                        early[key] = _mean([snap[h][key] for h in hs])
+                        change[key] = _mean([states[h][key] - snap[h][key] for h in hs])
+        landing = (avg, holders, sent, early, change)
     return {k: v for k, v in landing[0].items() if not k.startswith("momentum/")}  # the last round: at once
 
 
@@ -151,6 +169,17 @@ CASES = {
                                          "algo.carry_momentum": True, "run.max_rounds": 3},
     "S=2 tau=2 alpha=0.5 carried momentum": {"algo.overlap": 2, "algo.mix_alpha": 0.5, "algo.carry_momentum": True,
                                              "run.max_rounds": 3},
+    "S=2 tau=2 prefetch delta, 3 rounds": {"algo.overlap": 2, "algo.prefetch": True, "algo.overlap_merge": "delta",
+                                           "run.max_rounds": 3},
+    "S=2 tau=1 prefetch alpha=0.5, 3 rounds": {"algo.overlap": 1, "algo.prefetch": True, "algo.mix_alpha": 0.5,
+                                               "run.max_rounds": 3},
+    # Blocks with two holders: incoming ones average two early copies and two deltas; kept ones merge.
+    "S=3 min depth 2 tau=1 prefetch delta, 3 rounds": {"algo.workers": 3, "algo.min_depth": 2, "algo.overlap": 1,
+                                                       "algo.prefetch": True, "algo.overlap_merge": "delta",
+                                                       "run.max_rounds": 3},
+    "S=2 min depth 3 tau=2 prefetch carried momentum": {"algo.min_depth": 3, "algo.overlap": 2, "algo.prefetch": True,
+                                                        "algo.mix_alpha": 0.5, "algo.carry_momentum": True,
+                                                        "run.max_rounds": 3},
 }
 
 
@@ -172,6 +201,31 @@ def test_the_reference_depends_on_overlap_and_mixing():
     assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
     assert any(not torch.equal(b[k], c[k]) for k in b if b[k].is_floating_point())
     assert all(any(not torch.equal(d[k], x[k]) for k in d if d[k].is_floating_point()) for x in (b, c))
+    e = reference(config("unused", **{"algo.overlap": 2, "algo.overlap_merge": "delta", "algo.prefetch": True}))
+    assert any(not torch.equal(d[k], e[k]) for k in d if d[k].is_floating_point())
+
+
+def test_prefetched_blocks_train_from_step_0_and_cross_the_link_twice(tmp_path):
+    """--prefetch: no block is skipped for want of its transfer, and a round (but the last) sends, on top
+    of the overlapped round's bytes, each block that changes holders once more (early, then its delta):
+    the extra bytes are exactly those of the early messages that the routes name."""
+    from resist.algorithms.overlap import early
+    from resist.algorithms.routing import route
+
+    over = {"algo.overlap": 2, "algo.overlap_merge": "delta", "run.max_rounds": 3}
+    plain = train(config(tmp_path / "plain", **over), DATA)
+    ahead = train(config(tmp_path / "ahead", **over, **{"algo.prefetch": True}), DATA)
+    cfg = config("unused", **over)
+    model = create_model(cfg.model.name, num_classes=4, width=cfg.model.width, layers=cfg.model.layers)
+    cands = candidate_blocks(model.partitionable, model.skippable, "section3")
+    size = {b: sum(t.numel() * t.element_size() for t in model.blocks[b].state_dict().values()) for b in cands}
+    extra = [0, 0]
+    for r in range(2):  # rounds 0 and 1 prefetch for rounds 1 and 2; the last round has no next one
+        cur, nxt = [{b: make_plan(cfg.run.seed, q, 2, cands, 0).holders(b) for b in cands} for q in (r, r + 1)]
+        for k in range(2):
+            extra[k] += sum(size[b] for _, b in early(route(cur, nxt, k, 2), cur)[0])
+    assert min(extra) > 0
+    assert [a - p for a, p in zip(ahead["sent_bytes_per_worker"], plain["sent_bytes_per_worker"])] == extra
 
 
 BLOCKING = {
@@ -236,11 +290,14 @@ def test_incoming_blocks_are_skipped_until_step_tau_then_join_the_optimizer():
         assert sizes[0] < sizes[1] == sizes[2] == sizes[3]  # the optimizer grew at step tau
 
 
-@pytest.mark.parametrize("merge", [{"algo.mix_alpha": 0.5}, {"algo.overlap_merge": "delta"}], ids=["mix", "delta"])
+@pytest.mark.parametrize("merge", [{"algo.mix_alpha": 0.5}, {"algo.overlap_merge": "delta"},
+                                   {"algo.overlap_merge": "delta", "algo.prefetch": True}],
+                         ids=["mix", "delta", "prefetch"])
 def test_resume_is_bitwise(tmp_path, monkeypatch, merge):
     """A checkpoint between overlapped rounds holds the global model (the transfers waited for) and each
     rank's live copies (with the delta merge, also what it sent: the same values at a round's end);
-    resumed, the incoming blocks wait for step tau again: the same bits as a run never interrupted."""
+    resumed, the incoming blocks wait for step tau again (prefetched: they start from their early average,
+    kept in the checkpoint with their delta): the same bits as a run never interrupted."""
     over = {"algo.overlap": 2, **merge, "algo.carry_momentum": True, "algo.min_depth": 3,
             "run.max_rounds": 4, "run.checkpoint_every": 1}
     whole = train(config(tmp_path / "whole", **over), DATA)
@@ -257,9 +314,10 @@ def test_resume_is_bitwise(tmp_path, monkeypatch, merge):
     assert whole["final_acc"] == resumed["final_acc"]
 
 
-def test_checkpoints_and_evaluations_do_not_change_the_bits(tmp_path):
+@pytest.mark.parametrize("prefetch", [False, True], ids=["overlap", "prefetch"])
+def test_checkpoints_and_evaluations_do_not_change_the_bits(tmp_path, prefetch):
     """Waiting for the transfers at an evaluation or a checkpoint leaves the merge at step tau."""
-    over = {"algo.overlap": 2, "algo.mix_alpha": 0.5, "run.max_rounds": 3}
+    over = {"algo.overlap": 2, "algo.mix_alpha": 0.5, "run.max_rounds": 3, "algo.prefetch": prefetch}
     train(config(tmp_path / "quiet", **over), DATA)
     train(config(tmp_path / "busy", **over, **{"run.eval_every": 1, "run.checkpoint_every": 1}), DATA)
     a = torch.load(tmp_path / "quiet" / "model.pt", weights_only=True)
@@ -300,6 +358,10 @@ BAD = {
     "outer optimizer": (["--overlap", "1", "--outer-lr", "0.7"], "--outer-lr/--outer-momentum does not go with --overlap"),
     "warm-up": (["--overlap", "1", "--warmup-epochs", "1"], "--warmup-epochs does not go with --overlap"),
     "elastic": (["--overlap", "1", "--runtime", "elastic"], "--overlap does not go with elastic training"),
+    "prefetch without overlap": (["--prefetch"], "add --overlap TAU, or drop --prefetch"),
+    "prefetch past half a round": (["--local-iters", "4", "--overlap", "3", "--prefetch"],
+                                   "--prefetch needs 1 <= overlap <= local_iters / 2 = 2, got 3"),
+    "prefetch with tau 0": (["--overlap", "0", "--prefetch"], "--prefetch needs 1 <= overlap"),
 }
 
 

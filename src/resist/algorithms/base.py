@@ -94,6 +94,10 @@ class Algorithm(ABC):
     def begin_round(self, round_: int) -> None:
         """Prepare the model for this round's local steps (which blocks run, their residual scale)."""
 
+    def round_length(self, round_: int, steps: int, last: bool) -> None:
+        """Before :meth:`begin_round`: the local steps ``round_`` takes on this rank and whether it is the
+        run's last (an algorithm that sends before a round ends needs both: ResIST's ``prefetch``)."""
+
     def after_backward(self) -> None:
         """Between backward and the optimizer step (data parallel all-reduces gradients here)."""
 

@@ -13,6 +13,12 @@ shared bucket, and blocks it held with others: it trains its own copy and merges
 holders' average) and *incoming* (it did not hold the block: the block is skipped until step tau, then
 installed as the holders' average). Pure bookkeeping here; :class:`~resist.algorithms.resist.ResIST`
 decides when.
+
+With ``--prefetch`` (docs/streaming.md, "Prefetched blocks") the incoming blocks do not wait: tau steps
+before round r ends their holders send them as they are then (:func:`prefetch`, a :class:`Prefetch`)
+and train on; at the round's end the same messages carry what those last tau steps changed (the delta)
+instead of the blocks, with the rest of the synchronization. The new holder installs the early average
+when round r+1 begins and adds the average delta at step tau.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from .. import aggregate
 from ..comm import Communicator
 from ..comm.base import Pending
 from .parts import Part, PartStore
-from .routing import Holding, Route, route
+from .routing import Holding, Receive, Route, route
 
 
 def kinds(r: Route, nxt: Holding, me: int) -> tuple[list[Part], list[Part]]:
@@ -33,6 +39,60 @@ def kinds(r: Route, nxt: Holding, me: int) -> tuple[list[Part], list[Part]]:
     the blocks it held with others and holds again, in candidate order), and its incoming blocks."""
     shared_kept = [b for b in r.all_reduced if me in nxt[b]] + [a.block for a in r.averages if me in a.holders]
     return ["shared", *sorted(shared_kept)], list(r.allocated)
+
+
+def early(r: Route, cur: Holding) -> tuple[list[tuple[int, Part]], list[Receive]]:
+    """Of route ``r`` from holders ``cur``: the messages that ``--prefetch`` sends early, those to the ranks
+    that did not hold the block in the round that ends (this rank's sends, then its receives: of its
+    incoming blocks). Messages between holders (a block held with others and kept) go at the end."""
+    return [(d, b) for d, b in r.sends if d not in cur[b]], [x for x in r.receives if x.block in r.allocated]
+
+
+@dataclass
+class Prefetch:
+    """Round r's incoming blocks of round r+1 as their holders had them tau steps before round r ended,
+    sent then; landed when round r+1 begins (``glob``: the holders' average, per incoming block)."""
+
+    route: Route
+    own: dict[Part, list[torch.Tensor]]
+    """This rank's copies of what it sends early, as they were when sent."""
+    received: dict[tuple[int, Part], list[torch.Tensor]]
+    wait: Pending | None = None
+    glob: dict[Part, list[torch.Tensor]] | None = None
+
+    @torch.no_grad()
+    def land(self) -> dict[Part, list[torch.Tensor]]:
+        """Wait for the early exchange (once) and return each incoming block's holders' average."""
+        if self.glob is None:
+            self.wait.wait()
+            self.glob = _averages(self.route.receives, self.route.allocated, self.received)
+            self.received = {}
+        return self.glob
+
+
+def _averages(receives, blocks, received) -> dict[Part, list[torch.Tensor]]:
+    """Of ``blocks`` (this rank did not hold them): the mean of the copies ``received`` from their holders,
+    in rank order (one holder: its copy)."""
+    out: dict[Part, list[torch.Tensor]] = {}
+    for b in blocks:
+        copies = [received[x.src, b] for x in receives if x.block == b]
+        out[b] = copies[0] if len(copies) == 1 else [aggregate.mean([c[i] for c in copies]) for i in range(len(copies[0]))]
+    return out
+
+
+@torch.no_grad()
+def prefetch(comm: Communicator, store: PartStore, cur: Holding, nxt: Holding) -> Prefetch:
+    """Tau steps before round r ends: copy this rank's blocks that go to ranks that did not hold them, and
+    start sending them without waiting (the incoming blocks of round r+1 arrive meanwhile)."""
+    r = route(cur, nxt, comm.rank, comm.world_size)
+    sends, recvs = early(r, cur)
+    own = {b: [f.clone() for f in store.flats[b]] for b in sorted({b for _, b in sends})}
+    received = {(x.src, x.block): aggregate.empty_like_packed(store.state_tensors(x.block), store.device, store.align)
+                for x in recvs}
+    pre = Prefetch(r, own, received)
+    pre.wait = comm.exchange_async([(d, f) for d, b in sends for f in own[b]],
+                                   [(x.src, f) for x in recvs for f in received[x.src, x.block]])
+    return pre
 
 
 @dataclass
@@ -53,6 +113,10 @@ class InFlight:
     sent: dict[Part, list[torch.Tensor]] = field(default_factory=dict)
     """With the 'delta' merge: this rank's values of what it merges, as they were when sent."""
     glob: dict[Part, list[torch.Tensor]] | None = None
+    delta: dict[Part, list[torch.Tensor]] = field(default_factory=dict)
+    """With ``--prefetch``: per incoming block, its holders' average change over round r's last tau steps
+    (added at step tau; ``glob`` then leaves incoming blocks out)."""
+    prefetched: bool = False
     messages: tuple[list, list] | None = None
     """The exchange's (sends, receives), until :meth:`post` starts it."""
 
@@ -78,24 +142,31 @@ class InFlight:
             w.wait()
         glob = {k: v for k, v in self.reduced.items() if k in self.merges}
         for a in self.route.averages:
+            if self.prefetched and a.block in self.incoming:
+                continue
             copies = [self.own[a.block] if h == me else self.received[h, a.block] for h in a.holders]
             glob[a.block] = [aggregate.mean([c[i] for c in copies]) for i in range(len(copies[0]))]
+        incoming = set(self.incoming) if self.prefetched else set()
         for rec in self.route.receives:
-            if rec.direct:
+            if rec.direct and rec.block not in incoming:
                 glob[rec.block] = self.received[rec.src, rec.block]
+        if incoming:
+            self.delta = _averages(self.route.receives, self.incoming, self.received)
         self.glob, self.waits, self.reduced, self.own, self.received = glob, [], {}, {}, {}
         return glob
 
 
 @torch.no_grad()
-def start(comm: Communicator, store: PartStore, cur: Holding, nxt: Holding, keep_sent: bool = False) -> InFlight:
+def start(comm: Communicator, store: PartStore, cur: Holding, nxt: Holding, keep_sent: bool = False,
+          pre: Prefetch | None = None) -> InFlight:
     """Copy what travels from holders ``cur`` to ``nxt``, ready for :meth:`InFlight.post`; release the
     blocks this rank stops holding (their copies travel). ``keep_sent``: also keep this rank's values of
-    what it merges (the 'delta' merge adds the steps taken since)."""
+    what it merges (the 'delta' merge adds the steps taken since). ``pre``: the early messages went
+    ahead (``--prefetch``); the same messages now carry the change since."""
     me = comm.rank
     r = route(cur, nxt, me, comm.world_size)
     merges, incoming = kinds(r, nxt, me)
-    fl = InFlight(r, merges, incoming, comm)
+    fl = InFlight(r, merges, incoming, comm, prefetched=pre is not None)
     if keep_sent:
         fl.sent = {k: [f.clone() for f in store.flats[k]] for k in merges}
     for key in ["shared", *r.all_reduced]:
@@ -105,7 +176,8 @@ def start(comm: Communicator, store: PartStore, cur: Holding, nxt: Holding, keep
     for rec in r.receives:  # laid out as the block's bucket (its state tensors; meta if not held)
         bufs = aggregate.empty_like_packed(store.state_tensors(rec.block), store.device, store.align)
         fl.received[rec.src, rec.block] = bufs
-    sends = [(dst, f) for dst, b in r.sends for f in fl.own[b]]
+    changes = {b: [f - s for f, s in zip(fl.own[b], sent)] for b, sent in pre.own.items()} if pre else {}
+    sends = [(dst, f) for dst, b in r.sends for f in (changes[b] if pre and dst not in cur[b] else fl.own[b])]
     recvs = [(rec.src, f) for rec in r.receives for f in fl.received[rec.src, rec.block]]
     fl.messages = (sends, recvs)
     for b in r.released:
@@ -136,3 +208,10 @@ def mix(live: list[torch.Tensor], glob: list[torch.Tensor], alpha: float,
             l_.copy_(g_ + (l_ - sent[i]))
         else:
             l_.copy_(g_ + (l_ - g_) * alpha)
+
+
+@torch.no_grad()
+def add(live: list[torch.Tensor], delta: list[torch.Tensor]) -> None:
+    """A prefetched block takes its holders' last steps: live <- live + delta."""
+    for l_, d in zip(live, delta):
+        l_.add_(d)

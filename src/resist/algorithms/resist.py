@@ -73,6 +73,10 @@ class ResIST(Algorithm):
         # and the parameters that joined at that step (for the trainer's optimizer).
         self.inflight: overlap.InFlight | None = None
         self._joined: list[tuple[str, nn.Parameter]] = []
+        # --prefetch: the early exchange of this round's moving blocks (from step H - tau to the next
+        # round's start), and this round's length and whether another round follows (round_length).
+        self.early: overlap.Prefetch | None = None
+        self._prefetch_after: int | None = None
 
     def _plan(self, round_: int) -> Plan:
         # A round's plan is made once (cached) from the speeds known when it is first asked for: at the
@@ -169,6 +173,12 @@ class ResIST(Algorithm):
         for b in mine:
             store.bucket(b, [b])
 
+    def round_length(self, round_: int, steps: int, last: bool) -> None:
+        # --prefetch fires after local step H - tau of a round another round follows (None: never).
+        tau = self.cfg.overlap
+        ahead = self.cfg.prefetch and not last and not self.whole(round_) and steps >= 2 * tau
+        self._prefetch_after = steps - tau if ahead else None
+
     def begin_round(self, round_: int) -> None:
         assert round_ == self.round, f"rank {self.comm.rank} is at round {self.round}, asked for {round_}"
         holders = self.holders(round_)
@@ -183,11 +193,15 @@ class ResIST(Algorithm):
         whole_scaled = self.whole(round_) and not self.folded
         model.set_residual_scale(self.store.candidates, self.c if whole_scaled else 1.0)
         self.sync.begin_round()
+        if self.early is not None:  # --prefetch: incoming blocks train from step 0, from their early value
+            for b, value in self.early.land().items():
+                overlap.install(self.store, b, value)
+            self.early = None
         if self.inflight is not None:
             self.inflight.post()  # now: the trainer's collectives since the round's end are done
             if self.cfg.overlap == 0:  # everything lands before step 0: blocking ResIST, bit for bit
                 self._merge()
-            else:  # incoming blocks are skipped (ResIST's own skip) until they land at step tau
+            elif not self.inflight.prefetched:  # incoming blocks are skipped (ResIST's own skip) until step tau
                 model.skip = model.skip | frozenset(self.inflight.incoming)
 
     def after_step(self, round_: int, step: int) -> None:
@@ -195,6 +209,12 @@ class ResIST(Algorithm):
             store = self.store
             self._joined = [(n, p) for b in self._merge()
                             for n, p in zip(store._param_names(b), store.module(b).parameters())]
+        if step + 1 == self._prefetch_after:  # after this round's own merge (2 tau <= H)
+            self._prefetch(round_)
+
+    def _prefetch(self, round_: int) -> None:
+        self.early = overlap.prefetch(self.comm, self.store, self.holders(round_), self.holders(round_ + 1))
+        self._prefetch_after = None
 
     def joined(self) -> list[tuple[str, nn.Parameter]]:
         out, self._joined = self._joined, []
@@ -207,10 +227,16 @@ class ResIST(Algorithm):
             self._merge()
         cur = self.holders(round_)
         nxt = cur if final else self.holders(round_ + 1)
+        if self.early is not None and final:  # a run stopped early (--stop-at): no round r+1 to prefetch for
+            self.early.land()
+            self.early = None
         if self.cfg.overlap is None or final:  # after the last round: only averages, waited for at once
             self.synchronize(cur, nxt, round_)
         else:
-            self.inflight = overlap.start(self.comm, self.store, cur, nxt, self.cfg.overlap_merge == "delta")
+            if self.cfg.prefetch and self.early is None and not self.whole(round_ + 1):
+                self._prefetch(round_)  # a round that ended before step H - tau (no steps: `resist comm`)
+            self.inflight = overlap.start(self.comm, self.store, cur, nxt, self.cfg.overlap_merge == "delta",
+                                          self.early)
         self.holding = nxt
         self.round = round_ + 1
 
@@ -222,6 +248,11 @@ class ResIST(Algorithm):
         glob = fl.land(self.comm.rank)
         for key in fl.merges:
             overlap.mix(store.flats[key], glob[key], self.cfg.mix_alpha, fl.sent.get(key))
+        if fl.prefetched:  # installed at the round's start and training since: they take the delta
+            for b in fl.incoming:
+                overlap.add(store.flats[b], fl.delta[b])
+            self.inflight = None
+            return []
         for b in fl.incoming:
             overlap.install(store, b, glob[b])
         self.inflight = None
@@ -238,7 +269,7 @@ class ResIST(Algorithm):
             yield
             return
         with torch.no_grad():
-            glob = fl.land(self.comm.rank)
+            glob = self._land()
             live = {k: [t.clone() for t in store.flats[k]] for k in fl.merges}
             for k in fl.merges:
                 overlap.mix(store.flats[k], glob[k], 0.0)
@@ -253,6 +284,16 @@ class ResIST(Algorithm):
                         t.copy_(v)
                 for b in fl.incoming:
                     store.release(b)
+
+    def _land(self) -> dict[Part, list[torch.Tensor]]:
+        """Between rounds: wait for the transfers in flight (the early exchange first) and return the
+        global values of what this rank merges and of its incoming blocks (prefetched: early + delta)."""
+        fl = self.inflight
+        early = self.early.land() if self.early is not None else {}
+        glob = fl.land(self.comm.rank)
+        if fl.prefetched:
+            glob = {**glob, **{b: [e + d for e, d in zip(early[b], fl.delta[b])] for b in fl.incoming}}
+        return glob
 
     def evaluate(self, evaluator):
         with self._global():
@@ -275,12 +316,23 @@ class ResIST(Algorithm):
         fl, store = self.inflight, self.store
         if fl is None:
             return state
+
+        def zeros(key: Part) -> list[torch.Tensor]:
+            return [t.zero_() for t in aggregate.empty_like_packed(store.state_tensors(key), store.device, store.align)]
+
+        # Prefetched, a block this rank alone held and keeps is also live: its new holders' global value is
+        # early + delta, which need not be its exact bits.
+        live_keys = set(fl.merges) | ({k for k in store.flats if k not in fl.incoming} if fl.prefetched else set())
         for key in ["shared", *store.candidates]:
-            if key in fl.merges:
-                live = store.flats[key]
-            else:
-                live = [t.zero_() for t in aggregate.empty_like_packed(store.state_tensors(key), store.device, store.align)]
+            live = store.flats[key] if key in live_keys else zeros(key)
             state.update({f"overlap/{key}/{i}": t for i, t in enumerate(live)})
+        if fl.prefetched:  # each incoming block's early average and delta, as they land in round r+1
+            self._land()
+            early = self.early.land()
+            for key in store.candidates:
+                inc = key in fl.incoming
+                state.update({f"prefetch/{key}/{i}": t for i, t in enumerate(early[key] if inc else zeros(key))})
+                state.update({f"prefetch_delta/{key}/{i}": t for i, t in enumerate(fl.delta[key] if inc else zeros(key))})
         return state
 
     @torch.no_grad()
@@ -301,6 +353,16 @@ class ResIST(Algorithm):
                 t.copy_(state[f"overlap/{k}/{i}"])
         if self.cfg.overlap_merge == "delta":  # checkpoints are taken as the transfers start: live = sent
             fl.sent = {k: [t.clone() for t in store.flats[k]] for k in fl.merges}
+        if any(k.startswith("prefetch/") for k in state):
+            for k in store.candidates:  # kept blocks' exact bits (see rank_state)
+                if k in store.flats and k not in fl.incoming and k not in fl.merges:
+                    for i, t in enumerate(store.flats[k]):
+                        t.copy_(state[f"overlap/{k}/{i}"])
+            n = {b: len(store.flats[b]) for b in fl.incoming}
+            fl.prefetched = True
+            fl.delta = {b: [state[f"prefetch_delta/{b}/{i}"].clone() for i in range(n[b])] for b in fl.incoming}
+            self.early = overlap.Prefetch(r_, {}, {}, glob={b: [state[f"prefetch/{b}/{i}"].clone()
+                                                               for i in range(n[b])] for b in fl.incoming})
         for b in fl.incoming:
             store.release(b)
         self.inflight = fl

@@ -321,6 +321,9 @@ def train_round(w: Worker, r: int) -> tuple[float, float, int]:
     unless the algorithm's plan gives this rank fewer; returns their mean loss, the compute time (waiting
     for peers excluded) and how many steps were taken."""
     comm, cfg, store = w.comm, w.cfg, w.algo.store
+    first = r * cfg.algo.local_iters
+    steps = range(first, min(first + (w.algo.local_steps(r) or cfg.algo.local_iters), w.sched.total_steps))
+    w.algo.round_length(r, len(steps), w.is_last(r))
     w.algo.begin_round(r)
     # The held parameters change from round to round, so the optimizer is rebuilt (a momentum
     # restart, §2.6); momentum that persists lives in the part store and survives it.
@@ -328,8 +331,6 @@ def train_round(w: Worker, r: int) -> tuple[float, float, int]:
     w.precision.new_round()
     t0, idle0 = time.perf_counter(), comm.idle_s
     losses = []
-    first = r * cfg.algo.local_iters
-    steps = range(first, min(first + (w.algo.local_steps(r) or cfg.algo.local_iters), w.sched.total_steps))
     for step in steps:
         poisoned = fire(w.faults, comm.rank, r, step) if w.faults else False
         slow, t_step = slowdown(w.faults, comm.rank, r, step) if w.faults else 1.0, time.perf_counter()
