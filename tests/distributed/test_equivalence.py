@@ -44,7 +44,7 @@ CASES = [
     ("resist+vit", 2, 0), ("resist+vit", 3, 3), ("local_sgd+vit", 2, 0),
     ("streaming_diloco+stream", 2, 0), ("streaming_diloco+stream", 3, 0), ("streaming_diloco+streamcarry", 2, 0),
     ("resist+overlap", 2, 0), ("resist+overlap", 2, 3), ("resist+overlapcarry", 2, 0), ("resist+overlapdelta", 2, 3),
-    ("resist+prefetch", 2, 0),
+    ("resist+prefetch", 2, 0), ("resist+prefetchlate", 2, 3),
 ]
 # A vision transformer (no BatchNorm; LayerNorm, attention) with its recipe: AdamW, warm-up and cosine.
 VIT = {"model.name": "vit_tiny", "model.layers": None, "model.width": 1 / 16, "optim.inner": "adamw",
@@ -71,7 +71,9 @@ EXTRA = {"": {}, "outer": {"algo.outer_lr": 0.7, "algo.outer_momentum": 0.9},  #
          # Prefetched blocks: sent (non-blocking) after step 2 of a 4-step round, their deltas at its end;
          # an evaluation every round waits for both.
          "prefetch": {"algo.local_iters": 4, "algo.overlap": 2, "algo.prefetch": True, "algo.overlap_merge": "delta",
-                      "run.eval_every": 1}}
+                      "run.eval_every": 1},
+         # tau 3 of 4: the blocks leave right after the round's own merge at step 3.
+         "prefetchlate": {"algo.local_iters": 4, "algo.overlap": 3, "algo.prefetch": True, "algo.mix_alpha": 0.5}}
 
 
 @pytest.mark.timeout(240)

@@ -174,10 +174,12 @@ class ResIST(Algorithm):
             store.bucket(b, [b])
 
     def round_length(self, round_: int, steps: int, last: bool) -> None:
-        # --prefetch fires after local step H - tau of a round another round follows (None: never).
+        # --prefetch fires after local step max(H - tau, tau) of a round another round follows (None:
+        # never): tau steps before the end, but not before this round's own merge at step tau, so that
+        # one exchange at a time is in flight.
         tau = self.cfg.overlap
-        ahead = self.cfg.prefetch and not last and not self.whole(round_) and steps >= 2 * tau
-        self._prefetch_after = steps - tau if ahead else None
+        ahead = self.cfg.prefetch and not last and not self.whole(round_) and steps > tau
+        self._prefetch_after = max(steps - tau, tau) if ahead else None
 
     def begin_round(self, round_: int) -> None:
         assert round_ == self.round, f"rank {self.comm.rank} is at round {self.round}, asked for {round_}"
@@ -209,7 +211,7 @@ class ResIST(Algorithm):
             store = self.store
             self._joined = [(n, p) for b in self._merge()
                             for n, p in zip(store._param_names(b), store.module(b).parameters())]
-        if step + 1 == self._prefetch_after:  # after this round's own merge (2 tau <= H)
+        if step + 1 == self._prefetch_after:  # (after this round's own merge, if both are due)
             self._prefetch(round_)
 
     def _prefetch(self, round_: int) -> None:
