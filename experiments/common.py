@@ -107,8 +107,8 @@ def record(name: str, body: dict, lines: list[str], cmd: str, env: dict, md: str
 
 def options(ap: argparse.ArgumentParser, **named) -> argparse.ArgumentParser:
     """Options from ``name=default`` (or ``name=(default, help)`` or ``(default, help, choices)``): a list
-    takes one or more values of its first item's type, False is a switch, None a string, a type (int,
-    float, str) that type with no default."""
+    takes one or more values of its first item's type (an empty one: integers), False is a switch, None a
+    string, a type (int, float, str) that type with no default."""
     for name, value in named.items():
         default, text, choices = (*value, None)[:3] if isinstance(value, tuple) else (value, None, None)
         flag = "--" + name.replace("_", "-")
@@ -117,7 +117,8 @@ def options(ap: argparse.ArgumentParser, **named) -> argparse.ArgumentParser:
         elif isinstance(default, type):
             ap.add_argument(flag, type=default, help=text, choices=choices)
         elif isinstance(default, list):
-            ap.add_argument(flag, nargs="+", type=type(default[0]), default=default, help=text, choices=choices)
+            ap.add_argument(flag, nargs="+", type=type(default[0]) if default else int, default=default, help=text,
+                            choices=choices)
         else:
             ap.add_argument(flag, type=str if default is None else type(default), default=default, help=text,
                             choices=choices)

@@ -389,8 +389,12 @@ class AlgoConfig:
         _check(tau < self.local_iters, f"overlap {tau} must be below local_iters {self.local_iters} (the "
                                        f"transfers land within the next round)")
         _check(not self.prefetch or tau >= 1, "--prefetch sends blocks tau steps ahead: it needs --overlap 1 or more")
-        extras = [flag for flag, on in (("--compress", self.compress != "none"),
-                                        ("--outer-lr/--outer-momentum", self.outer),
+        _check(self.compress_what == "weights", "--compress-what update sends what changed since a round began, "
+               "which overlapped workers do not share (their merge is tau steps in): use --compress-what weights")
+        _check(not (self.prefetch and self.compress != "none"),
+               "--prefetch sends blocks as an early copy plus a delta, which a codec would compress apart: "
+               "drop --compress or --prefetch")
+        extras = [flag for flag, on in (("--outer-lr/--outer-momentum", self.outer),
                                         ("--balance", self.balance != "none"),
                                         ("--bn-sync-every", self.bn_sync_every != 1),
                                         ("--warmup-epochs", self.warmup_epochs > 0),

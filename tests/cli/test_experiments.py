@@ -181,3 +181,18 @@ def test_streaming_tables_bound_accuracy_and_time_to_target(tmp_path, monkeypatc
     assert "| lowest best (59.8%) | local_sgd | 1/1 | 3.0 | 60.0 |" in md
     assert "lowest best: first to reach it: overlap20; overlap20: 30 s, Streaming DiLoCo 48 s (goal: overlap20 first and Streaming DiLoCo's time >= 1.5x its own: met)" in md
     assert (tmp_path / "results" / "streaming_test.png").is_file()
+
+
+def test_streaming_prefetch_methods_have_their_own_link_run():
+    """``--prefetch TAU`` adds overlapTAU-prefetch, timed by a link run of its own (it sends more bytes,
+    earlier), while the merges of one tau share theirs."""
+    suite = load("streaming")
+    ap = argparse.ArgumentParser()
+    suite.add_arguments(ap)
+    args = ap.parse_args(["--overlap", "20", "--merges", "mix", "delta", "--prefetch", "12"])
+    assert suite.methods(args) == ["local_sgd", "resist", "overlap20", "overlap20-delta", "overlap12-prefetch",
+                                   "streaming_diloco"]
+    assert suite.link_method("overlap20-delta") == "overlap20"
+    assert suite.link_method("overlap12-prefetch") == "overlap12-prefetch"
+    assert suite.method_flags("overlap12-prefetch", args) == ["--algo", "resist", "--overlap", "12",
+                                                              "--overlap-merge", "delta", "--prefetch"]

@@ -44,7 +44,7 @@ CASES = [
     ("resist+vit", 2, 0), ("resist+vit", 3, 3), ("local_sgd+vit", 2, 0),
     ("streaming_diloco+stream", 2, 0), ("streaming_diloco+stream", 3, 0), ("streaming_diloco+streamcarry", 2, 0),
     ("resist+overlap", 2, 0), ("resist+overlap", 2, 3), ("resist+overlapcarry", 2, 0), ("resist+overlapdelta", 2, 3),
-    ("resist+prefetch", 2, 0), ("resist+prefetchlate", 2, 3),
+    ("resist+prefetch", 2, 0), ("resist+prefetchlate", 2, 3), ("resist+overlapq8", 2, 3),
 ]
 # A vision transformer (no BatchNorm; LayerNorm, attention) with its recipe: AdamW, warm-up and cosine.
 VIT = {"model.name": "vit_tiny", "model.layers": None, "model.width": 1 / 16, "optim.inner": "adamw",
@@ -73,7 +73,10 @@ EXTRA = {"": {}, "outer": {"algo.outer_lr": 0.7, "algo.outer_momentum": 0.9},  #
          "prefetch": {"algo.local_iters": 4, "algo.overlap": 2, "algo.prefetch": True, "algo.overlap_merge": "delta",
                       "run.eval_every": 1},
          # tau 3 of 4: the blocks leave right after the round's own merge at step 3.
-         "prefetchlate": {"algo.local_iters": 4, "algo.overlap": 3, "algo.prefetch": True, "algo.mix_alpha": 0.5}}
+         "prefetchlate": {"algo.local_iters": 4, "algo.overlap": 3, "algo.prefetch": True, "algo.mix_alpha": 0.5},
+         # Compressed and overlapped: the coded all-reduces and exchange in a thread on gloo (run_async).
+         "overlapq8": {"algo.local_iters": 4, "algo.overlap": 2, "algo.mix_alpha": 0.5, "algo.compress": "q8",
+                       "run.eval_every": 1}}
 
 
 @pytest.mark.timeout(240)

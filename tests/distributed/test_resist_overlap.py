@@ -1,6 +1,7 @@
 """Overlapped ResIST's transfers are really non-blocking on torch.distributed: the exchange is posted
 with ``batch_isend_irecv`` and the all-reduce started with ``async_op``, so ``end_round`` returns while
-a late peer has not joined yet, and the wait comes at step tau of the next round. (In-process they run
+a late peer has not joined yet, and the wait comes at step tau of the next round; compressed, they run in
+a thread of their own on the background group (``run_async``). (In-process they run
 at the wait instead, with the same result: tests/distributed/test_equivalence.py, tests/unit/test_overlap.py.)"""
 
 from __future__ import annotations
@@ -84,11 +85,37 @@ def _round_then_land(comm, cfg_dict):
 
 
 @pytest.mark.timeout(120)
-def test_a_round_end_does_not_wait_for_the_transfers_on_gloo():
+@pytest.mark.parametrize("codec", ["none", "q8"])
+def test_a_round_end_does_not_wait_for_the_transfers_on_gloo(codec):
+    """Also compressed: the coded all-reduce and exchange run in a thread of their own (run_async)."""
     cfg = preset("smoke").replace(**{"algo.workers": 2, "algo.local_iters": 4, "algo.overlap": 1,
-                                     "model.layers": (1, 1, 5, 1)})
+                                     "model.layers": (1, 1, 5, 1), "algo.compress": codec})
     (ended0, landed0, done0), (_, _, done1) = spawn(2, _round_then_land, args=(cfg.to_dict(),), backend="gloo",
                                                      timeout=60)
     assert ended0 < LATE_S / 3, ended0
     assert landed0 > LATE_S / 3, landed0
     assert done0 and done1
+
+
+def _run_async_beside_world_collectives(comm):
+    peer = 1 - comm.rank
+    into = torch.zeros(1000)
+    with comm.tag("background"):
+        pending = comm.run_async(lambda: comm.exchange([(peer, torch.full((1000,), float(comm.rank + 1)))],
+                                                       [(peer, into)]))
+    with comm.tag("control"):
+        got = [int(t) for t in comm.all_gather(torch.tensor([comm.rank]))]
+    pending.wait()
+    return got, into[0].item(), comm.bytes.sent["background"], comm.bytes.sent["sync"], comm.bytes.sent["control"]
+
+
+@pytest.mark.timeout(120)
+def test_run_async_delivers_beside_world_collectives_under_its_own_tag():
+    """Work started by run_async (a thread on the background group) delivers while the caller runs a
+    world collective, and counts its bytes under the tag it was started with. That it does not block the
+    caller: test_a_round_end_does_not_wait_for_the_transfers_on_gloo[q8]."""
+    (got0, into0, bg0, sync0, ctl0), (got1, into1, bg1, _, _) = spawn(2, _run_async_beside_world_collectives,
+                                                                     backend="gloo", timeout=60)
+    assert got0 == got1 == [0, 1]
+    assert (into0, into1) == (2.0, 1.0)
+    assert bg0 == bg1 == 4000 and sync0 == 0 and ctl0 == 8

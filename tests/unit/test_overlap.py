@@ -239,6 +239,12 @@ BLOCKING = {
     "S=2 short last round": {"optim.epochs": 2, "run.max_rounds": None, "algo.local_iters": 6},
     # Stopped at the first evaluation (round 0), its transfers to round 1 in flight: model.pt waits for them.
     "S=2 stopped at a target": {"run.stop_at": 0.0, "run.max_rounds": 4},
+    # Compressed: the same coded all-reduces and exchanges, run behind the round (a block's sole holder that
+    # keeps it takes its own copy as the others decode it, as blocking ResIST does).
+    "S=2 q8": {"algo.compress": "q8"},
+    "S=2 min depth 3 q4": {"algo.min_depth": 3, "algo.compress": "q4"},
+    "S=3 min depth 2 q8": {"algo.workers": 3, "algo.min_depth": 2, "algo.compress": "q8"},
+    "S=3 topk carried momentum": {"algo.workers": 3, "algo.compress": "topk", "algo.carry_momentum": True},
 }
 
 
@@ -294,8 +300,9 @@ def test_incoming_blocks_are_skipped_until_step_tau_then_join_the_optimizer():
 
 
 @pytest.mark.parametrize("merge", [{"algo.mix_alpha": 0.5}, {"algo.overlap_merge": "delta"},
-                                   {"algo.overlap_merge": "delta", "algo.prefetch": True}],
-                         ids=["mix", "delta", "prefetch"])
+                                   {"algo.overlap_merge": "delta", "algo.prefetch": True},
+                                   {"algo.mix_alpha": 0.5, "algo.compress": "q4"}],
+                         ids=["mix", "delta", "prefetch", "q4"])
 def test_resume_is_bitwise(tmp_path, monkeypatch, merge):
     """A checkpoint between overlapped rounds holds the global model (the transfers waited for) and each
     rank's live copies (with the delta merge, also what it sent: the same values at a round's end);
@@ -357,7 +364,9 @@ BAD = {
     "delta merge with alpha": (["--overlap", "1", "--overlap-merge", "delta", "--mix-alpha", "0.5"],
                                "--overlap-merge delta keeps every local step: drop --mix-alpha"),
     "unknown merge": (["--overlap", "1", "--overlap-merge", "avg"], "overlap_merge must be 'mix' or 'delta'"),
-    "compression": (["--overlap", "1", "--compress", "q8"], "--compress does not go with --overlap"),
+    "compressed updates": (["--overlap", "1", "--compress", "q8", "--compress-what", "update"],
+                           "use --compress-what weights"),
+    "prefetch with a codec": (["--overlap", "1", "--prefetch", "--compress", "q8"], "drop --compress or --prefetch"),
     "outer optimizer": (["--overlap", "1", "--outer-lr", "0.7"], "--outer-lr/--outer-momentum does not go with --overlap"),
     "warm-up": (["--overlap", "1", "--warmup-epochs", "1"], "--warmup-epochs does not go with --overlap"),
     "elastic": (["--overlap", "1", "--runtime", "elastic"], "--overlap does not go with elastic training"),

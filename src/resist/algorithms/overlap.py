@@ -4,7 +4,9 @@ travels from round r to round r+1 while round r+1's first tau steps compute, and
 At the end of round r every rank copies what travels; when round r+1 begins it starts the transfers
 without waiting: the shared bucket and the blocks every rank held are all-reduced (one asynchronous
 all-reduce per dtype buffer, on the copies), and each other block goes from its round-r holders to its
-round-r+1 holders in one non-blocking batched exchange (today's messages, byte for byte). Posting at the
+round-r+1 holders in one non-blocking batched exchange (today's messages, byte for byte; with a codec,
+blocking ResIST's compressed all-reduces and exchange, run as one piece of work by
+:meth:`~resist.comm.Communicator.run_async`). Posting at the
 next round's start rather than at this round's end keeps the trainer's small collectives in between
 (the round's timings and byte counters) off a link that the transfer fills: over a rate-limited link
 each of their messages waited behind the transfer's queued bytes (docs/streaming.md). For this rank
@@ -30,15 +32,20 @@ import torch
 from .. import aggregate
 from ..comm import Communicator
 from ..comm.base import Pending
+from ..comm.codecs import Codec
+from .buckets import BucketLayout
 from .parts import Part, PartStore
 from .routing import Holding, Receive, Route, route
+from .shared import all_reduce_flats
 
 
-def kinds(r: Route, nxt: Holding, me: int) -> tuple[list[Part], list[Part]]:
+def kinds(r: Route, nxt: Holding, me: int, coded: bool = False) -> tuple[list[Part], list[Part]]:
     """Of route ``r`` to holders ``nxt``: the buckets this rank merges at step tau (the shared bucket, then
-    the blocks it held with others and holds again, in candidate order), and its incoming blocks."""
+    the blocks it held with others and holds again, in candidate order; ``coded``: also the blocks it alone
+    held and keeps that go to others, whose global value is its copy as they decode it), and its incoming
+    blocks."""
     shared_kept = [b for b in r.all_reduced if me in nxt[b]] + [a.block for a in r.averages if me in a.holders]
-    return ["shared", *sorted(shared_kept)], list(r.allocated)
+    return ["shared", *sorted(shared_kept + (list(r.reencoded) if coded else []))], list(r.allocated)
 
 
 def early(r: Route, cur: Holding) -> tuple[list[tuple[int, Part]], list[Receive]]:
@@ -118,17 +125,43 @@ class InFlight:
     (added at step tau; ``glob`` then leaves incoming blocks out)."""
     prefetched: bool = False
     messages: tuple[list, list] | None = None
-    """The exchange's (sends, receives), until :meth:`post` starts it."""
+    """The exchange's (sends, receives), until :meth:`post` starts it (with a codec, each message also
+    has the values that travel lossy and its key)."""
+    codec: Codec | None = None
+    layouts: dict = field(default_factory=dict)
+    key: tuple[int, ...] = ()
+    """(seed, round): with a codec, what every message's key starts with, as in blocking ResIST."""
 
     def post(self) -> None:
         """Start every transfer without waiting (once): the all-reduces, then the exchange, in the order
-        blocking ResIST runs them."""
+        blocking ResIST runs them. With a codec they are blocking ResIST's compressed all-reduces and
+        exchange, byte for byte, run as one piece of work (:meth:`Communicator.run_async`), since a
+        compressed all-reduce is two exchanges with a decoding in between."""
         if self.messages is None:
             return
-        for copies in self.reduced.values():
-            self.waits += [self.comm.all_reduce_async(c, average=True) for c in copies]
-        self.waits.append(self.comm.exchange_async(*self.messages))
+        if self.codec is not None:
+            reduced, (sends, recvs) = dict(self.reduced), self.messages
+
+            def work() -> None:
+                for k, copies in reduced.items():
+                    all_reduce_flats(self.comm, copies, self.codec, self.layouts[k], (*self.key, -1 if k == "shared" else k))
+                self.comm.exchange_coded(sends, recvs, self.codec)
+
+            self.waits.append(self.comm.run_async(work))
+        else:
+            for copies in self.reduced.values():
+                self.waits += [self.comm.all_reduce_async(c, average=True) for c in copies]
+            self.waits.append(self.comm.exchange_async(*self.messages))
         self.messages = None
+
+    def as_sent(self, b: Part, me: int) -> list[torch.Tensor]:
+        """This rank's copy of block ``b`` as its receivers decode it (the copy itself without a codec)."""
+        own = self.own[b]
+        if self.codec is None:
+            return own
+        key, n, out = (*self.key, me, b), self.layouts[b].params, [f.clone() for f in own]
+        out[0][:n] = self.codec.decode(self.codec.encode(out[0][:n], key), n, key)
+        return out
 
     @torch.no_grad()
     def land(self, me: int) -> dict[Part, list[torch.Tensor]]:
@@ -144,8 +177,10 @@ class InFlight:
         for a in self.route.averages:
             if self.prefetched and a.block in self.incoming:
                 continue
-            copies = [self.own[a.block] if h == me else self.received[h, a.block] for h in a.holders]
+            copies = [self.as_sent(a.block, me) if h == me else self.received[h, a.block] for h in a.holders]
             glob[a.block] = [aggregate.mean([c[i] for c in copies]) for i in range(len(copies[0]))]
+        for b in self.route.reencoded if self.codec is not None else ():
+            glob[b] = self.as_sent(b, me)
         incoming = set(self.incoming) if self.prefetched else set()
         for rec in self.route.receives:
             if rec.direct and rec.block not in incoming:
@@ -158,28 +193,40 @@ class InFlight:
 
 @torch.no_grad()
 def start(comm: Communicator, store: PartStore, cur: Holding, nxt: Holding, keep_sent: bool = False,
-          pre: Prefetch | None = None) -> InFlight:
+          pre: Prefetch | None = None, codec: Codec | None = None, key: tuple[int, ...] = ()) -> InFlight:
     """Copy what travels from holders ``cur`` to ``nxt``, ready for :meth:`InFlight.post`; release the
     blocks this rank stops holding (their copies travel). ``keep_sent``: also keep this rank's values of
     what it merges (the 'delta' merge adds the steps taken since). ``pre``: the early messages went
-    ahead (``--prefetch``); the same messages now carry the change since."""
+    ahead (``--prefetch``); the same messages now carry the change since. ``codec``: what travels is
+    compressed as blocking ResIST compresses it, with message keys that start with ``key`` (seed, round)."""
     me = comm.rank
     r = route(cur, nxt, me, comm.world_size)
-    merges, incoming = kinds(r, nxt, me)
-    fl = InFlight(r, merges, incoming, comm, prefetched=pre is not None)
+    merges, incoming = kinds(r, nxt, me, codec is not None)
+    layouts = {"shared": store.layouts["shared"]}  # a block's, also where this rank holds none of it
+    layouts.update({b: BucketLayout.of(store.module(b).parameters(), store.module(b).buffers(), store.align)
+                    for b in cur})
+    fl = InFlight(r, merges, incoming, comm, prefetched=pre is not None, codec=codec, key=key, layouts=layouts)
     if keep_sent:
         fl.sent = {k: [f.clone() for f in store.flats[k]] for k in merges}
-    for key in ["shared", *r.all_reduced]:
-        fl.reduced[key] = [f.clone() for f in store.flats[key]]
+    for k in ["shared", *r.all_reduced]:
+        fl.reduced[k] = [f.clone() for f in store.flats[k]]
     travels = {b for _, b in r.sends} | {a.block for a in r.averages if me in a.holders}
     fl.own = {b: [f.clone() for f in store.flats[b]] for b in sorted(travels)}
     for rec in r.receives:  # laid out as the block's bucket (its state tensors; meta if not held)
         bufs = aggregate.empty_like_packed(store.state_tensors(rec.block), store.device, store.align)
         fl.received[rec.src, rec.block] = bufs
     changes = {b: [f - s for f, s in zip(fl.own[b], sent)] for b, sent in pre.own.items()} if pre else {}
-    sends = [(dst, f) for dst, b in r.sends for f in (changes[b] if pre and dst not in cur[b] else fl.own[b])]
-    recvs = [(rec.src, f) for rec in r.receives for f in fl.received[rec.src, rec.block]]
-    fl.messages = (sends, recvs)
+    sends = [(dst, b, i, f) for dst, b in r.sends
+             for i, f in enumerate(changes[b] if pre and dst not in cur[b] else fl.own[b])]
+    recvs = [(rec.src, rec.block, i, f) for rec in r.receives for i, f in enumerate(fl.received[rec.src, rec.block])]
+    if codec is None:
+        fl.messages = ([(d, f) for d, _, _, f in sends], [(s, f) for s, _, _, f in recvs])
+    else:  # each message with how many of its values travel lossy (its bucket's) and its key
+        def lossy(b: Part, i: int, f: torch.Tensor) -> int:
+            return layouts[b].params if i == 0 and f.dtype == torch.float32 else 0
+
+        fl.messages = ([(d, f, lossy(b, i, f), (*key, me, b)) for d, b, i, f in sends],
+                       [(s, f, lossy(b, i, f), (*key, s, b)) for s, b, i, f in recvs])
     for b in r.released:
         store.release(b)
     return fl

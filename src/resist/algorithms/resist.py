@@ -238,7 +238,7 @@ class ResIST(Algorithm):
             if self.cfg.prefetch and self.early is None and not self.whole(round_ + 1):
                 self._prefetch(round_)  # a round that ended before step H - tau (no steps: `resist comm`)
             self.inflight = overlap.start(self.comm, self.store, cur, nxt, self.cfg.overlap_merge == "delta",
-                                          self.early)
+                                          self.early, self.sync.codec, (self.seed, round_))
         self.holding = nxt
         self.round = round_ + 1
 
@@ -348,7 +348,7 @@ class ResIST(Algorithm):
         store, me, r = self.store, self.comm.rank, self.round
         cur, nxt = self.holders(r - 1), self.holders(r)
         r_ = route(cur, nxt, me, self.comm.world_size)
-        fl = overlap.InFlight(r_, *overlap.kinds(r_, nxt, me))
+        fl = overlap.InFlight(r_, *overlap.kinds(r_, nxt, me, self.sync.codec is not None))
         fl.glob = {k: [t.clone() for t in store.flats[k]] for k in [*fl.merges, *fl.incoming]}
         for k in fl.merges:
             for i, t in enumerate(store.flats[k]):

@@ -19,6 +19,7 @@ steps; an ``exchange`` posts its messages at once, so it pays for the larger of 
 from __future__ import annotations
 
 import contextlib
+import threading
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
@@ -42,11 +43,13 @@ class ByteCounter:
         self.sent: dict[str, int] = defaultdict(int)
         self.received: dict[str, int] = defaultdict(int)
         self.messages: dict[str, int] = defaultdict(int)
+        self._lock = threading.Lock()  # work started by run_async may count from a thread of its own
 
     def add(self, tag: str, sent: float, received: float, messages: int = 0) -> None:
-        self.sent[tag] += int(round(sent))
-        self.received[tag] += int(round(received))
-        self.messages[tag] += messages
+        with self._lock:
+            self.sent[tag] += int(round(sent))
+            self.received[tag] += int(round(received))
+            self.messages[tag] += messages
 
     def snapshot(self) -> dict[str, dict[str, int]]:
         return {"sent": dict(self.sent), "received": dict(self.received)}
@@ -75,6 +78,7 @@ class Communicator(ABC):
         self.world_size = world_size
         self.bytes = ByteCounter()
         self._tag = "sync"
+        self._local = threading.local()  # a run_async thread's own tag (and, on torch.distributed, group)
         self.idle_s = 0.0
         """Seconds this rank spent off the device while simulated peers computed on it (in-process
         runtime). Real processes run side by side, so there it stays 0. Parallel-equivalent time is
@@ -92,7 +96,7 @@ class Communicator(ABC):
             self._tag = previous
 
     def _count(self, sent: float, received: float, messages: int = 0) -> None:
-        self.bytes.add(self._tag, sent, received, messages)
+        self.bytes.add(getattr(self._local, "tag", self._tag), sent, received, messages)
 
     # --- verbs ------------------------------------------------------------------------------------
     def all_reduce(self, tensor: torch.Tensor, average: bool = False) -> None:
@@ -262,6 +266,20 @@ class Communicator(ABC):
         messages at once and overlaps them with whatever the caller does meanwhile."""
         sends, recvs = list(sends), list(recvs)
         return Pending(lambda: self.exchange(sends, recvs))
+
+    def run_async(self, work: Callable[[], None]) -> "Pending":
+        """Start ``work``, a sequence of this communicator's verbs on tensors that nobody changes until the
+        returned handle's ``wait()`` has returned, without waiting for it. Every rank must start the same
+        works in the same order, and wait for one before it starts another. Its bytes count under the tag
+        in force now. This default runs it inside ``wait()``; a runtime that can runs it meanwhile, beside
+        the caller's own verbs (torch.distributed: a thread of its own on the background group)."""
+        tag = self._tag
+
+        def finish() -> None:
+            with self.tag(tag):
+                work()
+
+        return Pending(finish)
 
     def barrier(self) -> None:
         if self.world_size > 1:

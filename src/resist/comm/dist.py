@@ -13,7 +13,8 @@ Backend errors (timeouts, peers that went away) surface as :class:`CommError` na
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+import threading
+from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -51,10 +52,39 @@ class DistCommunicator(Communicator):
             return tensor
         return tensor.to(self.device, memory_format=torch.contiguous_format)
 
+    def _group(self):
+        """The group of this thread's verbs: the background group inside :meth:`run_async`, else the world."""
+        return getattr(self._local, "group", None)
+
+    def run_async(self, work: Callable[[], None]) -> Pending:
+        """``work`` runs now, in a thread of its own whose verbs go over the background group (as
+        ``all_reduce_async`` and ``exchange_async`` do), while the caller goes on; ``wait()`` joins it
+        and raises what it raised."""
+        if self.world_size == 1:
+            return super().run_async(work)
+        tag, errors = self._tag, []
+
+        def body() -> None:
+            self._local.group, self._local.tag = self._background, tag
+            try:
+                work()
+            except BaseException as exc:  # handed to the waiting thread
+                errors.append(exc)
+
+        thread = threading.Thread(target=body, name=f"resist-background-{self.rank}", daemon=True)
+        thread.start()
+
+        def finish() -> None:
+            thread.join()
+            if errors:
+                raise errors[0]
+
+        return Pending(finish)
+
     def _all_reduce(self, tensor: torch.Tensor) -> None:
         staged = self._stage(tensor)
         with self._guard("all_reduce"):
-            dist.all_reduce(staged, op=dist.ReduceOp.SUM)
+            dist.all_reduce(staged, op=dist.ReduceOp.SUM, group=self._group())
         if staged is not tensor:
             tensor.copy_(staged)
 
@@ -93,7 +123,7 @@ class DistCommunicator(Communicator):
         return out
 
     def _exchange(self, sends, recvs) -> None:
-        self._post(sends, recvs)()
+        self._post(sends, recvs, self._group())()
 
     def exchange_async(self, sends, recvs) -> Pending:
         """The messages are posted now (``batch_isend_irecv``) and waited for at ``wait()``; counted now."""
