@@ -53,24 +53,27 @@ RUNS = "runs/streaming"
 def methods(args) -> list[str]:
     """The compared methods: local SGD, blocking ResIST, overlapped ResIST at each tau with each merge
     (``overlapTAU``: Streaming DiLoCo's mix; ``overlapTAU-delta``) and with prefetched blocks
-    (``overlapTAU-prefetch``: ``--prefetch``, delta merge), Streaming DiLoCo."""
+    (``overlapTAU-prefetch``: ``--prefetch`` with the delta merge, ``overlapTAU-prefetch-mix`` with
+    mixing), Streaming DiLoCo."""
     return ["local_sgd", "resist", *(f"overlap{t}{'' if m == 'mix' else '-' + m}" for t in args.overlap
-                                     for m in args.merges), *(f"overlap{t}-prefetch" for t in args.prefetch),
+                                     for m in args.merges),
+            *(f"overlap{t}-prefetch{'-mix' if m == 'mix' else ''}" for t in args.prefetch for m in args.merges),
             "streaming_diloco"]
 
 
 def link_method(method: str) -> str:
     """The link run that times ``method``: the merge rule changes no byte and no step, so overlapped
     ResIST's merges share their tau's run; prefetching sends more, earlier, so it has its own."""
-    return method if method.endswith("-prefetch") else method.split("-")[0]
+    return method.removesuffix("-mix") if "-prefetch" in method else method.split("-")[0]
 
 
 def method_flags(method: str, args) -> list[str]:
     """``resist train`` flags of each compared method (the overlap, mixing and fragments from the options)."""
     if method.startswith("overlap"):
         tau, _, merge = method[len("overlap"):].partition("-")
-        rule = {"": ["--mix-alpha", str(args.mix_alpha)], "delta": ["--overlap-merge", "delta"],
-                "prefetch": ["--overlap-merge", "delta", "--prefetch"]}[merge]
+        mix = ["--mix-alpha", str(args.mix_alpha)]
+        rule = {"": mix, "delta": ["--overlap-merge", "delta"], "prefetch": ["--overlap-merge", "delta", "--prefetch"],
+                "prefetch-mix": [*mix, "--prefetch"]}[merge]
         return ["--algo", "resist", "--overlap", tau, *rule]
     return {"local_sgd": ["--algo", "local_sgd"],
             "resist": ["--algo", "resist"],
@@ -88,7 +91,7 @@ def add_arguments(ap) -> None:
             overlap=([5, 20], "--overlap TAU of overlapped ResIST, one method per value"),
             merges=(["mix", "delta"], "--overlap-merge rules compared (each tau's link run times them all)",
                     ["mix", "delta"]), mix_alpha=(0.5, "--mix-alpha of both streaming methods"),
-            prefetch=([], "--overlap TAU values also run with --prefetch (delta merge): method overlapTAU-prefetch"),
+            prefetch=([], "--overlap TAU values also run with --prefetch (each merge): overlapTAU-prefetch[-mix]"),
             fragments=(5, "Streaming DiLoCo's --fragments"), sync_delay=(4, "Streaming DiLoCo's --sync-delay"),
             delay_ms=(0.0, "one-way delay added per packet (netem)"), seed=0, name="streaming",
             acc_runs=(str, "folder of the loopback accuracy runs METHOD_wW_sSEED (see --list)"),
@@ -240,8 +243,9 @@ def tabulate(args, results: dict | None, env: dict) -> None:
              f"overlapTAU = ResIST `--overlap TAU --mix-alpha {args.mix_alpha}`, overlapTAU-delta = "
              f"`--overlap TAU --overlap-merge delta` (TAU = {taus} of the preset's local steps per round; a tau's "
              "link run times both merges: they move the same bytes in the same steps); "
-             + (f"overlapTAU-prefetch = `--overlap TAU --overlap-merge delta --prefetch` (TAU = "
-                f"{', '.join(str(t) for t in args.prefetch)}; a link run of its own: it sends more, earlier); "
+             + (f"overlapTAU-prefetch = `--overlap TAU --overlap-merge delta --prefetch`, overlapTAU-prefetch-mix = "
+                f"`--overlap TAU --mix-alpha {args.mix_alpha} --prefetch` (TAU = {', '.join(str(t) for t in args.prefetch)}; "
+                "a link run of their own, shared by both merges: they send more, earlier); "
                 if args.prefetch else "") +
              f"streaming_diloco = `--fragments {args.fragments} --sync-delay "
              f"{args.sync_delay} --mix-alpha {args.mix_alpha}` (no outer optimizer: at this scale DiLoCo's hurts, "

@@ -190,9 +190,11 @@ def test_streaming_prefetch_methods_have_their_own_link_run():
     ap = argparse.ArgumentParser()
     suite.add_arguments(ap)
     args = ap.parse_args(["--overlap", "20", "--merges", "mix", "delta", "--prefetch", "12"])
-    assert suite.methods(args) == ["local_sgd", "resist", "overlap20", "overlap20-delta", "overlap12-prefetch",
-                                   "streaming_diloco"]
+    assert suite.methods(args) == ["local_sgd", "resist", "overlap20", "overlap20-delta", "overlap12-prefetch-mix",
+                                   "overlap12-prefetch", "streaming_diloco"]
     assert suite.link_method("overlap20-delta") == "overlap20"
-    assert suite.link_method("overlap12-prefetch") == "overlap12-prefetch"
+    assert suite.link_method("overlap12-prefetch") == suite.link_method("overlap12-prefetch-mix") == "overlap12-prefetch"
     assert suite.method_flags("overlap12-prefetch", args) == ["--algo", "resist", "--overlap", "12",
                                                               "--overlap-merge", "delta", "--prefetch"]
+    assert suite.method_flags("overlap12-prefetch-mix", args) == ["--algo", "resist", "--overlap", "12",
+                                                                  "--mix-alpha", "0.5", "--prefetch"]
