@@ -355,6 +355,21 @@ def test_exchange_async_in_process_delivers_at_the_wait_and_counts_as_exchange()
         assert sent == again == 5 * 4
 
 
+def test_run_async_in_process_runs_at_the_wait_under_the_tag_it_was_started_with():
+    def body(comm):
+        peer, into = 1 - comm.rank, torch.zeros(5)
+        with comm.tag("background"):
+            pending = comm.run_async(lambda: comm.exchange([(peer, torch.full((5,), float(comm.rank + 1)))],
+                                                           [(peer, into)]))
+        before = into.clone()
+        pending.wait()
+        return before, into, comm.bytes.sent["background"], comm.bytes.sent["sync"]
+
+    for rank, (before, into, tagged, sync) in enumerate(run_in_process(2, body)):
+        assert torch.equal(before, torch.zeros(5)) and torch.equal(into, torch.full((5,), float(2 - rank)))
+        assert tagged == 5 * 4 and sync == 0
+
+
 BAD = {
     "overlap with local SGD": (["--algo", "local_sgd", "--overlap", "1"], "--overlap hides ResIST's transfers"),
     "overlap not below H": (["--local-iters", "4", "--overlap", "4"], "overlap 4 must be below local_iters 4"),
