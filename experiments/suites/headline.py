@@ -167,3 +167,4 @@ def tabulate(args, results: list[dict], env: dict) -> None:
         splice(OUT / "README.md", [f"`{args.command}` (library {env['library']}; run folders under docs/results; "
                                    f"step costs {source}). {about}", "", *lines])
         splice(ROOT / "README.md", lines)
+        splice(ROOT / "docs" / "status.md", lines)
