@@ -73,8 +73,8 @@ class ResIST(Algorithm):
         # and the parameters that joined at that step (for the trainer's optimizer).
         self.inflight: overlap.InFlight | None = None
         self._joined: list[tuple[str, nn.Parameter]] = []
-        # --prefetch: the early exchange of this round's moving blocks (from step H - tau to the next
-        # round's start), and this round's length and whether another round follows (round_length).
+        # --prefetch: the early exchange of this round's moving blocks (from after step max(H - tau, tau)
+        # to the next round's start), and the step after which it starts (round_length).
         self.early: overlap.Prefetch | None = None
         self._prefetch_after: int | None = None
 
@@ -178,7 +178,7 @@ class ResIST(Algorithm):
         # never): tau steps before the end, but not before this round's own merge at step tau, so that
         # one exchange at a time is in flight.
         tau = self.cfg.overlap
-        ahead = self.cfg.prefetch and not last and not self.whole(round_) and steps > tau
+        ahead = self.cfg.prefetch and not last and steps > tau
         self._prefetch_after = max(steps - tau, tau) if ahead else None
 
     def begin_round(self, round_: int) -> None:
@@ -235,7 +235,7 @@ class ResIST(Algorithm):
         if self.cfg.overlap is None or final:  # after the last round: only averages, waited for at once
             self.synchronize(cur, nxt, round_)
         else:
-            if self.cfg.prefetch and self.early is None and not self.whole(round_ + 1):
+            if self.cfg.prefetch and self.early is None:
                 self._prefetch(round_)  # a round that ended before step H - tau (no steps: `resist comm`)
             self.inflight = overlap.start(self.comm, self.store, cur, nxt, self.cfg.overlap_merge == "delta",
                                           self.early, self.sync.codec, (self.seed, round_))
@@ -322,9 +322,7 @@ class ResIST(Algorithm):
         def zeros(key: Part) -> list[torch.Tensor]:
             return [t.zero_() for t in aggregate.empty_like_packed(store.state_tensors(key), store.device, store.align)]
 
-        # Prefetched, a block this rank alone held and keeps is also live: its new holders' global value is
-        # early + delta, which need not be its exact bits.
-        live_keys = set(fl.merges) | ({k for k in store.flats if k not in fl.incoming} if fl.prefetched else set())
+        live_keys = self._live_keys(fl)
         for key in ["shared", *store.candidates]:
             live = store.flats[key] if key in live_keys else zeros(key)
             state.update({f"overlap/{key}/{i}": t for i, t in enumerate(live)})
@@ -336,6 +334,13 @@ class ResIST(Algorithm):
                 state.update({f"prefetch/{key}/{i}": t for i, t in enumerate(early[key] if inc else zeros(key))})
                 state.update({f"prefetch_delta/{key}/{i}": t for i, t in enumerate(fl.delta[key] if inc else zeros(key))})
         return state
+
+    def _live_keys(self, fl: overlap.InFlight) -> set[Part]:
+        """What a checkpoint between overlapped rounds keeps of this rank's live copies: what it merges at
+        step tau; prefetched, also the blocks it alone held and keeps, whose new holders' copy is early +
+        delta, which need not be their exact bits."""
+        kept = {k for k in self.store.flats if k not in fl.incoming} if fl.prefetched else set()
+        return set(fl.merges) | kept
 
     @torch.no_grad()
     def load_rank_state(self, state: dict[str, torch.Tensor]) -> None:
@@ -350,18 +355,14 @@ class ResIST(Algorithm):
         r_ = route(cur, nxt, me, self.comm.world_size)
         fl = overlap.InFlight(r_, *overlap.kinds(r_, nxt, me, self.sync.codec is not None))
         fl.glob = {k: [t.clone() for t in store.flats[k]] for k in [*fl.merges, *fl.incoming]}
-        for k in fl.merges:
+        fl.prefetched = any(k.startswith("prefetch/") for k in state)
+        for k in self._live_keys(fl):
             for i, t in enumerate(store.flats[k]):
                 t.copy_(state[f"overlap/{k}/{i}"])
         if self.cfg.overlap_merge == "delta":  # checkpoints are taken as the transfers start: live = sent
             fl.sent = {k: [t.clone() for t in store.flats[k]] for k in fl.merges}
-        if any(k.startswith("prefetch/") for k in state):
-            for k in store.candidates:  # kept blocks' exact bits (see rank_state)
-                if k in store.flats and k not in fl.incoming and k not in fl.merges:
-                    for i, t in enumerate(store.flats[k]):
-                        t.copy_(state[f"overlap/{k}/{i}"])
+        if fl.prefetched:
             n = {b: len(store.flats[b]) for b in fl.incoming}
-            fl.prefetched = True
             fl.delta = {b: [state[f"prefetch_delta/{b}/{i}"].clone() for i in range(n[b])] for b in fl.incoming}
             self.early = overlap.Prefetch(r_, {}, {}, glob={b: [state[f"prefetch/{b}/{i}"].clone()
                                                                for i in range(n[b])] for b in fl.incoming})
