@@ -304,6 +304,10 @@ class AlgoConfig:
     r ends (its holders train on; H = local_iters), so that its round-r+1 holders train it from step 0
     instead of waiting until step TAU; the holders' last steps on it follow as a delta, added at step TAU
     (those blocks cross the link twice). docs/streaming.md, "Prefetched blocks"."""
+    overlap_restart: bool = False
+    """With ``overlap``: restart SGD's momentum at step TAU, when the merge lands, as blocking ResIST
+    restarts it right after its average (§2.6); otherwise the momentum built over the first TAU steps,
+    from gradients taken at this worker's unaveraged weights, carries on past the merge."""
 
     def __post_init__(self) -> None:
         _check(self.name in ALGORITHMS, f"unknown algorithm {self.name!r}{did_you_mean(self.name, ALGORITHMS)}; "
@@ -340,6 +344,8 @@ class AlgoConfig:
                "--overlap-merge says how overlapped merges land: add --overlap TAU, or drop --overlap-merge")
         _check(self.overlap_merge == "mix" or self.mix_alpha == 0,
                "--mix-alpha weighs 'mix' merges; --overlap-merge delta keeps every local step: drop --mix-alpha")
+        _check(not self.overlap_restart or self.overlap is not None,
+               "--overlap-restart restarts momentum at an overlapped merge: add --overlap TAU, or drop it")
         _check(not self.prefetch or self.overlap is not None,
                "--prefetch sends blocks before an overlapped round ends: add --overlap TAU, or drop --prefetch")
         self._check_capabilities()
@@ -391,6 +397,8 @@ class AlgoConfig:
         _check(not self.prefetch or tau >= 1, "--prefetch sends blocks tau steps ahead: it needs --overlap 1 or more")
         _check(self.compress_what == "weights", "--compress-what update sends what changed since a round began, "
                "which overlapped workers do not share (their merge is tau steps in): use --compress-what weights")
+        _check(not (self.overlap_restart and self.carry_momentum),
+               "--overlap-restart restarts the momentum that --carry-momentum carries: drop one of them")
         _check(not (self.prefetch and self.compress != "none"),
                "--prefetch sends blocks as an early copy plus a delta, which a codec would compress apart: "
                "drop --compress or --prefetch")

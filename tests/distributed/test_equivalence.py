@@ -45,6 +45,7 @@ CASES = [
     ("streaming_diloco+stream", 2, 0), ("streaming_diloco+stream", 3, 0), ("streaming_diloco+streamcarry", 2, 0),
     ("resist+overlap", 2, 0), ("resist+overlap", 2, 3), ("resist+overlapcarry", 2, 0), ("resist+overlapdelta", 2, 3),
     ("resist+prefetch", 2, 0), ("resist+prefetchlate", 2, 3), ("resist+overlapq8", 2, 3),
+    ("resist+overlaprestart", 2, 3),
 ]
 # A vision transformer (no BatchNorm; LayerNorm, attention) with its recipe: AdamW, warm-up and cosine.
 VIT = {"model.name": "vit_tiny", "model.layers": None, "model.width": 1 / 16, "optim.inner": "adamw",
@@ -75,6 +76,9 @@ EXTRA = {"": {}, "outer": {"algo.outer_lr": 0.7, "algo.outer_momentum": 0.9},  #
          # tau 3 of 4: the blocks leave right after the round's own merge at step 3.
          "prefetchlate": {"algo.local_iters": 4, "algo.overlap": 3, "algo.prefetch": True, "algo.mix_alpha": 0.5},
          # Compressed and overlapped: the coded all-reduces and exchange in a thread on gloo (run_async).
+         # Momentum restarts at the merge (step 2): the optimizer is rebuilt mid-round on every rank.
+         "overlaprestart": {"algo.local_iters": 4, "algo.overlap": 2, "algo.overlap_merge": "delta",
+                            "algo.overlap_restart": True},
          "overlapq8": {"algo.local_iters": 4, "algo.overlap": 2, "algo.mix_alpha": 0.5, "algo.compress": "q8",
                        "run.eval_every": 1}}
 

@@ -130,6 +130,9 @@ def reference(cfg) -> dict[str, torch.Tensor]:
                 opt.step()
             if landing is not None and c == tau:
                 land()
+                if a.overlap_restart:  # momentum restarts at the merge, as blocking ResIST's at its average
+                    opts = [torch.optim.SGD(m.parameters(), lr=o.lr, momentum=o.momentum,
+                                            weight_decay=o.weight_decay) for m in models]
             if ahead and c == max(H - tau, tau) and r < rounds - 1:  # tau before the end, not before the merge
                 snap = [{key: v.clone() for key, v in state(k).items()} for k in range(s)]
         with torch.no_grad():  # every tensor's average over this round's holders, as it is now
@@ -183,6 +186,12 @@ CASES = {
     "S=2 min depth 3 tau=2 prefetch carried momentum": {"algo.min_depth": 3, "algo.overlap": 2, "algo.prefetch": True,
                                                         "algo.mix_alpha": 0.5, "algo.carry_momentum": True,
                                                         "run.max_rounds": 3},
+    # Momentum restarts at the merge: the arrivals and the kept parts start from fresh buffers.
+    "S=2 tau=2 delta restart, 3 rounds": {"algo.overlap": 2, "algo.overlap_merge": "delta",
+                                          "algo.overlap_restart": True, "run.max_rounds": 3},
+    "S=3 min depth 2 tau=1 prefetch alpha=0.5 restart, 3 rounds": {
+        "algo.workers": 3, "algo.min_depth": 2, "algo.overlap": 1, "algo.prefetch": True, "algo.mix_alpha": 0.5,
+        "algo.overlap_restart": True, "run.max_rounds": 3},
 }
 
 
@@ -204,6 +213,8 @@ def test_the_reference_depends_on_overlap_and_mixing():
     assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
     assert any(not torch.equal(b[k], c[k]) for k in b if b[k].is_floating_point())
     assert all(any(not torch.equal(d[k], x[k]) for k in d if d[k].is_floating_point()) for x in (b, c))
+    e = reference(config("unused", **{"algo.overlap": 2, "algo.overlap_merge": "delta", "algo.overlap_restart": True}))
+    assert any(not torch.equal(d[k], e[k]) for k in d if d[k].is_floating_point())
     e = reference(config("unused", **{"algo.overlap": 2, "algo.overlap_merge": "delta", "algo.prefetch": True}))
     assert any(not torch.equal(d[k], e[k]) for k in d if d[k].is_floating_point())
 
@@ -387,6 +398,9 @@ BAD = {
     "elastic": (["--overlap", "1", "--runtime", "elastic"], "--overlap does not go with elastic training"),
     "prefetch without overlap": (["--prefetch"], "add --overlap TAU, or drop --prefetch"),
     "prefetch with tau 0": (["--overlap", "0", "--prefetch"], "it needs --overlap 1 or more"),
+    "restart without overlap": (["--overlap-restart"], "add --overlap TAU, or drop it"),
+    "restart with carried momentum": (["--overlap", "1", "--overlap-restart", "--carry-momentum"],
+                                      "--overlap-restart restarts the momentum that --carry-momentum carries"),
 }
 
 

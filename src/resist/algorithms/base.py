@@ -110,6 +110,11 @@ class Algorithm(ABC):
         at step tau), by name; the trainer adds them to the round's optimizer. Asked after every step."""
         return []
 
+    def restarts(self) -> bool:
+        """Whether the optimizer's state restarts now (ResIST's ``overlap_restart``: at the merge of step
+        tau); the trainer then builds it afresh over what this rank holds. Asked after every step."""
+        return False
+
     def local_steps(self, round_: int) -> int | None:
         """Local steps this rank takes in ``round_``; None: the configured ``local_iters``."""
         return None

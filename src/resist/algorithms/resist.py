@@ -73,6 +73,7 @@ class ResIST(Algorithm):
         # and the parameters that joined at that step (for the trainer's optimizer).
         self.inflight: overlap.InFlight | None = None
         self._joined: list[tuple[str, nn.Parameter]] = []
+        self._restart = False  # --overlap-restart: the merge just landed
         # --prefetch: the early exchange of this round's moving blocks (from after step max(H - tau, tau)
         # to the next round's start), and the step after which it starts (round_length).
         self.early: overlap.Prefetch | None = None
@@ -211,6 +212,7 @@ class ResIST(Algorithm):
             store = self.store
             self._joined = [(n, p) for b in self._merge()
                             for n, p in zip(store._param_names(b), store.module(b).parameters())]
+            self._restart = self.cfg.overlap_restart
         if step + 1 == self._prefetch_after:  # (after this round's own merge, if both are due)
             self._prefetch(round_)
 
@@ -220,6 +222,10 @@ class ResIST(Algorithm):
 
     def joined(self) -> list[tuple[str, nn.Parameter]]:
         out, self._joined = self._joined, []
+        return out
+
+    def restarts(self) -> bool:
+        out, self._restart = self._restart, False
         return out
 
     def end_round(self, round_: int, final: bool = False) -> None:

@@ -341,7 +341,10 @@ def train_round(w: Worker, r: int) -> tuple[float, float, int]:
         if slow > 1:  # RESIST_FAULTS slow: this step takes as long as on a machine 1/slow as fast
             time.sleep((slow - 1) * (time.perf_counter() - t_step))
         w.algo.after_step(r, step - first)
-        if joined := w.algo.joined():  # the sub-network grew (ResIST's overlap: blocks arrived at step tau)
+        joined = w.algo.joined()  # the sub-network grew (ResIST's overlap: blocks arrived at step tau)
+        if w.algo.restarts():  # over everything held now, the arrivals included
+            opt = make_optimizer(store, cfg.optim)
+        elif joined:
             add_parameters(opt, store, joined, cfg.optim)
     loss = torch.stack(losses).mean().item()
     compute_s = time.perf_counter() - t0 - (comm.idle_s - idle0)
