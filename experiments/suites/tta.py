@@ -33,6 +33,7 @@ from pathlib import Path
 import common
 from common import Spec, copy_runs, gap, ratios, reach, read_run, record, spread, table
 from resist.analysis.target import TOLERANCE, load_step_costs
+from resist.presets import preset
 
 PRESET = "cifar10_cpu_long"
 GPU_PRESET = "cifar10_gpu_short"  # full width, 14 epochs, on one GPU (experiments/gpu_session.sh tta)
@@ -49,8 +50,10 @@ GAP_SETTINGS = [
 
 
 def recipe(epochs: float) -> list[str]:
-    """Part 3's best recipe as flags for a run of ``epochs`` (the GPU twin repeats it at full width)."""
-    return ["--cooldown-epochs", f"{0.1 * epochs:g}"]
+    """Part 3's best recipe (the ``cifar10_cpu_fast`` preset's cool-down, the same share of the epochs) as
+    flags for a run of ``epochs`` (the GPU twin repeats it at full width)."""
+    fast = preset("cifar10_cpu_fast")
+    return ["--cooldown-epochs", f"{fast.algo.cooldown_epochs / fast.optim.epochs * epochs:g}"]
 
 
 def _spec(name: str, workers: int, seed: int, algo: str, *flags: str) -> Spec:

@@ -64,6 +64,15 @@ def test_tta_records_the_command_its_running_runs_were_started_with():
         "--eval-every 1")
 
 
+def test_the_best_recipe_is_the_fast_preset():
+    """cifar10_cpu_fast is cifar10_cpu_long plus part 3's recipe, and the GPU twin scales the same recipe."""
+    from resist.presets import preset
+    long, fast = preset("cifar10_cpu_long").to_dict(), preset("cifar10_cpu_fast").to_dict()
+    assert fast["algo"].pop("cooldown_epochs") == 0.8 and long["algo"].pop("cooldown_epochs") == 0
+    assert fast == long
+    assert load("tta").recipe(14) == ["--cooldown-epochs", "1.4"]
+
+
 def load(name):
     return importlib.import_module(f"suites.{name}")
 
