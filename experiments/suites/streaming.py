@@ -54,11 +54,12 @@ def methods(args) -> list[str]:
     """The compared methods: local SGD, blocking ResIST, overlapped ResIST at each tau with each merge
     (``overlapTAU``: Streaming DiLoCo's mix; ``overlapTAU-delta``) and with prefetched blocks
     (``overlapTAU-prefetch``: ``--prefetch`` with the delta merge, ``overlapTAU-prefetch-mix`` with
-    mixing), Streaming DiLoCo."""
+    mixing), with momentum restarted at the merge (``overlapTAU-restart``: ``--overlap-restart`` with the
+    delta merge), Streaming DiLoCo."""
     return ["local_sgd", "resist", *(f"overlap{t}{'' if m == 'mix' else '-' + m}" for t in args.overlap
                                      for m in args.merges),
             *(f"overlap{t}-prefetch{'-mix' if m == 'mix' else ''}" for t in args.prefetch for m in args.merges),
-            "streaming_diloco"]
+            *(f"overlap{t}-restart" for t in args.restart), "streaming_diloco"]
 
 
 def link_method(method: str) -> str:
@@ -73,7 +74,7 @@ def method_flags(method: str, args) -> list[str]:
         tau, _, merge = method[len("overlap"):].partition("-")
         mix = ["--mix-alpha", str(args.mix_alpha)]
         rule = {"": mix, "delta": ["--overlap-merge", "delta"], "prefetch": ["--overlap-merge", "delta", "--prefetch"],
-                "prefetch-mix": [*mix, "--prefetch"]}[merge]
+                "prefetch-mix": [*mix, "--prefetch"], "restart": ["--overlap-merge", "delta", "--overlap-restart"]}[merge]
         return ["--algo", "resist", "--overlap", tau, *rule]
     return {"local_sgd": ["--algo", "local_sgd"],
             "resist": ["--algo", "resist"],
@@ -92,6 +93,8 @@ def add_arguments(ap) -> None:
             merges=(["mix", "delta"], "--overlap-merge rules compared (each tau's link run times them all)",
                     ["mix", "delta"]), mix_alpha=(0.5, "--mix-alpha of both streaming methods"),
             prefetch=([], "--overlap TAU values also run with --prefetch (each merge): overlapTAU-prefetch[-mix]"),
+            restart=([], "--overlap TAU values also run with --overlap-restart (delta merge; the link run of their "
+                         "tau): overlapTAU-restart"),
             fragments=(5, "Streaming DiLoCo's --fragments"), sync_delay=(4, "Streaming DiLoCo's --sync-delay"),
             delay_ms=(0.0, "one-way delay added per packet (netem)"), seed=0, name="streaming",
             acc_runs=(str, "folder of the loopback accuracy runs METHOD_wW_sSEED (see --list)"),
@@ -247,6 +250,8 @@ def tabulate(args, results: dict | None, env: dict) -> None:
                 f"`--overlap TAU --mix-alpha {args.mix_alpha} --prefetch` (TAU = {', '.join(str(t) for t in args.prefetch)}; "
                 "a link run of their own, shared by both merges: they send more, earlier); "
                 if args.prefetch else "") +
+             (f"overlapTAU-restart = `--overlap TAU --overlap-merge delta --overlap-restart` (TAU = "
+              f"{', '.join(str(t) for t in args.restart)}; timed by its tau's link run); " if args.restart else "") +
              f"streaming_diloco = `--fragments {args.fragments} --sync-delay "
              f"{args.sync_delay} --mix-alpha {args.mix_alpha}` (no outer optimizer: at this scale DiLoCo's hurts, "
              f"cifar10_outer.md). Preset {args.preset}. Link runs: {args.rounds} rounds at "

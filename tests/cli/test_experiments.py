@@ -207,3 +207,16 @@ def test_streaming_prefetch_methods_have_their_own_link_run():
                                                               "--overlap-merge", "delta", "--prefetch"]
     assert suite.method_flags("overlap12-prefetch-mix", args) == ["--algo", "resist", "--overlap", "12",
                                                                   "--mix-alpha", "0.5", "--prefetch"]
+
+
+def test_streaming_restart_methods_share_their_taus_link_run():
+    """``--restart TAU`` adds overlapTAU-restart (the delta merge, momentum restarted at it): the same bytes
+    in the same steps as its tau's other merges, so the same link run times it."""
+    suite = load("streaming")
+    ap = argparse.ArgumentParser()
+    suite.add_arguments(ap)
+    args = ap.parse_args(["--overlap", "5", "--merges", "delta", "--restart", "5"])
+    assert suite.methods(args) == ["local_sgd", "resist", "overlap5-delta", "overlap5-restart", "streaming_diloco"]
+    assert suite.link_method("overlap5-restart") == "overlap5"
+    assert suite.method_flags("overlap5-restart", args) == ["--algo", "resist", "--overlap", "5", "--overlap-merge",
+                                                            "delta", "--overlap-restart"]
