@@ -16,6 +16,15 @@ pinned round robin to the cores this script may use (one core per rank when ther
 under ``taskset`` to choose); per-round wall time and time to a common target accuracy come from its metrics.jsonl.
 
     sudo python experiments/run.py rate_limited --data-dir ../shared/data/cifar10 --workers 2 --ratios 0.1 1 10
+
+``--to-target`` trains to an accuracy instead of comparing a fixed schedule (issue 20, part 4): local SGD
+trains its whole schedule over each link, its final score less 0.5 point (or ``--target``) is the target,
+and ResIST (with ``--resist-flags``, e.g. the ``cifar10_cpu_fast`` recipe) stops there (``--stop-at``); a
+table gives each run's round, time, wall time, bytes and calibrated projection to the target:
+
+    sudo python experiments/run.py rate_limited --preset cifar10_cpu_long --data-dir ../shared/data/cifar10 \
+        --workers 2 --ratios 1 --algos local_sgd resist --to-target --resist-flags="--cooldown-epochs 0.8" \
+        --name rate_limited_to_target -- --eval-every 2
 """
 
 from __future__ import annotations
@@ -112,10 +121,13 @@ def load_run(out: Path) -> dict:
     return {"summary": json.loads((out / "summary.json").read_text()), "rows": run.rows, "run": run}
 
 
-def run(algo: str, workers: int, mbit: float | None, args, out: Path) -> dict:
+def run(algo: str, workers: int, mbit: float | None, args, out: Path, flags: tuple[str, ...] = ()) -> dict:
     """One whole training run, each rank in its namespace on a core of its own; its summary and rows.
-    A finished run of the same configuration in ``out`` is reused (``--reuse``)."""
-    record = json.dumps([algo, workers, mbit, args.preset, args.seed, args.max_rounds, args.delay_ms, args.extra])
+    ``flags``: this run's own (``--to-target``: ``--stop-at``; ``--resist-flags``). A finished run of the
+    same configuration in ``out`` is reused (``--reuse``)."""
+    flags = (*flags, *(args.resist_flags.split() if algo == "resist" and args.resist_flags else ()))
+    record = json.dumps([algo, workers, mbit, args.preset, args.seed, args.max_rounds, args.delay_ms, args.extra,
+                         *([list(flags)] if flags else [])])
     if args.reuse and (out / "summary.json").is_file() and (out / "run.txt").is_file() \
             and (out / "run.txt").read_text() == record:
         print(f"[rate_limited] reusing {out}", flush=True)
@@ -123,7 +135,7 @@ def run(algo: str, workers: int, mbit: float | None, args, out: Path) -> dict:
     launch(workers, mbit, args, f"{algo} on {workers} ranks at {mbit} Mbit/s", [
         "-m", "resist.cli", "train", args.preset, "--algo", algo, "--workers", str(workers), "--runtime", "dist",
         "--backend", "gloo", "--data-dir", args.data_dir, "--out", str(out), "--force", "--seed", str(args.seed),
-        "--timeout", "1800", *(["--max-rounds", str(args.max_rounds)] if args.max_rounds else []), *args.extra])
+        "--timeout", "1800", *(["--max-rounds", str(args.max_rounds)] if args.max_rounds else []), *flags, *args.extra])
     (out / "run.txt").write_text(record)
     return load_run(out)
 
@@ -228,7 +240,13 @@ def add_arguments(ap) -> None:
             algos=(list(ALGOS), None, ALGOS),
             budget_s=(float, "skip a rate-limited run (not local SGD's, the reference) whose calibrated projection "
                              "exceeds this many seconds (the table says so)"),
-            reuse=(False, "reuse finished runs of the same configuration and link probes of the same size in --runs"))
+            reuse=(False, "reuse finished runs of the same configuration and link probes of the same size in --runs"),
+            to_target=(False, "train to a target instead of a fixed schedule: local SGD trains its schedule over each "
+                              "link, and every other algorithm stops at the target (--stop-at): local SGD's final "
+                              "score less the task's tolerance (0.5 point of accuracy), or --target"),
+            target=(float, "the target score of --to-target (default: local SGD's final less the tolerance)"),
+            resist_flags=(None, "flags of ResIST's runs only, as one string (e.g. part 3's recipe: "
+                                "'--cooldown-epochs 0.8')"))
     ap.add_argument("--probe-rank", default=None, help=argparse.SUPPRESS)  # internal: one rank of the link probe
     ap.add_argument("--probe-bytes", type=int, default=0, help=argparse.SUPPRESS)
 
@@ -286,7 +304,9 @@ def execute(args, specs: list[Spec]) -> list[dict] | None:
                                     "projected_s": projected[algo].projected_s[mbit / 1e3], "calibrated_s": guess,
                                     **link})
                     continue
-                group[algo] = run(algo, w, mbit, args, runs_dir / f"{algo}_w{w}_r{ratio:g}")
+                stop = ("--stop-at", f"{target_of(args, group['local_sgd']):.4f}") \
+                    if args.to_target and algo != "local_sgd" else ()
+                group[algo] = run(algo, w, mbit, args, runs_dir / f"{algo}_w{w}_r{ratio:g}", stop)
                 print(f"[rate_limited] {algo} w{w} {mbit} Mbit/s: {per_round(group[algo]['rows'])}", flush=True)
             # The link again after the runs: at the lowest rates its goodput moves from one probe to the
             # next, so the projection uses the mean of the two and the table shows both.
@@ -298,10 +318,15 @@ def execute(args, specs: list[Spec]) -> list[dict] | None:
             for r in results:
                 if r.get("skipped") and (r["workers"], r["ratio"]) == (w, ratio):
                     r["goodput_after_mbit"], r["calibrated_s"] = after["goodput_mbit"], calibrated[r["algo"]].projected_s[good]
-            target = group["local_sgd"]["summary"]["best_acc"] - 1.0
+            target = target_of(args, group["local_sgd"]) if args.to_target \
+                else group["local_sgd"]["summary"]["best_acc"] - 1.0
             for algo in group:
                 proj = projected[algo]
                 c, wall, b = per_round(group[algo]["rows"])
+                if args.to_target:  # a run stopped at the target is projected over the rounds it ran
+                    n = len(group[algo]["rows"])
+                    proj = project_run(free[algo]["rows"][:n], algo, [mbit / 1e3], args.delay_ms * 1e3, algo)
+                    calibrated[algo] = project_run(free[algo]["rows"][:n], algo, [good], latency_us, algo)
                 results.append({"workers": w, "ratio": ratio, "mbit": mbit, "algo": algo,
                                 "compute_per_round_s": c, "wall_per_round_s": wall, "bytes_per_round": b,
                                 "measured_s": group[algo]["summary"]["time_s"],
@@ -309,8 +334,36 @@ def execute(args, specs: list[Spec]) -> list[dict] | None:
                                 "calibrated_s": calibrated[algo].projected_s[good], **link,
                                 "rounds": len(group[algo]["rows"]),
                                 "best_acc": group[algo]["summary"]["best_acc"], "target": target,
-                                "time_to_target_s": reach(group[algo]["run"], target)})
+                                "time_to_target_s": reach(group[algo]["run"], target),
+                                **(to_target(group[algo], free[algo], target, good, latency_us) if args.to_target
+                                   else {})})
     return results
+
+
+def target_of(args, lsgd: dict) -> float:
+    """--to-target's target: --target, else local SGD's final score less the task's tolerance."""
+    from resist.analysis.target import TOLERANCE
+
+    if args.target is not None:
+        return args.target
+    run = lsgd["run"]
+    final = run.evaluated[-1][run.headline.key]
+    return final - TOLERANCE[run.task] if run.headline.higher_is_better else final + TOLERANCE[run.task]
+
+
+def to_target(got: dict, free: dict, target: float, gbit: float, latency_us: float) -> dict:
+    """Where a run over the link first reached ``target``: its round, parallel-equivalent and wall seconds,
+    bytes per worker, and the calibrated projection of its unlimited-link twin over the same rounds."""
+    from resist.analysis.projection import project_run
+    from resist.analysis.target import time_to
+
+    at = time_to(got["run"], target)
+    if at is None:
+        return {"reached": None}
+    algo = got["summary"]["algo"]
+    projected = project_run(free["rows"][:at.round + 1], algo, [gbit], latency_us, algo).projected_s[gbit]
+    return {"reached": {"round": at.round + 1, "time_s": at.time_s, "wall_s": at.wall_s,
+                        "sent_mb": at.sent_bytes / 1e6, "calibrated_s": projected}}
 
 
 def tabulate(args, results: list[dict], env: dict) -> None:
@@ -356,6 +409,36 @@ def tabulate(args, results: list[dict], env: dict) -> None:
         if speed:
             lines += ["", "ResIST's measured speed-up per round over local SGD (paper Table 4: 3.60x at 4 workers, "
                       "full width on a real cluster): " + "; ".join(speed) + "."]
+    if args.to_target:
+        lines += to_target_lines(args, measured)
     lines += ["", f"Plot: [{args.name}.png]({args.name}.png)"]
+    common.RESULTS.mkdir(parents=True, exist_ok=True)
     plot(results, common.RESULTS / f"{args.name}.png", env["cores_used"])
     record(args.name, {"args": vars(args), "rows": results}, lines, "sudo " + args.command, env)
+
+
+def to_target_lines(args, measured: list[dict]) -> list[str]:
+    """--to-target's table: each run over the link to the common target, against local SGD's."""
+    out = ["", "## To the target\n",
+           f"Target: {'--target' if args.target is not None else 'local SGD final - 0.5 point'} per link; every "
+           f"algorithm but local SGD stopped there (`--stop-at`). Time = parallel-equivalent seconds over the link "
+           f"(compute + synchronization, no evaluation); wall = seconds since the run began, evaluations included; "
+           f"calibrated = the unlimited-link run's rounds up to the same one, projected at the probed goodput. "
+           f"Ratios: local SGD's / this run's (>1: this run got there sooner or with fewer bytes).\n",
+           "| workers | link (Mbit/s) | algorithm | target (%) | reached at round | time (s) | wall (s) | calibrated (s) "
+           "| MB sent per worker | time ratio | bytes ratio |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in measured:
+        got = r.get("reached")
+        lsgd = next((x for x in measured if (x["workers"], x["ratio"], x["algo"]) == (r["workers"], r["ratio"], "local_sgd")),
+                    {}).get("reached")
+        head = f"| {r['workers']} | {r['mbit']:g} | {r['algo']} | {r['target']:.2f} |"
+        if got is None:
+            out.append(f"{head} not reached in {r['rounds']} rounds | | | | | | |")
+            continue
+        ratio = (f"{lsgd['time_s'] / got['time_s']:.2f}x | {lsgd['sent_mb'] / got['sent_mb']:.2f}x" if lsgd
+                 else "- | -")
+        wall = "-" if got["wall_s"] is None else f"{got['wall_s']:.1f}"
+        out.append(f"{head} {got['round']} | {got['time_s']:.1f} | {wall} | {got['calibrated_s']:.1f} | "
+                   f"{got['sent_mb']:.2f} | {ratio} |")
+    return out

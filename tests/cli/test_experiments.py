@@ -220,3 +220,43 @@ def test_streaming_restart_methods_share_their_taus_link_run():
     assert suite.link_method("overlap5-restart") == "overlap5"
     assert suite.method_flags("overlap5-restart", args) == ["--algo", "resist", "--overlap", "5", "--overlap-merge",
                                                             "delta", "--overlap-restart"]
+
+
+def test_rate_limited_to_target_stops_at_the_target(tmp_path, monkeypatch):
+    """--to-target (issue 20, part 4): local SGD trains its schedule over the link, ResIST stops at the
+    target (--stop-at) and the table says where each got there. The namespaces and the link probe are
+    replaced by in-process runs of the same `resist train` command and a fixed probe."""
+    from resist.cli import main as train
+
+    suite = load("rate_limited")
+    launched = []
+
+    def in_process(workers, mbit, args, what, argv):
+        argv = list(argv[2:])  # after `-m resist.cli`
+        argv[argv.index("--runtime") + 1] = "inprocess"
+        del argv[argv.index("--backend"):argv.index("--backend") + 2]
+        launched.append(argv)
+        assert train(argv) == 0, what
+
+    monkeypatch.setattr(suite, "launch", in_process)
+    monkeypatch.setattr(suite, "probe", lambda w, mbit, args, out, n: {"goodput_mbit": 8.0 if mbit else 800.0,
+                                                                       "latency_us": 50.0, "probe_bytes": n})
+    monkeypatch.setattr(suite, "cleanup", lambda: None)
+    monkeypatch.setattr(suite.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(suite.shutil, "which", lambda name: f"/usr/sbin/{name}")
+    monkeypatch.setattr(suite.signal, "signal", lambda *a: None)
+    run.main(["rate_limited", "--preset", "smoke", "--workers", "2", "--ratios", "1", "--algos", "local_sgd", "resist",
+              "--to-target", "--target", "1", "--resist-flags", "--min-depth 1", "--runs", str(tmp_path / "runs"),
+              "--results", str(tmp_path / "results"), "--name", "rl_test", "--", "--eval-every", "1"])
+    resist_link = next(a for a in launched if "resist" in a and "--stop-at" in a)
+    assert resist_link[resist_link.index("--stop-at") + 1] == "1.0000" and "--min-depth" in resist_link
+    assert not any("--stop-at" in a for a in launched if "local_sgd" in a)
+    rows = json.loads((tmp_path / "results" / "rl_test.json").read_text())["rows"]
+    got = {r["algo"]: r for r in rows}
+    assert got["resist"]["reached"]["round"] == 1 and got["resist"]["rounds"] == 1  # stopped at its first evaluation
+    assert got["local_sgd"]["rounds"] > 1  # the reference trains its whole schedule
+    md = (tmp_path / "results" / "rl_test.md").read_text()
+    assert "## To the target" in md and "| 2 | " in md.split("## To the target")[1]
+    lsgd = suite.load_run(tmp_path / "runs" / "local_sgd_w2_r1")
+    args = argparse.Namespace(target=None)
+    assert suite.target_of(args, lsgd) == pytest.approx(lsgd["summary"]["final_acc"] - 0.5)
