@@ -70,6 +70,10 @@ def specs(args=None) -> list[Spec]:
                 _spec(f"base_resist_w4_s{seed}", 4, seed, "resist")]
     # Local SGD carrying its momentum too: the fair baseline of ResIST's carried-momentum variant.
     out += [_spec(f"base_lsgdcm_w4_s{seed}", 4, seed, "local_sgd", "--carry-momentum") for seed in (0, 1)]
+    # Local SGD with the outer optimizer (DiLoCo) that ResIST's best variant uses: the fair baseline of
+    # var_outer10m05 (the outer step may help local SGD as much).
+    out += [_spec(f"base_lsgdo10m05_w4_s{seed}", 4, seed, "local_sgd", "--outer-lr", "1.0", "--outer-momentum", "0.5")
+            for seed in (0, 1)]
     variants = {
         "carrymom": ["--carry-momentum"],
         "warm1": ["--warmup-epochs", "1"],
@@ -125,7 +129,7 @@ def compare(lsgd_dir: Path, resist_dir: Path, costs) -> dict:
 
 
 #: A variant whose local-SGD counterpart changes the same thing is also compared with that baseline.
-SAME_CHANGE = {"var_carrymom": "base_lsgdcm"}
+SAME_CHANGE = {"var_carrymom": "base_lsgdcm", "var_outer10m05": "base_lsgdo10m05"}
 
 
 def variants_table(dest: Path, names: list[str], costs) -> tuple[list[str], list[dict]]:
