@@ -56,6 +56,10 @@ TTA = {  # the time-to-accuracy suite (experiments/suites/tta.py): 4 evaluations
     "restarting it": ("base_lsgd_w4", "var_carrymom_w4", 4),
     "ResNet101 1/8 width, 8 epochs, 4 workers, CPU (one core), CIFAR-10, both carrying momentum":
         ("base_lsgdcm_w4", "var_carrymom_w4", 4),
+    "ResNet101 1/8 width, 8 epochs, 4 workers, CPU (one core), CIFAR-10, ResIST with an outer step (lr 1.0, "
+    "Nesterov momentum 0.5), against local SGD without it": ("base_lsgd_w4", "var_outer10m05_w4", 4),
+    "ResNet101 1/8 width, 8 epochs, 4 workers, CPU (one core), CIFAR-10, both with that outer step (local SGD: "
+    "DiLoCo)": ("base_lsgdo10m05_w4", "var_outer10m05_w4", 4),
 }
 
 
