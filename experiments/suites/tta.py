@@ -50,10 +50,12 @@ GAP_SETTINGS = [
 
 
 def recipe(epochs: float) -> list[str]:
-    """Part 3's best recipe (the ``cifar10_cpu_fast`` preset's cool-down, the same share of the epochs) as
-    flags for a run of ``epochs`` (the GPU twin repeats it at full width)."""
-    fast = preset("cifar10_cpu_fast")
-    return ["--cooldown-epochs", f"{fast.algo.cooldown_epochs / fast.optim.epochs * epochs:g}"]
+    """Part 3's best recipe (the ``cifar10_cpu_fast`` preset's outer step; with a cool-down, the same share
+    of the epochs) as flags for a run of ``epochs`` (the GPU twin repeats it at full width)."""
+    fast = preset("cifar10_cpu_fast").algo
+    cool = fast.cooldown_epochs / preset("cifar10_cpu_fast").optim.epochs * epochs
+    return ["--outer-lr", f"{fast.outer_lr:g}", "--outer-momentum", f"{fast.outer_momentum:g}",
+            *(["--cooldown-epochs", f"{cool:g}"] if cool else [])]
 
 
 def _spec(name: str, workers: int, seed: int, algo: str, *flags: str) -> Spec:

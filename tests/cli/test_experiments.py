@@ -68,9 +68,10 @@ def test_the_best_recipe_is_the_fast_preset():
     """cifar10_cpu_fast is cifar10_cpu_long plus part 3's recipe, and the GPU twin scales the same recipe."""
     from resist.presets import preset
     long, fast = preset("cifar10_cpu_long").to_dict(), preset("cifar10_cpu_fast").to_dict()
-    assert fast["algo"].pop("cooldown_epochs") == 0.8 and long["algo"].pop("cooldown_epochs") == 0
+    assert (fast["algo"].pop("outer_lr"), fast["algo"].pop("outer_momentum")) == (1.0, 0.5)
+    long["algo"].pop("outer_lr"), long["algo"].pop("outer_momentum")
     assert fast == long
-    assert load("tta").recipe(14) == ["--cooldown-epochs", "1.4"]
+    assert load("tta").recipe(14) == ["--outer-lr", "1", "--outer-momentum", "0.5"]
 
 
 def load(name):
