@@ -46,6 +46,7 @@ GAP_SETTINGS = [
     ("1/8 width, 8 epochs, 8 workers", "w8_lsgd_w8", "w8_resist_w8", -0.55),
     ("1/8 width, 8 epochs, 8 workers, min depth 4", "w8_lsgd_w8", "w8_resistmd4_w8", -0.55),
     ("1/8 width, 8 epochs, 4 workers, 10% cool-down", "base_lsgd_w4", "var_cool10_w4", -0.55),
+    ("1/8 width, 8 epochs, 4 workers, outer step (lr 1.0, momentum 0.5)", "base_lsgd_w4", "var_outer10m05_w4", -0.55),
 ]
 
 
