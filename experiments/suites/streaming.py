@@ -55,11 +55,14 @@ def methods(args) -> list[str]:
     (``overlapTAU``: Streaming DiLoCo's mix; ``overlapTAU-delta``) and with prefetched blocks
     (``overlapTAU-prefetch``: ``--prefetch`` with the delta merge, ``overlapTAU-prefetch-mix`` with
     mixing), with momentum restarted at the merge (``overlapTAU-restart``: ``--overlap-restart`` with the
-    delta merge), Streaming DiLoCo."""
+    delta merge), the ablations between blocking ResIST and tau (``overlapTAU-alpha0``: the steps before the
+    merge are dropped from the weights but stay in the momentum; ``overlapTAU-erase``: dropped from both),
+    Streaming DiLoCo."""
     return ["local_sgd", "resist", *(f"overlap{t}{'' if m == 'mix' else '-' + m}" for t in args.overlap
                                      for m in args.merges),
             *(f"overlap{t}-prefetch{'-mix' if m == 'mix' else ''}" for t in args.prefetch for m in args.merges),
-            *(f"overlap{t}-restart" for t in args.restart), "streaming_diloco"]
+            *(f"overlap{t}-restart" for t in args.restart),
+            *(f"overlap{t}-{k}" for t in args.erase for k in ("alpha0", "erase")), "streaming_diloco"]
 
 
 def link_method(method: str) -> str:
@@ -74,7 +77,8 @@ def method_flags(method: str, args) -> list[str]:
         tau, _, merge = method[len("overlap"):].partition("-")
         mix = ["--mix-alpha", str(args.mix_alpha)]
         rule = {"": mix, "delta": ["--overlap-merge", "delta"], "prefetch": ["--overlap-merge", "delta", "--prefetch"],
-                "prefetch-mix": [*mix, "--prefetch"], "restart": ["--overlap-merge", "delta", "--overlap-restart"]}[merge]
+                "prefetch-mix": [*mix, "--prefetch"], "restart": ["--overlap-merge", "delta", "--overlap-restart"],
+                "alpha0": ["--mix-alpha", "0"], "erase": ["--mix-alpha", "0", "--overlap-restart"]}[merge]
         return ["--algo", "resist", "--overlap", tau, *rule]
     return {"local_sgd": ["--algo", "local_sgd"],
             "resist": ["--algo", "resist"],
@@ -95,6 +99,9 @@ def add_arguments(ap) -> None:
             prefetch=([], "--overlap TAU values also run with --prefetch (each merge): overlapTAU-prefetch[-mix]"),
             restart=([], "--overlap TAU values also run with --overlap-restart (delta merge; the link run of their "
                          "tau): overlapTAU-restart"),
+            erase=([], "--overlap TAU values also run with --mix-alpha 0 (overlapTAU-alpha0) and with it and "
+                       "--overlap-restart (overlapTAU-erase): the steps before the merge left out of the weights, "
+                       "then also of the momentum (the link run of their tau)"),
             fragments=(5, "Streaming DiLoCo's --fragments"), sync_delay=(4, "Streaming DiLoCo's --sync-delay"),
             delay_ms=(0.0, "one-way delay added per packet (netem)"), seed=0, name="streaming",
             acc_runs=(str, "folder of the loopback accuracy runs METHOD_wW_sSEED (see --list)"),
@@ -252,6 +259,10 @@ def tabulate(args, results: dict | None, env: dict) -> None:
                 if args.prefetch else "") +
              (f"overlapTAU-restart = `--overlap TAU --overlap-merge delta --overlap-restart` (TAU = "
               f"{', '.join(str(t) for t in args.restart)}; timed by its tau's link run); " if args.restart else "") +
+             (f"overlapTAU-alpha0 = `--overlap TAU --mix-alpha 0`, overlapTAU-erase = `--overlap TAU --mix-alpha 0 "
+              f"--overlap-restart` (TAU = {', '.join(str(t) for t in args.erase)}: the ablations between blocking "
+              "ResIST and tau, the steps before the merge left out of the weights, then of the momentum too; timed "
+              "by their tau's link run); " if args.erase else "") +
              f"streaming_diloco = `--fragments {args.fragments} --sync-delay "
              f"{args.sync_delay} --mix-alpha {args.mix_alpha}` (no outer optimizer: at this scale DiLoCo's hurts, "
              f"cifar10_outer.md). Preset {args.preset}. Link runs: {args.rounds} rounds at "

@@ -261,3 +261,19 @@ def test_rate_limited_to_target_stops_at_the_target(tmp_path, monkeypatch):
     lsgd = suite.load_run(tmp_path / "runs" / "local_sgd_w2_r1")
     args = argparse.Namespace(target=None)
     assert suite.target_of(args, lsgd) == pytest.approx(lsgd["summary"]["final_acc"] - 0.5)
+
+
+def test_streaming_erase_ablations_share_their_taus_link_run():
+    """``--erase TAU`` adds the ablations between blocking ResIST and tau: overlapTAU-alpha0 (the steps
+    before the merge dropped from the weights) and overlapTAU-erase (from the momentum too), timed by
+    their tau's link run."""
+    suite = load("streaming")
+    ap = argparse.ArgumentParser()
+    suite.add_arguments(ap)
+    args = ap.parse_args(["--overlap", "1", "--merges", "delta", "--erase", "1"])
+    assert suite.methods(args) == ["local_sgd", "resist", "overlap1-delta", "overlap1-alpha0", "overlap1-erase",
+                                   "streaming_diloco"]
+    assert suite.link_method("overlap1-erase") == suite.link_method("overlap1-alpha0") == "overlap1"
+    assert suite.method_flags("overlap1-alpha0", args) == ["--algo", "resist", "--overlap", "1", "--mix-alpha", "0"]
+    assert suite.method_flags("overlap1-erase", args) == ["--algo", "resist", "--overlap", "1", "--mix-alpha", "0",
+                                                          "--overlap-restart"]

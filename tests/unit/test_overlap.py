@@ -189,6 +189,9 @@ CASES = {
     # Momentum restarts at the merge: the arrivals and the kept parts start from fresh buffers.
     "S=2 tau=2 delta restart, 3 rounds": {"algo.overlap": 2, "algo.overlap_merge": "delta",
                                           "algo.overlap_restart": True, "run.max_rounds": 3},
+    # The ablation between blocking ResIST and tau ("erase"): the steps before the merge leave nothing behind
+    # in the merged weights (alpha 0) nor in the momentum (restarted).
+    "S=2 tau=1 alpha=0 restart, 3 rounds": {"algo.overlap": 1, "algo.overlap_restart": True, "run.max_rounds": 3},
     "S=3 min depth 2 tau=1 prefetch alpha=0.5 restart, 3 rounds": {
         "algo.workers": 3, "algo.min_depth": 2, "algo.overlap": 1, "algo.prefetch": True, "algo.mix_alpha": 0.5,
         "algo.overlap_restart": True, "run.max_rounds": 3},
