@@ -56,13 +56,15 @@ def methods(args) -> list[str]:
     (``overlapTAU-prefetch``: ``--prefetch`` with the delta merge, ``overlapTAU-prefetch-mix`` with
     mixing), with momentum restarted at the merge (``overlapTAU-restart``: ``--overlap-restart`` with the
     delta merge), the ablations between blocking ResIST and tau (``overlapTAU-alpha0``: the steps before the
-    merge are dropped from the weights but stay in the momentum; ``overlapTAU-erase``: dropped from both),
-    Streaming DiLoCo."""
+    merge are dropped from the weights but stay in the momentum; ``overlapTAU-erase``: dropped from both)
+    with their control (``resist-cutTAU``: blocking ResIST with the steps an erased overlap does not keep, tau
+    of every H, cut from the end of its schedule), Streaming DiLoCo."""
     return ["local_sgd", "resist", *(f"overlap{t}{'' if m == 'mix' else '-' + m}" for t in args.overlap
                                      for m in args.merges),
             *(f"overlap{t}-prefetch{'-mix' if m == 'mix' else ''}" for t in args.prefetch for m in args.merges),
             *(f"overlap{t}-restart" for t in args.restart),
-            *(f"overlap{t}-{k}" for t in args.erase for k in ("alpha0", "erase")), "streaming_diloco"]
+            *(f"overlap{t}-{k}" for t in args.erase for k in ("alpha0", "erase")),
+            *(f"resist-cut{t}" for t in args.erase), "streaming_diloco"]
 
 
 def link_method(method: str) -> str:
@@ -80,6 +82,12 @@ def method_flags(method: str, args) -> list[str]:
                 "prefetch-mix": [*mix, "--prefetch"], "restart": ["--overlap-merge", "delta", "--overlap-restart"],
                 "alpha0": ["--mix-alpha", "0"], "erase": ["--mix-alpha", "0", "--overlap-restart"]}[merge]
         return ["--algo", "resist", "--overlap", tau, *rule]
+    if method.startswith("resist-cut"):  # the preset's epochs times (H - tau) / H, its schedule compressed
+        from resist.presets import preset
+
+        cfg, tau = preset(args.preset), int(method.removeprefix("resist-cut"))
+        epochs = cfg.optim.epochs * (cfg.algo.local_iters - tau) / cfg.algo.local_iters
+        return ["--algo", "resist", "--epochs", f"{epochs:g}"]
     return {"local_sgd": ["--algo", "local_sgd"],
             "resist": ["--algo", "resist"],
             "streaming_diloco": ["--algo", "streaming_diloco", "--fragments", str(args.fragments),
@@ -101,7 +109,8 @@ def add_arguments(ap) -> None:
                          "tau): overlapTAU-restart"),
             erase=([], "--overlap TAU values also run with --mix-alpha 0 (overlapTAU-alpha0) and with it and "
                        "--overlap-restart (overlapTAU-erase): the steps before the merge left out of the weights, "
-                       "then also of the momentum (the link run of their tau)"),
+                       "then also of the momentum (the link run of their tau), and blocking ResIST with tau of "
+                       "every H steps cut (resist-cutTAU, the control: the steps an erased overlap does not keep)"),
             fragments=(5, "Streaming DiLoCo's --fragments"), sync_delay=(4, "Streaming DiLoCo's --sync-delay"),
             delay_ms=(0.0, "one-way delay added per packet (netem)"), seed=0, name="streaming",
             acc_runs=(str, "folder of the loopback accuracy runs METHOD_wW_sSEED (see --list)"),
@@ -262,7 +271,9 @@ def tabulate(args, results: dict | None, env: dict) -> None:
              (f"overlapTAU-alpha0 = `--overlap TAU --mix-alpha 0`, overlapTAU-erase = `--overlap TAU --mix-alpha 0 "
               f"--overlap-restart` (TAU = {', '.join(str(t) for t in args.erase)}: the ablations between blocking "
               "ResIST and tau, the steps before the merge left out of the weights, then of the momentum too; timed "
-              "by their tau's link run); " if args.erase else "") +
+              "by their tau's link run), resist-cutTAU = blocking ResIST with `--epochs` cut by tau / H (their "
+              "control: as many steps as an erased overlap keeps; timed by blocking ResIST's link run); "
+              if args.erase else "") +
              f"streaming_diloco = `--fragments {args.fragments} --sync-delay "
              f"{args.sync_delay} --mix-alpha {args.mix_alpha}` (no outer optimizer: at this scale DiLoCo's hurts, "
              f"cifar10_outer.md). Preset {args.preset}. Link runs: {args.rounds} rounds at "
@@ -332,6 +343,15 @@ def accuracy_lines(args, links: list[dict], acc: dict) -> list[str]:
             goal = f"goal: at most 0.5 below; {'met' if d >= -0.5 else 'missed'}" if up else "lower is better"
             out.append(f"- {m} minus blocking ResIST, final {head['name']} (mean over seeds {sorted(seeds)}): "
                        f"{d:+.3f} ({goal}).")
+        for t in args.erase:  # the control: what the steps alone cost, and what the overlap costs beyond them
+            cut, erased = f"resist-cut{t}", f"overlap{t}-erase"
+            for m, base, what in ((cut, "resist", "the steps alone"), (erased, cut, "beyond its lost steps")):
+                seeds = {r["seed"] for r in by(m)} & {r["seed"] for r in by(base)}
+                if seeds:
+                    d = statistics.mean(r["final"] for r in by(m) if r["seed"] in seeds) - statistics.mean(
+                        r["final"] for r in by(base) if r["seed"] in seeds)
+                    out.append(f"- {m} minus {base} ({what}), final {head['name']} (mean over seeds "
+                               f"{sorted(seeds)}): {d:+.3f}.")
     out += ["", f"## Time to target on the {full:g}x link ({w} workers), composed\n",
             f"Rounds to the target from the loopback runs; seconds = that method's measured {full:g}x-link round "
             "times for that many rounds (first round, then the steady mean). Bytes: per worker, the loopback "

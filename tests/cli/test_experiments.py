@@ -266,14 +266,17 @@ def test_rate_limited_to_target_stops_at_the_target(tmp_path, monkeypatch):
 def test_streaming_erase_ablations_share_their_taus_link_run():
     """``--erase TAU`` adds the ablations between blocking ResIST and tau: overlapTAU-alpha0 (the steps
     before the merge dropped from the weights) and overlapTAU-erase (from the momentum too), timed by
-    their tau's link run."""
+    their tau's link run, and their control resist-cutTAU (blocking ResIST with as many steps)."""
     suite = load("streaming")
     ap = argparse.ArgumentParser()
     suite.add_arguments(ap)
     args = ap.parse_args(["--overlap", "1", "--merges", "delta", "--erase", "1"])
     assert suite.methods(args) == ["local_sgd", "resist", "overlap1-delta", "overlap1-alpha0", "overlap1-erase",
-                                   "streaming_diloco"]
+                                   "resist-cut1", "streaming_diloco"]
     assert suite.link_method("overlap1-erase") == suite.link_method("overlap1-alpha0") == "overlap1"
+    # the control: blocking ResIST with 1 of the preset's 25 steps per round cut (8 epochs -> 7.68)
+    assert suite.link_method("resist-cut1") == "resist"
+    assert suite.method_flags("resist-cut1", args) == ["--algo", "resist", "--epochs", "7.68"]
     assert suite.method_flags("overlap1-alpha0", args) == ["--algo", "resist", "--overlap", "1", "--mix-alpha", "0"]
     assert suite.method_flags("overlap1-erase", args) == ["--algo", "resist", "--overlap", "1", "--mix-alpha", "0",
                                                           "--overlap-restart"]
