@@ -19,11 +19,11 @@ under ``taskset`` to choose); per-round wall time and time to a common target ac
 
 ``--to-target`` trains to an accuracy instead of comparing a fixed schedule (issue 20, part 4): local SGD
 trains its whole schedule over each link, its final score less 0.5 point (or ``--target``) is the target,
-and ResIST (with ``--resist-flags``, e.g. the ``cifar10_cpu_fast`` recipe) stops there (``--stop-at``); a
+and ResIST (with ``--resist-flags``, e.g. the ``cifar10_cpu_fast`` recipe's outer step, as below) stops there (``--stop-at``); a
 table gives each run's round, time, wall time, bytes and calibrated projection to the target:
 
     sudo python experiments/run.py rate_limited --preset cifar10_cpu_long --data-dir ../shared/data/cifar10 \
-        --workers 2 --ratios 1 --algos local_sgd resist --to-target --resist-flags="--cooldown-epochs 0.8" \
+        --workers 2 --ratios 1 --algos local_sgd resist --to-target --resist-flags="--outer-lr 1.0 --outer-momentum 0.5" \
         --name rate_limited_to_target -- --eval-every 2
 """
 
