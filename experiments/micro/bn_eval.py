@@ -28,18 +28,18 @@ from resist.models import create_model  # noqa: E402
 from resist.tasks.evaluation import accuracy  # noqa: E402
 
 
-def load_run(folder: Path) -> tuple[torch.nn.Module, dict, dict]:
+def load_run(folder: Path, classes: int) -> tuple[torch.nn.Module, dict]:
     """The run's final global model, ready for evaluation (ResIST's branches scaled as its evaluation
-    scales them), with its config and summary."""
+    scales them), with its summary; ``classes``: the dataset's, unless the config names a count."""
     cfg = json.loads((folder / "config.json").read_text())
     summary = json.loads((folder / "summary.json").read_text())
     m = cfg["model"]
-    model = create_model(m["name"], num_classes=m["num_classes"] or 10, width=m["width"],
+    model = create_model(m["name"], num_classes=m["num_classes"] or classes, width=m["width"],
                          **({"layers": tuple(m["layers"])} if m.get("layers") else {}))
     model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
     if summary.get("eval_scale", 1.0) != 1.0:
         model.set_residual_scale(summary["scaled_blocks"], summary["eval_scale"])
-    return model, cfg, summary
+    return model, summary
 
 
 def scores(model, cfg: dict, data, batch_sizes: list[int], recal: list[int]) -> dict[str, float]:
@@ -81,9 +81,10 @@ def main() -> None:
     torch.manual_seed(0)
     rows, data = [], None
     for f in folders:
-        model, cfg, summary = load_run(f)
+        cfg = json.loads((f / "config.json").read_text())
         if data is None:
             data = load_dataset(cfg["data"]["dataset"], args.data_dir)
+        model, summary = load_run(f, data.num_classes)
         rows.append({"run": f.name, "algo": cfg["algo"]["name"], "seed": cfg["run"]["seed"],
                      "workers": cfg["algo"]["workers"], "final_logged": summary.get("final_acc"),
                      "scores": scores(model, cfg, data, args.batch_sizes, args.recal)})

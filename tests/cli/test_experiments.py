@@ -280,3 +280,33 @@ def test_streaming_erase_ablations_share_their_taus_link_run():
     assert suite.method_flags("overlap1-alpha0", args) == ["--algo", "resist", "--overlap", "1", "--mix-alpha", "0"]
     assert suite.method_flags("overlap1-erase", args) == ["--algo", "resist", "--overlap", "1", "--mix-alpha", "0",
                                                           "--overlap-restart"]
+
+
+def test_bn_eval_reproduces_a_runs_logged_accuracy_and_pairs_the_gap(tmp_path, monkeypatch, capsys):
+    """experiments/micro/bn_eval.py on two finished runs (local SGD and ResIST, synthetic data): with the
+    averaged running statistics it scores each model as its run logged it (so the weights, the evaluation
+    scale and the data are the run's), and the gap table pairs the two; a folder that is not a finished run
+    is refused in one line."""
+    from resist.cli import main as cli
+
+    runs = []
+    for algo in ("local_sgd", "resist"):
+        out = tmp_path / algo
+        assert cli(["train", "smoke", "--algo", algo, "--workers", "2", "--max-rounds", "2", "--out", str(out)]) == 0
+        runs.append(str(out))
+    spec = importlib.util.spec_from_file_location("micro_bn_eval", ROOT / "experiments" / "micro" / "bn_eval.py")
+    bn = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bn)
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(sys, "argv", ["bn_eval.py", "--runs", *runs, "--recal", "2", "--batch-sizes", "8",
+                                      "--name", "bn_test"])
+    bn.main()
+    got = json.loads((tmp_path / "results" / "bn_test.json").read_text())["rows"]
+    for row in got:
+        assert row["scores"]["average"] == pytest.approx(row["final_logged"], abs=1e-9)
+        assert set(row["scores"]) == {"average", "batch 8", "recalibrated 2"}
+    md = (tmp_path / "results" / "bn_test.md").read_text()
+    assert "| resist | local_sgd |" in md
+    monkeypatch.setattr(sys, "argv", ["bn_eval.py", "--runs", str(tmp_path)])
+    with pytest.raises(SystemExit, match="not a finished run folder"):
+        bn.main()
