@@ -310,3 +310,20 @@ def test_bn_eval_reproduces_a_runs_logged_accuracy_and_pairs_the_gap(tmp_path, m
     monkeypatch.setattr(sys, "argv", ["bn_eval.py", "--runs", str(tmp_path)])
     with pytest.raises(SystemExit, match="not a finished run folder"):
         bn.main()
+
+
+def test_tta_eight_workers_table_compares_each_method_with_local_sgd(tmp_path):
+    """Part 2's 8-worker table: ResIST's runs get their equal-accuracy ratios and whether they reach local
+    SGD's final - 0.5; the shallow ensemble (it sends nothing) its scores and gap only."""
+    tta = load("tta")
+    _scores_run(tmp_path / "w8_lsgd_w8_s0", "local_sgd", [40.0, 50.0, 52.0])
+    _scores_run(tmp_path / "w8_resist_w8_s0", "resist", [45.0, 52.0, 53.0])
+    _scores_run(tmp_path / "w8_ensemble_w8_s0", "ensemble", [30.0, 45.0, 49.0])
+    lines, raw = tta.workers8(tmp_path, {})  # no step costs measured: no cost ratio
+    md = "\n".join(lines)
+    assert "| local SGD | 52.00 | 52.00 |" in md
+    resist = next(r for r in raw if r["run"] == "w8_resist_w8_s0")
+    assert resist["final_gap"] == pytest.approx(1.0) and resist["match_reached"]
+    assert "| ResIST | 53.00 | 53.00 | +1.00 |" in md and "yes: " in md
+    assert "| shallow ensemble (no communication) | 49.00 | 49.00 | -3.00 | - | - | - | - |" in md
+    assert tta.workers8(tmp_path / "nothing", {}) == ([], [])
