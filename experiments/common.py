@@ -262,14 +262,15 @@ def reach(r: dict | Run, target: float) -> float | None:
 
 
 def ratios(lsgd: Run, resist: Run, target: float, costs) -> dict | None:
-    """Local SGD's time, deterministic cost and bytes to ``target`` over ResIST's (None: one never got there)."""
+    """Local SGD's time, deterministic cost and bytes to ``target`` over ResIST's (None: one never got there;
+    a ratio is None where it was not measured, or where the other run sent nothing, as a shallow ensemble)."""
     from resist.analysis.target import cost_for
 
     lt, rt = time_to(lsgd, target, cost_for(lsgd, costs)), time_to(resist, target, cost_for(resist, costs))
     if not (lt and rt):
         return None
     return {"time": lt.time_s / rt.time_s, "cost": lt.cost_s / rt.cost_s if lt.cost_s and rt.cost_s else None,
-            "bytes": lt.sent_bytes / rt.sent_bytes}
+            "bytes": lt.sent_bytes / rt.sent_bytes if rt.sent_bytes else None}
 
 
 def gap(lsgd: Run, resist: Run) -> dict[float, float]:

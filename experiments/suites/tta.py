@@ -233,26 +233,20 @@ W8 = [("w8_resist_w8_s0", "ResIST"), ("w8_resistmd4_w8_s0", "ResIST, minimum dep
 
 
 def workers8(dest: Path, costs) -> tuple[list[str], list[dict]]:
-    """Part 2's 8 workers: each method's final and best score against local SGD's, and for the ResIST runs
-    the equal-accuracy ratios (the ensemble sends nothing, so it has no byte ratio)."""
+    """Part 2's 8 workers: each method's final and best score against local SGD's, with the equal-accuracy
+    ratios (the ensemble sends nothing, so it has no byte ratio)."""
     base = dest / "w8_lsgd_w8_s0"
     runs = [(n, label) for n, label in W8 if (dest / n / "summary.json").is_file()]
     if not (base / "summary.json").is_file() or not runs:
         return [], []
     lsgd = read_run(base, need_eval=True)
-    key = lsgd.headline.key
-    raw, rows = [], [["local SGD", f"{lsgd.evaluated[-1][key]:.2f}", f"{lsgd.best():.2f}", "-", "-", "-", "-", "-"]]
+    final = lsgd.evaluated[-1][lsgd.headline.key]
+    raw, rows = [], [["local SGD", f"{final:.2f}", f"{lsgd.best():.2f}", "-", "-", "-", "-", "-"]]
     for name, label in runs:
-        if name.startswith("w8_ensemble"):
-            r = read_run(dest / name, need_eval=True)
-            got = {"resist_final": r.evaluated[-1][key], "resist_best": r.best(),
-                   "final_gap": r.evaluated[-1][key] - lsgd.evaluated[-1][key]}
-        else:
-            got = compare(base, dest / name, costs)
+        got = compare(base, dest / name, costs)
         raw.append({"run": name, **got})
         x = lambda k: "-" if got.get(k) is None else f"{got[k]:.2f}x"  # noqa: E731  (None: not measured)
-        there = (f"yes: {x('match_time')} / {x('match_cost')} / {x('match_bytes')}" if got.get("match_reached")
-                 else "no" if "match_reached" in got else "-")
+        there = f"yes: {x('match_time')} / {x('match_cost')} / {x('match_bytes')}" if got["match_reached"] else "no"
         rows.append([label, f"{got['resist_final']:.2f}", f"{got['resist_best']:.2f}", f"{got['final_gap']:+.2f}",
                      x("common_time"), x("common_cost"), x("common_bytes"), there])
     return ["", "## 8 workers (part 2, seed 0)\n",
