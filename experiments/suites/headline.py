@@ -10,7 +10,8 @@ Per setting and seed, ResIST and local SGD trained the same epochs with the same
   file measured the model and width);
 * whether ResIST reaches local SGD's final accuracy less 0.5 point.
 Then the mean (± standard deviation) over seeds. The rate-limited rows come from
-``docs/results/rate_limited*.json`` (3 rounds each: per-round wall time, no accuracy).
+``docs/results/rate_limited*.json``: per-round wall time (3 rounds, no accuracy), and from the to-target
+run (``rate_limited_to_target.json``, part 4) time and bytes to local SGD's final - 0.5.
 
     python experiments/run.py headline   # docs/results/headline.{md,json} and the two README tables
 """
@@ -117,22 +118,41 @@ def measure(setting: Setting, runs: dict, costs) -> dict:
 
 
 def rate_limited_rows() -> list[list[str]]:
+    """The rate-limited rows: per-round wall time from the fixed-round runs (3 rounds, no accuracy), and
+    time and bytes to local SGD's final - 0.5 from the to-target run (part 4; one seed)."""
     rows = []
-    for name in ("rate_limited_probed", "rate_limited_w4"):
+    for name in ("rate_limited_probed", "rate_limited_w4", "rate_limited_to_target"):
         path = OUT / f"{name}.json"
         if not path.is_file():
             continue
         data = json.loads(path.read_text())
-        by = {}
+        run_args, by = data["args"], {}
         for r in data["rows"]:
             by.setdefault((r["workers"], r["ratio"], r["mbit"]), {})[r["algo"]] = r
         for (w, ratio, mbit), algos in sorted(by.items()):
-            if "local_sgd" in algos and "resist" in algos:
-                ratio_s = algos["local_sgd"]["wall_per_round_s"] / algos["resist"]["wall_per_round_s"]
-                rows.append([f"ResNet101 1/8 width, {w} workers, a {mbit:g} Mbit/s link ({ratio:g}x of compute), "
-                             f"{data['args']['max_rounds']} rounds, CPU, CIFAR-10 ({name}.json)",
-                             "-", "-", "- (-)", f"{ratio_s:.2f}x", "not measured", "-", "-", "-", "-",
+            if "local_sgd" not in algos or "resist" not in algos or algos["resist"].get("skipped"):
+                continue
+            lsgd, resist = algos["local_sgd"], algos["resist"]
+            per_round = f"{lsgd['wall_per_round_s'] / resist['wall_per_round_s']:.2f}x"
+            link = f"{w} workers, a {mbit:g} Mbit/s link ({ratio:g}x of compute)"
+            if not run_args.get("to_target"):
+                rows.append([f"ResNet101 1/8 width, {link}, {run_args['max_rounds']} rounds, CPU, CIFAR-10 "
+                             f"({name}.json)", "-", "-", "- (-)", per_round, "not measured", "-", "-", "-", "-",
                              "wall time per round; too few rounds for accuracy"])
+                continue
+            got, ref = resist.get("reached"), lsgd.get("reached")
+            both = got is not None and ref is not None
+            flags = run_args.get("resist_flags") or ""
+            rows.append([
+                f"{run_args['preset']} (ResNet101 1/8 width), {link}, 1 seed, CPU (one core a rank), CIFAR-10"
+                f"{f', ResIST with {flags}' if flags else ''} ({name}.json)",
+                f"{lsgd['best_acc']:.2f}", f"{resist['best_acc']:.2f}", "- (-)", per_round,
+                f"{ref['time_s'] / got['time_s']:.2f}x" if both else "-", "-",
+                f"{ref['sent_mb'] / got['sent_mb']:.2f}x" if both else "-",
+                f"{int(got is not None)}/1", "-",
+                f"ResIST stopped at local SGD's final - 0.5 ({resist['target']:.2f}); ratios there, time measured "
+                f"over the link (wall with evaluations: "
+                + (f"{ref['wall_s'] / got['wall_s']:.2f}x)" if both and got["wall_s"] and ref["wall_s"] else "-)")])
     return rows
 
 
