@@ -272,6 +272,7 @@ def execute(args, specs: list[Spec]) -> list[dict] | None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: (cleanup(), sys.exit(130)))
     from resist.analysis.projection import compare, project_run
+    from resist.analysis.target import default_targets
 
     runs_dir, results = Path(args.runs), []
     for w in args.workers:
@@ -320,6 +321,9 @@ def execute(args, specs: list[Spec]) -> list[dict] | None:
                     r["goodput_after_mbit"], r["calibrated_s"] = after["goodput_mbit"], calibrated[r["algo"]].projected_s[good]
             target = target_of(args, group["local_sgd"]) if args.to_target \
                 else group["local_sgd"]["summary"]["best_acc"] - 1.0
+            # Equal accuracy as the other tables define it: the lower of the link runs' best scores
+            # (a ResIST run that misses local SGD's final - 0.5 still has a ratio there).
+            lowest = default_targets([group[a]["run"] for a in group])[0].value if args.to_target else None
             for algo in group:
                 proj = projected[algo]
                 c, wall, b = per_round(group[algo]["rows"])
@@ -335,8 +339,10 @@ def execute(args, specs: list[Spec]) -> list[dict] | None:
                                 "rounds": len(group[algo]["rows"]),
                                 "best_acc": group[algo]["summary"]["best_acc"], "target": target,
                                 "time_to_target_s": reach(group[algo]["run"], target),
-                                **(to_target(group[algo], free[algo], target, good, latency_us) if args.to_target
-                                   else {})})
+                                **({**to_target(group[algo], free[algo], target, good, latency_us),
+                                    "lowest_best": lowest, "reached_lowest": to_target(
+                                        group[algo], free[algo], lowest, good, latency_us)["reached"]}
+                                   if args.to_target else {})})
     return results
 
 
@@ -418,27 +424,35 @@ def tabulate(args, results: list[dict], env: dict) -> None:
 
 
 def to_target_lines(args, measured: list[dict]) -> list[str]:
-    """--to-target's table: each run over the link to the common target, against local SGD's."""
+    """--to-target's tables: each run over the link to the common target (local SGD's final - 0.5, or
+    --target), and to the lower of the runs' best scores (equal accuracy), against local SGD's."""
     out = ["", "## To the target\n",
-           f"Target: {'--target' if args.target is not None else 'local SGD final - 0.5 point'} per link; every "
-           f"algorithm but local SGD stopped there (`--stop-at`). Time = parallel-equivalent seconds over the link "
-           f"(compute + synchronization, no evaluation); wall = seconds since the run began, evaluations included; "
-           f"calibrated = the unlimited-link run's rounds up to the same one, projected at the probed goodput. "
-           f"Ratios: local SGD's / this run's (>1: this run got there sooner or with fewer bytes).\n",
-           "| workers | link (Mbit/s) | algorithm | target (%) | reached at round | time (s) | wall (s) | calibrated (s) "
-           "| MB sent per worker | time ratio | bytes ratio |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in measured:
-        got = r.get("reached")
-        lsgd = next((x for x in measured if (x["workers"], x["ratio"], x["algo"]) == (r["workers"], r["ratio"], "local_sgd")),
-                    {}).get("reached")
-        head = f"| {r['workers']} | {r['mbit']:g} | {r['algo']} | {r['target']:.2f} |"
-        if got is None:
-            out.append(f"{head} not reached in {r['rounds']} rounds | | | | | | |")
-            continue
-        ratio = (f"{lsgd['time_s'] / got['time_s']:.2f}x | {lsgd['sent_mb'] / got['sent_mb']:.2f}x" if lsgd
-                 else "- | -")
-        wall = "-" if got["wall_s"] is None else f"{got['wall_s']:.1f}"
-        out.append(f"{head} {got['round']} | {got['time_s']:.1f} | {wall} | {got['calibrated_s']:.1f} | "
-                   f"{got['sent_mb']:.2f} | {ratio} |")
+           f"Targets: {'--target' if args.target is not None else 'local SGD final - 0.5 point'} per link (every "
+           f"algorithm but local SGD stopped there, `--stop-at`), and the lower of the link runs' best scores "
+           f"(equal accuracy; a run stopped at the first target has that as its best). Time = parallel-equivalent "
+           f"seconds over the link (compute + synchronization, no evaluation); wall = seconds since the run began, "
+           f"evaluations included; calibrated = the unlimited-link run's rounds up to the same one, projected at "
+           f"the probed goodput. Ratios: local SGD's / this run's (>1: this run got there sooner or with fewer "
+           f"bytes).\n",
+           "| workers | link (Mbit/s) | algorithm | target | target (%) | reached at round | time (s) | wall (s) "
+           "| calibrated (s) | MB sent per worker | time ratio | wall ratio | bytes ratio |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, key, value in (("local SGD final - 0.5" if args.target is None else "--target", "reached", "target"),
+                             ("equal accuracy", "reached_lowest", "lowest_best")):
+        for r in measured:
+            got = r.get(key)
+            lsgd = next((x for x in measured
+                         if (x["workers"], x["ratio"], x["algo"]) == (r["workers"], r["ratio"], "local_sgd")), {}).get(key)
+            head = f"| {r['workers']} | {r['mbit']:g} | {r['algo']} | {name} | {r[value]:.2f} |"
+            if got is None:
+                out.append(f"{head} not reached in {r['rounds']} rounds | | | | | | | |")
+                continue
+            if lsgd:
+                wall_ratio = f"{lsgd['wall_s'] / got['wall_s']:.2f}x" if lsgd["wall_s"] and got["wall_s"] else "-"
+                ratio = f"{lsgd['time_s'] / got['time_s']:.2f}x | {wall_ratio} | {lsgd['sent_mb'] / got['sent_mb']:.2f}x"
+            else:
+                ratio = "- | - | -"
+            wall = "-" if got["wall_s"] is None else f"{got['wall_s']:.1f}"
+            out.append(f"{head} {got['round']} | {got['time_s']:.1f} | {wall} | {got['calibrated_s']:.1f} | "
+                       f"{got['sent_mb']:.2f} | {ratio} |")
     return out
