@@ -137,6 +137,7 @@ def run(algo: str, workers: int, mbit: float | None, args, out: Path, flags: tup
         "--backend", "gloo", "--data-dir", args.data_dir, "--out", str(out), "--force", "--seed", str(args.seed),
         "--timeout", "1800", *(["--max-rounds", str(args.max_rounds)] if args.max_rounds else []), *flags, *args.extra])
     (out / "run.txt").write_text(record)
+    (out / "library.txt").write_text(common.describe_library(common.library_state()) + "\n")
     return load_run(out)
 
 
@@ -331,7 +332,9 @@ def execute(args, specs: list[Spec]) -> list[dict] | None:
                     n = len(group[algo]["rows"])
                     proj = project_run(free[algo]["rows"][:n], algo, [mbit / 1e3], args.delay_ms * 1e3, algo)
                     calibrated[algo] = project_run(free[algo]["rows"][:n], algo, [good], latency_us, algo)
+                lib = runs_dir / f"{algo}_w{w}_r{ratio:g}" / "library.txt"
                 results.append({"workers": w, "ratio": ratio, "mbit": mbit, "algo": algo,
+                                "library": lib.read_text().strip() if lib.is_file() else None,
                                 "compute_per_round_s": c, "wall_per_round_s": wall, "bytes_per_round": b,
                                 "measured_s": group[algo]["summary"]["time_s"],
                                 "projected_s": proj.projected_s[mbit / 1e3],
@@ -417,6 +420,9 @@ def tabulate(args, results: list[dict], env: dict) -> None:
                       "full width on a real cluster): " + "; ".join(speed) + "."]
     if args.to_target:
         lines += to_target_lines(args, measured)
+    trained = sorted({r["library"] for r in measured if r.get("library")})
+    if trained:  # --reuse: the runs may be older than the library that wrote this table
+        lines += ["", f"Runs trained by library {', '.join(trained)} (run folders' library.txt under {args.runs})."]
     lines += ["", f"Plot: [{args.name}.png]({args.name}.png)"]
     common.RESULTS.mkdir(parents=True, exist_ok=True)
     plot(results, common.RESULTS / f"{args.name}.png", env["cores_used"])
