@@ -233,6 +233,24 @@ def plot(results: list[dict], path: Path, cores: int) -> None:
     plt.close(fig)
 
 
+def accuracy_plots(args, measured: list[dict]) -> list[str]:
+    """--to-target: `resist plot` of each link's runs (accuracy against time and bytes over the link, both
+    targets drawn); the links' markdown links."""
+    from resist.analysis.plot import plot_runs
+    from resist.analysis.target import Target
+
+    links = []
+    for w, ratio in sorted({(r["workers"], r["ratio"]) for r in measured}):
+        rows = [r for r in measured if (r["workers"], r["ratio"]) == (w, ratio)]
+        runs = [read_run(Path(args.runs) / f"{r['algo']}_w{w}_r{ratio:g}") for r in rows]
+        name = f"{args.name}_w{w}_r{ratio:g}.png"
+        plot_runs(runs, [r["algo"] for r in rows], common.RESULTS / name,
+                  targets=[Target("local SGD final - 0.5" if args.target is None else "--target", rows[0]["target"]),
+                           Target("equal accuracy", rows[0]["lowest_best"])])
+        links.append(f"[{name}]({name})")
+    return links
+
+
 def add_arguments(ap) -> None:
     options(ap, preset="cifar10_cpu", workers=[2],
             ratios=([0.1, 1.0, 10.0], "local SGD's communication / compute per round to set the link rate for"),
@@ -426,6 +444,8 @@ def tabulate(args, results: list[dict], env: dict) -> None:
     lines += ["", f"Plot: [{args.name}.png]({args.name}.png)"]
     common.RESULTS.mkdir(parents=True, exist_ok=True)
     plot(results, common.RESULTS / f"{args.name}.png", env["cores_used"])
+    if args.to_target:
+        lines += [f"Accuracy over the link against time and bytes: {', '.join(accuracy_plots(args, measured))}"]
     record(args.name, {"args": vars(args), "rows": results}, lines, "sudo " + args.command, env)
 
 

@@ -263,6 +263,7 @@ def test_rate_limited_to_target_stops_at_the_target(tmp_path, monkeypatch):
     args = argparse.Namespace(target=None)
     assert suite.target_of(args, lsgd) == pytest.approx(lsgd["summary"]["final_acc"] - 0.5)
     assert md.count("| equal accuracy |") == 2 and "Runs trained by library" in md  # --reuse can be told apart
+    assert (tmp_path / "results" / "rl_test_w2_r1.png").stat().st_size > 0 and "(rl_test_w2_r1.png)" in md
     # the headline table's row for it: time and bytes ratios at equal accuracy, from the same file
     headline = load("headline")
     (tmp_path / "results" / "rate_limited_to_target.json").write_text((tmp_path / "results" / "rl_test.json").read_text())
