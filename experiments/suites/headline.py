@@ -117,12 +117,12 @@ def measure(setting: Setting, runs: dict, costs) -> dict:
                     f"{sum(s['resist_matches'] for s in per_seed)}/{len(per_seed)}", setting.paper_speedup, setting.note]}
 
 
-def rate_limited_rows() -> list[list[str]]:
+def rate_limited_rows(fixed_rounds: bool = True) -> list[list[str]]:
     """The rate-limited rows: per-round wall time from the fixed-round runs (3 rounds, no accuracy), and
     from the to-target run (part 4; one seed) time and bytes over the link at equal accuracy and whether
-    ResIST reached local SGD's final - 0.5."""
+    ResIST reached local SGD's final - 0.5. ``fixed_rounds=False``: the to-target rows only."""
     rows = []
-    for name in ("rate_limited_probed", "rate_limited_w4", "rate_limited_to_target"):
+    for name in ("rate_limited_probed", "rate_limited_w4", "rate_limited_to_target")[0 if fixed_rounds else 2:]:
         path = OUT / f"{name}.json"
         if not path.is_file():
             continue
@@ -203,11 +203,11 @@ def tabulate(args, results: list[dict], env: dict) -> None:
     if common.RESULTS.resolve() == OUT:  # the README tables, when the results are the repository's
         splice(OUT / "README.md", [f"`{args.command}` (library {env['library']}; run folders under docs/results; "
                                    f"step costs {source}). {about}", "", *lines])
-        # The README keeps to a front door: the settings, the preset's recipe and the links; the other
-        # variants' rows are in headline.md and status.md.
-        front = [m["row"] for s, m in zip(chosen, measured) if is_front(s)] + rate_limited_rows()
+        # The README keeps to a front door: the settings, the preset's recipe and the link run to a
+        # target; the other variants' rows and the per-round link rows are in headline.md and status.md.
+        front = [m["row"] for s, m in zip(chosen, measured) if is_front(s)] + rate_limited_rows(fixed_rounds=False)
         left = len(rows) - len(front)
         splice(ROOT / "README.md", [*table(HEAD, front), *([""] if left else []),
-                                    *([f"{left} more rows (the gap study's other variants): "
+                                    *([f"{left} more rows (the gap study's other variants, per-round link times): "
                                        "[headline.md](docs/results/headline.md)."] if left else [])])
         splice(ROOT / "docs" / "status.md", lines)
