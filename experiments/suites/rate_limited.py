@@ -457,7 +457,8 @@ def to_target_lines(args, measured: list[dict]) -> list[str]:
            f"algorithm but local SGD stopped there, `--stop-at`), and the lower of the link runs' best scores "
            f"(equal accuracy; a run stopped at the first target has that as its best). Time = parallel-equivalent "
            f"seconds over the link (compute + synchronization, no evaluation); wall = seconds since the run began, "
-           f"evaluations included; calibrated = the unlimited-link run's rounds up to the same one, projected at "
+           f"evaluations included (ResIST's also gather the whole model onto rank 0 over the link each time, "
+           f"since no rank holds it); calibrated = the unlimited-link run's rounds up to the same one, projected at "
            f"the probed goodput. Ratios: local SGD's / this run's (>1: this run got there sooner or with fewer "
            f"bytes).\n",
            "| workers | link (Mbit/s) | algorithm | target | target (%) | reached at round | time (s) | wall (s) "
