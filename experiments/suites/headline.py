@@ -80,7 +80,7 @@ def settings(runs: Path) -> list[Setting]:
                 PAPER_GAP[4], PAPER_SPEEDUP[4], "about 1 evaluation an epoch"),
     ]
     for name, (lsgd, resist, w) in TTA.items():
-        pairs = [(f"tta/{lsgd}_s{s}", f"tta/{resist}_s{s}") for s in (0, 1)
+        pairs = [(f"tta/{lsgd}_s{s}", f"tta/{resist}_s{s}") for s in (0, 1, 2)
                  if (runs / f"tta/{lsgd}_s{s}" / "summary.json").is_file()
                  and (runs / f"tta/{resist}_s{s}" / "summary.json").is_file()]
         if pairs:

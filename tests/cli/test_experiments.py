@@ -341,3 +341,19 @@ def test_tta_eight_workers_table_compares_each_method_with_local_sgd(tmp_path):
     ensemble = next(r for r in raw if r["run"] == "w8_ensemble_w8_s0")
     assert ensemble["common_bytes"] is None and not ensemble["match_reached"]
     assert tta.workers8(tmp_path / "nothing", {}) == ([], [])
+
+
+def test_tta_variants_table_counts_every_seed_with_both_runs(tmp_path):
+    """Part 3's table averages over the seeds that have both runs, the third seed included, and a seed
+    missing one of its pair is left out (not paired with another seed's run)."""
+    tta = load("tta")
+    for seed, (lsgd, resist) in enumerate([(60.0, 61.0), (62.0, 60.0), (64.0, 63.0)]):
+        _scores_run(tmp_path / f"base_lsgd_w4_s{seed}", "local_sgd", [40.0, lsgd])
+        _scores_run(tmp_path / f"var_outer10m05_w4_s{seed}", "resist", [45.0, resist])
+    _scores_run(tmp_path / "base_resist_w4_s1", "resist", [45.0, 59.0])
+    lines, raw = tta.variants_table(tmp_path, ["var_outer10m05_w4_s0"], {})
+    got = {r["variant"]: r["seeds"] for r in raw}
+    assert [g["seed"] for g in got["var_outer10m05"]] == [0, 1, 2]
+    assert [g["final_gap"] for g in got["var_outer10m05"]] == pytest.approx([1.0, -2.0, -1.0])
+    assert [g["seed"] for g in got["base_resist"]] == [1]
+    assert "| var_outer10m05 | 3 |" in "\n".join(lines)
