@@ -76,7 +76,7 @@ def cifar10_cpu_fast() -> Config:
 
 def cifar10_gpu_short() -> Config:
     """Paper Table 2's setting (ResNet101 at full width, batch 128 per worker, 50 local iterations, lr
-    0.1 decayed at 50% and 75%) shortened to 14 epochs with one linear warm-up epoch: what fits one lent
+    0.1 decayed at 50% and 75%) shortened to 14 epochs whose first is a linear learning-rate warm-up: what fits one lent
     GPU for a few minutes, ResIST and local SGD side by side at 4 workers (about 2.5 and 4 minutes on an
     H200, docs/results/cifar10_gpu_w4_tables.md). fp32; evaluated every 2 rounds (about once an epoch at
     4 workers); a checkpoint only at the end (full-width checkpoints are large)."""
