@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -61,17 +62,23 @@ def test_an_elastic_run_is_never_resumed(tmp_path, capsys):
 
 
 @pytest.mark.timeout(600)  # three CLI processes start torch and train: slow on a loaded CI machine
-def test_a_worker_of_another_config_is_refused_not_averaged_in(tmp_path):
+@pytest.mark.parametrize("a_late_s", [0, 8], ids=["together", "odd_one_first"])
+def test_a_worker_of_another_config_is_refused_not_averaged_in(tmp_path, a_late_s):
+    # odd_one_first: b (another config) and c meet before a has started; no majority, so neither is
+    # refused until a comes (before the fix c was refused, and a waited for a second worker forever)
     lighthouse = start_lighthouse(min_workers=1)
     env = {**os.environ, "PYTHONPATH": SRC}
+    procs: list[subprocess.Popen] = []
     try:
         def worker(name: str, lr: str) -> subprocess.Popen:
-            return subprocess.Popen(cli("train", "smoke", "--elastic", "--lighthouse", lighthouse.address(),
-                                        "--worker-id", name, "--workers", "2", "--epochs", "1", "--lr", lr,
-                                        "--out", str(tmp_path / name)),
-                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            argv = cli("train", "smoke", "--elastic", "--lighthouse", lighthouse.address(), "--worker-id", name,
+                       "--workers", "2", "--epochs", "1", "--lr", lr, "--out", str(tmp_path / name))
+            procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            return procs[-1]
 
-        a, b, c = worker("a", "0.05"), worker("b", "0.5"), worker("c", "0.05")
+        b, c = worker("b", "0.5"), worker("c", "0.05")
+        time.sleep(a_late_s)
+        a = worker("a", "0.05")
         _, err_b = b.communicate(timeout=400)
         assert b.returncode == 2
         assert "worker b runs another config" in err_b.strip().splitlines()[-1]
@@ -82,7 +89,7 @@ def test_a_worker_of_another_config_is_refused_not_averaged_in(tmp_path):
         rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
         assert summary["final_members"] == ["a", "c"] and all(r["members"] == ["a", "c"] for r in rows)
     finally:
-        for p in (a, b, c):
+        for p in procs:
             if p.poll() is None:
                 p.kill()
         lighthouse.shutdown()

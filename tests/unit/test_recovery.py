@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resist.algorithms.recovery import Refused, Report, Unrecoverable, decide, keepers
+from resist.algorithms.recovery import Refused, Report, Split, Unrecoverable, decide, keepers
 from resist.algorithms.routing import holding
 from resist.plan import make_plan
 
@@ -61,6 +61,19 @@ def test_another_config_is_refused_not_averaged_in():
     reps = [trained("1", 4, BLOCKS), Report("2", "other")]
     with pytest.raises(Refused, match="worker b"):
         decide(("a", "b"), reps, BLOCKS)
+
+
+def test_a_fresh_start_refuses_the_minority_config_whatever_its_rank():
+    # the odd worker may be the first to ask (rank 0): the majority, not the rank, sets the reference
+    reps = [Report("1", "other"), Report("2", "cfg"), Report("3", "cfg")]
+    with pytest.raises(Refused, match="worker a runs another config"):
+        decide(("a", "b", "c"), reps, BLOCKS)
+
+
+def test_a_fresh_start_split_evenly_refuses_no_one_yet():
+    with pytest.raises(Split, match="none is a majority"):
+        decide(("b", "c"), [Report("1", "other"), Report("2", "cfg")], BLOCKS)
+    assert decide(("a",), [Report("1", "cfg")], BLOCKS).start
 
 
 def test_members_at_different_rounds_are_unrecoverable():

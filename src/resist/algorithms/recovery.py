@@ -22,6 +22,7 @@ The rule (docs/elastic.md says why):
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -35,6 +36,11 @@ class Unrecoverable(RuntimeError):
 
 class Refused(ValueError):
     """This worker cannot join this run (another config, or its name is taken)."""
+
+
+class Split(ValueError):
+    """A fresh quorum whose members run different configs, none of them a majority: refusing either side
+    would be a coin toss (the workers of the run may not all have asked yet), so the quorum forms again."""
 
 
 @dataclass(frozen=True)
@@ -96,21 +102,30 @@ class Decision:
     """The workers of the round that ends, in its rank order."""
 
 
-def reference_digest(reports: Sequence[Report]) -> str:
-    """The config a quorum's members must share: that of the lowest-ranked member that trained the round
-    (at a fresh start, of the lowest rank)."""
-    return next((r.digest for r in reports if not r.fresh), reports[0].digest)
+def reference_digest(reports: Sequence[Report]) -> str | None:
+    """The config a quorum's members must share: that of the lowest-ranked member that trained the round;
+    at a fresh start, that of a strict majority of the members, or None where no config has one (two
+    workers that disagree, the first to ask being the odd one out, must not refuse the right one)."""
+    trained = [r.digest for r in reports if not r.fresh]
+    if trained:
+        return trained[0]
+    digest, n = Counter(r.digest for r in reports).most_common(1)[0]
+    return digest if 2 * n > len(reports) else None
 
 
 def decide(members: Sequence[str], reports: Sequence[Report], candidates: Sequence[int]) -> Decision:
     """The decision of a quorum of ``members`` (sorted; rank = index) that reported ``reports``.
 
     Raises :class:`Refused` naming a member whose config differs from the others' (the lowest-ranked
-    member that trained the round sets the reference; at a fresh start, the lowest rank), and
-    :class:`Unrecoverable` when some block has neither a surviving holder nor a surviving keeper."""
+    member that trained the round sets the reference; at a fresh start, the majority),
+    :class:`Split` at a fresh start with no majority config, and :class:`Unrecoverable` when some block
+    has neither a surviving holder nor a surviving keeper."""
     members = tuple(members)
     trained = [i for i, rep in enumerate(reports) if not rep.fresh]
     ref = reference_digest(reports)
+    if ref is None:
+        raise Split(f"workers {', '.join(members)} run different configs and none is a majority; start every "
+                    f"worker with the same command")
     foreign = [members[i] for i, rep in enumerate(reports) if rep.digest != ref]
     if foreign:
         raise Refused(f"worker {foreign[0]} runs another config than this run's (digest {ref[:12]}); "

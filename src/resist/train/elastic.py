@@ -29,7 +29,7 @@ import torch
 
 from ..algorithms import Algorithm
 from ..algorithms.elastic import Snapshot, restore, synchronize
-from ..algorithms.recovery import Decision, Refused, Report, decide, reference_digest
+from ..algorithms.recovery import Decision, Refused, Report, Split, decide, reference_digest
 from ..comm import CommError, Communicator
 from ..config import Config
 from ..data.elastic import DataCursor, ElasticBatches, commit, deal, examples_done, usable_positions
@@ -203,8 +203,8 @@ def run_elastic_worker(membership, cfg: Config, dataset, out: Path | None, write
 
 def form_quorum(w: ElasticWorker, membership) -> tuple[Any, Decision | None, float]:
     """The next quorum and its decision; ``None`` for a quorum to form again (a fresh start that
-    misses workers, or a worker of another config still in it). Refused and Unrecoverable end this
-    worker with one line."""
+    misses workers or is split evenly between configs, or a worker of another config still in it).
+    Refused and Unrecoverable end this worker with one line."""
     t0 = time.perf_counter()
     q = membership.quorum(w.report().to_dict(), w.cfg.run.timeout)
     waited = time.perf_counter() - t0
@@ -216,6 +216,13 @@ def form_quorum(w: ElasticWorker, membership) -> tuple[Any, Decision | None, flo
             raise  # this worker is the one of another config: it leaves, with one line
         time.sleep(0.2)  # the other worker is refused and leaves; its heartbeat stops
         log.warning("%s", e)
+        return q, None, waited
+    except Split as e:
+        # A fresh quorum split evenly between configs: wait for the run's other workers to break the tie,
+        # no longer than the timeout, as a start short of workers does.
+        if time.perf_counter() - w.started > w.cfg.run.timeout:
+            raise Refused(f"worker {w.name}: {e}") from None
+        time.sleep(0.1)
         return q, None, waited
     if decision.start and len(q.members) < w.cfg.algo.workers:
         # Round 0 waits for all --workers, so that a run's start does not depend on timing; a worker
