@@ -72,6 +72,21 @@ def test_the_best_recipe_is_the_fast_preset():
     long["algo"].pop("outer_lr"), long["algo"].pop("outer_momentum")
     assert fast == long
     assert load("tta").recipe(14) == ["--outer-lr", "1", "--outer-momentum", "0.5"]
+    warm = preset("cifar10_cpu_fast_warm").to_dict()
+    assert warm["algo"].pop("warmup_epochs") == 1.0 and fast["algo"].pop("warmup_epochs") == 0.0
+    warm["algo"].pop("outer_lr"), warm["algo"].pop("outer_momentum")
+    assert warm == fast
+
+
+def test_the_warm_preset_is_the_gap_study_variant_it_names():
+    """cifar10_cpu_fast_warm trains what the tta suite's var_outer10m05warm1 runs trained."""
+    from resist.cli import build_config, make_parser
+
+    spec = next(s for s in load("tta").specs() if s.name == "var_outer10m05warm1_w4_s0")
+    via_flags = build_config(make_parser().parse_args(["train", spec.preset, *spec.flags]))
+    via_preset = build_config(make_parser().parse_args(["train", "cifar10_cpu_fast_warm", "--algo", "resist",
+                                                        "--workers", "4", "--seed", "0"]))
+    assert via_flags.to_dict() == via_preset.to_dict()
 
 
 def load(name):
