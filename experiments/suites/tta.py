@@ -97,6 +97,9 @@ def specs(args=None) -> list[Spec]:
         # 62.61%, against the outer step's 62.47% and a target of 63.46%): seed 1 first.
         "outer10m05cool50": ["--outer-lr", "1.0", "--outer-momentum", "0.5", "--cooldown-epochs", "4"],
         "outer10m05warm1": ["--outer-lr", "1.0", "--outer-momentum", "0.5", "--warmup-epochs", "1"],
+        # With the 1-epoch warm-up the bytes ratio (1.61x) misses the goal's 2x: the warm-up's whole-model
+        # rounds are most of the bytes. Half of it.
+        "outer10m05warm05": ["--outer-lr", "1.0", "--outer-momentum", "0.5", "--warmup-epochs", "0.5"],
         "recalib": ["--bn-eval", "recalibrate"],
         "cool05": ["--cooldown-epochs", "0.4"],
         "cool10": ["--cooldown-epochs", "0.8"],
