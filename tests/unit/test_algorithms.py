@@ -282,10 +282,17 @@ def _sent_per_round(out):
     return [b - a for a, b in zip([0] + totals, totals)]
 
 
-def test_warmup_trains_the_whole_scaled_network_then_resist_moves_less(tmp_path):
+#: With an outer step a block's outer momentum travels with it to new holders, but a whole round's
+#: (the same on every rank) stays home: whole rounds send local SGD's (DiLoCo's) bytes either way.
+OUTER = pytest.mark.parametrize("outer", [{}, {"algo.outer_lr": 1.0, "algo.outer_momentum": 0.5}],
+                                ids=["plain", "outer"])
+
+
+@OUTER
+def test_warmup_trains_the_whole_scaled_network_then_resist_moves_less(outer, tmp_path):
     """Warm-up rounds are local SGD on the whole network, residual branches scaled by c (§2.6): each
     sends exactly local SGD's bytes; the rounds after it send exactly a plain ResIST run's."""
-    cfg = tiny(**{"algo.workers": 2, "algo.warmup_epochs": 0.5, "optim.epochs": 2})
+    cfg = tiny(**{"algo.workers": 2, "algo.warmup_epochs": 0.5, "optim.epochs": 2, **outer})
 
     def body(w):
         assert w.holders(0)[w.store.candidates[0]] == (0, 1) and w.warmup_rounds < 10
@@ -302,11 +309,12 @@ def test_warmup_trains_the_whole_scaled_network_then_resist_moves_less(tmp_path)
     assert warmed[warm:] == plain[warm:] and max(warmed[warm:-1]) < min(lsgd)
 
 
-def test_cooldown_ends_as_local_sgd_on_the_folded_whole_network(tmp_path):
+@OUTER
+def test_cooldown_ends_as_local_sgd_on_the_folded_whole_network(outer, tmp_path):
     """Cool-down rounds (the last 0.5 of 2 epochs) are local SGD on the whole network: each sends exactly
     local SGD's bytes, the rounds before it a plain ResIST run's; c is folded into the branch outputs at
     its first round, so the branches train and are evaluated at scale 1 and the summary says so."""
-    cfg = tiny(**{"algo.workers": 2, "algo.cooldown_epochs": 0.5, "optim.epochs": 2})
+    cfg = tiny(**{"algo.workers": 2, "algo.cooldown_epochs": 0.5, "optim.epochs": 2, **outer})
 
     def body(w):
         first = w.cooldown_from

@@ -2,8 +2,8 @@
 
 A bucket (``"shared"``, or one partitioned block) travels as one flat buffer per dtype (paper §2.5:
 shared layers all-reduced, each block sent to its next holders). The float32 buffer holds, in order,
-every parameter of the bucket's parts, then their float32 BatchNorm statistics, then momenta (carried,
-then outer); BatchNorm's integer batch counters fill a buffer of their own. The order is what lets a
+every parameter of the bucket's parts, then their float32 BatchNorm statistics, then momenta (every
+carried one, then every outer one: the outer momenta end the buffer); BatchNorm's integer batch counters fill a buffer of their own. The order is what lets a
 codec compress the parameters alone (one leading slice; statistics and momenta travel exactly, §A.5)
 and a round that leaves statistics alone (``bn_sync_every``) skip them as one slice.
 """
@@ -31,18 +31,30 @@ class BucketLayout:
 
     ``params``: the leading float32 values that are parameters (what a codec may compress).
     ``stats``: the float32 BatchNorm statistics right after them; every other-dtype buffer (BatchNorm's
-    batch counters) is statistics too. Momenta follow the statistics in the float32 buffer."""
+    batch counters) is statistics too. Momenta follow the statistics in the float32 buffer, the last
+    ``outer`` values of which are outer-optimizer momenta."""
 
     params: int = 0
     stats: int = 0
+    outer: int = 0
 
     @classmethod
-    def of(cls, params: Iterable[torch.Tensor], buffers: Iterable[torch.Tensor], align: int) -> BucketLayout:
-        """The layout of a bucket holding ``params`` and ``buffers``, each view aligned to ``align`` bytes."""
+    def of(cls, params: Iterable[torch.Tensor], buffers: Iterable[torch.Tensor], align: int,
+           outer: Iterable[torch.Tensor] = ()) -> BucketLayout:
+        """The layout of a bucket holding ``params``, ``buffers`` and the outer momenta ``outer``, each
+        view aligned to ``align`` bytes."""
         def floats(ts: Iterable[torch.Tensor]) -> int:
             return sum(aggregate.span(t, align) for t in ts if t.dtype == torch.float32)
 
-        return cls(floats(params), floats(buffers))
+        return cls(floats(params), floats(buffers), floats(outer))
+
+    def without_outer(self, flats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """``flats`` less the outer momenta that end the float32 buffer (views). A part that every rank
+        holds has the same outer momentum everywhere (each rank steps it after the same average), so
+        averaging it would send bytes to learn nothing."""
+        if not self.outer:
+            return list(flats)
+        return [flats[0][:flats[0].numel() - self.outer], *flats[1:]]
 
     def lossy(self, flats: Sequence[torch.Tensor]) -> list[int]:
         """Per flat buffer, how many leading values a codec may encode."""

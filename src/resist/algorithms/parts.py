@@ -119,7 +119,7 @@ class PartStore:
         """Each state tensor of ``parts`` with its checkpoint name and a way to replace it, in the
         bucket layout's order (:func:`~resist.algorithms.buckets.ordered`); ``outer``: with the outer
         momentum (where kept). Momentum not yet allocated is a meta tensor of its parameter's shape."""
-        params, buffers, momenta = [], [], []
+        params, buffers, carried, outers = [], [], [], []
         for part in parts:
             module = self.module(part)
             for prefix, m in module.named_modules(prefix=self.prefix(part).rstrip(".")):
@@ -129,13 +129,13 @@ class PartStore:
             for prefix, m in module.named_modules(prefix=self.prefix(part).rstrip(".")):
                 buffers += [(f"{prefix}.{n}", b, lambda v, m=m, n=n: m._buffers.__setitem__(n, v))
                             for n, b in m._buffers.items() if b is not None]
-            for label, kept, wanted in (("momentum/", self.momentum, self.carry),
-                                        ("outer_momentum/", self.outer_momentum, self.outer and outer)):
+            for label, kept, wanted, into in (("momentum/", self.momentum, self.carry, carried),
+                                              ("outer_momentum/", self.outer_momentum, self.outer and outer, outers)):
                 if wanted:
-                    momenta += [(label + n, kept.get(n, torch.empty_like(p, device="meta")),
-                                 lambda v, n=n, kept=kept: kept.__setitem__(n, v))
-                                for n, p in zip(self._param_names(part), module.parameters())]
-        return ordered(params, buffers, momenta)
+                    into += [(label + n, kept.get(n, torch.empty_like(p, device="meta")),
+                              lambda v, n=n, kept=kept: kept.__setitem__(n, v))
+                             for n, p in zip(self._param_names(part), module.parameters())]
+        return ordered(params, buffers, carried + outers)
 
     @torch.no_grad()
     def bucket(self, key: Part, parts: list[Part], fresh: bool = False, outer: bool = True) -> None:
@@ -146,7 +146,8 @@ class PartStore:
         entries = self._entries(parts, outer)
         a = self.align
         self.layouts[key] = BucketLayout.of([p for part in parts for p in self.module(part).parameters()],
-                                            [b for part in parts for b in self.module(part).buffers()], a)
+                                            [b for part in parts for b in self.module(part).buffers()], a,
+                                            [t for name, t, _ in entries if name.startswith("outer_momentum/")])
         tensors = [t for _, t, _ in entries]
         flats = aggregate.empty_like_packed(tensors, self.device, a) if fresh else aggregate.pack(tensors, a)
         for (_, _, point), view in zip(entries, aggregate.views(flats, tensors, a)):

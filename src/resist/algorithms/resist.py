@@ -405,8 +405,10 @@ class ResIST(Algorithm):
         bn = self.sync.syncs_bn(round_)
         if shared:  # (elastic training averages the shared layers over the workers that trained them)
             self.sync.all_reduce(self.comm, round_)
-        for b in r.all_reduced:
-            all_reduce_flats(self.comm, store.flats[b], self.sync.codec, store.layouts[b], (self.seed, round_, b), bn)
+        for b in r.all_reduced:  # (its outer momentum, the same on every rank, stays home)
+            layout = store.layouts[b]
+            all_reduce_flats(self.comm, layout.without_outer(store.flats[b]), self.sync.codec, layout,
+                             (self.seed, round_, b), bn)
         if self.sync.outer is not None:
             # Parts every rank holds are stepped after their average, identically everywhere; a block
             # with fewer holders is stepped by each holder before it travels (an affine step commutes
