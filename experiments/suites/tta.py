@@ -50,13 +50,18 @@ GAP_SETTINGS = [
 ]
 
 
+#: Part 3's best recipe: the preset the GPU twin repeats at full width.
+RECIPE = "cifar10_cpu_fast_warm"
+
+
 def recipe(epochs: float) -> list[str]:
-    """Part 3's best recipe (the ``cifar10_cpu_fast`` preset's outer step; with a cool-down, the same share
+    """Part 3's best recipe (``RECIPE``'s outer step; its warm-up and cool-down, if any, the same share
     of the epochs) as flags for a run of ``epochs`` (the GPU twin repeats it at full width)."""
-    fast = preset("cifar10_cpu_fast").algo
-    cool = fast.cooldown_epochs / preset("cifar10_cpu_fast").optim.epochs * epochs
-    return ["--outer-lr", f"{fast.outer_lr:g}", "--outer-momentum", f"{fast.outer_momentum:g}",
-            *(["--cooldown-epochs", f"{cool:g}"] if cool else [])]
+    best = preset(RECIPE)
+    a, share = best.algo, epochs / best.optim.epochs
+    return ["--outer-lr", f"{a.outer_lr:g}", "--outer-momentum", f"{a.outer_momentum:g}",
+            *(["--warmup-epochs", f"{a.warmup_epochs * share:g}"] if a.warmup_epochs else []),
+            *(["--cooldown-epochs", f"{a.cooldown_epochs * share:g}"] if a.cooldown_epochs else [])]
 
 
 def _spec(name: str, workers: int, seed: int, algo: str, *flags: str) -> Spec:

@@ -65,13 +65,15 @@ def test_tta_records_the_command_its_running_runs_were_started_with():
 
 
 def test_the_best_recipe_is_the_fast_preset():
-    """cifar10_cpu_fast is cifar10_cpu_long plus part 3's recipe, and the GPU twin scales the same recipe."""
+    """cifar10_cpu_fast is cifar10_cpu_long plus part 3's outer step, the warm preset adds the warm-up, and the GPU
+    twin scales the warm preset."""
     from resist.presets import preset
     long, fast = preset("cifar10_cpu_long").to_dict(), preset("cifar10_cpu_fast").to_dict()
     assert (fast["algo"].pop("outer_lr"), fast["algo"].pop("outer_momentum")) == (1.0, 0.5)
     long["algo"].pop("outer_lr"), long["algo"].pop("outer_momentum")
     assert fast == long
-    assert load("tta").recipe(14) == ["--outer-lr", "1", "--outer-momentum", "0.5"]
+    # The GPU twin repeats the warm preset at 14 epochs: its 1 warm-up epoch of 8 becomes 1.75.
+    assert load("tta").recipe(14) == ["--outer-lr", "1", "--outer-momentum", "0.5", "--warmup-epochs", "1.75"]
     warm = preset("cifar10_cpu_fast_warm").to_dict()
     assert warm["algo"].pop("warmup_epochs") == 1.0 and fast["algo"].pop("warmup_epochs") == 0.0
     warm["algo"].pop("outer_lr"), warm["algo"].pop("outer_momentum")
