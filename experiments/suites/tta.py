@@ -20,19 +20,22 @@ written from that folder:
   seed: best and final accuracy, final gap, and at equal accuracy (the lower of the two bests; and local
   SGD's final less 0.5 point, where reached) the time, deterministic-cost and bytes ratios;
 * the gap over training (part 2): ResIST's accuracy minus local SGD's at each evaluation, per setting
-  (mean over the seeds that have both), beside the paper's gap.
+  (mean over the seeds that have both), beside the paper's gap;
+* where the bytes go (part 3's bytes criterion): per recipe run, the bytes of a whole (warm-up) round and of
+  a partitioned round against a local-SGD round, and the rounds each took to the target.
 
     python experiments/run.py tta --only-existing --runs /work/long_runs/tta
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 
 import common
 from common import Spec, copy_runs, gap, ratios, reach, read_run, record, spread, table
-from resist.analysis.target import TOLERANCE, load_step_costs
+from resist.analysis.target import TOLERANCE, load_step_costs, time_to
 from resist.presets import preset
 
 PRESET = "cifar10_cpu_long"
@@ -248,9 +251,81 @@ def tabulate(args, results: list[dict], env: dict) -> None:
     lines += matched
     eight, w8_raw = workers8(dest, costs)
     lines += eight
+    spent, bytes_raw = where_bytes_go(dest)
+    lines += spent
     record("tta", {"variants": raw, "gap": [{"setting": c[0], "points": c[1], "paper": c[2], "seeds": c[3]}
-                                            for c in curves], "time_matched": tm_raw, "workers8": w8_raw, "runs": names},
-           lines, args.command, env)
+                                            for c in curves], "time_matched": tm_raw, "workers8": w8_raw,
+                   "bytes": bytes_raw, "runs": names}, lines, args.command, env)
+
+
+def shared_and_blocks(run_dir: Path) -> tuple[int, int]:
+    """Bytes of the float32 state (parameters and BatchNorm statistics) of the layers every sub-network of
+    ``run_dir``'s model shares, and of its partitioned blocks."""
+    from resist.models import create_model
+
+    cfg, summary = (json.loads((run_dir / f).read_text()) for f in ("config.json", "summary.json"))
+    model = create_model(cfg["model"]["name"], num_classes=10, width=cfg["model"]["width"])
+    size = lambda m: sum(t.numel() * 4 for t in [*m.parameters(), *m.buffers()] if t.is_floating_point())  # noqa: E731
+    blocks = sum(size(model.blocks[b]) for b in summary["scaled_blocks"])
+    return size(model) - blocks, blocks
+
+
+#: The runs whose bytes the goal's bytes criterion turns on (plain ResIST, the outer step, with warm-ups).
+BYTES_VARIANTS = ("base_resist", "var_outer10m05", "var_outer10m05warm05", "var_outer10m05warm1")
+
+
+def where_bytes_go(dest: Path) -> tuple[list[str], list[dict]]:
+    """Part 3's bytes criterion taken apart: per variant and seed, the bytes a worker sends in a whole
+    round (warm-up: every block, all-reduced) and in a partitioned round, against a local-SGD round, and
+    the rounds each run took to local SGD's final - 0.5. The bytes ratio there is local SGD's rounds x its
+    round over ResIST's whole and partitioned rounds, so it says which of the two would have to change."""
+    raw = []
+    for label in BYTES_VARIANTS:
+        for s in SEEDS:
+            lsgd_dir, run_dir = dest / f"base_lsgd_w4_s{s}", dest / f"{label}_w4_s{s}"
+            if not ((lsgd_dir / "summary.json").is_file() and (run_dir / "summary.json").is_file()):
+                continue
+            lsgd, run = read_run(lsgd_dir, need_eval=True), read_run(run_dir, need_eval=True)
+            candidates = len(json.loads((run_dir / "summary.json").read_text())["scaled_blocks"])
+            target = lsgd.evaluated[-1]["test_acc"] - TOLERANCE["classification"]
+            l_at, r_at = time_to(lsgd, target), time_to(run, target)
+            per_round = lambda rows: [b - a for a, b in zip([0] + [max(r["sent_bytes"]) for r in rows],  # noqa: E731
+                                                             [max(r["sent_bytes"]) for r in rows])]
+            sent = per_round(run.rows)
+            # (runs older than the blocks_per_worker column had no warm-up: every round partitioned)
+            is_whole = [min(r.get("blocks_per_worker", [0])) == candidates for r in run.rows]
+            whole = [b for w, b in zip(is_whole, sent) if w]
+            parts = [b for w, b in zip(is_whole, sent) if not w]
+            raw.append({"variant": label, "seed": s, "library": (run_dir / "library.txt").read_text().strip()[:10],
+                        "lsgd_round_bytes": statistics.fmean(per_round(lsgd.rows)),
+                        "whole_round_bytes": statistics.fmean(whole) if whole else None, "whole_rounds": len(whole),
+                        "part_round_bytes": statistics.fmean(parts[:-1] or parts),
+                        "lsgd_rounds_to_target": None if l_at is None else l_at.round + 1,
+                        "rounds_to_target": None if r_at is None else r_at.round + 1,
+                        "bytes_ratio_there": l_at.sent_bytes / r_at.sent_bytes if l_at and r_at else None})
+    if not raw:
+        return [], raw
+    shared, blocks = shared_and_blocks(dest / f"{raw[0]['variant']}_w4_s{raw[0]['seed']}")
+    mb = lambda v: "-" if v is None else f"{v / 1e6:.2f}"  # noqa: E731
+    rows = [[r["variant"], r["seed"], r["library"], mb(r["lsgd_round_bytes"]), mb(r["whole_round_bytes"]),
+             r["whole_rounds"], mb(r["part_round_bytes"]), f"{r['part_round_bytes'] / r['lsgd_round_bytes']:.2f}",
+             "-" if r["rounds_to_target"] is None else f"{r['lsgd_rounds_to_target']} / {r['rounds_to_target']}",
+             "-" if r["bytes_ratio_there"] is None else f"{r['bytes_ratio_there']:.2f}x"] for r in raw]
+    return ["", "## Where the bytes go (part 3's bytes criterion)\n",
+            "Bytes a worker sends per round (the worker that sent the most; MB = 10^6 bytes), from each run's "
+            "metrics.jsonl: a local-SGD round, a whole round of ResIST (its warm-up: every block, all-reduced) and a "
+            "partitioned round (the last round, which only averages, left out); rounds to local SGD's final - 0.5 "
+            "(local SGD's / ResIST's, counting from 1) and the bytes ratio there. Before library 65d1ad2 a whole "
+            "round with the outer step also all-reduced the outer momentum, the same on every rank (1.62x a "
+            "local-SGD round); the library column says which code sent the bytes. Of a partitioned round, the layers "
+            f"every sub-network shares cost {1.5 * shared / 1e6:.2f} MB (their {shared / 4e6:.2f} M float32 parameters and "
+            f"statistics, all-reduced: 2 (S-1)/S = 1.5 times them per worker at 4 workers, as every local-SGD round "
+            f"sends the whole model's); the partitioned blocks are {blocks / 4e6:.2f} M values, of which a worker sends "
+            "the quarter it trained when it changes holder (3 rounds in 4), and with the outer step their outer "
+            "momentum beside them.\n",
+            *table(["variant", "seed", "library", "local SGD round (MB)", "whole round (MB)", "whole rounds",
+                    "partitioned round (MB)", "partitioned / local SGD round", "rounds to target",
+                    "bytes ratio there"], rows)], raw
 
 
 #: Part 2's 8-worker runs beside local SGD's (seed 0): (run, what it is).

@@ -374,3 +374,30 @@ def test_tta_variants_table_counts_every_seed_with_both_runs(tmp_path):
     assert [g["final_gap"] for g in got["var_outer10m05"]] == pytest.approx([1.0, -2.0, -1.0])
     assert [g["seed"] for g in got["base_resist"]] == [1]
     assert "| var_outer10m05 | 3 |" in "\n".join(lines)
+
+
+def test_tta_bytes_table_separates_whole_and_partitioned_rounds(tmp_path):
+    """Part 3's bytes criterion taken apart: a warm-up round (every block held) and a partitioned round are
+    measured apart from each run's own bytes, and the bytes ratio at local SGD's final - 0.5 is local SGD's
+    cumulative bytes over ResIST's at the rounds each reached it."""
+    tta = load("tta")
+    _scores_run(tmp_path / "base_lsgd_w4_s0", "local_sgd", [40.0, 50.0, 60.0, 62.0], sent=4 * 10**6)
+    run = tmp_path / "var_outer10m05warm05_w4_s0"
+    run.mkdir()
+    sent, held = [4, 4, 2, 2], [[22] * 4, [22] * 4, [6, 6, 5, 5], [6, 6, 5, 5]]
+    rows = [{"round": r, "step": 25 * (r + 1), "epoch": 0.25 * (r + 1), "compute_s": 1.0, "comm_s": 0.0,
+             "time_s": float(r + 1), "sent_bytes": [10**6 * sum(sent[:r + 1])] * 4, "blocks_per_worker": held[r],
+             "test_acc": a, "best_acc": a} for r, a in enumerate([40.0, 55.0, 62.0, 63.0])]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "summary.json").write_text(json.dumps({"algo": "resist", "best_acc": 63.0, "final_acc": 63.0,
+                                                  "scaled_blocks": list(range(8, 30))}))
+    (run / "config.json").write_text(json.dumps({"model": {"name": "paper_resnet101", "width": 0.125}}))
+    (run / "library.txt").write_text("65d1ad2abcdef\n")
+    lines, raw = tta.where_bytes_go(tmp_path)
+    assert len(raw) == 1
+    got = raw[0]
+    assert (got["whole_round_bytes"], got["whole_rounds"], got["part_round_bytes"]) == (4e6, 2, 2e6)
+    assert (got["lsgd_rounds_to_target"], got["rounds_to_target"]) == (4, 3)
+    assert got["bytes_ratio_there"] == pytest.approx(16 / 10)
+    assert "| var_outer10m05warm05 | 0 | 65d1ad2abc | 4.00 | 4.00 | 2 | 2.00 | 0.50 | 4 / 3 | 1.60x |" in "\n".join(lines)
+    assert tta.where_bytes_go(tmp_path / "nothing") == ([], [])
