@@ -258,6 +258,11 @@ class AlgoConfig:
     """Momentum of the outer SGD (DiLoCo: 0.9); it travels with a ResIST block to its next holders."""
     outer_nesterov: bool = True
     """Nesterov momentum for the outer SGD (DiLoCo's choice)."""
+    outer_blocks: bool = True
+    """ResIST with an outer step: whether its partitioned blocks take the step too (their outer momentum
+    then travels with them to each next holder: a second copy of their parameters in every block
+    message). Off: only the layers every sub-network shares are stepped, the blocks are plainly averaged
+    and send ResIST's own bytes (ours; docs/outer.md)."""
     compress: Codec = "none"
     """Codec for the parameters sent at synchronization (paper Appendix A.5): fp16, bf16, q1..q8 (k-bit
     quantization), topk or randk; BatchNorm statistics, counters and momenta travel exactly. Data
@@ -360,6 +365,9 @@ class AlgoConfig:
                f"warmup_epochs is ResIST's local-SGD warm-up; {name} has none: drop --warmup-epochs")
         _check(self.cooldown_epochs == 0 or has("uses_warmup"),
                f"cooldown_epochs is ResIST's local-SGD cool-down; {name} has none: drop --cooldown-epochs")
+        _check(self.outer_blocks or (self.outer and has("partitions")),
+               "--no-outer-blocks keeps ResIST's partitioned blocks out of the outer step: it needs an outer step "
+               "(--outer-lr / --outer-momentum) and --algo resist")
         _check(not self.outer or has("supports_outer"),
                f"an outer optimizer steps the average of a round; {name} has none: use "
                f"{' or '.join(algorithms_that('supports_outer'))}, or drop --outer-lr / --outer-momentum")

@@ -36,7 +36,7 @@ def final_model(tmp_path, runtime, **over):
 CASES = [
     ("resist", 2, 0), ("resist", 3, 0), ("resist", 4, 0), ("resist", 3, 3), ("resist", 4, 3),
     ("local_sgd", 2, 0), ("local_sgd", 3, 0), ("local_sgd", 4, 0), ("data_parallel", 3, 0),
-    ("resist+outer", 2, 0), ("resist+outer", 3, 3), ("local_sgd+outer", 2, 0), ("local_sgd+outer", 3, 0),
+    ("resist+outer", 2, 0), ("resist+outer", 3, 3), ("resist+outershared", 2, 0), ("resist+outershared", 3, 3), ("local_sgd+outer", 2, 0), ("local_sgd+outer", 3, 0),
     ("resist+bf16", 2, 0), ("data_parallel+fp16", 2, 0),
     ("resist+q8", 2, 0), ("resist+q4", 3, 3), ("local_sgd+q8", 3, 0), ("resist+q4ef", 2, 3), ("local_sgd+q2ef", 2, 0),
     ("data_parallel+q8", 3, 0), ("data_parallel+q4dp", 2, 0),
@@ -51,6 +51,8 @@ CASES = [
 VIT = {"model.name": "vit_tiny", "model.layers": None, "model.width": 1 / 16, "optim.inner": "adamw",
        "optim.lr": 1e-3, "optim.weight_decay": 0.05, "optim.lr_schedule": "cosine", "optim.lr_warmup_epochs": 0.5}
 EXTRA = {"": {}, "outer": {"algo.outer_lr": 0.7, "algo.outer_momentum": 0.9},  # DiLoCo's outer Nesterov SGD
+         # the outer step on the shared layers only (the blocks plainly averaged)
+         "outershared": {"algo.outer_lr": 0.7, "algo.outer_momentum": 0.9, "algo.outer_blocks": False},
          "bf16": {"run.amp": "bf16"}, "fp16": {"run.amp": "fp16"},
          "q8": {"algo.compress": "q8"}, "q4": {"algo.compress": "q4"},
          "q4ef": {"algo.compress": "q4", "algo.compress_what": "update", "algo.error_feedback": True},

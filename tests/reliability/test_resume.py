@@ -68,7 +68,8 @@ BN4 = {"algo.bn_sync_every": 4}
                                               ("local_sgd", False, BN4),
                                               ("data_parallel", False, {"algo.compress": "q4", "algo.error_feedback": True}),
                                               ("resist", False, VIT), ("local_sgd", False, VIT),
-                                              ("resist", True, COOL3), ("resist", True, COOL2)])
+                                              ("resist", True, COOL3), ("resist", True, COOL2),
+                                              ("resist", False, {**OUTER, "algo.outer_blocks": False})])
 def test_inprocess_resume_is_bitwise(tmp_path, faults, algo, carry, extra):
     over = {"algo.name": algo, "algo.carry_momentum": carry, "algo.min_depth": 3, **extra}
     whole = train(cfg_for(tmp_path / "whole", **over), DATA)

@@ -421,3 +421,31 @@ def test_mixed_precision_and_channels_last_train_with_fp32_state_and_traffic(ove
     rows = {k: [json.loads(line)["loss"] for line in (tmp_path / k / "metrics.jsonl").read_text().splitlines()]
             for k in ("fp32", "mixed")}
     assert rows["mixed"][-1] < rows["mixed"][0] and rows["mixed"][-1] == pytest.approx(rows["fp32"][-1], rel=0.1)
+
+
+def test_outer_step_on_the_shared_layers_only_leaves_the_blocks_plainly_averaged(tmp_path):
+    """--no-outer-blocks: after a round the shared layers are those of the outer-step run and the blocks
+    those of plain ResIST (one holder each: the holder's copy, unstepped); no outer momentum travels, so
+    every partitioned round sends exactly plain ResIST's bytes, and fewer than with the blocks stepped."""
+    outer = {"algo.outer_lr": 1.0, "algo.outer_momentum": 0.5}
+    cfg = tiny(**{"algo.workers": 2, "optim.epochs": 2})
+    runs = {name: trained(cfg.replace(**over), tmp_path / name)
+            for name, over in (("plain", {}), ("outer", outer), ("shared", {**outer, "algo.outer_blocks": False}))}
+    once = {name: trained(cfg.replace(**{"run.max_rounds": 1, **over}), tmp_path / f"{name}1")
+            for name, over in (("plain", {}), ("outer", outer), ("shared", {**outer, "algo.outer_blocks": False}))}
+    state = {n: torch.load(p / "model.pt", weights_only=True) for n, p in once.items()}
+    blocks = {int(b) for b in json.loads((once["plain"] / "summary.json").read_text())["scaled_blocks"]}
+    in_block = lambda k: k.startswith("blocks.") and int(k.split(".")[1]) in blocks  # noqa: E731
+    params = [k for k in state["plain"] if "running" not in k and "num_batches" not in k]
+    assert all(torch.equal(state["shared"][k], state["plain"][k]) for k in params if in_block(k))
+    assert all(torch.equal(state["shared"][k], state["outer"][k]) for k in params if not in_block(k))
+    assert any(not torch.equal(state["outer"][k], state["plain"][k]) for k in params if in_block(k))
+    sent = {n: _sent_per_round(p) for n, p in runs.items()}
+    assert sent["shared"] == sent["plain"] and sum(sent["shared"]) < sum(sent["outer"])
+
+
+def test_outer_blocks_off_needs_resist_with_an_outer_step():
+    with pytest.raises(ValueError, match="needs an outer step"):
+        tiny(**{"algo.outer_blocks": False})
+    with pytest.raises(ValueError, match="needs an outer step"):
+        tiny(**{"algo.name": "local_sgd", "algo.outer_lr": 0.7, "algo.outer_blocks": False})

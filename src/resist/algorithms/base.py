@@ -40,12 +40,12 @@ class Evaluator(Protocol):
 
 
 def make_store(comm: Communicator, build_model: Callable[[], nn.Module], device: torch.device, cfg: AlgoConfig,
-               carry_momentum: bool, init_seed: int, outer: bool = False) -> PartStore:
+               carry_momentum: bool, init_seed: int, outer: bool = False, outer_blocks: bool = True) -> PartStore:
     """A part store whose candidate blocks are those of ``cfg.partition``, checked against S and m."""
     model = build_model()
     cands = candidate_blocks(model.partitionable, model.skippable, cfg.partition)
     validate(comm.world_size, len(cands), cfg.min_depth)
-    return PartStore(build_model, device, cands, carry_momentum, init_seed, outer)
+    return PartStore(build_model, device, cands, carry_momentum, init_seed, outer, outer_blocks)
 
 
 class Algorithm(ABC):

@@ -48,12 +48,13 @@ class PartStore:
 
     ``candidates`` are the blocks an algorithm may deal out; every other part is shared. With
     ``carry_momentum`` each held parameter has a momentum tensor that belongs to its part's state; with
-    ``outer`` it also has an outer-optimizer momentum (part of its state, checkpointed) and a copy of
-    its value at the start of the round (:meth:`snapshot`; not state: a round starts from the state).
+    ``outer`` it also has an outer-optimizer momentum (part of its state, checkpointed; a candidate
+    block only with ``outer_blocks``) and a copy of its value at the start of the round (:meth:`snapshot`;
+    not state: a round starts from the state).
     """
 
     def __init__(self, build_model: Callable[[], nn.Module], device: torch.device, candidates: tuple[int, ...],
-                 carry_momentum: bool, init_seed: int, outer: bool = False) -> None:
+                 carry_momentum: bool, init_seed: int, outer: bool = False, outer_blocks: bool = True) -> None:
         self.build_model, self.device, self.init_seed = build_model, device, init_seed
         #: Bytes every state tensor's view is aligned to in its bucket (0: packed tight; see ``alignment``).
         self.align = alignment(device)
@@ -63,7 +64,7 @@ class PartStore:
         self.shared_parts: list[Part] = ["stem", "head"] + [i for i in range(len(self.model.blocks)) if i not in cset]
         self.carry = carry_momentum
         self.momentum: dict[str, torch.Tensor] = {}
-        self.outer = outer
+        self.outer, self.outer_blocks = outer, outer_blocks
         self.outer_momentum: dict[str, torch.Tensor] = {}
         self.round_start: dict[str, torch.Tensor] = {}
         self.flats: dict[Part, list[torch.Tensor]] = {}
@@ -83,6 +84,10 @@ class PartStore:
     def all_parts(self) -> list[Part]:
         return self.shared_parts + list(self.candidates)
 
+    def stepped(self, part: Part) -> bool:
+        """Whether ``part`` takes the outer step (and so has an outer momentum)."""
+        return self.outer and (self.outer_blocks or part not in self.candidates)
+
     def _param_names(self, part: Part) -> list[str]:
         return [n for n, _ in self.module(part).named_parameters(prefix=self.prefix(part).rstrip("."))]
 
@@ -96,7 +101,7 @@ class PartStore:
         for name, p in zip(self._param_names(part), self.module(part).parameters()):
             if self.carry:
                 self.momentum[name] = torch.zeros_like(p)
-            if self.outer:
+            if self.stepped(part):
                 self.outer_momentum[name] = torch.zeros_like(p)
 
     def release(self, part: Part) -> None:
@@ -130,7 +135,7 @@ class PartStore:
                 buffers += [(f"{prefix}.{n}", b, lambda v, m=m, n=n: m._buffers.__setitem__(n, v))
                             for n, b in m._buffers.items() if b is not None]
             for label, kept, wanted, into in (("momentum/", self.momentum, self.carry, carried),
-                                              ("outer_momentum/", self.outer_momentum, self.outer and outer, outers)):
+                                              ("outer_momentum/", self.outer_momentum, self.stepped(part) and outer, outers)):
                 if wanted:
                     into += [(label + n, kept.get(n, torch.empty_like(p, device="meta")),
                               lambda v, n=n, kept=kept: kept.__setitem__(n, v))

@@ -53,7 +53,8 @@ class ResIST(Algorithm):
                  cfg: AlgoConfig, seed: int, warmup_rounds: int = 0, cooldown_from: int | None = None) -> None:
         self.comm, self.cfg, self.seed, self.warmup_rounds = comm, cfg, seed, warmup_rounds
         self.cooldown_from = cooldown_from  # first round of the cool-down (None: none)
-        self.store = make_store(comm, build_model, device, cfg, cfg.carry_momentum, seed, outer=cfg.outer)
+        self.store = make_store(comm, build_model, device, cfg, cfg.carry_momentum, seed, outer=cfg.outer,
+                                outer_blocks=cfg.outer_blocks)
         self.everyone = tuple(range(comm.world_size))
         n = len(self.store.candidates)
         self.c = eval_scale(comm.world_size, n, cfg.min_depth) if cfg.scale_activations else 1.0
@@ -413,7 +414,7 @@ class ResIST(Algorithm):
             # Parts every rank holds are stepped after their average, identically everywhere; a block
             # with fewer holders is stepped by each holder before it travels (an affine step commutes
             # with the average), and its outer momentum travels with it.
-            self.sync.outer_step([*store.shared_parts, *r.all_reduced, *r.stepped])
+            self.sync.outer_step([p for p in (*store.shared_parts, *r.all_reduced, *r.stepped) if store.stepped(p)])
         for b, copies in self._exchange(r, round_):
             self._average(b, copies, cur[b], bn)
         if release:  # (elastic training releases them once every member has everything)
