@@ -147,6 +147,9 @@ def specs(args=None) -> list[Spec]:
     # The half-epoch warm-up's bytes sit at the goal's 2x once whole rounds stop sending the outer momentum
     # (every rank has the same): its third seed.
     out += [_spec("var_outer10m05warm05_w4_s2", 4, 2, "resist", *variants["outer10m05warm05"])]
+    # The outer step on the shared layers only reached local SGD's final - 0.5 by round 17 on seeds 0 and 1,
+    # under half local SGD's bytes: its third seed.
+    out += [_spec("var_outer10m05warm1sh_w4_s2", 4, 2, "resist", *variants["outer10m05warm1sh"])]
     # The GPU twin (part 6): full width, cifar10_gpu_short, most telling first: a second seed of the pair
     # measured on the H200, the recipe, and local SGD for the epochs that cost what ResIST's 14 cost
     # there (0.59x: docs/results/cifar10_gpu_w4_tables.md). 25 local steps give 4 evaluations an epoch.
