@@ -54,7 +54,7 @@ GAP_SETTINGS = [
 
 
 #: Part 3's best recipe: the preset the GPU twin repeats at full width.
-RECIPE = "cifar10_cpu_fast_warm"
+RECIPE = "cifar10_cpu_fast_lean"
 
 
 def recipe(epochs: float) -> list[str]:
@@ -63,6 +63,7 @@ def recipe(epochs: float) -> list[str]:
     best = preset(RECIPE)
     a, share = best.algo, epochs / best.optim.epochs
     return ["--outer-lr", f"{a.outer_lr:g}", "--outer-momentum", f"{a.outer_momentum:g}",
+            *([] if a.outer_blocks else ["--no-outer-blocks"]),
             *(["--warmup-epochs", f"{a.warmup_epochs * share:g}"] if a.warmup_epochs else []),
             *(["--cooldown-epochs", f"{a.cooldown_epochs * share:g}"] if a.cooldown_epochs else [])]
 

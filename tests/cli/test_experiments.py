@@ -65,28 +65,35 @@ def test_tta_records_the_command_its_running_runs_were_started_with():
 
 
 def test_the_best_recipe_is_the_fast_preset():
-    """cifar10_cpu_fast is cifar10_cpu_long plus part 3's outer step, the warm preset adds the warm-up, and the GPU
-    twin scales the warm preset."""
+    """cifar10_cpu_fast is cifar10_cpu_long plus part 3's outer step, the warm preset adds the warm-up, the lean
+    one keeps the blocks out of the outer step, and the GPU twin scales the lean preset."""
     from resist.presets import preset
     long, fast = preset("cifar10_cpu_long").to_dict(), preset("cifar10_cpu_fast").to_dict()
     assert (fast["algo"].pop("outer_lr"), fast["algo"].pop("outer_momentum")) == (1.0, 0.5)
     long["algo"].pop("outer_lr"), long["algo"].pop("outer_momentum")
     assert fast == long
-    # The GPU twin repeats the warm preset at 14 epochs: its 1 warm-up epoch of 8 becomes 1.75.
-    assert load("tta").recipe(14) == ["--outer-lr", "1", "--outer-momentum", "0.5", "--warmup-epochs", "1.75"]
+    # The GPU twin repeats the lean preset at 14 epochs: its 1 warm-up epoch of 8 becomes 1.75.
+    assert load("tta").recipe(14) == ["--outer-lr", "1", "--outer-momentum", "0.5", "--no-outer-blocks",
+                                      "--warmup-epochs", "1.75"]
     warm = preset("cifar10_cpu_fast_warm").to_dict()
     assert warm["algo"].pop("warmup_epochs") == 1.0 and fast["algo"].pop("warmup_epochs") == 0.0
+    lean = preset("cifar10_cpu_fast_lean").to_dict()
+    assert lean["algo"].pop("outer_blocks") is False and warm["algo"]["outer_blocks"] is True
+    lean["algo"]["outer_blocks"] = True
+    assert lean == preset("cifar10_cpu_fast_warm").to_dict()
     warm["algo"].pop("outer_lr"), warm["algo"].pop("outer_momentum")
     assert warm == fast
 
 
-def test_the_warm_preset_is_the_gap_study_variant_it_names():
-    """cifar10_cpu_fast_warm trains what the tta suite's var_outer10m05warm1 runs trained."""
+@pytest.mark.parametrize("name,variant", [("cifar10_cpu_fast_warm", "var_outer10m05warm1_w4_s0"),
+                                          ("cifar10_cpu_fast_lean", "var_outer10m05warm1sh_w4_s0")])
+def test_the_warm_presets_are_the_gap_study_variants_they_name(name, variant):
+    """cifar10_cpu_fast_warm / _lean train what the tta suite's var_outer10m05warm1 / warm1sh runs trained."""
     from resist.cli import build_config, make_parser
 
-    spec = next(s for s in load("tta").specs() if s.name == "var_outer10m05warm1_w4_s0")
+    spec = next(s for s in load("tta").specs() if s.name == variant)
     via_flags = build_config(make_parser().parse_args(["train", spec.preset, *spec.flags]))
-    via_preset = build_config(make_parser().parse_args(["train", "cifar10_cpu_fast_warm", "--algo", "resist",
+    via_preset = build_config(make_parser().parse_args(["train", name, "--algo", "resist",
                                                         "--workers", "4", "--seed", "0"]))
     assert via_flags.to_dict() == via_preset.to_dict()
 
