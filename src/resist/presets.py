@@ -79,8 +79,9 @@ def cifar10_cpu_fast_warm() -> Config:
     """``cifar10_cpu_fast`` whose first epoch trains the whole network as local SGD (the warm-up of §2.6),
     with the outer step throughout (issue 20, part 3; docs/results/tta.md): over 3 seeds at 4 workers it
     ends above local SGD on every seed (+2.06 ± 0.78 points) and reaches local SGD's final - 0.5 on all
-    three at 1.77x less deterministic cost, but with only 1.61x fewer bytes (the warm-up's rounds send
-    the whole model): the goal's time is met, its bytes (2x) are not."""
+    three at 1.77x less deterministic cost, but with 1.92 / 1.98x fewer bytes on seeds 0 / 1 (the blocks'
+    outer momentum travels with them): the goal's time is met, its bytes (2x) narrowly not; see
+    ``cifar10_cpu_fast_lean``."""
     cfg = cifar10_cpu_fast()
     cfg.algo.warmup_epochs = 1.0
     return cfg
