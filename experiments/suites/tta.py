@@ -279,8 +279,10 @@ def shared_and_blocks(run_dir: Path) -> tuple[int, int]:
     return size(model) - blocks, blocks
 
 
-#: The runs whose bytes the goal's bytes criterion turns on (plain ResIST, the outer step, with warm-ups).
-BYTES_VARIANTS = ("base_resist", "var_outer10m05", "var_outer10m05warm05", "var_outer10m05warm1")
+#: The runs whose bytes the goal's bytes criterion turns on (plain ResIST, the outer step, with warm-ups, on
+#: the shared layers only).
+BYTES_VARIANTS = ("base_resist", "var_outer10m05", "var_outer10m05warm05", "var_outer10m05warm1",
+                  "var_outer10m05warm1sh")
 
 
 def where_bytes_go(dest: Path) -> tuple[list[str], list[dict]]:
