@@ -35,6 +35,7 @@ from pathlib import Path
 
 import common
 from common import Spec, copy_runs, gap, ratios, reach, read_run, record, spread, table
+from resist.analysis.projection import cumulative_sent
 from resist.analysis.target import TOLERANCE, load_step_costs, time_to
 from resist.presets import preset
 
@@ -285,6 +286,12 @@ BYTES_VARIANTS = ("base_resist", "var_outer10m05", "var_outer10m05warm05", "var_
                   "var_outer10m05warm1sh")
 
 
+def per_round(rows: list[dict]) -> list[int]:
+    """Bytes sent in each round by the worker that sent the most (differences of ``cumulative_sent``)."""
+    total = cumulative_sent(rows)
+    return [b - a for a, b in zip([0, *total], total)]
+
+
 def where_bytes_go(dest: Path) -> tuple[list[str], list[dict]]:
     """Part 3's bytes criterion taken apart: per variant and seed, the bytes a worker sends in a whole
     round (warm-up: every block, all-reduced) and in a partitioned round, against a local-SGD round, and
@@ -300,8 +307,6 @@ def where_bytes_go(dest: Path) -> tuple[list[str], list[dict]]:
             candidates = len(json.loads((run_dir / "summary.json").read_text())["scaled_blocks"])
             target = lsgd.evaluated[-1]["test_acc"] - TOLERANCE["classification"]
             l_at, r_at = time_to(lsgd, target), time_to(run, target)
-            per_round = lambda rows: [b - a for a, b in zip([0] + [max(r["sent_bytes"]) for r in rows],  # noqa: E731
-                                                             [max(r["sent_bytes"]) for r in rows])]
             sent = per_round(run.rows)
             # (runs older than the blocks_per_worker column had no warm-up: every round partitioned)
             is_whole = [min(r.get("blocks_per_worker", [0])) == candidates for r in run.rows]

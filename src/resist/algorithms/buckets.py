@@ -3,9 +3,10 @@
 A bucket (``"shared"``, or one partitioned block) travels as one flat buffer per dtype (paper §2.5:
 shared layers all-reduced, each block sent to its next holders). The float32 buffer holds, in order,
 every parameter of the bucket's parts, then their float32 BatchNorm statistics, then momenta (every
-carried one, then every outer one: the outer momenta end the buffer); BatchNorm's integer batch counters fill a buffer of their own. The order is what lets a
-codec compress the parameters alone (one leading slice; statistics and momenta travel exactly, §A.5)
-and a round that leaves statistics alone (``bn_sync_every``) skip them as one slice.
+carried one, then every outer one: the outer momenta end the buffer); BatchNorm's integer batch
+counters fill a buffer of their own. The order is what lets a codec compress the parameters alone
+(one leading slice; statistics and momenta travel exactly, §A.5), a round that leaves statistics alone
+(``bn_sync_every``) skip them as one slice, and a part every rank holds leave its outer momenta home.
 """
 
 from __future__ import annotations

@@ -134,8 +134,9 @@ class PartStore:
             for prefix, m in module.named_modules(prefix=self.prefix(part).rstrip(".")):
                 buffers += [(f"{prefix}.{n}", b, lambda v, m=m, n=n: m._buffers.__setitem__(n, v))
                             for n, b in m._buffers.items() if b is not None]
+            outer_kept = self.stepped(part) and outer
             for label, kept, wanted, into in (("momentum/", self.momentum, self.carry, carried),
-                                              ("outer_momentum/", self.outer_momentum, self.stepped(part) and outer, outers)):
+                                              ("outer_momentum/", self.outer_momentum, outer_kept, outers)):
                 if wanted:
                     into += [(label + n, kept.get(n, torch.empty_like(p, device="meta")),
                               lambda v, n=n, kept=kept: kept.__setitem__(n, v))

@@ -413,7 +413,8 @@ class ResIST(Algorithm):
         if self.sync.outer is not None:
             # Parts every rank holds are stepped after their average, identically everywhere; a block
             # with fewer holders is stepped by each holder before it travels (an affine step commutes
-            # with the average), and its outer momentum travels with it.
+            # with the average), and its outer momentum travels with it; --no-outer-blocks steps the
+            # shared layers only.
             self.sync.outer_step([p for p in (*store.shared_parts, *r.all_reduced, *r.stepped) if store.stepped(p)])
         for b, copies in self._exchange(r, round_):
             self._average(b, copies, cur[b], bn)
