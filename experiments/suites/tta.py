@@ -152,6 +152,10 @@ def specs(args=None) -> list[Spec]:
     # The outer step on the shared layers only reached local SGD's final - 0.5 by round 17 on seeds 0 and 1,
     # under half local SGD's bytes: its third seed.
     out += [_spec("var_outer10m05warm1sh_w4_s2", 4, 2, "resist", *variants["outer10m05warm1sh"])]
+    # The recipe against the baseline with the same outer step (DiLoCo: local SGD stepping the averages the
+    # same way), which has 2 seeds; and at 8 workers, against seed 0's local SGD there.
+    out += [_spec("base_lsgdo10m05_w4_s2", 4, 2, "local_sgd", *variants["outer10m05"]),
+            _spec("w8_lean_w8_s0", 8, 0, "resist", *variants["outer10m05warm1sh"])]
     # The GPU twin (part 6): full width, cifar10_gpu_short, most telling first: a second seed of the pair
     # measured on the H200, the recipe, and local SGD for the epochs that cost what ResIST's 14 cost
     # there (0.59x: docs/results/cifar10_gpu_w4_tables.md). 25 local steps give 4 evaluations an epoch.
@@ -176,7 +180,8 @@ def compare(lsgd_dir: Path, resist_dir: Path, costs) -> dict:
 
 
 #: A variant whose local-SGD counterpart changes the same thing is also compared with that baseline.
-SAME_CHANGE = {"var_carrymom": "base_lsgdcm", "var_outer10m05": "base_lsgdo10m05"}
+SAME_CHANGE = {"var_carrymom": "base_lsgdcm", "var_outer10m05": "base_lsgdo10m05",
+               "var_outer10m05warm1": "base_lsgdo10m05", "var_outer10m05warm1sh": "base_lsgdo10m05"}
 
 
 def variants_table(dest: Path, names: list[str], costs) -> tuple[list[str], list[dict]]:
@@ -346,7 +351,8 @@ def where_bytes_go(dest: Path) -> tuple[list[str], list[dict]]:
 
 #: Part 2's 8-worker runs beside local SGD's (seed 0): (run, what it is).
 W8 = [("w8_resist_w8_s0", "ResIST"), ("w8_resistmd4_w8_s0", "ResIST, minimum depth 4"),
-      ("w8_ensemble_w8_s0", "shallow ensemble (no communication)")]
+      ("w8_ensemble_w8_s0", "shallow ensemble (no communication)"),
+      ("w8_lean_w8_s0", "ResIST, part 3's recipe (cifar10_cpu_fast_lean)")]
 
 
 def workers8(dest: Path, costs) -> tuple[list[str], list[dict]]:
@@ -367,7 +373,7 @@ def workers8(dest: Path, costs) -> tuple[list[str], list[dict]]:
         rows.append([label, f"{got['resist_final']:.2f}", f"{got['resist_best']:.2f}", f"{got['final_gap']:+.2f}",
                      x("common_time"), x("common_cost"), x("common_bytes"), there])
     return ["", "## 8 workers (part 2, seed 0)\n",
-            "The same recipe at 8 workers (49 steps an epoch per worker, so 2 rounds and 2 evaluations an epoch); "
+            "The same setting at 8 workers (49 steps an epoch per worker, so 2 rounds and 2 evaluations an epoch); "
             "ratios against local SGD at 8 workers as above. One seed: a hint.\n",
             *table(["method", "final (%)", "best (%)", "final - local SGD (points)", "time ratio, equal acc.",
                     "cost ratio, equal acc.", "bytes ratio, equal acc.",
