@@ -66,6 +66,10 @@ TTA = {  # the time-to-accuracy suite (experiments/suites/tta.py): 4 evaluations
     "ResNet101 1/8 width, 8 epochs, 4 workers, CPU (one core), CIFAR-10, ResIST with that outer step on the shared "
     "layers only and a 1-epoch local-SGD warm-up, against local SGD without either":
         ("base_lsgd_w4", "var_outer10m05warm1sh_w4", 4),
+    "ResNet101 1/8 width, 8 epochs, 4 workers, CPU (one core), CIFAR-10, ResIST with that recipe, against local SGD "
+    "with the outer step on every layer (DiLoCo)": ("base_lsgdo10m05_w4", "var_outer10m05warm1sh_w4", 4),
+    "ResNet101 1/8 width, 8 epochs, 8 workers, CPU (one core), CIFAR-10, ResIST with that recipe":
+        ("w8_lsgd_w8", "w8_lean_w8", 8),
 }
 
 

@@ -19,11 +19,13 @@ under ``taskset`` to choose); per-round wall time and time to a common target ac
 
 ``--to-target`` trains to an accuracy instead of comparing a fixed schedule (issue 20, part 4): local SGD
 trains its whole schedule over each link, its final score less 0.5 point (or ``--target``) is the target,
-and ResIST (with ``--resist-flags``, e.g. the ``cifar10_cpu_fast`` recipe's outer step, as below) stops there (``--stop-at``); a
-table gives each run's round, time, wall time, bytes and calibrated projection to the target:
+and ResIST (with ``--resist-flags``, e.g. the flags that make ``cifar10_cpu_long`` the
+``cifar10_cpu_fast_lean`` recipe, as below) stops there (``--stop-at``); a table gives each run's round,
+time, wall time, bytes and calibrated projection to the target:
 
     sudo python experiments/run.py rate_limited --preset cifar10_cpu_long --data-dir ../shared/data/cifar10 \
-        --workers 2 --ratios 1 --algos local_sgd resist --to-target --resist-flags="--outer-lr 1.0 --outer-momentum 0.5" \
+        --workers 2 --ratios 1 --algos local_sgd resist --to-target \
+        --resist-flags="--outer-lr 1.0 --outer-momentum 0.5 --warmup-epochs 1 --no-outer-blocks" \
         --name rate_limited_to_target -- --eval-every 2
 """
 
@@ -264,8 +266,9 @@ def add_arguments(ap) -> None:
                               "link, and every other algorithm stops at the target (--stop-at): local SGD's final "
                               "score less the task's tolerance (0.5 point of accuracy), or --target"),
             target=(float, "the target score of --to-target (default: local SGD's final less the tolerance)"),
-            resist_flags=(None, "flags of ResIST's runs only, as one string (e.g. part 3's recipe: "
-                                "'--cooldown-epochs 0.8')"))
+            resist_flags=(None, "flags of ResIST's runs only, as one string (e.g. part 3's recipe over "
+                                "cifar10_cpu_long: '--outer-lr 1.0 --outer-momentum 0.5 --warmup-epochs 1 "
+                                "--no-outer-blocks')"))
     ap.add_argument("--probe-rank", default=None, help=argparse.SUPPRESS)  # internal: one rank of the link probe
     ap.add_argument("--probe-bytes", type=int, default=0, help=argparse.SUPPRESS)
 
