@@ -94,7 +94,9 @@ def cifar10_cpu_fast_lean() -> Config:
     points) and reaches local SGD's final - 0.5 on all three at 1.82x less deterministic cost and 2.24x
     fewer bytes, the study's goal (1.55x, 2x) met by cost and bytes on every seed; measured time is not
     a claim (0.99 / 0.99 / 1.68x, on cores shared with other runs, against baselines timed in earlier
-    sessions)."""
+    sessions). Against DiLoCo (local SGD with the same outer step on every layer) it ends +1.65 ± 0.21
+    points above and reaches DiLoCo's final - 0.5 on all 3 seeds at 1.81x less cost and 2.24x fewer
+    bytes."""
     cfg = cifar10_cpu_fast_warm()
     cfg.algo.outer_blocks = False
     return cfg
